@@ -1,0 +1,1 @@
+"""QwenTune's library: hardware, data, training, chat and evaluation. Never imports gradio."""

@@ -1,0 +1,55 @@
+"""The command registry behind `python -m core`.
+
+Each command lives in ``core/commands/<name>.py`` with ``HELP``, ``add_arguments(parser)`` and
+``run(args) -> int``. Command modules import heavy libraries inside ``run`` only, so ``--help`` and
+argument errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+# name -> module under core.commands. Order is the order shown by --help.
+COMMANDS = {
+    "demo-model": "demo_model",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m core",
+        description="QwenTune: LoRA / QLoRA fine-tuning of Qwen3, from the command line.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"core.commands.{module_name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def print_json(data) -> None:
+    """Commands with --json print exactly one JSON document on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.settings import ConfigError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._module.run(args) or 0)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,180 @@
+"""Every QwenTune setting, defined once.
+
+YAML files, CLI flags and GUI widgets all come from these dataclasses (see ``core.settings``).
+A run is described by :class:`RunConfig`; a data mix by :class:`MixConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.settings import ConfigError, load_yaml, setting
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+FORMATS = ("auto", "alpaca", "sharegpt", "messages", "reasoning", "openmath")
+
+
+# ----------------------------------------------------------------------------------------- data
+@dataclass
+class SourceConfig:
+    """One data source of a mix."""
+
+    path: str = setting(help="A local .json/.jsonl/.csv/.parquet file or folder, a shipped sample "
+                             "name (e.g. 'samples/math_reasoning'), or a hub dataset id.")
+    name: str = setting("", help="Short name shown in reports; defaults to the file or id name.")
+    hub: str = setting("auto", choices=("auto", "local", "hf", "modelscope"),
+                       help="Where 'path' lives. 'auto' treats existing paths as local, else a hub id.")
+    split: str = setting("train", help="Hub dataset split to read.")
+    subset: str = setting("", help="Hub dataset subset (configuration) name, if it has several.")
+    limit: int = setting(0, minimum=0, help="Read at most this many rows (0 = all).")
+    format: str = setting("auto", choices=FORMATS,
+                          help="Row format. 'auto' detects it from the columns.")
+    columns: dict = setting(default_factory=dict,
+                            help="Explicit column mapping, e.g. {instruction: question, output: answer}.")
+    instruction_in: str = setting("user", choices=("user", "system"),
+                                  help="alpaca: put 'instruction' in the user turn before 'input', "
+                                       "or in the system turn.")
+    system_prompt: str = setting("", help="System prompt added to rows that have none.")
+    ratio: float | None = setting(None, minimum=0.0,
+                                  help="Share of the mix (ratios are normalised over sources).")
+    count: int | None = setting(None, minimum=0, help="Absolute number of rows (instead of a ratio).")
+    min_tokens: int = setting(0, minimum=0, help="Drop rows shorter than this many tokens.")
+    max_tokens: int = setting(0, minimum=0, help="Drop rows longer than this (0 = use max_seq_len).")
+
+    def validate(self) -> None:
+        if not self.path.strip():
+            raise ConfigError("a source needs a path, sample name or dataset id", "path")
+        if self.ratio is not None and self.count is not None:
+            raise ConfigError("give a ratio or a count, not both", "count")
+
+
+@dataclass
+class MixConfig:
+    """Several sources mixed by ratio into one training set."""
+
+    sources: list[SourceConfig] = setting(default_factory=list, help="The sources to mix.")
+    seed: int = setting(3407, help="Seed for sampling and shuffling; the same seed gives the same mix.")
+    upsample: bool = setting(False, help="Allow repeating rows of a scarce source to reach its ratio. "
+                                         "Off: the mix shrinks to fit the scarcest source.")
+    total: int = setting(0, minimum=0, help="Target number of rows (0 = as many as the ratios allow).")
+    max_seq_len: int = setting(2048, minimum=16, help="Longest row in tokens, as in training.")
+    overlong: str = setting("drop", choices=("drop", "truncate"),
+                            help="Rows over max_seq_len: drop them (safe) or truncate them "
+                                 "(corrupts reasoning traces).")
+    eval_fraction: float = setting(0.0, minimum=0.0, maximum=0.5,
+                                   help="Share of the mixed rows held out as an eval split.")
+    shuffle: bool = setting(True, help="Shuffle the mixed rows.")
+
+    def validate(self) -> None:
+        if not self.sources:
+            raise ConfigError("a mix needs at least one source", "sources")
+        has_ratio = [s.ratio is not None for s in self.sources]
+        has_count = [s.count is not None for s in self.sources]
+        if any(has_ratio) and not all(r or c for r, c in zip(has_ratio, has_count)):
+            raise ConfigError("when one source has a ratio, every source needs a ratio or a count",
+                              "sources")
+
+
+# ---------------------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    name_or_path: str = setting("demo", help="Catalog key (e.g. qwen3-8b), local model folder, "
+                                             "hub id, or 'demo' for the tiny offline model.")
+    method: str = setting("qlora", choices=("lora", "qlora"),
+                          help="lora: 16-bit base weights. qlora: 4-bit base weights, about 3x "
+                               "less memory, slightly slower.")
+    quant: str = setting("auto", choices=("auto", "dynamic4", "bnb4", "nf4"),
+                         help="QLoRA weights: Unsloth dynamic 4-bit checkpoint, plain bnb 4-bit "
+                              "checkpoint, or quantize the 16-bit weights to nf4 on load.")
+    hub: str = setting("hf", choices=("hf", "modelscope"), help="Hub to download from.")
+    backend: str = setting("auto", choices=("auto", "unsloth", "peft"),
+                           help="auto: Unsloth when a CUDA GPU and unsloth are present, else "
+                                "transformers + PEFT.")
+    dtype: str = setting("auto", choices=("auto", "bfloat16", "float16", "float32"),
+                         help="Compute dtype. auto: bf16 where the GPU supports it, fp16 on older "
+                              "GPUs, fp32 on CPU.")
+    trust_remote_code: bool = setting(False, help="Run code shipped with the model. Qwen3 needs none.")
+
+
+@dataclass
+class LoraConfig:
+    r: int = setting(32, minimum=1, maximum=1024, help="LoRA rank: more capacity, more memory.")
+    alpha: int = setting(32, minimum=1, help="LoRA alpha; scale = alpha / r (alpha / sqrt(r) with rsLoRA).")
+    dropout: float = setting(0.0, minimum=0.0, maximum=0.9,
+                             help="LoRA dropout. 0 is fastest with Unsloth.")
+    target_modules: list[str] = setting(default_factory=lambda: list(ALL_LINEAR),
+                                        choices=tuple(ALL_LINEAR),
+                                        help="Projections that get adapters; all 7 is best quality.")
+    use_rslora: bool = setting(False, help="Rank-stabilised LoRA scaling (alpha / sqrt(r)).")
+
+    def validate(self) -> None:
+        if not self.target_modules:
+            raise ConfigError("choose at least one target module", "target_modules")
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = setting(2e-4, minimum=0.0, maximum=1.0, help="Peak learning rate.")
+    lr_scheduler: str = setting("linear", choices=("linear", "cosine", "constant",
+                                                   "constant_with_warmup"),
+                                help="Learning-rate schedule after warmup.")
+    warmup_steps: int = setting(5, minimum=0, help="Steps of linear warmup.")
+    epochs: float = setting(1.0, minimum=0.0, help="Passes over the data (ignored when max_steps > 0).")
+    max_steps: int = setting(0, minimum=0, help="Stop after this many optimizer steps (0 = use epochs).")
+    micro_batch: int = setting(2, minimum=1, help="Rows per GPU step; the main memory knob.")
+    grad_accum: int = setting(4, minimum=1, help="Micro-batches per optimizer step; "
+                                                 "effective batch = micro_batch x grad_accum.")
+    max_seq_len: int = setting(2048, minimum=16, help="Longest row in tokens.")
+    weight_decay: float = setting(0.01, minimum=0.0, help="AdamW weight decay.")
+    optimizer: str = setting("auto", choices=("auto", "adamw_8bit", "paged_adamw_8bit",
+                                              "adamw_torch"),
+                             help="auto: 8-bit AdamW on GPU, plain AdamW on CPU.")
+    seed: int = setting(3407, help="Seed for weights init of LoRA and data order.")
+    assistant_only_loss: bool = setting(True, help="Train on assistant replies only (recommended).")
+    train_empty_think: bool = setting(True, help="Also train the empty <think></think> block of "
+                                                  "non-reasoning replies, which teaches the "
+                                                  "non-thinking mode.")
+    packing: str = setting("padding_free", choices=("off", "padding_free", "packing"),
+                           help="padding_free: no pad tokens, rows kept apart (fast, exact). "
+                                "packing: rows concatenated into full sequences. off: padded batches.")
+    gradient_checkpointing: str = setting("unsloth", choices=("unsloth", "on", "off"),
+                                          help="unsloth: offload activations to CPU RAM (longest "
+                                               "context). on: recompute. off: fastest, most memory.")
+    logging_steps: int = setting(1, minimum=1, help="Write metrics every N steps.")
+    save_steps: int = setting(50, minimum=1, help="Save a resumable checkpoint every N steps.")
+    save_total_limit: int = setting(2, minimum=1, help="Keep at most this many checkpoints.")
+    eval_steps: int = setting(0, minimum=0, help="Evaluate every N steps (0 = at the end only).")
+    report_to: str = setting("none", choices=("none", "tensorboard", "wandb", "trackio"),
+                             help="Opt-in experiment tracking.")
+
+
+@dataclass
+class DataConfig:
+    mix_dir: str = setting("", help="A mix folder saved by the Data tab or `python -m core mix`.")
+    mix: MixConfig | None = setting(None, help="An inline mix, built when the run starts.")
+
+    def validate(self) -> None:
+        if not self.mix_dir and self.mix is None:
+            raise ConfigError("give data.mix_dir (a saved mix folder) or an inline data.mix", "mix_dir")
+        if self.mix_dir and self.mix is not None:
+            raise ConfigError("give data.mix_dir or data.mix, not both", "mix")
+
+
+@dataclass
+class RunConfig:
+    """One training run: what `python -m core train CONFIG.yaml` reads."""
+
+    name: str = setting("", help="Run name; the folder runs/<name>. Empty: generated from model and time.")
+    runs_dir: str = setting("runs", help="Folder that holds run folders.")
+    model: ModelConfig = setting(default_factory=ModelConfig, help="Base model.")
+    lora: LoraConfig = setting(default_factory=LoraConfig, help="Adapter.")
+    train: TrainConfig = setting(default_factory=TrainConfig, help="Optimisation.")
+    data: DataConfig = setting(default_factory=DataConfig, help="Training data.")
+
+
+def load_run_config(path) -> RunConfig:
+    return load_yaml(RunConfig, path)
+
+
+def load_mix_config(path) -> MixConfig:
+    return load_yaml(MixConfig, path)

@@ -1,0 +1,1 @@
+"""Sources -> formats -> Conversation -> rendered text + loss mask -> mix folder."""

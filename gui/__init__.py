@@ -1,0 +1,1 @@
+"""The Gradio web app: thin tabs over core/. Layout and wiring only."""
