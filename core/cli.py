@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import sys
 
 # name -> module under core.commands. Order is the order shown by --help.
 COMMANDS = {
     "demo-model": "demo_model",
+    "hw": "hw",
+    "estimate": "estimate",
+    "models": "models",
+    "mix": "mix",
+    "train": "train",
+    "export": "export",
+    "chat": "chat",
+    "eval": "eval",
 }
 
 
@@ -25,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
+        # Commands land one issue at a time; one whose module is not written yet is left out.
+        if importlib.util.find_spec(f"core.commands.{module_name}") is None:
+            continue
         module = importlib.import_module(f"core.commands.{module_name}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)

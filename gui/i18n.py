@@ -1,4 +1,5 @@
-"""Every visible string, looked up by key in gui/strings/<lang>.yaml."""
+"""Every visible string, looked up by key. Strings live in gui/strings/<area>.yaml, each key with
+all languages side by side: ``train.start: {en: "Start", zh: "开始训练"}``."""
 
 from __future__ import annotations
 
@@ -10,26 +11,34 @@ LANGS = {"en": "English", "zh": "简体中文"}
 
 
 @cache
-def catalog(lang: str) -> dict[str, str]:
+def all_strings() -> dict[str, dict[str, str]]:
+    """key -> {lang: text}, from every file in gui/strings. A key defined twice is an error."""
     import yaml
 
-    if lang not in LANGS:
-        raise ValueError(f"unknown language {lang!r}; choose one of {sorted(LANGS)}")
-    data = yaml.safe_load((STRINGS_DIR / f"{lang}.yaml").read_text(encoding="utf-8")) or {}
-    return {str(k): str(v) for k, v in data.items()}
+    out: dict[str, dict[str, str]] = {}
+    for path in sorted(STRINGS_DIR.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for key, langs in data.items():
+            if key in out:
+                raise ValueError(f"{path.name}: string {key!r} is defined twice")
+            if not isinstance(langs, dict):
+                raise ValueError(f"{path.name}: string {key!r} must map languages to text")
+            out[str(key)] = {str(lang): str(text) for lang, text in langs.items()}
+    return out
 
 
 class Strings:
-    """``t("train.start")`` returns the text in this language, formatted with keyword values."""
+    """``t("app.title")`` returns the text in this language, formatted with keyword values."""
 
     def __init__(self, lang: str = "en"):
+        if lang not in LANGS:
+            raise ValueError(f"unknown language {lang!r}; choose one of {sorted(LANGS)}")
         self.lang = lang
-        self._cat = catalog(lang)
+        self._all = all_strings()
 
     def __call__(self, key: str, **values) -> str:
-        text = self._cat.get(key)
-        if text is None:
-            text = catalog("en").get(key)
-        if text is None:
-            raise KeyError(f"string {key!r} is missing from gui/strings/en.yaml")
+        entry = self._all.get(key)
+        if entry is None:
+            raise KeyError(f"string {key!r} is missing from gui/strings/*.yaml")
+        text = entry.get(self.lang) or entry["en"]
         return text.format(**values) if values else text

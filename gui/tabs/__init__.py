@@ -1,3 +1,3 @@
 """One module per tab, each with ``build(ctx)``; the order of TABS is the order on the page."""
 
-TABS: list[str] = []
+TABS: list[str] = ["hardware", "data", "train", "chat", "evaluate", "runs"]

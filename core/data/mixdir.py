@@ -1,0 +1,83 @@
+"""The saved mix folder: what the Data tab and `python -m core mix` write and the trainer reads.
+
+    <mix>/manifest.json   sources (path or id, hash or revision), ratios, seed, counts, drops,
+                          tokenizer, max length, eval split size
+    <mix>/train.jsonl     one row per line: {"conversation": {...}, "text": ..., "n_tokens": N,
+                          "source": name}
+    <mix>/train.parquet   the same rows (conversation stored as JSON text)
+    <mix>/eval.jsonl      held-out rows, same shape (present when eval_fraction > 0)
+    <mix>/eval.parquet
+The trainer re-renders conversations with its own model's tokenizer; ``text`` is for people.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from core.data.conversation import Conversation
+from core.settings import ConfigError, write_json_atomic
+
+MANIFEST = "manifest.json"
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = path.with_suffix(".jsonl.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path.with_suffix(".jsonl"))
+    table = pa.table({
+        "conversation": [json.dumps(r["conversation"], ensure_ascii=False) for r in rows],
+        "text": [r.get("text", "") for r in rows],
+        "n_tokens": [int(r.get("n_tokens", 0)) for r in rows],
+        "source": [r.get("source", "") for r in rows],
+    })
+    pq.write_table(table, path.with_suffix(".parquet"))
+
+
+def write_mix_dir(out: str | Path, train_rows: list[dict], eval_rows: list[dict], manifest: dict) -> Path:
+    """Write a mix folder. Rows are dicts with 'conversation' (Conversation.to_json()), 'text',
+    'n_tokens', 'source'. The manifest is written last, so a folder with a manifest is complete."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_rows(out / "train.jsonl", train_rows)
+    if eval_rows:
+        write_rows(out / "eval.jsonl", eval_rows)
+    manifest = dict(manifest, train_rows=len(train_rows), eval_rows=len(eval_rows))
+    write_json_atomic(out / MANIFEST, manifest)
+    return out
+
+
+def _read_rows(path: Path) -> list[Conversation]:
+    convs = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                convs.append(Conversation.from_json(json.loads(line)["conversation"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(f"broken row ({exc})", "", f"{path}:{lineno}") from None
+    return convs
+
+
+def read_manifest(mix_dir: str | Path) -> dict:
+    path = Path(mix_dir) / MANIFEST
+    if not path.exists():
+        raise ConfigError(f"not a saved mix folder (no {MANIFEST}); build one in the Data tab or with "
+                          "`python -m core mix`", "data.mix_dir", str(mix_dir))
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_mix_dir(mix_dir: str | Path) -> tuple[list[Conversation], list[Conversation], dict]:
+    """(train conversations, eval conversations, manifest) of a saved mix folder."""
+    mix_dir = Path(mix_dir)
+    manifest = read_manifest(mix_dir)
+    train = _read_rows(mix_dir / "train.jsonl")
+    eval_path = mix_dir / "eval.jsonl"
+    evals = _read_rows(eval_path) if eval_path.exists() else []
+    return train, evals, manifest
