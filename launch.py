@@ -1,4 +1,4 @@
-"""Start the QwenTune web app: `python launch.py [--demo] [--host H --auth user:pw] [--lang zh]`."""
+"""Start the QwenTune web app: `python launch.py [--demo] [--lang zh] [--host H --auth user:pw]`."""
 
 from __future__ import annotations
 
@@ -8,16 +8,27 @@ import sys
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="QwenTune web app (Gradio).")
+    p = argparse.ArgumentParser(description="QwenTune web app (Gradio). Serves on this machine only "
+                                            "unless --host/--share is given together with --auth.")
     p.add_argument("--host", default="127.0.0.1", help="Address to bind. Anything but loopback needs --auth.")
     p.add_argument("--port", type=int, default=7860, help="Port to serve on.")
     p.add_argument("--runs-dir", default="runs", help="Folder of run folders.")
     p.add_argument("--mixes-dir", default="mixes", help="Folder of saved data mixes.")
+    p.add_argument("--presets-dir", default=None, help="Folder of training presets (default: presets/train).")
     p.add_argument("--demo", action="store_true", help="Force demo mode: tiny offline model, CPU only.")
-    p.add_argument("--lang", default="en", choices=["en", "zh"], help="Interface language.")
+    p.add_argument("--lang", default="en", choices=["en", "zh"],
+                   help="Default interface language (both are served: /en/ and /zh/).")
     p.add_argument("--auth", default=None, help="user:password required to open the app.")
-    p.add_argument("--share", action="store_true", help="Create a public Gradio link (needs --auth).")
+    p.add_argument("--share", action="store_true",
+                   help="Create a public Gradio link through gradio.live (needs --auth and the internet).")
     return p.parse_args(argv)
+
+
+def quiet_offline_env() -> None:
+    """Nothing may leave the machine at start-up: no analytics, no version check, no hub telemetry."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
 def main(argv=None) -> int:
@@ -29,17 +40,57 @@ def main(argv=None) -> int:
     except UnsafeLaunch as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    # Nothing may reach the network at start-up: no analytics, no version check.
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    quiet_offline_env()
     demo = args.demo or not gpu_present()
-    from gui.app import build_app
+    from gui.app import build_server
 
-    app = build_app(runs_dir=args.runs_dir, demo=demo, lang=args.lang, mixes_dir=args.mixes_dir)
-    print(f"QwenTune on http://{args.host}:{args.port} ({'demo mode' if demo else 'GPU mode'})", flush=True)
-    app.queue(default_concurrency_limit=4).launch(
-        server_name=args.host, server_port=args.port, share=args.share, auth=creds,
-        show_error=True, inbrowser=False,
-    )
+    server = build_server(runs_dir=args.runs_dir, demo=demo, lang=args.lang, mixes_dir=args.mixes_dir,
+                          auth=creds, host=args.host, port=args.port, presets_dir=args.presets_dir)
+    return serve(server, args.host, args.port, share=args.share, lang=args.lang, demo=demo)
+
+
+def serve(server, host: str, port: int, share: bool, lang: str, demo: bool) -> int:
+    import uvicorn
+
+    url_host = f"[{host}]" if ":" in host else host
+    mode = "demo mode" if demo else "GPU mode"
+    config = uvicorn.Config(server, host=host, port=port, log_level="warning")
+    runner = uvicorn.Server(config)
+    if not share:
+        print(f"QwenTune on http://{url_host}:{port}/{lang}/ ({mode}; also /en/ and /zh/)", flush=True)
+        runner.run()  # a port in use ends here with uvicorn's message and exit status 1
+        return 0
+    return _serve_shared(runner, host, port, lang, mode)
+
+
+def _serve_shared(runner, host: str, port: int, lang: str, mode: str) -> int:
+    """--share: serve in a thread, then open Gradio's tunnel (the only outgoing connection, asked for)."""
+    import secrets
+    import threading
+    import time
+
+    from gradio import networking
+
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    while not runner.started:
+        if not thread.is_alive():
+            print(f"error: cannot serve on {host}:{port}; choose another --port.", file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    print(f"QwenTune on http://{host}:{port}/{lang}/ ({mode})", flush=True)
+    try:
+        url = networking.setup_tunnel(local_host=host, local_port=port, share_token=secrets.token_urlsafe(32),
+                                      share_server_address=None, share_server_tls_certificate=None)
+    except Exception as exc:  # the tunnel needs the internet; the local server keeps running without it
+        print(f"warning: could not create the public link ({exc}); serving locally only.", file=sys.stderr)
+    else:
+        print(f"Public link (password protected): {url.replace('http://', 'https://', 1)}/{lang}/", flush=True)
+    try:
+        thread.join()
+    except KeyboardInterrupt:
+        runner.should_exit = True
+        thread.join(timeout=5)
     return 0
 
 

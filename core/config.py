@@ -126,6 +126,7 @@ class TrainConfig:
                                                  "effective batch = micro_batch x grad_accum.")
     max_seq_len: int = setting(2048, minimum=16, help="Longest row in tokens.")
     weight_decay: float = setting(0.01, minimum=0.0, help="AdamW weight decay.")
+    max_grad_norm: float = setting(1.0, minimum=0.0, help="Clip the gradient norm to this (0 = no clipping).")
     optimizer: str = setting("auto", choices=("auto", "adamw_8bit", "paged_adamw_8bit",
                                               "adamw_torch"),
                              help="auto: 8-bit AdamW on GPU, plain AdamW on CPU.")
@@ -170,6 +171,83 @@ class RunConfig:
     lora: LoraConfig = setting(default_factory=LoraConfig, help="Adapter.")
     train: TrainConfig = setting(default_factory=TrainConfig, help="Optimisation.")
     data: DataConfig = setting(default_factory=DataConfig, help="Training data.")
+
+
+# ----------------------------------------------------------------------------------- chat, eval
+@dataclass
+class SamplingConfig:
+    """How the chat panes and the evaluation generate text. Both panes always share these values.
+    Empty sampling values follow Qwen3's recommendation for the mode (see core.chat.sampling)."""
+
+    thinking: bool = setting(True, help="enable_thinking: the model reasons in a <think> block before "
+                                        "it answers. Off: it answers at once.")
+    temperature: float | None = setting(None, minimum=0.0, maximum=2.0,
+                                        help="Randomness of sampling (0 = greedy). Empty: Qwen3's "
+                                             "recommendation, 0.6 with thinking, 0.7 without.")
+    top_p: float | None = setting(None, minimum=0.0, maximum=1.0,
+                                  help="Sample only from the most likely tokens that together reach "
+                                       "this probability. Empty: 0.95 with thinking, 0.8 without.")
+    top_k: int | None = setting(None, minimum=0, maximum=1000,
+                                help="Sample only from the k most likely tokens (0 = no limit). Empty: 20.")
+    min_p: float | None = setting(None, minimum=0.0, maximum=1.0,
+                                  help="Drop tokens less likely than min_p times the most likely one. "
+                                       "Empty: 0 (off).")
+    presence_penalty: float = setting(0.0, minimum=0.0, maximum=2.0,
+                                      help="Lower the score of tokens already generated; Qwen3 suggests "
+                                           "up to 1.5 when a (quantized) model repeats itself.")
+    greedy: bool = setting(False, help="Always take the most likely token: deterministic, but Qwen3 "
+                                       "warns that greedy thinking can loop.")
+    max_new_tokens: int = setting(1024, minimum=1, maximum=131072,
+                                  help="Longest reply in tokens, reasoning included.")
+    seed: int = setting(0, minimum=0, help="Sampling seed. Both panes use it, so they differ only by "
+                                           "the model.")
+
+
+@dataclass
+class ChatConfig:
+    """What the chat panes load: a run, a checkpoint, a model folder or a hub id."""
+
+    base_model: str = setting("", help="Base model to compare a merged model against (a catalog key, "
+                                       "folder or hub id). Empty: the run's base model.")
+    device: str = setting("auto", choices=("auto", "cuda", "cpu"),
+                          help="auto: the GPU when there is one, else the CPU.")
+    dtype: str = setting("auto", choices=("auto", "bfloat16", "float16", "float32"),
+                         help="Weights dtype. auto: bf16 where the GPU supports it, fp16 on older "
+                              "GPUs, fp32 on CPU.")
+    quant: str = setting("auto", choices=("auto", "none", "4bit"),
+                         help="Base weights in chat. auto: 4-bit when the run trained with QLoRA "
+                              "(as trained, and 3x less memory), else 16-bit.")
+
+
+@dataclass
+class EvalConfig:
+    """Base vs fine-tuned evaluation on the run's held-out data (`python -m core eval`)."""
+
+    split: str = setting("eval", choices=("eval", "train"),
+                         help="Rows to evaluate: the mix's held-out eval split, or its train split "
+                              "(a memorisation check).")
+    loss_rows: int = setting(200, minimum=0, help="Rows for held-out loss and perplexity (0 = all).")
+    batch_size: int = setting(4, minimum=1, maximum=256, help="Rows per forward pass for the loss.")
+    control_prompts: int = setting(8, minimum=0, help="Prompts for the thinking-mode check, each "
+                                                      "answered with thinking on and off (0 = skip).")
+    control_max_new_tokens: int = setting(256, minimum=8,
+                                          help="Token budget per reply in the thinking-mode check.")
+    accuracy_rows: int = setting(32, minimum=0, help="Rows with a final answer (\\boxed{...} or "
+                                                     "expected_answer) to check (0 = skip).")
+    answer_max_new_tokens: int = setting(2048, minimum=8,
+                                         help="Token budget per reply in the answer check, reasoning "
+                                              "included; too small and long reasoning never answers.")
+    accuracy_thinking: str = setting("auto", choices=("auto", "on", "off"),
+                                     help="Thinking in the answer check. auto: on for rows whose "
+                                          "reference reply has reasoning, off for the rest.")
+    greedy: bool = setting(False, help="Greedy decoding in the generation checks (else the mode's "
+                                       "Qwen3 sampling with the seed below).")
+    seed: int = setting(0, minimum=0, help="Seed for sampling and for picking rows.")
+    evalscope_datasets: list[str] = setting(default_factory=list,
+                                            help="EvalScope benchmarks to run as well (e.g. gsm8k), "
+                                                 "through a local OpenAI-compatible endpoint; needs "
+                                                 "`pip install evalscope`. Empty: none.")
+    evalscope_limit: int = setting(20, minimum=1, help="Questions per EvalScope benchmark.")
 
 
 def load_run_config(path) -> RunConfig:

@@ -1,4 +1,13 @@
-"""build_app(): the Gradio Blocks page with every tab, sharing one AppContext."""
+"""The page frame: one Gradio Blocks per language, every tab sharing one AppContext, all served by
+one local web server.
+
+Languages: each language gets its own Blocks, built from the same tab code with ``ctx.t`` bound to
+that language, and mounted at ``/<lang>/`` (``/`` redirects to the ``--lang`` default). The header's
+language links just navigate, so tabs need no special work to be translated - their strings come
+from ``ctx.t`` at build time and from ``ctx.t`` in their event handlers. Nothing in a Blocks is
+shared between languages except what lives on disk (runs, mixes, presets), which is where the
+app keeps its state anyway.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +16,188 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gui.i18n import Strings
+from gui.i18n import LANGS, Strings
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESETS_DIR = ROOT / "presets" / "train"
+
+# Layout tweaks only; fonts stay the theme's local ones (nothing is fetched from a font CDN).
+CSS = """
+#qt-header { align-items: center; }
+#qt-header h1 { margin-bottom: 0; }
+#lang-switch { text-align: right; }
+#lang-switch a { margin-left: .8em; text-decoration: none; }
+#lang-switch a.current { font-weight: 600; text-decoration: underline; }
+#mode-banner { padding: .4em .8em; border-radius: 6px; background: var(--block-background-fill); }
+"""
+
+# Switching language keeps the open tab: the language link carries it as #<tab id>, and the new
+# page opens that tab once its buttons exist.
+KEEP_TAB_JS = """
+() => {
+  document.addEventListener("click", (event) => {
+    const link = event.target.closest("#lang-switch a");
+    const tab = document.querySelector("#main-tabs [role=tab][aria-selected=true]");
+    if (link && tab && tab.dataset.tabId) {
+      link.href = link.getAttribute("href").split("#")[0] + "#" + tab.dataset.tabId;
+    }
+  }, true);
+  const wanted = decodeURIComponent(location.hash.slice(1));
+  if (!/^[\\w-]+$/.test(wanted)) return;
+  const open = (tries) => {
+    const button = document.getElementById("tab-" + wanted + "-button");
+    if (button) button.click();
+    else if (tries > 0) setTimeout(() => open(tries - 1), 200);
+  };
+  open(50);
+}
+"""
 
 
 @dataclass
 class AppContext:
-    """What every tab needs: settings from the command line and shared state."""
+    """What every tab needs: settings from the command line, strings, and shared components.
+
+    ``shared`` holds components and ``gr.State`` objects tabs share *within one page* (one
+    language), by a documented key (e.g. ``"train.fields"``). A tab built before the tab that
+    registers a key cannot see it at build time; wire such events in ``ctx.after_build`` callbacks,
+    which run once every tab exists.
+
+    ``server`` is one dict shared by every language's page of this server process: keep there what
+    must exist once per process whichever page the user is on (the loaded chat model, running
+    download jobs). It replaces module-level state; guard it with a lock where handlers race.
+    """
 
     runs_dir: Path
     demo: bool
     lang: str = "en"
     mixes_dir: Path = Path("mixes")
+    presets_dir: Path = PRESETS_DIR
+    gpu_names: list[str] = field(default_factory=list)
     t: Strings = field(init=False)
-    shared: dict = field(default_factory=dict)  # gr.State objects and components tabs share
+    shared: dict = field(default_factory=dict)
+    after_build: list = field(default_factory=list)  # callables run once every tab is built
+    server: dict = field(default_factory=dict)  # shared by every language's page (see above)
+    missing_tabs: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self.t = Strings(self.lang)
+        self.runs_dir = Path(self.runs_dir)
+        self.mixes_dir = Path(self.mixes_dir)
+        self.presets_dir = Path(self.presets_dir)
+
+
+def tab_available(name: str) -> bool:
+    return importlib.util.find_spec(f"gui.tabs.{name}") is not None
+
+
+def _lang_links(lang: str) -> str:
+    # Relative links: the page lives at /<lang>/, so ../<other>/ works behind any proxy prefix too.
+    links = []
+    for code, label in LANGS.items():
+        cls = "current" if code == lang else ""
+        links.append(f'<a id="lang-{code}" class="{cls}" href="../{code}/" hreflang="{code}">{label}</a>')
+    return "".join(links)
+
+
+def mode_text(ctx: AppContext) -> str:
+    t = ctx.t
+    if ctx.demo:
+        return t("app.mode_demo")
+    names = ", ".join(ctx.gpu_names) if ctx.gpu_names else t("app.gpu_unknown")
+    return t("app.mode_gpu", gpus=names)
 
 
 def build_app(runs_dir: str | Path = "runs", demo: bool = True, lang: str = "en",
-              mixes_dir: str | Path = "mixes"):
+              mixes_dir: str | Path = "mixes", presets_dir: str | Path | None = None,
+              gpu_names: list[str] | None = None, server_state: dict | None = None):
+    """One language's page: header (title, language links, mode, presets) and every tab.
+    ``server_state`` is the dict every language's page shares (AppContext.server)."""
     import gradio as gr
 
+    from gui import presets as presets_ui
     from gui.tabs import TABS
 
-    ctx = AppContext(runs_dir=Path(runs_dir), demo=demo, lang=lang, mixes_dir=Path(mixes_dir))
+    ctx = AppContext(runs_dir=Path(runs_dir), demo=demo, lang=lang, mixes_dir=Path(mixes_dir),
+                     presets_dir=Path(presets_dir) if presets_dir else PRESETS_DIR,
+                     gpu_names=list(gpu_names or []))
+    if server_state is not None:
+        ctx.server = server_state
     t = ctx.t
     with gr.Blocks(title=t("app.title"), analytics_enabled=False) as app:
-        gr.Markdown(f"# {t('app.title')}\n{t('app.subtitle')}")
-        mode = t("app.mode_demo") if demo else t("app.mode_gpu", gpus="")
-        gr.Markdown(mode, elem_id="mode-banner")
-        with gr.Tabs():
+        with gr.Row(elem_id="qt-header", equal_height=True):
+            with gr.Column(scale=4):
+                gr.Markdown(f"# {t('app.title')}\n{t('app.subtitle')}")
+            with gr.Column(scale=1, min_width=200):
+                gr.HTML(_lang_links(lang), elem_id="lang-switch")
+        gr.Markdown(mode_text(ctx), elem_id="mode-banner")
+        presets_section = presets_ui.build_section(ctx)
+        with gr.Tabs(elem_id="main-tabs"):
             for name in TABS:
                 # Tabs land one issue at a time; a tab whose module is not written yet is left out.
-                if importlib.util.find_spec(f"gui.tabs.{name}") is not None:
+                if tab_available(name):
                     importlib.import_module(f"gui.tabs.{name}").build(ctx)
+                else:
+                    ctx.missing_tabs.append(name)
+        presets_ui.wire(ctx, presets_section)
+        for hook in ctx.after_build:
+            hook()
+    app.qt_ctx = ctx  # for tests and the server: which tabs were built, what was shared
     return app
+
+
+def detect_gpu_names() -> list[str]:
+    """GPU names for the mode banner; empty when there is none or NVML cannot tell."""
+    try:
+        from core.hardware import detect
+    except ImportError:  # the hardware module is not there: fall back to NVML directly
+        detect = None
+    if detect is not None and hasattr(detect, "detect"):
+        info = detect.detect()
+        gpus = getattr(info, "gpus", None)
+        if gpus is None and isinstance(info, dict):
+            gpus = info.get("gpus", [])
+        names = []
+        for gpu in gpus or []:
+            name = getattr(gpu, "name", None) or (gpu.get("name") if isinstance(gpu, dict) else None)
+            total = getattr(gpu, "total_gib", None) or (gpu.get("total_gib") if isinstance(gpu, dict) else None)
+            names.append(f"{name} ({total:.0f} GiB)" if name and total else str(name))
+        return names
+    from core.serve import nvml_gpu_names
+
+    return nvml_gpu_names()
+
+
+def build_server(runs_dir: str | Path = "runs", demo: bool = True, lang: str = "en",
+                 mixes_dir: str | Path = "mixes", auth: tuple[str, str] | None = None,
+                 host: str = "127.0.0.1", port: int = 7860, presets_dir: str | Path | None = None):
+    """A FastAPI app serving every language's page at /<lang>/; / redirects to ``lang``."""
+    import gradio as gr
+    from fastapi import FastAPI
+    from fastapi.responses import RedirectResponse
+
+    if lang not in LANGS:
+        raise ValueError(f"unknown language {lang!r}; choose one of {sorted(LANGS)}")
+    gpu_names = [] if demo else detect_gpu_names()
+    server = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    @server.get("/", include_in_schema=False)
+    def _root():
+        return RedirectResponse(url=f"./{lang}/", status_code=307)
+
+    theme = gr.themes.Default()
+    server_state: dict = {}
+    server.state.pages = {}
+    for code in LANGS:
+        blocks = build_app(runs_dir=runs_dir, demo=demo, lang=code, mixes_dir=mixes_dir,
+                           presets_dir=presets_dir, gpu_names=gpu_names, server_state=server_state)
+        # No blocks.queue(...): every Blocks already queues, one call per event listener at a time
+        # (a double-clicked "Start" runs once after the other), and queue() rebuilds the app: slower.
+        gr.mount_gradio_app(
+            server, blocks, path=f"/{code}", server_name=host, server_port=port, auth=auth,
+            show_error=True, theme=theme, css=CSS, js=KEEP_TAB_JS,
+            # Gradio's in-browser run history can connect a cloud bucket; this app keeps runs on disk.
+            run_history=False, footer_links=["api", "settings"], ssr_mode=False, mcp_server=False,
+        )
+        server.state.pages[code] = blocks
+    return server

@@ -1,0 +1,144 @@
+"""Refit the VRAM estimator's coefficients to the GPU measurements and show the error per point.
+
+    python bench/fit_vram.py                  # how the current coefficients do, and what a refit would do
+    python bench/fit_vram.py --write          # store the refit in core/hardware/vram_coefficients.json
+    python -m bench.fit_vram --points other.jsonl --card H100
+
+Compared figure: the estimate's ``alloc_gib`` against ``peak_alloc_gib``
+(torch.cuda.max_memory_allocated of the trainer). NVML's used memory is shown beside the estimate's
+``total_gib`` (allocated + allocator slack + CUDA context) for information. Exit status 1 when a point is
+more than --tolerance off after the fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_POINTS = ROOT / "bench" / "results" / "vram.jsonl"
+
+
+def table(rows: list[dict], title: str) -> str:
+    lines = [title, f"  {'card':<22}{'model':<12}{'method':<7}{'backend':<8}{'seq':>6}{'mb':>3}"
+                    f"{'measured':>10}{'estimate':>10}{'error':>8}{'nvml':>8}{'total':>8}"]
+    for r in rows:
+        nvml = f"{r['nvml_used_gib']:.2f}" if r["nvml_used_gib"] else "-"
+        lines.append(f"  {str(r['card'])[:21]:<22}{r['model']:<12}{r['method']:<7}{r['backend']:<8}"
+                     f"{r['seq_len']:>6}{r['micro_batch']:>3}{r['measured_gib']:>10.2f}{r['estimated_gib']:>10.2f}"
+                     f"{r['error'] * 100:>7.1f}%{nvml:>8}{r['estimated_total_gib']:>8.2f}")
+    if rows:
+        worst = max(abs(r["error"]) for r in rows)
+        mean = sum(abs(r["error"]) for r in rows) / len(rows)
+        lines.append(f"  {len(rows)} points: mean |error| {mean * 100:.1f}%, worst {worst * 100:.1f}%")
+    return "\n".join(lines)
+
+
+def oom_report(points: list[dict], coefficients) -> list[str]:
+    """Whether the estimate agrees that out-of-memory points could not fit their card."""
+    from core.hardware.estimate import estimate_training, point_setup
+
+    out = []
+    for p in points:
+        if p.get("status") != "oom":
+            continue
+        arch, s = point_setup(p)
+        est = estimate_training(arch, method=s.method, seq_len=s.seq_len, micro_batch=s.micro_batch, rank=s.rank,
+                                target_modules=s.target_modules, grad_ckpt=s.grad_ckpt, backend=s.backend,
+                                quant=s.quant, coefficients=coefficients)
+        out.append(f"  oom: {p.get('card')} {p.get('model')} {s.method} {s.seq_len}x{s.micro_batch}: estimate "
+                   f"{est.total_gib:.1f} GiB")
+    return out
+
+
+def main(argv=None) -> int:
+    from core.hardware.estimate import COEFFS_PATH, calibrate, compare, load_coefficients, read_points
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--points", type=Path, default=DEFAULT_POINTS, help="Measurements (JSON lines).")
+    p.add_argument("--card", default="", help="Only points whose card name contains this text.")
+    p.add_argument("--write", action="store_true", help=f"Store the refit coefficients in {COEFFS_PATH}.")
+    p.add_argument("--tolerance", type=float, default=0.10, help="Largest acceptable relative error.")
+    p.add_argument("--json", action="store_true", help="Print the per-point rows after the fit as JSON.")
+    p.add_argument("--markdown", action="store_true",
+                   help="Print the README table (rules of thumb, estimate, measured) and exit.")
+    args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown_table(read_points(args.points) if args.points.exists() else []))
+        return 0
+
+    if not args.points.exists():
+        print(f"error: {args.points} does not exist; run bench/vram_sweep.py on a GPU machine first",
+              file=sys.stderr)
+        return 2
+    points = [pt for pt in read_points(args.points) if args.card.lower() in str(pt.get("card", "")).lower()]
+    current = load_coefficients()
+    fit = calibrate(points, current)
+    if args.json:
+        print(json.dumps(fit.rows, indent=2))
+    else:
+        print(table(compare(points, current), f"current coefficients ({current.data.get('source', '')[:80]}):"))
+        print()
+        print(table(fit.rows, "after the refit:"))
+        for line in oom_report(points, fit.coefficients):
+            print(line)
+        changed = {k: v for k, v in _flat(fit.coefficients.data).items() if _flat(current.data).get(k) != v}
+        print("\ncoefficients that change:")
+        for k, v in sorted(changed.items()):
+            print(f"  {k}: {_flat(current.data).get(k)} -> {v}")
+    if args.write:
+        COEFFS_PATH.write_text(fit.coefficients.dumps(), encoding="utf-8")
+        print(f"wrote {COEFFS_PATH}")
+    bad = [r for r in fit.rows if abs(r["error"]) > args.tolerance]
+    if bad:
+        print(f"{len(bad)} point(s) are more than {args.tolerance:.0%} off after the fit", file=sys.stderr)
+        return 1
+    return 0
+
+
+def markdown_table(points: list[dict], seq_len: int = 2048, micro_batch: int = 2) -> str:
+    """Qwen3 sizes: the static rules of thumb, the estimate and the measured peak (nvidia-smi view:
+    NVML used memory) for Unsloth at seq_len x micro_batch, rank 16 on all linear layers."""
+    from core.hardware.catalog import load_catalog
+    from core.hardware.estimate import estimate_training
+
+    def measured(key: str, method: str) -> str:
+        hits = [p for p in points if p.get("model") == key and p.get("method") == method
+                and p.get("seq_len") == seq_len and p.get("micro_batch") == micro_batch
+                and p.get("backend") == "unsloth" and p.get("status") in ("ok", "oom")]
+        if not hits:
+            return "—"
+        p = hits[-1]
+        if p["status"] == "oom":
+            return f"OOM ({p.get('card', '?')})"
+        return f"{p.get('nvml_used_gib') or p['peak_alloc_gib']:.1f} ({p.get('card', '?')})"
+
+    lines = ["| Model | Rule of thumb FP16 | Rule of thumb 4-bit | Estimate LoRA 16-bit | Measured LoRA "
+             "| Estimate QLoRA | Measured QLoRA |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for key, entry in load_catalog().items():
+        est = {m: estimate_training(entry.arch, method=m, seq_len=seq_len, micro_batch=micro_batch).total_gib
+               for m in ("lora", "qlora")}
+        lines.append(f"| {entry.display} | {entry.params_b * 2:.0f} GB | {entry.params_b * 0.85:.1f} GB "
+                     f"| {est['lora']:.1f} GiB | {measured(key, 'lora')} | {est['qlora']:.1f} GiB "
+                     f"| {measured(key, 'qlora')} |")
+    return "\n".join(lines)
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,524 @@
+"""Peak-VRAM sweep: QwenTune's own trainer on random-init Qwen3 shapes, for calibrating the estimator.
+
+Run on a GPU machine (resumable: run it again to continue where a time budget or a crash stopped it):
+
+    python bench/vram_sweep.py                 # ~17 points (~9 min on an H100), stops before --time-budget
+    python bench/vram_sweep.py --quick         # one point per model x method (~5 min)
+    python bench/vram_sweep.py --extended      # ~30 points, for a tighter fit (run it twice or more)
+    python bench/vram_sweep.py --smoke         # CPU plumbing check: demo-sized shape, one point
+    python bench/fit_vram.py --write           # then refit core/hardware/vram_coefficients.json
+
+Per point it runs `python -m core train CONFIG.yaml` in a subprocess (exactly what the GUI runs),
+max_steps 3, on
+  * a checkpoint with the real Qwen3 shape whose weights are a SPARSE zero-filled safetensors file
+    (the header is written, then the file is truncated to full size: no disk space used, and memory
+    does not depend on the values), so even Qwen3-32B (65 GB in bf16) fits a small disk. QLoRA
+    points load the same bf16 file and quantize it to nf4 on load (model.quant: nf4).
+  * the demo tokenizer copied next to it (token ids stay within its small vocabulary; memory does
+    not depend on which ids), and a saved mix folder of synthetic conversations whose rows are
+    about seq_len tokens long (core.data.mixdir.write_mix_dir).
+The trainer records torch.cuda.max_memory_allocated and NVML's peak used memory in
+runs/<name>/status.json; one JSON line per point is appended to bench/results/vram.jsonl with the
+card's name (torch.cuda.get_device_name). An out-of-memory point is recorded as status "oom" and the
+sweep goes on. Points already in the file for this card (ok or oom) are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_OUT = ROOT / "bench" / "results" / "vram.jsonl"
+DEFAULT_WORK = Path(os.environ.get("QWENTUNE_VRAM_WORK", "/tmp/qwentune-vram"))
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "generation_config.json")
+RANK = 16
+MAX_STEPS = 3
+ROW_MARGIN = 8  # rows end a few tokens short of seq_len, so none is dropped as too long
+SMOKE_MODEL = "demo-shape"
+SHARD_BYTES = 4 << 30  # like Hugging Face checkpoints: no single huge mmap when loading
+
+
+@dataclass(frozen=True)
+class Point:
+    model: str
+    method: str
+    seq_len: int
+    micro_batch: int
+    backend: str = "auto"  # as requested; the line records the backend the trainer used
+    grad_ckpt: str = "unsloth"
+
+    @property
+    def name(self) -> str:
+        return (f"vram-{self.model}-{self.method}-s{self.seq_len}-b{self.micro_batch}-{self.backend}-"
+                f"{self.grad_ckpt}").replace(".", "_")
+
+
+# ------------------------------------------------------------------------------------------ grid
+ROUNDS: list[list[tuple[str, str, int, int]]] = [
+    # 1 (--quick): every required model x method once, at the usual setting
+    [("qwen3-0.6b", "lora", 2048, 1), ("qwen3-0.6b", "qlora", 2048, 2), ("qwen3-4b", "lora", 2048, 2),
+     ("qwen3-4b", "qlora", 2048, 1), ("qwen3-8b", "lora", 2048, 1), ("qwen3-8b", "qlora", 2048, 2),
+     ("qwen3-14b", "lora", 2048, 1), ("qwen3-14b", "qlora", 2048, 1), ("qwen3-32b", "qlora", 2048, 1)],
+    # 2: long rows (activations and logits dominate) and short rows (weights dominate)
+    [("qwen3-0.6b", "qlora", 4096, 2), ("qwen3-4b", "lora", 4096, 1), ("qwen3-8b", "qlora", 4096, 1),
+     ("qwen3-8b", "lora", 512, 2), ("qwen3-14b", "qlora", 4096, 2), ("qwen3-32b", "qlora", 512, 2)],
+    # 3 (--extended): more of the same, for a tighter fit when there is time
+    [("qwen3-0.6b", "lora", 512, 2), ("qwen3-4b", "qlora", 512, 1), ("qwen3-8b", "qlora", 512, 2),
+     ("qwen3-14b", "lora", 512, 1), ("qwen3-32b", "qlora", 4096, 1), ("qwen3-0.6b", "lora", 4096, 1),
+     ("qwen3-4b", "qlora", 4096, 2), ("qwen3-8b", "lora", 4096, 2), ("qwen3-14b", "lora", 4096, 1),
+     ("qwen3-14b", "qlora", 512, 2), ("qwen3-32b", "qlora", 2048, 2), ("qwen3-8b", "qlora", 2048, 1)],
+]
+# transformers + PEFT is what users without Unsloth get; a few points calibrate that backend.
+PEFT_POINTS = [("qwen3-4b", "qlora", 2048, 1), ("qwen3-0.6b", "lora", 2048, 2), ("qwen3-8b", "qlora", 2048, 2)]
+
+
+def grid(level: str = "default", backends: tuple[str, ...] = ("auto",), peft_extra: bool = True) -> list[Point]:
+    """Points in priority order, so a time budget that stops early still leaves a spread of models,
+    methods, lengths and batches. Bigger models get fewer points (each costs more to load).
+    quick: ~9 points (~5 min on an H100); default: ~17 (~9 min); extended: ~30."""
+    n_rounds = {"quick": 1, "default": 2, "extended": 3}[level]
+    points = [Point(m, meth, s, b, backend) for backend in backends for rnd in ROUNDS[:n_rounds]
+              for (m, meth, s, b) in rnd]
+    if peft_extra and "peft" not in backends:
+        n_peft = {"quick": 0, "default": 2, "extended": 3}[level]
+        points += [Point(m, meth, s, b, "peft", "on") for (m, meth, s, b) in PEFT_POINTS[:n_peft]]
+    return points
+
+
+# ---------------------------------------------------------------------------- shape checkpoints
+def tensor_shapes(arch) -> list[tuple[str, list[int]]]:
+    """The tensors of a dense Qwen3ForCausalLM checkpoint, in transformers' names."""
+    if arch.is_moe:
+        raise ValueError("the sweep builds dense Qwen3 shapes only")
+    h, q, kv, i, hd = arch.hidden, arch.q_dim, arch.kv_dim, arch.intermediate, arch.head_dim
+    out = [("model.embed_tokens.weight", [arch.vocab, h])]
+    for n in range(arch.layers):
+        p = f"model.layers.{n}."
+        out += [(p + "input_layernorm.weight", [h]), (p + "post_attention_layernorm.weight", [h]),
+                (p + "self_attn.q_proj.weight", [q, h]), (p + "self_attn.k_proj.weight", [kv, h]),
+                (p + "self_attn.v_proj.weight", [kv, h]), (p + "self_attn.o_proj.weight", [h, q]),
+                (p + "self_attn.q_norm.weight", [hd]), (p + "self_attn.k_norm.weight", [hd]),
+                (p + "mlp.gate_proj.weight", [i, h]), (p + "mlp.up_proj.weight", [i, h]),
+                (p + "mlp.down_proj.weight", [h, i])]
+    out.append(("model.norm.weight", [h]))
+    if not arch.tied_embeddings:
+        out.append(("lm_head.weight", [arch.vocab, h]))
+    return out
+
+
+def write_sparse_safetensors(path: Path, tensors: list[tuple[str, list[int]]],
+                             prefix: dict[str, bytes] | None = None) -> int:
+    """A bf16 safetensors file whose data is a hole (zeros), except the 1-D norm weights (ones, the
+    usual init) and, for names in ``prefix``, those bytes at the start of the tensor. Returns the
+    file's apparent size in bytes."""
+    prefix = prefix or {}
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    fills: list[tuple[int, bytes]] = []
+    for name, shape in tensors:
+        n = 1
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + 2 * n]}
+        if len(shape) == 1:
+            fills.append((offset, b"\x80\x3f" * n))  # bf16 1.0, little-endian
+        elif name in prefix:
+            fills.append((offset, prefix[name][: 2 * n]))
+        offset += 2 * n
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
+    start = 8 + len(blob)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for off, data in fills:
+            f.seek(start + off)
+            f.write(data)
+        f.truncate(start + offset)
+    os.replace(tmp, path)
+    return start + offset
+
+
+def write_sharded(out: Path, tensors: list[tuple[str, list[int]]], prefix: dict[str, bytes] | None = None,
+                  shard_bytes: int = SHARD_BYTES) -> int:
+    """model.safetensors, or model-0000i-of-0000n.safetensors + model.safetensors.index.json when
+    the weights exceed ``shard_bytes``. Returns the total tensor bytes."""
+    shards: list[list[tuple[str, list[int]]]] = [[]]
+    size = used = 0
+    for name, shape in tensors:
+        n = 2
+        for d in shape:
+            n *= d
+        if shards[-1] and used + n > shard_bytes:
+            shards.append([])
+            used = 0
+        shards[-1].append((name, shape))
+        used += n
+        size += n
+    if len(shards) == 1:
+        write_sparse_safetensors(out / "model.safetensors", shards[0], prefix)
+        return size
+    weight_map = {}
+    for i, group in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        write_sparse_safetensors(out / fname, group, prefix)
+        weight_map.update({name: fname for name, _ in group})
+    index = {"metadata": {"total_size": size}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return size
+
+
+def random_bf16(rows: int, cols: int, seed: int, std: float = 0.02) -> bytes:
+    """Little-endian bf16 normal(0, std) values (the top half of each float32)."""
+    import numpy as np
+
+    values = (np.random.default_rng(seed).standard_normal((rows, cols), dtype=np.float32) * std)
+    return (values.view(np.uint32) >> 16).astype("<u2").tobytes()
+
+
+def used_rows(tokenizer_dir: Path) -> int:
+    """Token ids the demo tokenizer can produce: the embedding and LM-head rows that get values.
+    All-zero rows would be 'untrained tokens' to Unsloth, which refuses to train on them."""
+    config = json.loads((tokenizer_dir / "config.json").read_text(encoding="utf-8"))
+    return int(config["vocab_size"])
+
+
+def _demo_token_ids(tokenizer_dir: Path) -> dict:
+    config = json.loads((tokenizer_dir / "config.json").read_text(encoding="utf-8"))
+    return {k: config.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+
+
+def build_shape(key: str, work: Path, arch=None) -> Path:
+    """<work>/shapes/<key>/: config.json + sparse model.safetensors + the demo tokenizer. Cached."""
+    from core.demo import ensure_demo_model
+    from core.hardware.catalog import get_model
+
+    arch = arch or get_model(key).arch
+    out = work / "shapes" / key
+    done = out / "qwentune_shape.json"
+    if done.exists() and json.loads(done.read_text()).get("arch") == arch.to_dict():
+        return out
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    demo = ensure_demo_model()
+    config = {
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": arch.hidden,
+        "intermediate_size": arch.intermediate, "num_hidden_layers": arch.layers,
+        "num_attention_heads": arch.heads, "num_key_value_heads": arch.kv_heads, "head_dim": arch.head_dim,
+        "vocab_size": arch.vocab, "tie_word_embeddings": arch.tied_embeddings, "hidden_act": "silu",
+        "max_position_embeddings": 40960, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+        "attention_bias": False, "attention_dropout": 0.0, "use_cache": True, "use_sliding_window": False,
+        "sliding_window": None, "max_window_layers": arch.layers, "initializer_range": 0.02,
+        "dtype": "bfloat16", **_demo_token_ids(demo),
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    for name in TOKENIZER_FILES:
+        if (demo / name).exists():
+            shutil.copy2(demo / name, out / name)
+    rows = min(used_rows(demo), arch.vocab)
+    prefix = {"model.embed_tokens.weight": random_bf16(rows, arch.hidden, seed=1)}
+    if not arch.tied_embeddings:
+        prefix["lm_head.weight"] = random_bf16(rows, arch.hidden, seed=2)
+    size = write_sharded(out, tensor_shapes(arch), prefix)
+    done.write_text(json.dumps({"arch": arch.to_dict(), "bytes": size,
+                                "note": "random-init shape for the VRAM sweep (zero weights, sparse file)"}))
+    return out
+
+
+# --------------------------------------------------------------------------------- synthetic mix
+def _words() -> list[str]:
+    from core.demo import CORPUS_PATH
+
+    # Short plain words only: one more word is then at most a few more tokens, so rows can end
+    # close to the target length.
+    words = [w for w in CORPUS_PATH.read_text(encoding="utf-8").split() if w.isalpha() and len(w) <= 8]
+    return words or ["token"]
+
+
+def _conversation(n_words: int, seed: int):
+    from core.data.conversation import Conversation, Message
+
+    words = _words()
+    reply = " ".join(words[(seed * 7919 + k) % len(words)] for k in range(n_words))
+    return Conversation(messages=[Message("user", f"Question {seed}: please explain."),
+                                  Message("assistant", reply)], source="synthetic", origin=f"synthetic[{seed}]")
+
+
+def build_mix(seq_len: int, work: Path, tokenizer_dir: Path, rows: int = 8) -> tuple[Path, list[int]]:
+    """<work>/mixes/s<seq_len>/: ``rows`` conversations of seq_len - ROW_MARGIN tokens or a little
+    less under the demo tokenizer. Returns the folder and the rows' token counts. Cached."""
+    from transformers import AutoTokenizer
+
+    from core.data.mixdir import write_mix_dir
+    from core.data.render import render_batch
+
+    out = work / "mixes" / f"s{seq_len}"
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("row_tokens") and len(manifest["row_tokens"]) == rows:
+            return out, manifest["row_tokens"]
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    target = max(seq_len - ROW_MARGIN, 16)
+    convs, counts = [], []
+    for seed in range(rows):
+        lo, hi = 1, target  # words; each word is at least one token, so target words is too many
+        best = None
+        while lo <= hi:  # the longest reply that stays within the target
+            mid = (lo + hi) // 2
+            conv = _conversation(mid, seed)
+            n = render_batch([conv], tok)[0].n_tokens
+            if n <= target:
+                best, lo = (conv, n), mid + 1
+            else:
+                hi = mid - 1
+        if best is None:
+            raise ValueError(f"seq_len {seq_len} is too short for a conversation")
+        convs.append(best[0])
+        counts.append(best[1])
+    rendered = render_batch(convs, tok)
+    train_rows = [{"conversation": c.to_json(), "text": r.text, "n_tokens": r.n_tokens, "source": "synthetic"}
+                  for c, r in zip(convs, rendered)]
+    manifest = {"sources": [{"name": "synthetic", "path": "bench/vram_sweep.py", "rows": rows}], "seed": 0,
+                "max_seq_len": seq_len, "tokenizer": str(tokenizer_dir), "row_tokens": counts,
+                "note": "synthetic rows of about max_seq_len tokens for the VRAM sweep"}
+    if out.exists():
+        shutil.rmtree(out)
+    write_mix_dir(out, train_rows, [], manifest)
+    return out, counts
+
+
+# ------------------------------------------------------------------------------------- one point
+def run_config(point: Point, shape_dir: Path, mix_dir: Path, runs_dir: Path, run_name: str) -> dict:
+    from core.config import ALL_LINEAR
+
+    return {
+        "name": run_name,
+        "runs_dir": str(runs_dir),
+        "model": {"name_or_path": str(shape_dir), "method": point.method,
+                  "quant": "nf4" if point.method == "qlora" else "auto", "backend": point.backend},
+        "lora": {"r": RANK, "alpha": RANK, "dropout": 0.0, "target_modules": list(ALL_LINEAR)},
+        "train": {"max_steps": MAX_STEPS, "micro_batch": point.micro_batch, "grad_accum": 1,
+                  "max_seq_len": point.seq_len, "gradient_checkpointing": point.grad_ckpt, "warmup_steps": 0,
+                  "logging_steps": 1, "save_steps": 10000, "save_total_limit": 1, "eval_steps": 0,
+                  "packing": "padding_free", "report_to": "none"},
+        "data": {"mix_dir": str(mix_dir)},
+    }
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")[-chars:]
+    except FileNotFoundError:
+        return ""
+
+
+def run_point(point: Point, work: Path, timeout_s: float, keep_runs: bool, arch=None) -> dict:
+    """Train one point through the CLI and return its result line (without card and versions)."""
+    import yaml
+
+    from core.hardware.catalog import get_model
+
+    arch = arch or get_model(point.model).arch
+    shape_dir = build_shape(point.model, work, arch)
+    mix_dir, row_tokens = build_mix(point.seq_len, work, shape_dir)
+    runs_dir = work / "runs"
+    run_name = f"{point.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    config_path = work / "configs" / f"{run_name}.yaml"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(yaml.safe_dump(run_config(point, shape_dir, mix_dir, runs_dir, run_name),
+                                          sort_keys=False), encoding="utf-8")
+    run_dir = runs_dir / run_name
+    t0 = time.perf_counter()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "core", "train", str(config_path)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout_s)
+        rc, output = proc.returncode, proc.stdout
+    except subprocess.TimeoutExpired as exc:
+        rc, output = None, (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) \
+            else (exc.stdout or "")
+    wall = time.perf_counter() - t0
+    status = {}
+    if (run_dir / "status.json").exists():
+        status = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
+    if rc is None:
+        state = "timeout"
+    elif status.get("oom"):
+        state = "oom"
+    elif rc == 0 and status.get("state") == "done":
+        state = "ok"
+    else:
+        state = "failed"
+    line = {
+        "model": point.model, "method": point.method, "seq_len": point.seq_len, "micro_batch": point.micro_batch,
+        "rank": RANK, "targets": "all", "grad_ckpt": point.grad_ckpt,
+        "backend": status.get("backend") or point.backend, "backend_requested": point.backend,
+        "quant": "nf4" if point.method == "qlora" else "none",
+        "optimizer": "adamw_8bit" if status.get("device") == "cuda" else "adamw_torch",
+        "status": state, "peak_alloc_gib": status.get("peak_alloc_gib"),
+        "nvml_used_gib": status.get("nvml_used_gib"), "gpu_name": status.get("gpu_name"),
+        "row_tokens": max(row_tokens), "tokens_per_step": max(row_tokens) * point.micro_batch,
+        "steps": status.get("step"), "dtype": status.get("dtype"), "train_runtime_s": status.get("train_runtime_s"),
+        "wall_s": round(wall, 1), "arch": arch.to_dict(), "run": run_name,
+    }
+    if state != "ok":
+        line["error"] = status.get("error") or f"exit code {rc}"
+        line["log_tail"] = _tail(run_dir / "train.log") or output[-3000:]
+    if not keep_runs and state == "ok":
+        shutil.rmtree(run_dir, ignore_errors=True)
+        config_path.unlink(missing_ok=True)
+    return line
+
+
+# ---------------------------------------------------------------------------------------- driver
+def card_name() -> str:
+    """torch.cuda.get_device_name, asked in a short-lived process: a CUDA context held by this
+    driver process for the whole sweep would count in every point's NVML reading."""
+    code = "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cannot ask torch for the GPU's name: {proc.stderr.strip()[-500:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def point_key(line: dict) -> tuple:
+    return (line.get("card"), line.get("model"), line.get("method"), int(line.get("seq_len", 0)),
+            int(line.get("micro_batch", 0)), int(line.get("rank", RANK)), line.get("grad_ckpt"),
+            line.get("backend_requested", line.get("backend")))
+
+
+def done_keys(out: Path) -> set[tuple]:
+    """Points already measured (ok or oom); failed and timed-out points are tried again."""
+    keys = set()
+    if out.exists():
+        for n, text in enumerate(out.read_text(encoding="utf-8").splitlines(), 1):
+            if not text.strip():
+                continue
+            try:
+                line = json.loads(text)
+            except json.JSONDecodeError:
+                print(f"warning: {out}:{n} is not JSON; ignored", file=sys.stderr)
+                continue
+            if line.get("status") in ("ok", "oom"):
+                keys.add(point_key(line))
+    return keys
+
+
+def append_line(out: Path, line: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(line, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def smoke_point() -> tuple[Point, object]:
+    """A demo-sized shape (the demo model's architecture), 16-bit LoRA: runs on the CPU."""
+    import json as _json
+
+    from core.demo import ensure_demo_model
+    from core.hardware.catalog import Arch
+
+    arch = Arch.from_hf_config(_json.loads((ensure_demo_model() / "config.json").read_text()))
+    return Point(SMOKE_MODEL, "lora", 128, 2), arch
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=None, help=f"JSON lines file to append to (default {DEFAULT_OUT}; "
+                                                          "with --smoke, <work>/vram_smoke.jsonl).")
+    p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="Scratch folder for shapes, mixes and runs.")
+    p.add_argument("--quick", action="store_true", help="Only the first round: every model x method once.")
+    p.add_argument("--extended", action="store_true", help="A third round of points, for a tighter fit.")
+    p.add_argument("--smoke", action="store_true", help="CPU plumbing check: a demo-sized shape, one point.")
+    p.add_argument("--models", default="", help="Comma-separated catalog keys to keep (default: all in the grid).")
+    p.add_argument("--backends", default="auto", help="Comma-separated backends to request (auto, unsloth, peft).")
+    p.add_argument("--no-peft-extra", action="store_true", help="Skip the few transformers + PEFT points.")
+    p.add_argument("--time-budget", type=float, default=540.0,
+                   help="Start no new point after this many seconds (the sweep resumes next time).")
+    p.add_argument("--point-timeout", type=float, default=420.0, help="Give up on one point after this many s.")
+    p.add_argument("--keep-runs", action="store_true", help="Keep the run folders of successful points.")
+    p.add_argument("--dry-run", action="store_true", help="List the points still to measure and exit.")
+    args = p.parse_args(argv)
+
+    t_start = time.perf_counter()
+    work = args.work.expanduser()
+    work.mkdir(parents=True, exist_ok=True)
+    arches = {}
+    if args.smoke:
+        point, arch = smoke_point()
+        points, arches[point.model] = [point], arch
+        out = args.out or work / "vram_smoke.jsonl"
+    else:
+        backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+        level = "quick" if args.quick else "extended" if args.extended else "default"
+        points = grid(level, backends, peft_extra=not args.no_peft_extra)
+        if args.models:
+            keep = {m.strip() for m in args.models.split(",")}
+            points = [pt for pt in points if pt.model in keep]
+        out = args.out or DEFAULT_OUT
+    card = card_name()
+    done = done_keys(out)
+    todo = [pt for pt in points if (card, pt.model, pt.method, pt.seq_len, pt.micro_batch, RANK, pt.grad_ckpt,
+                                    pt.backend) not in done]
+    print(f"card: {card}; {len(points) - len(todo)} of {len(points)} points already in {out}; "
+          f"{len(todo)} to go", flush=True)
+    if args.dry_run:
+        for pt in todo:
+            print("  " + pt.name)
+        return 0
+    meta = {"card": card, "versions": versions()}
+    slowest = 0.0
+    measured = 0
+    for n, pt in enumerate(todo, 1):
+        elapsed = time.perf_counter() - t_start
+        if elapsed + max(slowest, 30.0) > args.time_budget:
+            print(f"time budget reached after {elapsed:.0f}s: {len(todo) - n + 1} points left; run again to "
+                  "continue", flush=True)
+            break
+        print(f"[{n}/{len(todo)}] {pt.name} ...", flush=True)
+        line = run_point(pt, work, args.point_timeout, args.keep_runs, arches.get(pt.model))
+        line = {**meta, **line, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        append_line(out, line)
+        slowest = max(slowest, line["wall_s"])
+        measured += 1
+        peak = line["peak_alloc_gib"]
+        print(f"    {line['status']}: backend {line['backend']}, peak alloc "
+              f"{peak if peak is not None else '-'} GiB, NVML {line['nvml_used_gib'] or '-'} GiB, "
+              f"{line['wall_s']}s" + (f"; {line.get('error', '')[:300]}" if line["status"] != "ok" else ""),
+              flush=True)
+    print(f"measured {measured} point(s) in {time.perf_counter() - t_start:.0f}s -> {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

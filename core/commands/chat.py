@@ -1,0 +1,73 @@
+"""chat: ask the base model and the fine-tuned model the same question, print both answers."""
+
+from __future__ import annotations
+
+HELP = "Ask the base and the fine-tuned model the same question (same sampling, same seed); print both."
+
+
+def add_arguments(p) -> None:
+    from core.config import ChatConfig, SamplingConfig
+    from core.settings import add_cli_flags
+
+    p.add_argument("--run", required=True, metavar="TARGET",
+                   help="A run folder (runs/<name>), a checkpoint folder, an adapter folder, a model folder, "
+                        "a catalog key, a hub id, or 'demo'.")
+    p.add_argument("--prompt", required=True, help="The question. '-' reads it from stdin.")
+    p.add_argument("--system", default="", help="Optional system prompt for both panes.")
+    p.add_argument("--runs-dir", default="runs", help="Folder of run folders (to find --run by name).")
+    p.add_argument("--json", action="store_true",
+                   help='Print {"base": {"reasoning", "answer"}, "tuned": {"reasoning", "answer"}} only.')
+    # --thinking on|off, --temperature, --top-p, --top-k, --min-p, --greedy, --max-new-tokens, --seed ...
+    add_cli_flags(p, SamplingConfig)
+    add_cli_flags(p, ChatConfig)
+
+
+def _configs(args):
+    from core.config import ChatConfig, SamplingConfig
+    from core.settings import cli_overrides, field_info, from_dict
+
+    overrides = cli_overrides(args)
+    sampling_keys = {f.name for f in field_info(SamplingConfig)}
+    sampling = from_dict(SamplingConfig, {k: v for k, v in overrides.items() if k in sampling_keys})
+    chat = from_dict(ChatConfig, {k: v for k, v in overrides.items() if k not in sampling_keys})
+    return sampling, chat
+
+
+def run(args) -> int:
+    import sys
+
+    from core.chat.loader import load_engine
+    from core.chat.sampling import resolve
+    from core.cli import print_json
+
+    sampling_cfg, chat_cfg = _configs(args)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt.strip():
+        print("error: --prompt is empty", file=sys.stderr)
+        return 2
+    sampling = resolve(sampling_cfg)
+    engine = load_engine(args.run, chat_cfg, runs_dir=args.runs_dir)
+    messages = [{"role": "user", "content": prompt}]
+    for note in engine.info.get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
+    if args.json:
+        replies = engine.compare(messages, sampling, system=args.system)
+        print_json({pane: (replies[pane].to_json() if pane in replies else None) for pane in ("base", "tuned")})
+        return 0
+    titles = {"base": f"base model: {engine.info.get('base')}",
+              "tuned": f"fine-tuned: {engine.info.get('label')}"}
+    mode = "thinking on" if sampling.thinking else "thinking off"
+    for pane in engine.panes:
+        print(f"=== {titles[pane]} ({mode}, seed {sampling.seed}) ===", flush=True)
+        gen = engine.stream(pane, messages, sampling, system=args.system)
+        for piece in gen:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        reply = gen.reply
+        st = reply.stats()
+        print(f"\n--- {st['new_tokens']} tokens, {st['tokens_per_s']} tokens/s, {st['finish_reason']}", flush=True)
+        if reply.finish_reason == "length" and reply.split.in_reasoning:
+            print("--- the reply ran out of tokens while reasoning: raise --max-new-tokens", flush=True)
+    if "tuned" not in engine.panes:
+        print("(no fine-tuned pane: load a run, checkpoint or adapter to compare)", flush=True)
+    return 0

@@ -1,0 +1,88 @@
+"""hw: the GPUs here (or a simulated card) and which Qwen3 model x method fits each."""
+
+from __future__ import annotations
+
+import sys
+
+HELP = "Show GPUs, RAM and disk, and which Qwen3 model and method fit each GPU."
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--vram-gb", type=float, default=None,
+                   help="Simulate a card with this much memory (GiB as nvidia-smi shows it, e.g. 12, "
+                        "24, 80) instead of detecting GPUs.")
+    p.add_argument("--gpus", type=int, default=1, help="With --vram-gb: how many such cards.")
+    p.add_argument("--seq-len", type=int, default=2048, help="Sequence length to judge at (tokens).")
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank to judge at.")
+    p.add_argument("--backend", default="unsloth", choices=["unsloth", "peft"],
+                   help="Training backend to judge for (unsloth is the GPU default).")
+    p.add_argument("--json", action="store_true", help="Print one JSON document.")
+
+
+def run(args) -> int:
+    from core.cli import print_json
+    from core.hardware.detect import detect, simulated
+    from core.hardware.recommend import recommend
+
+    if args.vram_gb is not None and args.vram_gb <= 0:
+        print("error: --vram-gb must be a positive number", file=sys.stderr)
+        return 2
+    if args.seq_len < 16 or args.gpus < 1 or args.rank < 1:
+        print("error: --seq-len must be >= 16, --gpus and --rank >= 1", file=sys.stderr)
+        return 2
+    report = simulated(args.vram_gb, count=args.gpus) if args.vram_gb else detect()
+    result = recommend(report, seq_len=args.seq_len, rank=args.rank, backend=args.backend,
+                       grad_ckpt="unsloth" if args.backend == "unsloth" else "on")
+    if args.json:
+        print_json(result)
+        return 0
+    print(format_text(result))
+    return 0
+
+
+def format_text(result: dict) -> str:
+    lines = []
+    sysinfo = result["system"]
+    if not result["gpus"]:
+        lines.append(result["message"])
+        lines.append("To see what a card could train, simulate it: python -m core hw --vram-gb 24")
+    for g in result["gpus"]:
+        extra = []
+        if g["compute_capability"]:
+            extra.append(f"cc {g['compute_capability']}")
+        extra.append("bf16" if g["bf16"] else "no bf16 (fp16)")
+        if g["utilization_pct"] is not None:
+            extra.append(f"{g['utilization_pct']}% busy")
+        if g["temperature_c"] is not None:
+            extra.append(f"{g['temperature_c']} C")
+        if g["power_w"] is not None:
+            extra.append(f"{g['power_w']:.0f} W")
+        lines.append(f"GPU {g['index']}: {g['name']}  {g['used_gib']:.1f} / {g['total_gib']:.1f} GiB used  "
+                     f"({', '.join(extra)})")
+    if sysinfo["driver_version"]:
+        lines.append(f"driver {sysinfo['driver_version']}, CUDA {sysinfo['cuda_version'] or '?'}")
+    ram = f"{sysinfo['ram_available_gib']:.1f} / {sysinfo['ram_total_gib']:.1f} GiB free" \
+        if sysinfo["ram_total_gib"] else "unknown"
+    disk = f"{sysinfo['disk_free_gib']:.0f} GiB free" if sysinfo["disk_free_gib"] is not None else "unknown"
+    lines.append(f"RAM {ram}; disk {disk}")
+    if result["message"] and result["gpus"]:
+        lines.append(result["message"])
+    for g in result["gpus"]:
+        rows = [r for r in result["recommendations"] if r["gpu"] == g["index"]]
+        lines.append("")
+        lines.append(f"GPU {g['index']} ({g['name']}, {g['total_gib']:.0f} GiB) at {result['seq_len']} tokens:")
+        lines.append(f"  {'model':<24}{'method':<8}{'est GiB':>9}  {'verdict':<7}{'max seq':>9}{'batch':>7}")
+        for r in rows:
+            mark = "  <- best pick" if r["best"] else ""
+            lines.append(f"  {r['display']:<24}{r['method']:<8}{r['est_gib']:>9.1f}  {r['verdict']:<7}"
+                         f"{r['max_seq_len']:>9}{r['micro_batch']:>7}{mark}")
+    best = result["best"]
+    if best:
+        lines.append("")
+        lines.append(f"Best pick: {best['display']} with {best['method']} on GPU {best['gpu']} "
+                     f"(~{best['est_gib']:.1f} GiB at {best['seq_len']} tokens, micro-batch {best['micro_batch']}, "
+                     f"up to {best['max_seq_len']} tokens at batch 1)")
+    elif result["gpus"]:
+        lines.append("")
+        lines.append("No model fits with 10% headroom; try a shorter --seq-len.")
+    return "\n".join(lines)

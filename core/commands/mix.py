@@ -1,0 +1,82 @@
+"""mix: build a data mix folder from a mix config (sources, ratios, seed, length policy)."""
+
+from __future__ import annotations
+
+import sys
+
+HELP = "Mix data sources by ratio, render them in the chat template, report token lengths, save a mix folder."
+
+
+def add_arguments(p) -> None:
+    from core.config import MixConfig
+    from core.settings import add_cli_flags
+
+    p.add_argument("config", help="Mix config YAML (see presets/mixes/).")
+    p.add_argument("--out", help="Folder to save the mix in (required unless --dry-run).")
+    p.add_argument("--tokenizer", default="demo",
+                   help="Tokenizer for rendering and the length report: 'demo' (default, offline), a model "
+                        "folder, or a hub id.")
+    p.add_argument("--json", action="store_true", help="Print counts per source, drops and total as JSON.")
+    p.add_argument("--preview", type=int, default=0, metavar="N",
+                   help="Print N rendered rows with the trained tokens marked.")
+    p.add_argument("--dry-run", action="store_true", help="Report only; write nothing.")
+    p.add_argument("--force", action="store_true", help="Replace an existing mix folder at --out.")
+    add_cli_flags(p, MixConfig)
+
+
+def _progress(fraction: float, message: str) -> None:
+    print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
+
+
+def _table(result) -> str:
+    head = ["source", "formats", "read", "parsed", "usable", "used", "dropped", "p50", "p95", "max",
+            f">{result.config.max_seq_len}"]
+    lines = [head]
+    for s in result.sources:
+        ls = s.length_stats
+        lines.append([s.name, ",".join(s.formats) or "-", s.rows_read, s.parsed, s.usable,
+                      f"{s.used}" + (f" ({s.repeated} rep)" if s.repeated else ""), s.dropped,
+                      ls.get("p50", 0), ls.get("p95", 0), ls.get("max", 0), ls.get("over_max", 0)])
+    widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in lines)
+
+
+def run(args) -> int:
+    from core.cli import print_json
+    from core.config import MixConfig
+    from core.data.mix import build_mix, load_tokenizer
+    from core.data.preview import preview_text
+    from core.data.render import MaskOptions, render
+    from core.settings import ConfigError, cli_overrides, deep_merge, from_dict, read_yaml
+
+    if not args.out and not args.dry_run:
+        raise ConfigError("give --out DIR (where to save the mix) or --dry-run", "--out")
+    data, lines = read_yaml(args.config)
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError("expected a mapping of mix settings", "", args.config)
+    data = deep_merge(data or {}, cli_overrides(args))
+    cfg = from_dict(MixConfig, data, source=args.config, lines=lines)
+    tokenizer = load_tokenizer(args.tokenizer)
+    progress = None if args.json else _progress
+    result = build_mix(cfg, tokenizer, None if args.dry_run else args.out, progress, overwrite=args.force)
+    if args.json:
+        print_json(result.summary())
+    else:
+        print(_table(result))
+        where = f" -> {result.out_dir}" if result.out_dir else " (dry run, nothing written)"
+        print(f"total: {result.total} rows (train {len(result.rows)}, eval {len(result.eval_rows)}){where}")
+        for s in result.sources:
+            for reason, d in s.drops.items():
+                print(f"  dropped from {s.name}: {reason} x{d['count']}, e.g. {d['examples'][0]}")
+        for w in result.warnings:
+            print(f"warning: {w}")
+    if args.preview:
+        color = sys.stdout.isatty()
+        truncate = cfg.overlong == "truncate"
+        for i, conv in enumerate(result.train[: args.preview]):
+            rendered = render(conv, tokenizer, max_len=cfg.max_seq_len, truncate=truncate, options=MaskOptions())
+            out = sys.stderr if args.json else sys.stdout
+            print(f"\n--- preview {i + 1}: {conv.source} ({conv.origin}), {rendered.n_tokens} tokens, "
+                  f"{rendered.n_trained} trained {'(green)' if color else 'between ⟦ ⟧'} ---", file=out)
+            print(preview_text(rendered, color=color), file=out)
+    return 0

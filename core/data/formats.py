@@ -1,0 +1,511 @@
+"""Rows of any common dataset format -> :class:`Conversation`.
+
+Formats (detected per row from its columns, or chosen with ``format:``; ``columns:`` renames the
+dataset's columns to the names below first):
+
+* ``alpaca``   instruction, input, output (+ system, history [[q, a], ...], reasoning)
+* ``sharegpt`` conversations [{from, value}] with human / gpt / system / function_call / observation
+               (+ system, tools; tools may be a JSON string); role_tag, content_tag, user_tag,
+               assistant_tag, system_tag, function_tag, observation_tag rename the inner keys/values
+* ``messages`` messages [{role, content}] (OpenAI), with tool_calls, tool turns and a tools list;
+               content may be a list of typed parts (text, thinking / reasoning)
+* ``reasoning`` prompt (or question/instruction/problem), reasoning (or thinking/reasoning_content/cot),
+               answer (or response/output/solution)
+* ``openmath`` problem, generated_solution, expected_answer (OpenMathReasoning)
+
+Reasoning is taken from a ``reasoning_content`` / ``reasoning`` / ``thinking`` field or from text that
+holds ``<think>...</think>`` (split exactly the way Qwen3's template splits it). A row that cannot be
+converted without guessing is skipped with a reason (:class:`RowError`); nothing is silently changed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from core.data.conversation import Conversation, Message, ToolCall
+from core.settings import ConfigError
+
+FORMAT_NAMES = ("alpaca", "sharegpt", "messages", "reasoning", "openmath")
+
+# Canonical column names each format reads; ``columns:`` maps these to the dataset's names.
+COLUMN_KEYS = {
+    "alpaca": ("instruction", "input", "output", "system", "history", "reasoning"),
+    "sharegpt": ("conversations", "system", "tools", "role_tag", "content_tag", "user_tag",
+                 "assistant_tag", "system_tag", "function_tag", "observation_tag"),
+    "messages": ("messages", "tools"),
+    "reasoning": ("prompt", "reasoning", "answer", "system"),
+    "openmath": ("problem", "generated_solution", "expected_answer"),
+}
+INNER_KEYS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag", "function_tag",
+              "observation_tag")
+ALL_COLUMN_KEYS = tuple(dict.fromkeys(k for keys in COLUMN_KEYS.values() for k in keys))
+
+PROMPT_KEYS = ("prompt", "question", "query", "instruction", "problem")
+REASONING_KEYS = ("reasoning", "reasoning_content", "thinking", "thought", "cot", "think")
+ANSWER_KEYS = ("answer", "response", "output", "solution", "completion")
+MESSAGE_REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
+
+SHAREGPT_ROLES = {
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant",
+    "bing": "assistant", "model": "assistant",
+    "system": "system",
+    "function_call": "function_call", "tool_call": "function_call",
+    "observation": "tool", "tool": "tool", "function_response": "tool", "tool_response": "tool",
+}
+MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "human": "user",
+                 "assistant": "assistant", "gpt": "assistant", "model": "assistant",
+                 "tool": "tool", "function": "tool", "ipython": "tool"}
+
+_BOXED = re.compile(r"\\boxed\s*\{")
+
+
+class RowError(ValueError):
+    """This row cannot be converted. ``reason`` is the short category shown in reports."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+# ---------------------------------------------------------------------------------- detection
+def check_columns(columns: dict, fmt: str = "auto") -> None:
+    """Reject a column mapping with unknown canonical names (a ConfigError naming the key)."""
+    known = ALL_COLUMN_KEYS if fmt == "auto" else COLUMN_KEYS.get(fmt, ALL_COLUMN_KEYS)
+    for key, value in (columns or {}).items():
+        if key not in known:
+            raise ConfigError(f"unknown column name {key!r} for format {fmt}; known: {', '.join(known)}",
+                              f"columns.{key}")
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"must name a column of the data, got {value!r}", f"columns.{key}")
+
+
+def apply_columns(data: dict, columns: dict) -> dict:
+    """Rename the dataset's columns to the canonical names. A mapped column that is absent is an error."""
+    if not columns:
+        return data
+    out = dict(data)
+    for key, col in columns.items():
+        if key in INNER_KEYS:
+            continue
+        if col not in data:
+            raise RowError("missing column", f"column {col!r} (columns.{key}) is not in the row; "
+                                             f"it has: {', '.join(map(str, data)) or '(nothing)'}")
+        out[key] = data[col]
+    return out
+
+
+def detect_format(data: dict) -> str | None:
+    """The format a row's columns suggest, or None."""
+    keys = set(data)
+    if isinstance(data.get("messages"), (list, str)):
+        return "messages"
+    for key in ("conversations", "conversation"):
+        conv = data.get(key)
+        if isinstance(conv, str):
+            try:
+                conv = json.loads(conv)
+            except ValueError:
+                continue
+        if isinstance(conv, list):
+            first = next((t for t in conv if isinstance(t, dict)), {})
+            return "messages" if "role" in first and "from" not in first else "sharegpt"
+    if {"problem", "generated_solution"} <= keys:
+        return "openmath"
+    if "instruction" in keys and "output" in keys:
+        return "alpaca"
+    if keys & set(PROMPT_KEYS) and keys & set(ANSWER_KEYS):
+        return "reasoning"
+    return None
+
+
+# -------------------------------------------------------------------------------------- helpers
+def _text(value, what: str) -> str:
+    """A text field; numbers become their text, None becomes ''. Lists/dicts are an error."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise RowError("wrong field type", f"{what} should be text, got {type(value).__name__}")
+
+
+def _json_field(value, what: str):
+    """Lists and objects stored as JSON text (CSV, ShareGPT tools) are parsed; '' means absent."""
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise RowError("invalid JSON field", f"{what} is text but not valid JSON ({exc})") from None
+    return value
+
+
+def split_think(text: str) -> tuple[str | None, str]:
+    """(reasoning, answer) of text that may hold ``<think>...</think>``, split like Qwen3's template.
+    Returns (None, text) when there is no ``</think>``."""
+    if "</think>" not in text:
+        if "<think>" in text:
+            raise RowError("unclosed <think>", "the text opens <think> but never closes it")
+        return None, text
+    if text.count("</think>") > 1 or text.count("<think>") > 1:
+        raise RowError("several think blocks", "one reply holds more than one <think>...</think>")
+    before, after = text.split("</think>")
+    if "<think>" in before:
+        lead, before = before.split("<think>")
+        if lead.strip():
+            raise RowError("text before <think>", f"the reply starts with {lead.strip()[:40]!r} before <think>")
+    elif "<think>" in after:
+        raise RowError("misplaced <think>", "</think> comes before <think>")
+    return before.rstrip("\n").lstrip("\n"), after.lstrip("\n")
+
+
+def _reasoning_and_content(content: str, reasoning) -> tuple[str | None, str]:
+    """Combine an explicit reasoning field with think tags in the content."""
+    inline, answer = split_think(content)
+    if reasoning is not None:
+        reasoning = _text(reasoning, "reasoning")
+        if inline:
+            raise RowError("reasoning given twice", "both a reasoning field and <think> text in the content")
+        return reasoning.strip("\n") or None, answer
+    return (inline or None), answer
+
+
+def normalise_tools(tools) -> list[dict] | None:
+    """A tools list as OpenAI-style schemas: bare {name, parameters} become {type: function, function}."""
+    tools = _json_field(tools, "tools")
+    if tools is None or tools == []:
+        return None
+    if isinstance(tools, dict):
+        tools = [tools]
+    if not isinstance(tools, list):
+        raise RowError("invalid tools", f"tools should be a list of JSON schemas, got {type(tools).__name__}")
+    out = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise RowError("invalid tools", f"tools[{i}] is not an object")
+        if "function" in tool and isinstance(tool["function"], dict):
+            if not tool["function"].get("name"):
+                raise RowError("invalid tools", f"tools[{i}] has no function name")
+            out.append(tool)
+        elif tool.get("name"):
+            out.append({"type": "function", "function": tool})
+        else:
+            raise RowError("invalid tools", f"tools[{i}] has no name")
+    return out
+
+
+def _tool_call(item, where: str) -> ToolCall:
+    if isinstance(item, dict) and isinstance(item.get("function"), dict):
+        item = item["function"]
+    if not isinstance(item, dict) or not item.get("name"):
+        raise RowError("invalid tool call", f"{where}: expected an object with a name and arguments")
+    args = item.get("arguments", item.get("parameters", {}))
+    if args is None:
+        args = {}
+    if isinstance(args, str):
+        try:
+            json.loads(args)
+        except ValueError:
+            raise RowError("invalid tool call", f"{where}: arguments are not valid JSON") from None
+    elif not isinstance(args, dict):
+        raise RowError("invalid tool call", f"{where}: arguments should be an object")
+    return ToolCall(str(item["name"]), args)
+
+
+def _content_and_parts(content, where: str) -> tuple[str, str | None]:
+    """Message content as text; a list of typed parts gives (text, reasoning)."""
+    if content is None:
+        return "", None
+    if isinstance(content, list):
+        texts, thoughts = [], []
+        for j, part in enumerate(content):
+            if isinstance(part, str):
+                texts.append(part)
+                continue
+            if not isinstance(part, dict):
+                raise RowError("invalid content part", f"{where} part {j} is not an object")
+            kind = part.get("type", "text")
+            if kind in ("text", "output_text", "input_text"):
+                texts.append(_text(part.get("text"), f"{where} part {j}"))
+            elif kind in ("thinking", "reasoning", "reasoning_content"):
+                thoughts.append(_text(part.get("thinking", part.get("reasoning", part.get("text"))),
+                                      f"{where} part {j}"))
+            else:
+                raise RowError("unsupported content", f"{where} part {j} has type {kind!r} "
+                                                      "(only text and thinking parts are supported)")
+        return "".join(texts), ("".join(thoughts) if thoughts else None)
+    return _text(content, where), None
+
+
+# -------------------------------------------------------------------------------------- formats
+def from_alpaca(data: dict, instruction_in: str = "user") -> tuple[list[Message], list[dict] | None]:
+    instruction = _text(data.get("instruction"), "instruction").strip()
+    query = _text(data.get("input"), "input").strip()
+    output = _text(data.get("output"), "output")
+    system = _text(data.get("system"), "system").strip()
+    if not instruction and not query:
+        raise RowError("empty field", "instruction and input are both empty")
+    if not output.strip():
+        raise RowError("empty field", "output is empty")
+    msgs: list[Message] = []
+    if instruction_in == "system" and query:
+        # The instruction becomes (part of) the system turn; a row without input keeps it as the
+        # user turn, since a conversation needs a user turn (documented in docs/data.md).
+        system = f"{system}\n\n{instruction}" if system else instruction
+        user = query
+    else:
+        user = f"{instruction}\n{query}" if instruction and query else (instruction or query)
+    if system:
+        msgs.append(Message("system", system))
+    history = _json_field(data.get("history"), "history") or []
+    if not isinstance(history, list):
+        raise RowError("invalid history", "history should be a list of [question, answer] pairs")
+    for i, pair in enumerate(history):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise RowError("invalid history", f"history[{i}] is not a [question, answer] pair")
+        q, a = _text(pair[0], f"history[{i}][0]"), _text(pair[1], f"history[{i}][1]")
+        if not q.strip() or not a.strip():
+            raise RowError("empty field", f"history[{i}] has an empty question or answer")
+        reasoning, answer = split_think(a)
+        msgs += [Message("user", q), Message("assistant", answer, reasoning=reasoning or None)]
+    reasoning, answer = _reasoning_and_content(output, data.get("reasoning"))
+    msgs += [Message("user", user), Message("assistant", answer, reasoning=reasoning)]
+    return msgs, None
+
+
+def from_sharegpt(data: dict, columns: dict | None = None) -> tuple[list[Message], list[dict] | None]:
+    columns = columns or {}
+    role_tag = columns.get("role_tag", "from")
+    content_tag = columns.get("content_tag", "value")
+    roles = dict(SHAREGPT_ROLES)
+    for tag, role in (("user_tag", "user"), ("assistant_tag", "assistant"), ("system_tag", "system"),
+                      ("function_tag", "function_call"), ("observation_tag", "tool")):
+        if columns.get(tag):
+            roles[str(columns[tag]).strip().lower()] = role
+    turns = data.get("conversations", data.get("conversation"))
+    turns = _json_field(turns, "conversations")
+    if not isinstance(turns, list) or not turns:
+        raise RowError("empty field", "conversations is missing or empty")
+    msgs: list[Message] = []
+    system = _text(data.get("system"), "system").strip()
+    for i, turn in enumerate(turns):
+        where = f"turn {i}"
+        if not isinstance(turn, dict):
+            raise RowError("invalid turn", f"{where} is not an object")
+        if role_tag not in turn and "role" in turn:
+            raw_role, value = turn.get("role"), turn.get("content")
+        else:
+            raw_role, value = turn.get(role_tag), turn.get(content_tag)
+        role = roles.get(str(raw_role).strip().lower()) if raw_role is not None else None
+        if role is None:
+            raise RowError("unknown role", f"{where} has role {raw_role!r}; known: {', '.join(sorted(roles))}")
+        if role == "function_call":
+            calls = _json_field(value, f"{where} (function_call)")
+            calls = calls if isinstance(calls, list) else [calls]
+            tool_calls = [_tool_call(c, f"{where} (function_call)") for c in calls]
+            prev = msgs[-1] if msgs else None
+            if prev is not None and prev.role == "assistant" and not prev.tool_calls:
+                prev.tool_calls = tool_calls  # text then a call: one assistant reply, as Qwen3 writes it
+            else:
+                msgs.append(Message("assistant", "", tool_calls=tool_calls))
+            continue
+        text = value if role == "tool" and isinstance(value, (dict, list)) else _text(value, where)
+        if role == "tool" and not isinstance(text, str):
+            text = json.dumps(text, ensure_ascii=False)
+        if role == "system":
+            if i == 0 and system and text.strip() != system:
+                raise RowError("system prompt given twice", "a system column and a different system turn")
+            if i == 0 and system:
+                continue
+        if role == "assistant":
+            reasoning, answer = _reasoning_and_content(text, turn.get("reasoning", turn.get("thinking")))
+            msgs.append(Message("assistant", answer, reasoning=reasoning))
+        else:
+            msgs.append(Message(role, text))
+    if system:
+        msgs.insert(0, Message("system", system))
+    return msgs, normalise_tools(data.get("tools"))
+
+
+def from_messages(data: dict) -> tuple[list[Message], list[dict] | None]:
+    turns = _json_field(data.get("messages"), "messages")
+    if not isinstance(turns, list) or not turns:
+        raise RowError("empty field", "messages is missing or empty")
+    msgs: list[Message] = []
+    for i, turn in enumerate(turns):
+        where = f"message {i}"
+        if not isinstance(turn, dict):
+            raise RowError("invalid turn", f"{where} is not an object")
+        raw_role = turn.get("role", turn.get("from"))
+        role = MESSAGE_ROLES.get(str(raw_role).strip().lower()) if raw_role is not None else None
+        if role is None:
+            raise RowError("unknown role", f"{where} has role {raw_role!r}; known: {', '.join(sorted(MESSAGE_ROLES))}")
+        raw_content = turn.get("content", turn.get("value"))
+        if role == "tool" and isinstance(raw_content, (dict, list)) and not (
+                isinstance(raw_content, list) and raw_content and isinstance(raw_content[0], dict)
+                and "type" in raw_content[0]):
+            content, part_reasoning = json.dumps(raw_content, ensure_ascii=False), None
+        else:
+            content, part_reasoning = _content_and_parts(raw_content, where)
+        if role == "assistant":
+            field_reasoning = next((turn[k] for k in MESSAGE_REASONING_KEYS if turn.get(k) is not None), None)
+            if part_reasoning is not None and field_reasoning is not None:
+                raise RowError("reasoning given twice", f"{where} has thinking parts and a reasoning field")
+            reasoning, answer = _reasoning_and_content(content, field_reasoning if field_reasoning is not None
+                                                       else part_reasoning)
+            raw_calls = _json_field(turn.get("tool_calls"), f"{where} tool_calls") or []
+            if isinstance(raw_calls, dict):
+                raw_calls = [raw_calls]
+            calls = [_tool_call(c, f"{where} tool_calls[{j}]") for j, c in enumerate(raw_calls)]
+            msgs.append(Message("assistant", answer, reasoning=reasoning, tool_calls=calls))
+        elif role == "tool":
+            name = turn.get("name") or turn.get("tool_call_id")
+            msgs.append(Message("tool", content, name=str(name) if name else None))
+        else:
+            msgs.append(Message(role, content))
+    return msgs, normalise_tools(data.get("tools"))
+
+
+def _first(data: dict, keys: tuple[str, ...]):
+    for k in keys:
+        if k in data and data[k] is not None:
+            return k, data[k]
+    return None, None
+
+
+def from_reasoning(data: dict) -> tuple[list[Message], list[dict] | None]:
+    pk, prompt = _first(data, PROMPT_KEYS)
+    ak, answer = _first(data, ANSWER_KEYS)
+    if pk is None:
+        raise RowError("missing field", f"no prompt column (one of {', '.join(PROMPT_KEYS)})")
+    if ak is None:
+        raise RowError("missing field", f"no answer column (one of {', '.join(ANSWER_KEYS)})")
+    prompt, answer = _text(prompt, pk), _text(answer, ak)
+    if not prompt.strip():
+        raise RowError("empty field", f"{pk} is empty")
+    if not answer.strip():
+        raise RowError("empty field", f"{ak} is empty")
+    _rk, reasoning = _first(data, REASONING_KEYS)
+    reasoning, content = _reasoning_and_content(answer, reasoning)
+    msgs = []
+    system = _text(data.get("system"), "system").strip()
+    if system:
+        msgs.append(Message("system", system))
+    msgs += [Message("user", prompt), Message("assistant", content, reasoning=reasoning)]
+    return msgs, None
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` in ``text`` (braces balanced), or None."""
+    found = None
+    for m in _BOXED.finditer(text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            found = text[m.end(): i - 1]
+    return found
+
+
+def from_openmath(data: dict) -> tuple[list[Message], list[dict] | None]:
+    """OpenMathReasoning: ``generated_solution`` is the reasoning trace. With ``</think>`` the part
+    after it is the answer; without, the whole solution is the trace and the answer is its last
+    ``\\boxed{}`` (or ``expected_answer``) written as "The answer is $\\boxed{X}$."."""
+    problem = _text(data.get("problem"), "problem").strip()
+    solution = _text(data.get("generated_solution"), "generated_solution")
+    expected = _text(data.get("expected_answer"), "expected_answer").strip()
+    if not problem:
+        raise RowError("empty field", "problem is empty")
+    if not solution.strip():
+        raise RowError("empty field", "generated_solution is empty")
+    reasoning, answer = split_think(solution)
+    if reasoning is None:
+        boxed = last_boxed(solution)
+        final = boxed if boxed is not None else expected
+        if not final:
+            raise RowError("no final answer", "generated_solution has no </think> and no \\boxed{}, "
+                                              "and expected_answer is empty")
+        reasoning, answer = solution.strip("\n"), f"The answer is $\\boxed{{{final}}}$."
+    elif not answer.strip():
+        final = last_boxed(reasoning) or expected
+        if not final:
+            raise RowError("no final answer", "nothing after </think>, no \\boxed{} and no expected_answer")
+        answer = f"The answer is $\\boxed{{{final}}}$."
+    return [Message("user", problem), Message("assistant", answer, reasoning=reasoning or None)], None
+
+
+CONVERTERS = {"alpaca": from_alpaca, "sharegpt": from_sharegpt, "messages": from_messages,
+              "reasoning": from_reasoning, "openmath": from_openmath}
+
+
+# -------------------------------------------------------------------------------------- checks
+def validate_messages(msgs: list[Message]) -> None:
+    """The rules every converted conversation must meet (else the row is skipped)."""
+    if not any(m.role == "assistant" for m in msgs):
+        raise RowError("no assistant turn", "the conversation has no assistant reply to train on")
+    for i, m in enumerate(msgs):
+        if m.role in ("user", "system") and not m.content.strip():
+            raise RowError("empty field", f"turn {i} ({m.role}) is empty")
+        if m.role == "assistant" and not (m.content.strip() or m.tool_calls or m.reasoning):
+            raise RowError("empty field", f"turn {i} (assistant) is empty")
+        if m.role == "tool" and (i == 0 or msgs[i - 1].role not in ("assistant", "tool")):
+            raise RowError("misplaced tool result", f"turn {i} is a tool result that follows no tool call")
+    if msgs[-1].role != "assistant":
+        raise RowError("ends without a reply", f"the last turn is {msgs[-1].role}, not an assistant reply")
+    if not any(m.role == "user" for m in msgs):
+        raise RowError("no user turn", "the conversation has no user turn")
+
+
+REQUIRED = {"alpaca": (("output",), ("instruction", "input")), "sharegpt": (("conversations", "conversation"),),
+            "messages": (("messages",),), "reasoning": (PROMPT_KEYS, ANSWER_KEYS),
+            "openmath": (("problem",), ("generated_solution",))}
+
+
+def check_required(data: dict, fmt: str) -> None:
+    for options in REQUIRED[fmt]:
+        if not any(k in data for k in options):
+            names = " or ".join(repr(k) for k in options)
+            raise RowError("missing field", f"format {fmt} needs a column {names}; the row has: "
+                                            f"{', '.join(map(str, data)) or '(nothing)'}")
+
+
+def to_conversation(data: dict, origin: str, *, fmt: str = "auto", columns: dict | None = None,
+                    instruction_in: str = "user", system_prompt: str = "", source: str = "",
+                    detected: dict | None = None) -> tuple[Conversation, str]:
+    """Convert one row. Returns (conversation, format used); raises RowError to skip the row.
+    ``detected`` caches auto-detection by column set (rows of one file share columns)."""
+    data = apply_columns(data, columns or {})
+    if fmt == "auto":
+        key = frozenset(data)
+        if detected is not None and key in detected and detected[key] not in ("messages", "sharegpt"):
+            fmt_used = detected[key]
+        else:
+            fmt_used = detect_format(data)
+            if detected is not None:
+                detected[key] = fmt_used
+        if fmt_used is None:
+            raise RowError("unknown format", f"cannot tell the format from columns {sorted(map(str, data))}; "
+                                             "set format: and columns: for this source")
+    else:
+        fmt_used = fmt
+    check_required(data, fmt_used)
+    if fmt_used == "alpaca":
+        msgs, tools = from_alpaca(data, instruction_in)
+    elif fmt_used == "sharegpt":
+        msgs, tools = from_sharegpt(data, columns)
+    else:
+        msgs, tools = CONVERTERS[fmt_used](data)
+    if system_prompt and (not msgs or msgs[0].role != "system"):
+        msgs.insert(0, Message("system", system_prompt))
+    validate_messages(msgs)
+    meta = {}
+    expected = data.get("expected_answer")
+    if expected is not None and expected != "":
+        meta["expected_answer"] = expected if isinstance(expected, (str, int, float)) else json.dumps(expected)
+    return Conversation(messages=msgs, tools=tools, source=source, origin=origin, meta=meta), fmt_used

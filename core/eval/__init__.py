@@ -1,0 +1,1 @@
+"""Before/after evaluation of a run: held-out loss, thinking-mode control, answer accuracy, serving."""

@@ -1,0 +1,393 @@
+"""Base vs fine-tuned, on the run's own held-out data (`python -m core eval --run DIR`).
+
+Three measurements, each for the base model (adapter off) and the fine-tuned model (adapter on),
+from one model in memory (core.chat.engine):
+
+1. **Held-out loss / perplexity** on the mix's eval split, with exactly the training mask
+   (core.data.render, the run's assistant-only and empty-think options; rows over the run's
+   max_seq_len are left out, as the trainer leaves them out). Loss is the mean over trained tokens.
+2. **Thinking-mode control**: N prompts, each answered with ``enable_thinking`` off and on. Off
+   complies when the reply holds no reasoning; on complies when it does. A rate per model and mode.
+   This catches the known failure of reasoning-heavy mixes: a model that ignores the switch.
+3. **Answer accuracy** on held-out rows that carry a final answer (``\\boxed{...}`` in the reference
+   reply or ``meta["expected_answer"]``), compared after normalisation (core.eval.answers).
+
+Results go to ``<run>/eval.json`` (``eval-<checkpoint>.json`` for a checkpoint); :func:`results_table`
+and :func:`results_figure` turn them into the table and plotly chart the GUI shows.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from core.config import ChatConfig, EvalConfig
+from core.data.conversation import Conversation, Message
+from core.settings import ConfigError, write_json_atomic
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+# Used when the mix has too few plain prompts for the thinking-mode check.
+FALLBACK_PROMPTS = [
+    "What is 17 * 23?",
+    "Explain in two sentences why the sky is blue.",
+    "Write a haiku about autumn.",
+    "If a train travels 120 km in 1.5 hours, what is its average speed?",
+    "用一句话解释什么是机器学习。",
+    "List three prime numbers greater than 50.",
+    "How many days are there in a leap year?",
+    "把“早上好”翻译成英文。",
+]
+
+
+class EvalError(ConfigError):
+    pass
+
+
+def _noop(stage: str, done: int, total: int) -> None:
+    return None
+
+
+# ------------------------------------------------------------------------------------- the data
+def run_dir_of(target: str | Path) -> Path:
+    """The run folder of a run or of one of its checkpoints."""
+    path = Path(target).expanduser().resolve()
+    for p in (path, *list(path.parents)[:3]):
+        if (p / "config.yaml").is_file():
+            return p
+    raise EvalError("not a run folder or a checkpoint of one (no config.yaml found)", "run", str(path))
+
+
+def mix_dir_of(run_dir: Path) -> Path:
+    """The run's mix: ``<run>/mix`` (built for an inline mix) or the config's data.mix_dir."""
+    from core.config import load_run_config
+    from core.data.mixdir import MANIFEST
+
+    if (run_dir / "mix" / MANIFEST).is_file():
+        return run_dir / "mix"
+    cfg = load_run_config(run_dir / "config.yaml")
+    if cfg.data.mix_dir:
+        mix = Path(cfg.data.mix_dir).expanduser()
+        if not mix.is_absolute() and not mix.is_dir():
+            mix = (run_dir / mix)
+        if (mix / MANIFEST).is_file():
+            return mix
+        raise EvalError(f"the run's mix folder {mix} is missing; give another with --mix", "data.mix_dir",
+                        str(run_dir / "config.yaml"))
+    raise EvalError("the run has no saved mix (no <run>/mix and no data.mix_dir); give one with --mix",
+                    "data.mix_dir", str(run_dir / "config.yaml"))
+
+
+def load_rows(mix_dir: Path, split: str) -> list[Conversation]:
+    from core.data.mixdir import read_mix_dir
+
+    train, evals, _manifest = read_mix_dir(mix_dir)
+    return evals if split == "eval" else train
+
+
+def _sample(items: list, n: int, seed: int) -> list:
+    if n <= 0 or n >= len(items):
+        return list(items)
+    idx = sorted(random.Random(seed).sample(range(len(items)), n))
+    return [items[i] for i in idx]
+
+
+# ------------------------------------------------------------------------------------ 1. the loss
+def loss_rows(convs: list[Conversation], tokenizer, *, max_seq_len: int, assistant_only: bool = True,
+              train_empty_think: bool = True) -> tuple[list[tuple[list[int], list[int]]], dict]:
+    """(input_ids, mask) per row with the training mask; rows the trainer would drop are dropped."""
+    from core.data.render import MaskOptions, render_batch
+
+    options = MaskOptions(assistant_only=assistant_only, train_empty_think=train_empty_think)
+    rows, too_long, no_target = [], 0, 0
+    for r in render_batch(convs, tokenizer, options=options):
+        if r.n_tokens > max_seq_len:
+            too_long += 1
+        elif r.n_trained == 0:
+            no_target += 1
+        else:
+            rows.append((r.input_ids, r.mask))
+    return rows, {"rows_in": len(convs), "too_long": too_long, "no_target": no_target}
+
+
+def eval_loss(engine, rows: list[tuple[list[int], list[int]]], *, batch_size: int = 4,
+              progress: Progress = _noop) -> dict:
+    out = {}
+    panes = engine.panes
+    for k, pane in enumerate(panes):
+        progress(f"loss:{pane}", k, len(panes))
+        results = engine.token_nll(pane, rows, batch_size=batch_size)
+        total = sum(r[0] for r in results)
+        tokens = sum(r[1] for r in results)
+        loss = total / tokens if tokens else float("nan")
+        out[pane] = {"loss": round(loss, 6), "ppl": round(math.exp(min(loss, 50.0)), 4) if tokens else None,
+                     "tokens": tokens, "rows": len(rows)}
+    progress("loss", len(panes), len(panes))
+    return out
+
+
+# ------------------------------------------------------------------------ 2. thinking-mode control
+def control_prompts(convs: list[Conversation], n: int, seed: int) -> list[list[Message]]:
+    """Up to ``n`` prompts: each row up to its first user turn; fallback questions fill the rest."""
+    prompts = []
+    for conv in convs:
+        msgs = []
+        for m in conv.messages:
+            if m.role == "system":
+                msgs.append(Message("system", m.content))
+            elif m.role == "user":
+                if m.content.strip() and not m.content.lstrip().startswith("<tool_response>"):
+                    msgs.append(Message("user", m.content))
+                    prompts.append(msgs)
+                break
+            else:
+                break
+    prompts = _sample(prompts, n, seed)
+    for text in FALLBACK_PROMPTS:
+        if len(prompts) >= n:
+            break
+        prompts.append([Message("user", text)])
+    return prompts[:n]
+
+
+def _has_reasoning_now(gen) -> bool:
+    return gen.split(partial=True).has_reasoning
+
+
+def eval_thinking(engine, prompts: list[list[Message]], cfg: EvalConfig, *, progress: Progress = _noop,
+                  keep_samples: int = 4) -> dict:
+    """Per model: share of replies without reasoning when thinking is off, with it when on."""
+    from core.chat.sampling import resolve
+
+    panes = engine.panes
+    total = len(prompts) * 2 * len(panes)
+    counts = {pane: {"off_ok": 0, "on_ok": 0, "n": len(prompts)} for pane in panes}
+    samples = []
+    done = 0
+    for i, msgs in enumerate(prompts):
+        system = msgs[0].content if msgs and msgs[0].role == "system" else ""
+        body = [m for m in msgs if m.role != "system"]
+        for thinking in (False, True):
+            s = resolve(thinking=thinking, greedy=cfg.greedy, seed=cfg.seed + i,
+                        max_new_tokens=cfg.control_max_new_tokens)
+            for pane in panes:
+                gen = engine.stream(pane, body, s, system=system)
+                # Stop as soon as the answer is known: reasoning seen decides both modes.
+                gen.until = lambda _text, g=gen: _has_reasoning_now(g)
+                reply = gen.run()
+                reasoned = reply.split.has_reasoning
+                ok = reasoned if thinking else not reasoned
+                counts[pane]["on_ok" if thinking else "off_ok"] += int(ok)
+                if i < keep_samples:
+                    samples.append({"prompt": body[-1].content[:300], "thinking": thinking, "pane": pane,
+                                    "ok": ok, "reasoning": reply.reasoning[:300], "answer": reply.answer[:300]})
+                done += 1
+                progress("thinking", done, total)
+    out: dict = {}
+    for pane, c in counts.items():
+        n = c["n"]
+        out[pane] = {"off_rate": round(c["off_ok"] / n, 4) if n else None,
+                     "on_rate": round(c["on_ok"] / n, 4) if n else None,
+                     "off_ok": c["off_ok"], "on_ok": c["on_ok"], "n": n}
+    out["samples"] = samples
+    return out
+
+
+# ------------------------------------------------------------------------------ 3. answer accuracy
+def answer_rows(convs: list[Conversation]) -> list[tuple[list[Message], str, bool]]:
+    """(prompt messages, expected answer, reference reasoned) for rows that carry a final answer."""
+    from core.eval.answers import expected_answer
+
+    out = []
+    for conv in convs:
+        expected = expected_answer(conv)
+        last = max((i for i, m in enumerate(conv.messages) if m.role == "assistant"), default=None)
+        if expected is None or last is None:
+            continue
+        prompt = conv.messages[:last]
+        if not prompt or prompt[-1].role not in ("user", "tool"):
+            continue
+        out.append((prompt, expected, bool(conv.messages[last].reasoning)))
+    return out
+
+
+def eval_accuracy(engine, rows: list[tuple[list[Message], str, bool]], cfg: EvalConfig, *,
+                  progress: Progress = _noop, keep_samples: int = 6) -> dict:
+    from core.chat.sampling import resolve
+    from core.eval.answers import answers_match, extract_answer
+
+    panes = engine.panes
+    correct = {pane: 0 for pane in panes}
+    ran_out = {pane: 0 for pane in panes}
+    samples = []
+    total = len(rows) * len(panes)
+    done = 0
+    for i, (prompt, expected, reasoned) in enumerate(rows):
+        thinking = {"on": True, "off": False}.get(cfg.accuracy_thinking, reasoned)
+        s = resolve(thinking=thinking, greedy=cfg.greedy, seed=cfg.seed + i,
+                    max_new_tokens=cfg.answer_max_new_tokens)
+        system = prompt[0].content if prompt[0].role == "system" else ""
+        body = [m for m in prompt if m.role != "system"]
+        for pane in panes:
+            reply = engine.generate(pane, body, s, system=system)
+            predicted = extract_answer(reply.answer)
+            ok = answers_match(predicted, expected)
+            correct[pane] += int(ok)
+            if reply.finish_reason == "length" and reply.split.in_reasoning:
+                ran_out[pane] += 1
+            if i < keep_samples:
+                samples.append({"prompt": body[-1].content[:300], "pane": pane, "expected": expected,
+                                "predicted": predicted, "ok": ok, "thinking": thinking})
+            done += 1
+            progress("accuracy", done, total)
+    out: dict = {}
+    for pane in panes:
+        n = len(rows)
+        out[pane] = {"correct": correct[pane], "total": n, "rate": round(correct[pane] / n, 4) if n else None,
+                     "ran_out_while_reasoning": ran_out[pane]}
+    out["samples"] = samples
+    return out
+
+
+# -------------------------------------------------------------------------------------- the run
+def result_path(target: str | Path) -> Path:
+    path = Path(target).expanduser().resolve()
+    run = run_dir_of(path)
+    if path == run or path == run / "adapter":
+        return run / "eval.json"
+    return run / f"eval-{path.name}.json"
+
+
+def evaluate(target: str | Path, cfg: EvalConfig | None = None, chat_cfg: ChatConfig | None = None, *,
+             limit: int | None = None, mix_dir: str | Path | None = None, engine=None,
+             progress: Progress = _noop, save: bool = True, runs_dir: str | Path | None = None) -> dict:
+    """Evaluate a run (or a checkpoint of one): base vs fine-tuned. Returns (and saves) the results."""
+    from core.config import load_run_config
+
+    cfg = cfg or EvalConfig()
+    if limit is not None and limit > 0:
+        cfg = replace(cfg, loss_rows=min(cfg.loss_rows or limit, limit),
+                      control_prompts=min(cfg.control_prompts, limit),
+                      accuracy_rows=min(cfg.accuracy_rows, limit))
+    run_dir = run_dir_of(target)
+    run_cfg = load_run_config(run_dir / "config.yaml")
+    mix = Path(mix_dir) if mix_dir else mix_dir_of(run_dir)
+    convs = load_rows(mix, cfg.split)
+    if not convs:
+        hint = ("the mix has no eval split: build it with eval_fraction > 0, or use split 'train'"
+                if cfg.split == "eval" else "the mix has no rows")
+        raise EvalError(hint, "split", str(mix))
+    started = time.time()
+    progress("load", 0, 1)
+    if engine is None:
+        from core.chat.loader import load_engine
+
+        engine = load_engine(str(target), chat_cfg, runs_dir=runs_dir)
+    progress("load", 1, 1)
+    result: dict = {
+        "created": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "target": str(Path(target).expanduser().resolve()),
+        "run": run_dir.name,
+        "mix_dir": str(mix),
+        "split": cfg.split,
+        "model": {k: engine.info.get(k) for k in ("base", "adapter", "tuned", "device", "dtype", "four_bit")},
+        "settings": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "panes": list(engine.panes),
+    }
+    # 1. loss
+    loss_convs = _sample(convs, cfg.loss_rows, cfg.seed)
+    rows, dropped = loss_rows(loss_convs, engine.tokenizer, max_seq_len=run_cfg.train.max_seq_len,
+                              assistant_only=run_cfg.train.assistant_only_loss,
+                              train_empty_think=run_cfg.train.train_empty_think)
+    result["loss"] = eval_loss(engine, rows, batch_size=cfg.batch_size, progress=progress) if rows else {}
+    result["loss_rows"] = dropped
+    # 2. thinking-mode control
+    if cfg.control_prompts > 0:
+        prompts = control_prompts(convs, cfg.control_prompts, cfg.seed)
+        result["thinking"] = eval_thinking(engine, prompts, cfg, progress=progress)
+    # 3. accuracy
+    if cfg.accuracy_rows > 0:
+        arows = _sample(answer_rows(convs), cfg.accuracy_rows, cfg.seed)
+        result["accuracy"] = eval_accuracy(engine, arows, cfg, progress=progress) if arows else {
+            "note": "no held-out row carries a final answer (\\boxed{...} or expected_answer)"}
+    if cfg.evalscope_datasets:
+        from core.eval.evalscope_hook import run_evalscope
+
+        result["evalscope"] = run_evalscope(engine, cfg.evalscope_datasets, cfg.evalscope_limit,
+                                            work_dir=run_dir / "evalscope", progress=progress)
+    result["seconds"] = round(time.time() - started, 1)
+    if save:
+        path = result_path(target)
+        write_json_atomic(path, result)
+        result["saved_to"] = str(path)
+    return result
+
+
+def load_results(target: str | Path) -> dict | None:
+    import json
+
+    path = result_path(target)
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------------- presentation
+METRICS = [
+    # (key, label, section, field, higher is better)
+    ("loss", "Held-out loss", "loss", "loss", False),
+    ("ppl", "Perplexity", "loss", "ppl", False),
+    ("think_off", "Thinking off: replies without reasoning", "thinking", "off_rate", True),
+    ("think_on", "Thinking on: replies with reasoning", "thinking", "on_rate", True),
+    ("accuracy", "Answer accuracy", "accuracy", "rate", True),
+]
+
+
+def results_table(result: dict) -> list[dict]:
+    """Rows {metric, label, base, tuned, change, better} for every measurement present."""
+    rows = []
+    for key, label, section, field, higher in METRICS:
+        sec = result.get(section) or {}
+        base = (sec.get("base") or {}).get(field)
+        tuned = (sec.get("tuned") or {}).get(field)
+        if base is None and tuned is None:
+            continue
+        change = None if base is None or tuned is None else round(tuned - base, 4)
+        better = None if change is None or change == 0 else ((change > 0) == higher)
+        rows.append({"metric": key, "label": label, "base": base, "tuned": tuned, "change": change,
+                     "better": better})
+    return rows
+
+
+def results_figure(result: dict, labels: dict[str, str] | None = None, pane_names: dict[str, str] | None = None):
+    """A plotly figure: base vs fine-tuned, rates on one panel, loss / perplexity on another."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    labels = labels or {}
+    pane_names = pane_names or {"base": "base", "tuned": "fine-tuned"}
+    rows = results_table(result)
+    rates = [r for r in rows if r["metric"] in ("think_off", "think_on", "accuracy")]
+    losses = [r for r in rows if r["metric"] in ("loss", "ppl")]
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4],
+                        subplot_titles=(labels.get("rates", "Rates (higher is better)"),
+                                        labels.get("loss", "Loss / perplexity (lower is better)")))
+    colors = {"base": "#8c8c8c", "tuned": "#1f77b4"}
+    for pane in ("base", "tuned"):
+        for col, items in ((1, rates), (2, losses)):
+            xs = [labels.get(r["metric"], r["label"]) for r in items if r[pane] is not None]
+            ys = [r[pane] for r in items if r[pane] is not None]
+            if xs:
+                fig.add_trace(go.Bar(name=pane_names[pane], x=xs, y=ys, marker_color=colors[pane],
+                                     legendgroup=pane, showlegend=col == 1 or not rates,
+                                     text=[f"{y:.3g}" for y in ys], textposition="outside"),
+                              row=1, col=col)
+    fig.update_yaxes(range=[0, 1.1], row=1, col=1)
+    fig.update_layout(barmode="group", height=380, margin={"l": 40, "r": 20, "t": 50, "b": 40},
+                      legend={"orientation": "h", "y": -0.15})
+    return fig

@@ -1,0 +1,455 @@
+"""Peak VRAM of LoRA / QLoRA training and of inference, from the model's shape. Pure arithmetic.
+
+The training estimate is a physically-motivated sum; each term is a count that follows from the
+architecture and the setup (parameters, tokens x hidden units, tokens x vocabulary entries, ...)
+times a coefficient in bytes per unit. The coefficients live in one place,
+``core/hardware/vram_coefficients.json``; :func:`calibrate` refits them by least squares on GPU
+measurements (``bench/results/vram.jsonl``, written by ``bench/vram_sweep.py``; refit with
+``python -m bench.fit_vram --write``).
+
+    weights      linear projections (bf16, or nf4 + quantization state for QLoRA; Unsloth's
+                 dynamic 4-bit keeps a few in bf16) + embeddings / LM head / norms
+                 (embed_bytes_*: 2 for bf16, 4 where PEFT's k-bit preparation upcasts them)
+    lora         adapter parameters + gradients + optimizer states (fp32 master copies)
+    activations  per-layer checkpoints kept on the GPU (ckpt_bytes per token per layer per hidden
+                 unit; ~0 when Unsloth offloads them to CPU RAM) + the activations of the layer
+                 being recomputed (layer_scale x its saved tensors in bf16; every layer with
+                 checkpointing off)
+    logits       tokens x vocabulary x logits_bytes (Unsloth's chunked fused loss ~0.25; plain
+                 transformers keeps fp32 logits, log-softmax and their gradient, ~15)
+    overhead     dequantized-weight buffers (QLoRA), allocator/workspace constant, the caching
+                 allocator's slack (reserve_frac) and the CUDA context (cuda_context_gib)
+
+``Estimate.alloc_gib`` is comparable with ``torch.cuda.max_memory_allocated``; ``total_gib`` adds the
+allocator slack and the CUDA context, which is what nvidia-smi shows and what must fit on the card.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from core.config import ALL_LINEAR
+from core.hardware.catalog import Arch, ModelEntry, get_model, lora_param_count, param_counts
+from core.settings import ConfigError
+
+GIB = float(1 << 30)
+COEFFS_PATH = Path(__file__).with_name("vram_coefficients.json")
+METHODS = ("lora", "qlora")
+GRAD_CKPT = ("unsloth", "on", "off")
+BACKENDS = ("unsloth", "peft")
+QUANTS = ("auto", "dynamic4", "bnb4", "nf4")
+OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "adamw_torch")
+CATEGORIES = ("weights", "lora", "activations", "logits", "overhead")
+
+
+# --------------------------------------------------------------------------------- coefficients
+@dataclass(frozen=True)
+class Coefficients:
+    """The named coefficients (a nested mapping, as stored in vram_coefficients.json)."""
+
+    data: dict
+
+    def get(self, path: str) -> float:
+        node = self.data
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise KeyError(f"coefficient {path!r} is missing from {COEFFS_PATH.name}")
+            node = node[part]
+        return float(node)
+
+    def has(self, path: str) -> bool:
+        try:
+            self.get(path)
+        except KeyError:
+            return False
+        return True
+
+    def with_values(self, values: dict[str, float], **meta) -> Coefficients:
+        data = json.loads(json.dumps(self.data))
+        for path, value in values.items():
+            node = data
+            *parents, last = path.split(".")
+            for part in parents:
+                node = node[part]
+            node[last] = round(float(value), 6)
+        data.update(meta)
+        return Coefficients(data)
+
+    def dumps(self) -> str:
+        return json.dumps(self.data, indent=2) + "\n"
+
+
+@lru_cache(maxsize=4)
+def _load(path: str, mtime: float) -> Coefficients:
+    try:
+        return Coefficients(json.loads(Path(path).read_text(encoding="utf-8")))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"invalid JSON ({exc.msg})", "", f"{path}:{exc.lineno}") from None
+
+
+def load_coefficients(path: str | Path | None = None) -> Coefficients:
+    p = Path(path) if path else COEFFS_PATH
+    if not p.exists():
+        raise ConfigError("VRAM coefficients file not found", "", str(p))
+    return _load(str(p), p.stat().st_mtime)
+
+
+# -------------------------------------------------------------------------------------- setup
+@dataclass(frozen=True)
+class TrainSetup:
+    method: str
+    seq_len: int
+    micro_batch: int
+    rank: int = 16
+    target_modules: tuple[str, ...] = tuple(ALL_LINEAR)
+    grad_ckpt: str = "unsloth"
+    backend: str = "unsloth"
+    quant: str = "auto"
+    optimizer: str = "adamw_8bit"
+
+    @property
+    def tokens(self) -> int:
+        return self.seq_len * self.micro_batch
+
+    @property
+    def ckpt_mode(self) -> str:
+        # Offloaded checkpointing is Unsloth's; the PEFT backend falls back to standard recompute.
+        return "on" if self.backend == "peft" and self.grad_ckpt == "unsloth" else self.grad_ckpt
+
+    def resolved_quant(self, arch: Arch) -> str:
+        if self.method != "qlora":
+            return "none"
+        if self.quant != "auto":
+            return self.quant
+        return "dynamic4" if self.backend == "unsloth" and not arch.is_moe else "bnb4"
+
+
+def _check(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"must be one of {list(choices)}, got {value!r}", name)
+
+
+def _positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"must be a whole number >= 1, got {value!r}", name)
+    return value
+
+
+def resolve_arch(model: str | Arch | ModelEntry) -> Arch:
+    """An Arch from an Arch, a catalog entry, a catalog key, a hub id of a catalog model (e.g.
+    Qwen/Qwen3-8B or unsloth/Qwen3-8B-unsloth-bnb-4bit), a local model folder, or 'demo'."""
+    if isinstance(model, Arch):
+        return model
+    if isinstance(model, ModelEntry):
+        return model.arch
+    if isinstance(model, str):
+        folder = Path(model).expanduser()
+        if (folder / "config.json").is_file():
+            try:
+                config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"invalid JSON ({exc.msg})", "", f"{folder / 'config.json'}:{exc.lineno}") from None
+            return Arch.from_hf_config(config)
+        from core.demo import ensure_demo_model, is_demo
+
+        if is_demo(model):
+            return resolve_arch(str(ensure_demo_model()))
+        entry = catalog_entry_for_repo(model)
+        return entry.arch if entry else get_model(model).arch
+    raise TypeError(f"expected a catalog key, model folder, Arch or ModelEntry, got {type(model).__name__}")
+
+
+def catalog_entry_for_repo(repo: str) -> ModelEntry | None:
+    """The catalog model one of whose Hugging Face or ModelScope ids is ``repo`` (any letter case)."""
+    from core.hardware.catalog import load_catalog
+
+    wanted = repo.strip().lower()
+    for entry in load_catalog().values():
+        for ids in (entry.hf, entry.modelscope):
+            if any(r and r.lower() == wanted for r in ids.values()):
+                return entry
+    return None
+
+
+# ---------------------------------------------------------------------------------- the terms
+@dataclass(frozen=True)
+class Term:
+    """``coef`` (a coefficient path, or None for a fixed term) x ``units`` bytes-per-unit counts."""
+
+    category: str
+    coef: str | None
+    units: float  # for coef=None: bytes
+
+
+def training_terms(arch: Arch, s: TrainSetup, c: Coefficients) -> list[Term]:
+    b = f"backends.{s.backend}"
+    act = f"{b}.activations.{s.ckpt_mode}"
+    counts = param_counts(arch)
+    terms: list[Term] = []
+    # weights
+    if s.method == "lora":
+        terms.append(Term("weights", None, counts.linear * 2.0))
+        terms.append(Term("weights", f"{b}.embed_bytes_lora", counts.embed + counts.other))
+    else:
+        nf4 = c.get("nf4_bytes_per_param")
+        kept16 = c.get("dynamic4_extra_frac") if s.resolved_quant(arch) == "dynamic4" else 0.0
+        terms.append(Term("weights", None, counts.linear * (nf4 + kept16 * (2.0 - nf4))))
+        terms.append(Term("weights", f"{b}.embed_bytes_qlora", counts.embed + counts.other))
+    # adapter: fp32 parameters + fp32 gradients + optimizer states
+    n_lora = lora_param_count(arch, s.rank, s.target_modules)
+    terms.append(Term("lora", None, n_lora * c.get(f"lora_state_bytes.{s.optimizer}")))
+    # activations
+    tokens = s.tokens
+    terms.append(Term("activations", f"{act}.ckpt_bytes", arch.layers * tokens * arch.hidden))
+    layer_bytes = tokens * layer_activation_elems(arch) * 2.0
+    if s.ckpt_mode == "off":
+        layer_bytes *= arch.layers
+    terms.append(Term("activations", f"{act}.layer_scale", layer_bytes))
+    # logits / loss
+    terms.append(Term("logits", f"{b}.logits_bytes", tokens * arch.vocab))
+    # runtime buffers
+    if s.method == "qlora":
+        terms.append(Term("overhead", f"{b}.dequant_copies", largest_linear(arch) * 2.0))
+    terms.append(Term("overhead", f"{b}.overhead_gib", GIB))
+    return terms
+
+
+def layer_activation_elems(arch: Arch) -> int:
+    """Elements one decoder layer saves for backward per token (bf16), counted from Qwen3's
+    forward: norms and residuals, q/k/v before and after q/k-norm and RoPE, the attention output,
+    and the SwiGLU gate, up, activation and product (router probabilities for MoE)."""
+    elems = 5 * arch.hidden + 3 * arch.q_dim + 5 * arch.kv_dim + 4 * arch.active_intermediate
+    if arch.is_moe:
+        elems += 2 * arch.experts
+    return elems
+
+
+def largest_linear(arch: Arch) -> int:
+    """Elements of the largest weight QLoRA dequantizes at once (a projection, or for MoE one
+    layer's expert block, which grouped-expert kernels dequantize together)."""
+    if arch.is_moe:
+        mlp = arch.experts * arch.hidden * arch.moe_intermediate
+    else:
+        mlp = arch.hidden * arch.intermediate
+    return max(mlp, arch.hidden * arch.q_dim)
+
+
+# ---------------------------------------------------------------------------------- estimates
+@dataclass(frozen=True)
+class Estimate:
+    total_gib: float
+    breakdown: dict[str, float]
+    alloc_gib: float = 0.0  # comparable with torch.cuda.max_memory_allocated
+    setup: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"total_gib": self.total_gib, "breakdown": dict(self.breakdown),
+                "alloc_gib": self.alloc_gib, "setup": dict(self.setup)}
+
+
+def _setup(method, seq_len, micro_batch, rank, target_modules, grad_ckpt, backend, quant, optimizer) -> TrainSetup:
+    _check("method", method, METHODS)
+    _check("grad_ckpt", grad_ckpt, GRAD_CKPT)
+    _check("backend", backend, BACKENDS)
+    _check("quant", quant, QUANTS)
+    _check("optimizer", optimizer, OPTIMIZERS)
+    targets = tuple(target_modules)
+    if not targets:
+        raise ConfigError("choose at least one target module", "target_modules")
+    return TrainSetup(method=method, seq_len=_positive("seq_len", seq_len),
+                      micro_batch=_positive("micro_batch", micro_batch), rank=_positive("rank", rank),
+                      target_modules=targets, grad_ckpt=grad_ckpt, backend=backend, quant=quant,
+                      optimizer=optimizer)
+
+
+def _sum_terms(terms: list[Term], c: Coefficients) -> dict[str, float]:
+    out = dict.fromkeys(CATEGORIES, 0.0)
+    for t in terms:
+        out[t.category] += (c.get(t.coef) if t.coef else 1.0) * t.units / GIB
+    return out
+
+
+def estimate_training(arch_or_key: str | Arch | ModelEntry, *, method: str, seq_len: int, micro_batch: int,
+                      rank: int = 16, target_modules=ALL_LINEAR, grad_ckpt: str = "unsloth",
+                      backend: str = "unsloth", quant: str = "auto", optimizer: str = "adamw_8bit",
+                      coefficients: Coefficients | None = None) -> Estimate:
+    """Peak training VRAM in GiB with its breakdown (weights, lora, activations, logits, overhead).
+
+    ``quant`` (QLoRA): auto = Unsloth's dynamic 4-bit for dense models on the Unsloth backend,
+    else plain bnb 4-bit; nf4 (quantized on load) takes as much memory as bnb4."""
+    arch = resolve_arch(arch_or_key)
+    s = _setup(method, seq_len, micro_batch, rank, target_modules, grad_ckpt, backend, quant, optimizer)
+    c = coefficients or load_coefficients()
+    parts = _sum_terms(training_terms(arch, s, c), c)
+    alloc = sum(parts.values())
+    parts["overhead"] += alloc * c.get("reserve_frac") + c.get("cuda_context_gib")
+    total = sum(parts.values())
+    setup = {"method": s.method, "seq_len": s.seq_len, "micro_batch": s.micro_batch, "rank": s.rank,
+             "target_modules": list(s.target_modules), "grad_ckpt": s.grad_ckpt, "backend": s.backend,
+             "quant": s.resolved_quant(arch), "optimizer": s.optimizer}
+    return Estimate(total_gib=round(total, 3), breakdown={k: round(v, 3) for k, v in parts.items()},
+                    alloc_gib=round(alloc, 3), setup=setup)
+
+
+def estimate_inference(arch_or_key: str | Arch | ModelEntry, *, method: str, context_len: int, batch: int = 1,
+                       adapter_rank: int = 0, target_modules=ALL_LINEAR, quant: str = "auto",
+                       coefficients: Coefficients | None = None) -> Estimate:
+    """VRAM to chat with a model: weights + adapter + KV cache (+ prefill activations, overhead).
+    Breakdown keys: weights, adapter, kv_cache, activations, overhead."""
+    arch = resolve_arch(arch_or_key)
+    _check("method", method, METHODS)
+    _check("quant", quant, QUANTS)
+    context_len = _positive("context_len", context_len)
+    batch = _positive("batch", batch)
+    if isinstance(adapter_rank, bool) or not isinstance(adapter_rank, int) or adapter_rank < 0:
+        raise ConfigError(f"must be a whole number >= 0, got {adapter_rank!r}", "adapter_rank")
+    c = coefficients or load_coefficients()
+    counts = param_counts(arch)
+    if method == "lora":
+        weights = counts.total * 2.0
+    else:
+        nf4 = c.get("nf4_bytes_per_param")
+        dyn = quant in ("auto", "dynamic4") and not arch.is_moe
+        kept16 = c.get("dynamic4_extra_frac") if dyn else 0.0
+        weights = counts.linear * (nf4 + kept16 * (2.0 - nf4)) + (counts.embed + counts.other) * 2.0
+    adapter = lora_param_count(arch, adapter_rank, target_modules) * 2.0 if adapter_rank else 0.0
+    kv = 2 * arch.layers * arch.kv_dim * context_len * batch * 2.0
+    # Prefill runs without gradients: only one layer's transient tensors (q/k/v, the SwiGLU
+    # intermediates, residuals) exist at a time, in chunks of at most 8192 tokens; no full logits.
+    width = arch.q_dim + 2 * arch.kv_dim + 3 * arch.active_intermediate + 2 * arch.hidden
+    prefill = min(context_len, 8192) * batch * width * 2.0
+    if method == "qlora":
+        prefill += largest_linear(arch) * 2.0
+    parts = {"weights": weights / GIB, "adapter": adapter / GIB, "kv_cache": kv / GIB,
+             "activations": prefill / GIB}
+    alloc = sum(parts.values()) + c.get("inference_overhead_gib")
+    parts["overhead"] = c.get("inference_overhead_gib") + alloc * c.get("reserve_frac") + c.get("cuda_context_gib")
+    total = sum(parts.values())
+    setup = {"method": method, "context_len": context_len, "batch": batch, "adapter_rank": adapter_rank}
+    return Estimate(total_gib=round(total, 3), breakdown={k: round(v, 3) for k, v in parts.items()},
+                    alloc_gib=round(alloc, 3), setup=setup)
+
+
+# -------------------------------------------------------------------------------- calibration
+@dataclass(frozen=True)
+class FitResult:
+    coefficients: Coefficients
+    rows: list[dict]  # per point: model, setup, measured, estimated, error (relative)
+
+    @property
+    def max_abs_error(self) -> float:
+        return max((abs(r["error"]) for r in self.rows), default=0.0)
+
+
+def point_setup(point: dict) -> tuple[Arch, TrainSetup]:
+    """Arch and setup of one measurement line of bench/results/vram.jsonl."""
+    arch = Arch(**point["arch"]) if isinstance(point.get("arch"), dict) else resolve_arch(point["model"])
+    targets = point.get("targets") or ALL_LINEAR
+    if isinstance(targets, str):
+        targets = ALL_LINEAR if targets in ("all", "all-linear", "all_linear") else targets.split(",")
+    s = _setup(point["method"], int(point["seq_len"]), int(point["micro_batch"]), int(point.get("rank", 16)),
+               targets, point.get("grad_ckpt", "unsloth"), point.get("backend", "unsloth"),
+               point.get("quant", "auto") if point.get("quant") in QUANTS else "auto",
+               point.get("optimizer", "adamw_8bit") if point.get("optimizer") in OPTIMIZERS else "adamw_8bit")
+    return arch, s
+
+
+def usable_points(points: list[dict]) -> list[dict]:
+    """Points that finished and carry a positive peak (OOM and failed points are left out)."""
+    return [p for p in points if p.get("status", "ok") == "ok" and (p.get("peak_alloc_gib") or 0) > 0]
+
+
+def calibrate(points: list[dict], base: Coefficients | None = None, *, prior: float = 1e-5) -> FitResult:
+    """Refit the coefficients to measured ``peak_alloc_gib`` (least squares on relative error,
+    coefficients kept >= 0, each pulled weakly towards its current value so that coefficients the
+    points say nothing about stay put). ``reserve_frac`` and ``cuda_context_gib`` are refit from
+    ``nvml_used_gib`` where points carry it."""
+    import numpy as np
+
+    base = base or load_coefficients()
+    pts = usable_points(points)
+    if not pts:
+        raise ValueError("no usable measurements (need status ok and peak_alloc_gib > 0)")
+    rows_terms = [training_terms(*point_setup(p), base) for p in pts]
+    names = sorted({t.coef for terms in rows_terms for t in terms if t.coef})
+    index = {n: i for i, n in enumerate(names)}
+    y = np.array([float(p["peak_alloc_gib"]) for p in pts])
+    design = np.zeros((len(pts), len(names)))
+    fixed = np.zeros(len(pts))
+    for r, terms in enumerate(rows_terms):
+        for t in terms:
+            if t.coef:
+                design[r, index[t.coef]] += t.units / GIB
+            else:
+                fixed[r] += t.units / GIB
+    seed = np.array([base.get(n) for n in names])
+    # Scale columns by their seed contribution so the prior is relative and columns are comparable.
+    scale = np.maximum(np.abs(seed), 1e-3)
+    a = design * scale / y[:, None]
+    b = (y - fixed) / y
+    active = np.ones(len(names), dtype=bool)
+    theta = seed / scale
+    for _ in range(len(names) + 1):
+        cols = np.flatnonzero(active)
+        prior_rows = math.sqrt(prior) * np.eye(len(names))[cols][:, cols]
+        lhs = np.vstack([a[:, cols], prior_rows])
+        rhs = np.concatenate([b, math.sqrt(prior) * (seed / scale)[cols]])
+        sol, *_ = np.linalg.lstsq(lhs, rhs, rcond=None)
+        theta = np.zeros(len(names))
+        theta[cols] = sol
+        negative = cols[sol < 0]
+        if not len(negative):
+            break
+        active[negative] = False  # a negative memory coefficient is unphysical: pin it at zero
+    fitted = {n: float(v) for n, v in zip(names, theta * scale)}
+    meta = {"n_points": len(pts), "source": f"fit to {len(pts)} GPU measurements "
+            f"({', '.join(sorted({str(p.get('card', '?')) for p in pts}))})"}
+    with_nvml = [p for p in pts if (p.get("nvml_used_gib") or 0) > 0]
+    if len(with_nvml) >= 2:
+        alloc = np.array([float(p["peak_alloc_gib"]) for p in with_nvml])
+        extra = np.array([float(p["nvml_used_gib"]) for p in with_nvml]) - alloc
+        (ctx, frac), *_ = np.linalg.lstsq(np.vstack([np.ones_like(alloc), alloc]).T, extra, rcond=None)
+        fitted["cuda_context_gib"] = max(float(ctx), 0.0)
+        fitted["reserve_frac"] = max(float(frac), 0.0)
+    coeffs = base.with_values(fitted, **meta)
+    return FitResult(coeffs, compare(points, coeffs))
+
+
+def compare(points: list[dict], coefficients: Coefficients | None = None) -> list[dict]:
+    """Per usable point: measured vs estimated allocated peak (and NVML used vs total)."""
+    c = coefficients or load_coefficients()
+    rows = []
+    for p in usable_points(points):
+        arch, s = point_setup(p)
+        est = estimate_training(arch, method=s.method, seq_len=s.seq_len, micro_batch=s.micro_batch,
+                                rank=s.rank, target_modules=s.target_modules, grad_ckpt=s.grad_ckpt,
+                                backend=s.backend, quant=s.quant, optimizer=s.optimizer, coefficients=c)
+        measured = float(p["peak_alloc_gib"])
+        nvml = p.get("nvml_used_gib")
+        rows.append({
+            "card": p.get("card", ""), "model": p.get("model", ""), "method": s.method, "seq_len": s.seq_len,
+            "micro_batch": s.micro_batch, "rank": s.rank, "grad_ckpt": s.grad_ckpt, "backend": s.backend,
+            "measured_gib": measured, "estimated_gib": est.alloc_gib,
+            "error": (est.alloc_gib - measured) / measured,
+            "nvml_used_gib": nvml, "estimated_total_gib": est.total_gib,
+            "nvml_error": (est.total_gib - nvml) / nvml if nvml else None,
+        })
+    return rows
+
+
+def read_points(path: str | Path) -> list[dict]:
+    """Lines of a vram.jsonl file; a broken line is an error naming file:line."""
+    out = []
+    with Path(path).open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"broken JSON line ({exc.msg})", "", f"{path}:{lineno}") from None
+    return out

@@ -1,0 +1,148 @@
+"""Which Qwen3 fits which card: every catalog model x method judged against a GPU's memory.
+
+verdict  fits   the estimate leaves at least 10% of the card free
+         tight  it fits, with less than 10% headroom (other programs or a longer row may OOM)
+         no     it does not fit
+The best pick is the largest model that fits with headroom (16-bit LoRA before QLoRA for the same
+model, since it trains the unquantized weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from core.hardware.catalog import ModelEntry, load_catalog
+from core.hardware.detect import HardwareReport
+from core.hardware.estimate import Coefficients, estimate_training, load_coefficients
+
+HEADROOM = 0.10
+METHOD_ORDER = ("lora", "qlora")
+MICRO_BATCHES = (1, 2, 4, 8, 16)
+SEQ_STEP = 256
+VERDICT_ORDER = {"fits": 0, "tight": 1, "no": 2}
+
+
+@dataclass
+class Recommendation:
+    model: str
+    display: str
+    method: str
+    est_gib: float
+    verdict: str
+    max_seq_len: int  # longest sequence that fits with headroom at micro-batch 1 (0: none)
+    micro_batch: int  # suggested micro-batch at seq_len (0: does not fit)
+    seq_len: int
+    params_b: float
+    vram_gib: float
+    headroom_gib: float
+    gpu: int = 0
+    card: str = ""
+    breakdown: dict = field(default_factory=dict)
+    best: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def verdict_for(est_gib: float, vram_gib: float) -> str:
+    if est_gib <= vram_gib * (1 - HEADROOM):
+        return "fits"
+    return "tight" if est_gib <= vram_gib else "no"
+
+
+def _est(entry: ModelEntry, method: str, seq_len: int, micro_batch: int, opts: dict, c: Coefficients):
+    return estimate_training(entry.arch, method=method, seq_len=seq_len, micro_batch=micro_batch,
+                             coefficients=c, **opts)
+
+
+def max_seq_len(entry: ModelEntry, method: str, vram_gib: float, opts: dict, c: Coefficients) -> int:
+    """Longest multiple of 256 (up to the model's context) that fits with headroom at batch 1."""
+    budget = vram_gib * (1 - HEADROOM)
+    lo, hi = 0, entry.context_len // SEQ_STEP  # in steps; the estimate grows with length
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _est(entry, method, mid * SEQ_STEP, 1, opts, c).total_gib <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * SEQ_STEP
+
+
+def suggest_micro_batch(entry: ModelEntry, method: str, seq_len: int, vram_gib: float, opts: dict,
+                        c: Coefficients) -> int:
+    budget = vram_gib * (1 - HEADROOM)
+    best = 0
+    for mb in MICRO_BATCHES:
+        if _est(entry, method, seq_len, mb, opts, c).total_gib > budget:
+            break
+        best = mb
+    if best == 0 and _est(entry, method, seq_len, 1, opts, c).total_gib <= vram_gib:
+        return 1  # tight: only batch 1 has a chance
+    return best
+
+
+def recommend_for_vram(vram_gib: float, *, seq_len: int = 2048, rank: int = 16, backend: str = "unsloth",
+                       grad_ckpt: str = "unsloth", catalog: dict[str, ModelEntry] | None = None,
+                       coefficients: Coefficients | None = None, gpu: int = 0, card: str = "") -> list[Recommendation]:
+    """Every catalog model x method for one card, best first (fits > tight > no, then larger)."""
+    catalog = catalog if catalog is not None else load_catalog()
+    c = coefficients or load_coefficients()
+    opts = {"rank": rank, "backend": backend, "grad_ckpt": grad_ckpt}
+    out = []
+    for entry in catalog.values():
+        for method in METHOD_ORDER:
+            est = _est(entry, method, seq_len, 1, opts, c)
+            out.append(Recommendation(
+                model=entry.key, display=entry.display, method=method, est_gib=round(est.total_gib, 2),
+                verdict=verdict_for(est.total_gib, vram_gib),
+                max_seq_len=max_seq_len(entry, method, vram_gib, opts, c),
+                micro_batch=suggest_micro_batch(entry, method, seq_len, vram_gib, opts, c),
+                seq_len=seq_len, params_b=entry.params_b, vram_gib=round(vram_gib, 2),
+                headroom_gib=round(vram_gib - est.total_gib, 2), gpu=gpu, card=card,
+                breakdown=dict(est.breakdown)))
+    out.sort(key=lambda r: (VERDICT_ORDER[r.verdict], -r.params_b, METHOD_ORDER.index(r.method)))
+    pick = best_pick(out)
+    if pick is not None:
+        pick.best = True
+    return out
+
+
+def best_pick(recs: list[Recommendation]) -> Recommendation | None:
+    fitting = [r for r in recs if r.verdict == "fits"]
+    if not fitting:
+        return None
+    return min(fitting, key=lambda r: (-r.params_b, METHOD_ORDER.index(r.method)))
+
+
+def recommend(report: HardwareReport, *, seq_len: int = 2048, rank: int = 16, backend: str = "unsloth",
+              grad_ckpt: str = "unsloth") -> dict:
+    """{"gpus": [...], "recommendations": [...], "best": {...} | None, "message": str}.
+
+    Each GPU gets its own rows (``gpu`` and ``card`` say which); ``best`` is the best pick over all
+    cards. Without a GPU the lists are empty and ``message`` says why."""
+    catalog = load_catalog()
+    c = load_coefficients()
+    rows: list[Recommendation] = []
+    cache: dict[float, list[Recommendation]] = {}
+    for g in report.gpus:
+        if g.total_gib not in cache:
+            cache[g.total_gib] = recommend_for_vram(g.total_gib, seq_len=seq_len, rank=rank, backend=backend,
+                                                    grad_ckpt=grad_ckpt, catalog=catalog, coefficients=c)
+        for r in cache[g.total_gib]:
+            rows.append(Recommendation(**{**r.to_dict(), "gpu": g.index, "card": g.name}))
+    best = best_pick(rows)
+    best_gpus = {}
+    for g in report.gpus:
+        pick = best_pick([r for r in rows if r.gpu == g.index])
+        best_gpus[g.index] = pick
+    return {
+        "gpus": [g.to_dict() for g in report.gpus],
+        "recommendations": [r.to_dict() for r in rows],
+        "best": best.to_dict() if best else None,
+        "best_per_gpu": [p.to_dict() if p else None for p in best_gpus.values()],
+        "seq_len": seq_len,
+        "message": report.message,
+        "system": {"driver_version": report.driver_version, "cuda_version": report.cuda_version,
+                   "ram_total_gib": report.ram_total_gib, "ram_available_gib": report.ram_available_gib,
+                   "disk_free_gib": report.disk_free_gib, "simulated": report.simulated},
+    }

@@ -1,0 +1,250 @@
+"""Model loading for training: Unsloth (FastLanguageModel) or transformers + PEFT (+ bitsandbytes).
+
+This is the ONLY module that imports unsloth, and it does so lazily and first: Unsloth patches
+transformers, TRL and PEFT when it is imported, so :func:`activate` must run before anything else
+imports them in the worker process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.settings import ConfigError
+
+GC_MODES = {"unsloth": "unsloth", "on": True, "off": False}
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    backend: str  # unsloth | peft
+    method: str  # lora | qlora (after any fallback)
+    dtype: str  # bfloat16 | float16 | float32
+    device: str  # cuda | cpu
+    notices: list[str] = field(default_factory=list)
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def has_package(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def choose_backend(requested: str) -> tuple[str, list[str]]:
+    """The backend to use for ``model.backend`` = requested, with notices explaining the choice."""
+    cuda = cuda_available()
+    unsloth = has_package("unsloth")
+    if requested == "unsloth":
+        if not cuda:
+            raise ConfigError("backend 'unsloth' needs an NVIDIA GPU with CUDA, and none is visible; "
+                              "use backend 'auto' or 'peft'", "model.backend")
+        if not unsloth:
+            raise ConfigError("backend 'unsloth' needs the unsloth package: "
+                              "pip install -r requirements-gpu.txt", "model.backend")
+        return "unsloth", []
+    if requested == "peft":
+        return "peft", []
+    if cuda and unsloth:
+        return "unsloth", []
+    why = "no CUDA GPU" if not cuda else "unsloth is not installed (pip install -r requirements-gpu.txt)"
+    return "peft", [f"backend: transformers + PEFT ({why})"]
+
+
+def activate(backend: str) -> list[str]:
+    """Import Unsloth before transformers/TRL/PEFT so its patches apply. Returns notices.
+
+    In ``auto`` mode the caller may fall back to PEFT when this raises ImportError."""
+    if backend != "unsloth":
+        return []
+    import os
+
+    # Unsloth's statistics ping and hub checks would only wait for a timeout offline.
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+    import unsloth  # noqa: F401  (must come first)
+
+    return [f"backend: Unsloth {getattr(unsloth, '__version__', '')}".rstrip()]
+
+
+# ----------------------------------------------------------------------------------- the model
+def resolve_model_path(model_cfg) -> Path:
+    """A local folder for ``model.name_or_path``: the demo model, a folder, or a catalog key / hub
+    id resolved (and downloaded if needed) by core.models."""
+    from core.demo import ensure_demo_model, is_demo
+
+    name = model_cfg.name_or_path.strip()
+    if not name:
+        raise ConfigError("choose a model", "model.name_or_path")
+    if is_demo(name):
+        return ensure_demo_model()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"folder {path} has no config.json; it is not a model folder",
+                              "model.name_or_path")
+        return path.resolve()
+    if path.suffix or name.startswith((".", "/", "~")) or "\\" in name:
+        raise ConfigError(f"model folder {name!r} does not exist", "model.name_or_path")
+    try:
+        from core.models import resolve_model
+    except ImportError:
+        raise ConfigError(f"{name!r} is not a local folder, and this build cannot download models; "
+                          "give the path of a downloaded model folder", "model.name_or_path") from None
+    try:
+        return Path(resolve_model(name, method=model_cfg.method, quant=model_cfg.quant, hub=model_cfg.hub))
+    except ConfigError:
+        raise
+    except Exception as exc:  # network, auth, missing repo: report with the field it came from
+        raise ConfigError(f"cannot get model {name!r}: {exc}", "model.name_or_path") from exc
+
+
+def model_config_json(path: Path) -> dict:
+    try:
+        return json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}/config.json ({exc})", "model.name_or_path") from None
+
+
+def is_prequantized(path: Path) -> bool:
+    q = model_config_json(path).get("quantization_config") or {}
+    return bool(q.get("load_in_4bit") or q.get("quant_method") in ("bitsandbytes", "bnb"))
+
+
+def resolve_dtype(requested: str, cuda: bool) -> str:
+    if requested != "auto":
+        if requested in ("bfloat16", "float16") and not cuda:
+            return "float32"  # CPU training in half precision is slow and unstable
+        return requested
+    if not cuda:
+        return "float32"
+    import torch
+
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
+def _check_tokenizer(tokenizer, path: Path) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"the tokenizer in {path} has no chat template; use a Qwen3 model that ships "
+                          "one (the instruct/hybrid-thinking releases do)", "model.name_or_path")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = "<|endoftext|>" if "<|endoftext|>" in tokenizer.get_vocab() else tokenizer.eos_token
+
+
+def load(cfg, model_path: Path, backend: str) -> Loaded:
+    """Load the base model with LoRA adapters attached, ready for the trainer."""
+    if backend == "unsloth":
+        return _load_unsloth(cfg, model_path)
+    return _load_peft(cfg, model_path)
+
+
+def _load_unsloth(cfg, path: Path) -> Loaded:
+    import torch
+    from unsloth import FastLanguageModel
+
+    notices = []
+    prequant = is_prequantized(path)
+    method = cfg.model.method
+    if method == "lora" and prequant:
+        raise ConfigError(f"{path} is a 4-bit checkpoint; LoRA 16-bit needs the 16-bit model. Use method "
+                          "qlora, or the original model", "model.method")
+    dtype = resolve_dtype(cfg.model.dtype, True)
+    gc = GC_MODES[cfg.train.gradient_checkpointing]
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(path),
+        max_seq_length=cfg.train.max_seq_len,
+        dtype=getattr(torch, dtype),
+        load_in_4bit=method == "qlora",
+        load_in_16bit=method == "lora",
+        full_finetuning=False,
+        use_gradient_checkpointing=gc,
+        random_state=cfg.train.seed,
+        trust_remote_code=cfg.model.trust_remote_code,
+        use_exact_model_name=True,  # a local folder stays itself, never swapped for a hub repo
+    )
+    if method == "qlora":
+        notices.append("QLoRA: " + ("pre-quantized 4-bit checkpoint" if prequant else
+                                    "16-bit weights quantized to nf4 on load"))
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=cfg.lora.r,
+        target_modules=list(cfg.lora.target_modules),
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        bias="none",
+        use_gradient_checkpointing=gc,
+        random_state=cfg.train.seed,
+        use_rslora=cfg.lora.use_rslora,
+        max_seq_length=cfg.train.max_seq_len,
+    )
+    _check_tokenizer(tokenizer, path)
+    return Loaded(model, tokenizer, "unsloth", method, dtype, "cuda", notices)
+
+
+def _load_peft(cfg, path: Path) -> Loaded:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    notices = []
+    cuda = torch.cuda.is_available()
+    prequant = is_prequantized(path)
+    method = cfg.model.method
+    if prequant and not cuda:
+        raise ConfigError(f"{path} is a 4-bit checkpoint, which needs a CUDA GPU; on the CPU use a "
+                          "16-bit model", "model.name_or_path")
+    if method == "lora" and prequant:
+        raise ConfigError(f"{path} is a 4-bit checkpoint; LoRA 16-bit needs the 16-bit model. Use method "
+                          "qlora, or the original model", "model.method")
+    if method == "qlora" and not cuda:
+        notices.append("QLoRA needs a CUDA GPU (bitsandbytes 4-bit); training 16-bit LoRA on the CPU instead")
+        method = "lora"
+    if method == "qlora" and not has_package("bitsandbytes"):
+        raise ConfigError("QLoRA needs the bitsandbytes package: pip install bitsandbytes", "model.method")
+    dtype = resolve_dtype(cfg.model.dtype, cuda)
+    torch_dtype = getattr(torch, dtype)
+    kwargs = {"dtype": torch_dtype, "trust_remote_code": cfg.model.trust_remote_code,
+              "attn_implementation": "sdpa"}
+    if cuda:
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    if method == "qlora" and not prequant:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype)
+        notices.append("QLoRA: 16-bit weights quantized to nf4 on load (bitsandbytes)")
+    elif method == "qlora":
+        notices.append("QLoRA: pre-quantized 4-bit checkpoint")
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=cfg.model.trust_remote_code)
+    _check_tokenizer(tokenizer, path)
+    model.config.use_cache = False
+    gc = cfg.train.gradient_checkpointing
+    if gc == "unsloth":
+        notices.append("gradient checkpointing: offloading is Unsloth's; using standard recompute")
+    if gc != "off":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    peft_cfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=list(cfg.lora.target_modules), use_rslora=cfg.lora.use_rslora,
+                          bias="none", task_type="CAUSAL_LM")
+    torch.manual_seed(cfg.train.seed)  # the LoRA A matrices' init
+    model = get_peft_model(model, peft_cfg)
+    return Loaded(model, tokenizer, "peft", method, dtype, "cuda" if cuda else "cpu", notices)
+
+
+def save_adapter(loaded_or_model, tokenizer, out: Path) -> Path:
+    """The adapter in PEFT format (adapter_config.json + adapter_model.safetensors) + tokenizer."""
+    model = loaded_or_model.model if isinstance(loaded_or_model, Loaded) else loaded_or_model
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    return out

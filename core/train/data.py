@@ -1,0 +1,94 @@
+"""The run's data: the mix (saved folder or inline, built into the run folder) -> token ids + THE mask.
+
+Tokenization and the loss mask come from core.data.render (the same code the Data tab previews),
+and TRL's SFTTrainer receives a pre-tokenized dataset: ``input_ids`` + ``assistant_masks``, which
+TRL 1.14 turns into ``labels`` (-100 where the mask is 0) before padding-free batching or packing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.data.render import MaskOptions, render_batch
+from core.settings import ConfigError
+
+CHUNK = 2000  # rows per tokenizer call: bounded memory, still batched in the fast tokenizer
+
+
+@dataclass
+class Tokenized:
+    input_ids: list[list[int]] = field(default_factory=list)
+    masks: list[list[int]] = field(default_factory=list)
+    rows_in: int = 0
+    too_long: int = 0
+    no_target: int = 0
+
+    @property
+    def rows(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(x) for x in self.input_ids)
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(sum(m) for m in self.masks)
+
+    def columns(self) -> dict:
+        return {"input_ids": self.input_ids, "assistant_masks": self.masks}
+
+    def summary(self) -> dict:
+        return {"rows": self.rows, "rows_in": self.rows_in, "dropped_too_long": self.too_long,
+                "dropped_no_target": self.no_target, "tokens": self.tokens,
+                "trained_tokens": self.trained_tokens}
+
+
+def tokenize(convs, tokenizer, train_cfg) -> Tokenized:
+    """Render + tokenize + mask. Rows longer than max_seq_len are dropped (never truncated here:
+    a cut reasoning trace teaches the model to stop mid-thought); rows with nothing to train too."""
+    options = MaskOptions(assistant_only=train_cfg.assistant_only_loss,
+                          train_empty_think=train_cfg.train_empty_think)
+    out = Tokenized(rows_in=len(convs))
+    for start in range(0, len(convs), CHUNK):
+        for r in render_batch(convs[start:start + CHUNK], tokenizer, options=options):
+            if r.n_tokens > train_cfg.max_seq_len:
+                out.too_long += 1
+            elif r.n_trained == 0:
+                out.no_target += 1
+            else:
+                out.input_ids.append(r.input_ids)
+                out.masks.append(r.mask)
+    return out
+
+
+def load_mix(cfg, run_dir: Path, tokenizer_path: Path, resume: bool, echo=print):
+    """(train conversations, eval conversations, manifest, mix folder) for the run.
+
+    ``data.mix_dir`` is read as saved. An inline ``data.mix`` is built into ``<run>/mix`` with
+    core.data.mix.build_mix (once: a resumed run reuses it, so it trains on the same rows)."""
+    from core.data.mixdir import MANIFEST, read_mix_dir
+
+    if cfg.data.mix_dir:
+        mix_dir = Path(cfg.data.mix_dir).expanduser()
+        if not mix_dir.is_dir():
+            raise ConfigError(f"mix folder {mix_dir} does not exist", "data.mix_dir")
+    else:
+        mix_dir = run_dir / "mix"
+        if not (resume and (mix_dir / MANIFEST).is_file()):
+            try:
+                from core.data.mix import build_mix
+            except ImportError as exc:
+                raise ConfigError(f"inline mixes need core.data.mix ({exc}); build the mix with "
+                                  "`python -m core mix` and use data.mix_dir", "data.mix") from None
+            if mix_dir.exists():
+                shutil.rmtree(mix_dir)
+            echo(f"building the inline mix into {mix_dir}")
+            build_mix(cfg.data.mix, mix_dir, tokenizer=str(tokenizer_path))
+    train, evals, manifest = read_mix_dir(mix_dir)
+    if not train:
+        raise ConfigError(f"the mix in {mix_dir} has no training rows",
+                          "data.mix_dir" if cfg.data.mix_dir else "data.mix")
+    return train, evals, manifest, mix_dir

@@ -1,0 +1,509 @@
+"""The training process: `python -m core train CONFIG.yaml` ends up here, in its own process.
+
+    config -> run folder -> GPU lock -> backend (Unsloth first) -> model -> mix -> tokens + mask
+           -> TRL SFTTrainer (+ progress callback) -> adapter -> status done | stopped | failed
+
+Every way out writes status.json: ``done``; ``stopped`` (the stop file, SIGTERM or Ctrl-C: the
+adapter and a checkpoint are saved); ``failed`` with the error and plain advice (out of memory gets
+the estimator's figure for a setting that fits). A kill -9 leaves ``running`` behind with a dead pid,
+which core.train.runs.read_status reports as failed and resumable.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from core.settings import ConfigError, dump_yaml
+from core.train import runs
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_OOM, EXIT_STOPPED = 0, 1, 2, 3, 0
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------- train.log tee
+class _Tee:
+    """Copy this process's stdout/stderr (file descriptors 1 and 2, so C libraries' output too)
+    into train.log while still showing it on the console."""
+
+    def __init__(self, path: Path):
+        self.log = path.open("ab", buffering=0)
+        self.console = os.dup(1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        r, w = os.pipe()
+        os.dup2(w, 1)
+        os.dup2(w, 2)
+        os.close(w)
+        self.thread = threading.Thread(target=self._pump, args=(r,), daemon=True, name="train-log-tee")
+        self.thread.start()
+
+    def _pump(self, fd: int) -> None:
+        while True:
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            self.log.write(data)
+            os.write(self.console, data)
+
+    def close(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self.console, 1)  # closes the pipe's write end held by fd 1
+        os.dup2(self.console, 2)
+        self.thread.join(timeout=5)
+        self.log.close()
+
+
+# ---------------------------------------------------------------------------------- run folder
+def prepare_run_dir(cfg, resume: bool) -> Path:
+    runs.check_run_name(cfg.name)
+    run_dir = Path(cfg.runs_dir).expanduser() / cfg.name
+    if resume:
+        if not (run_dir / runs.CONFIG).is_file():
+            raise ConfigError(f"nothing to resume: {run_dir} is not a run folder", "name")
+        status = runs.read_status(run_dir)
+        if status["state"] in runs.ACTIVE and status.get("pid") not in (None, os.getpid()):
+            raise ConfigError(f"run {cfg.name} is still {status['state']} (pid {status.get('pid')})", "name")
+        if status["state"] == "done":
+            raise ConfigError(f"run {cfg.name} already finished; start a new run to train longer", "name")
+        dump_yaml(cfg, run_dir / runs.CONFIG, header="QwenTune run config (resolved). Resume with:\n"
+                                                    f"  python -m core train {run_dir / runs.CONFIG} --resume")
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        status = runs._read_json(run_dir / runs.STATUS) or {}
+        # start_run creates the folder, the config and a queued status, then starts us.
+        if not (status.get("state") == "queued" and not status.get("pid")):
+            raise ConfigError(f"run folder {run_dir} already exists; choose another --name, or add "
+                              "--resume to continue it", "name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, run_dir / runs.CONFIG, header="QwenTune run config (resolved). Resume with:\n"
+                                                f"  python -m core train {run_dir / runs.CONFIG} --resume")
+    return run_dir
+
+
+class GpuLock:
+    """One training at a time per runs folder: a second run waits as ``queued``. The lock is an
+    flock, so the kernel releases it when the holder dies, even by kill -9."""
+
+    def __init__(self, runs_dir: Path):
+        self.path = runs_dir / runs.GPU_LOCK
+        self.fd = None
+
+    def acquire(self, run_dir: Path) -> bool:
+        """Wait for the lock; False if a stop was requested meanwhile."""
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: runs are not serialised
+            return True
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waiting:
+                    holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip()
+                    log(f"waiting for the running training to finish ({holder or 'another run'})")
+                    runs.write_status(run_dir, state="queued", phase=f"waiting for {holder or 'another run'}")
+                    waiting = True
+                if (run_dir / runs.STOP_FLAG).exists():
+                    return False
+                time.sleep(1.0)
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{run_dir.name} (pid {os.getpid()})".encode(), 0)
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+# --------------------------------------------------------------------------------------- advice
+def is_oom(exc: BaseException) -> bool:
+    try:
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+    except (ImportError, AttributeError):
+        pass
+    text = str(exc).lower()
+    return "out of memory" in text and ("cuda" in text or "alloc" in text)
+
+
+def oom_advice(cfg, model_path: Path | None, backend: str) -> str:
+    """Plain advice after an out-of-memory error, with the estimator's figure for the suggestion."""
+    t, m = cfg.train, cfg.model
+    changes: list[tuple[str, object]] = []
+    if t.micro_batch > 1:
+        changes.append(("train.micro_batch", max(1, t.micro_batch // 2)))
+        changes.append(("train.grad_accum", t.grad_accum * 2))
+    elif t.max_seq_len > 512:
+        changes.append(("train.max_seq_len", t.max_seq_len // 2))
+    if m.method == "lora":
+        changes.append(("model.method", "qlora"))
+    if t.gradient_checkpointing == "off":
+        changes.append(("train.gradient_checkpointing", "unsloth" if backend == "unsloth" else "on"))
+    if not changes:
+        return ("The GPU ran out of memory even at micro-batch 1 with QLoRA. Choose a smaller model, a "
+                "shorter train.max_seq_len, or a lower lora.r.")
+    text = "The GPU ran out of memory. Try " + ", ".join(f"{k} = {v}" for k, v in changes)
+    if ("train.grad_accum", t.grad_accum * 2) in changes:
+        text += " (same effective batch)"
+    text += ". Lower micro-batch or sequence length first; QLoRA needs about 3x less memory for the weights."
+    fig = _estimate_figure(cfg, model_path, backend, dict(changes))
+    return text + (" " + fig if fig else "")
+
+
+def _estimate_figure(cfg, model_path, backend, changes: dict) -> str:
+    try:
+        from core.hardware.catalog import Arch
+        from core.hardware.estimate import estimate_training
+    except ImportError as exc:
+        return f"(No memory estimate: the estimator is not available: {exc}.)"
+    if model_path is None:
+        return ""
+    try:
+        arch = Arch.from_hf_config(__import__("json").loads((Path(model_path) / "config.json").read_text()))
+
+        def est(method, seq, mb, gc):
+            return estimate_training(arch, method=method, seq_len=seq, micro_batch=mb, rank=cfg.lora.r,
+                                     target_modules=list(cfg.lora.target_modules), grad_ckpt=gc,
+                                     backend=backend, quant=cfg.model.quant if method == "qlora" else "auto",
+                                     optimizer="adamw_8bit")
+
+        t = cfg.train
+        before = est(cfg.model.method, t.max_seq_len, t.micro_batch, t.gradient_checkpointing)
+        after = est(changes.get("model.method", cfg.model.method), changes.get("train.max_seq_len", t.max_seq_len),
+                    changes.get("train.micro_batch", t.micro_batch),
+                    changes.get("train.gradient_checkpointing", t.gradient_checkpointing))
+        return (f"Estimated peak: {before.total_gib:.1f} GiB now, about {after.total_gib:.1f} GiB with "
+                "these changes.")
+    except Exception as exc:  # an estimate is a courtesy; the advice above stands without it
+        return f"(No memory estimate: {exc}.)"
+
+
+# ---------------------------------------------------------------------------------------- train
+def _report_to(name: str, run_dir: Path) -> list[str]:
+    if name == "none":
+        return []
+    import importlib.util
+
+    package = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}[name]
+    if importlib.util.find_spec(package) is None and not (name == "tensorboard"
+                                                         and importlib.util.find_spec("tensorboardX")):
+        raise ConfigError(f"report_to {name} needs the Python package '{package}': pip install {package}",
+                          "train.report_to")
+    if name == "tensorboard":
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tensorboard"))
+    if name == "wandb":
+        os.environ.setdefault("WANDB_DIR", str(run_dir))
+    return [name]
+
+
+def resolve_optimizer(requested: str, cuda: bool) -> str:
+    if requested == "auto":
+        import importlib.util
+
+        return "adamw_8bit" if cuda and importlib.util.find_spec("bitsandbytes") else "adamw_torch"
+    if requested in ("adamw_8bit", "paged_adamw_8bit") and not cuda:
+        raise ConfigError(f"{requested} needs a CUDA GPU (bitsandbytes); use adamw_torch or auto on the CPU",
+                          "train.optimizer")
+    return requested
+
+
+def build_trainer(cfg, loaded, train_tok, eval_tok, run_dir: Path, callbacks, echo=log):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    t = cfg.train
+    cuda = loaded.device == "cuda"
+    has_eval = eval_tok is not None and eval_tok.rows > 0
+    packing = t.packing
+    args = SFTConfig(
+        output_dir=str(run_dir / runs.CHECKPOINTS),
+        run_name=cfg.name,
+        per_device_train_batch_size=t.micro_batch,
+        per_device_eval_batch_size=t.micro_batch,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_steps,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps if t.max_steps > 0 else -1,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=resolve_optimizer(t.optimizer, cuda),
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=loaded.dtype == "bfloat16",
+        fp16=loaded.dtype == "float16",
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # the filter syncs the GPU every micro-step
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if has_eval and t.eval_steps > 0 else "no",
+        eval_steps=t.eval_steps if has_eval and t.eval_steps > 0 else None,
+        report_to=_report_to(t.report_to, run_dir),
+        disable_tqdm=True,  # progress goes to metrics.jsonl and one line per step in train.log
+        include_num_input_tokens_seen="no",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=cuda,
+        gradient_checkpointing=False,  # the backend already set it up on the model
+        # Rows are pre-tokenized and already fit max_seq_len; padding-free TRL wants max_length None.
+        max_length=None if packing == "padding_free" else t.max_seq_len,
+        packing=packing == "packing",
+        packing_strategy="bfd",
+        padding_free=packing in ("padding_free", "packing"),
+        assistant_only_loss=False,  # the mask comes in the assistant_masks column (core.data.render)
+        completion_only_loss=False,
+        dataset_num_proc=None,
+    )
+    train_ds = Dataset.from_dict(train_tok.columns())
+    eval_ds = Dataset.from_dict(eval_tok.columns()) if has_eval else None
+    trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=loaded.tokenizer, callbacks=callbacks)
+    return trainer
+
+
+def trainable_summary(model) -> dict:
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if getattr(p, "quant_storage", None) is not None or p.__class__.__name__ == "Params4bit":
+            n *= 2  # two 4-bit weights per stored byte
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return {"trainable_params": trainable, "total_params": total}
+
+
+def run(cfg, *, resume: bool = False) -> int:
+    """Train ``cfg`` (a resolved RunConfig) in this process. Returns the exit code."""
+    run_dir = prepare_run_dir(cfg, resume)
+    tee = None
+    if os.environ.get("QWENTUNE_LOG_REDIRECTED") != "1":
+        tee = _Tee(run_dir / runs.LOG)
+    try:
+        return _run(cfg, run_dir, resume)
+    finally:
+        if tee is not None:
+            tee.close()
+
+
+def _run(cfg, run_dir: Path, resume: bool) -> int:
+    if resume and os.environ.get("QWENTUNE_LOG_REDIRECTED") != "1":
+        (run_dir / runs.STOP_FLAG).unlink(missing_ok=True)  # a stale request from the last session
+    log(f"run {cfg.name} in {run_dir} (pid {os.getpid()}{', resuming' if resume else ''})")
+    runs.write_status(run_dir, state="running", phase="starting", pid=os.getpid(), started=runs.now_iso(),
+                      finished=None, error=None, advice=None, killed=False, lost=False, resumable=False,
+                      model=cfg.model.name_or_path, method=cfg.model.method, run=cfg.name,
+                      **({} if resume else {"step": 0, "total_steps": 0}))
+    stop_signals = {"count": 0}
+
+    def on_signal(signum, _frame):
+        stop_signals["count"] += 1
+        if stop_signals["count"] > 1:
+            raise KeyboardInterrupt
+        (run_dir / runs.STOP_FLAG).write_text(f"signal {signum}\n")
+        log(f"signal {signum}: stopping after this step (again to abort)")
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread (tests may call run() from one): no handlers
+            break
+
+    lock = GpuLock(Path(cfg.runs_dir).expanduser())
+    model_path = None
+    backend = "?"
+    try:
+        if not lock.acquire(run_dir):
+            runs.write_status(run_dir, state="stopped", phase="", finished=runs.now_iso(), resumable=True,
+                              advice="Stopped while waiting for another run.")
+            return EXIT_STOPPED
+        runs.write_status(run_dir, state="running", phase="loading model")
+        backend, notices = _activate_backend(cfg.model.backend)
+        model_path = _resolve_model(cfg)
+        runs.write_status(run_dir, backend=backend, model_path=str(model_path))
+        train_convs, eval_convs, manifest, mix_dir = _load_data(cfg, run_dir, model_path, resume)
+        from core.train import backends
+
+        log(f"loading {model_path} with {backend} ({cfg.model.method})")
+        t_load = time.perf_counter()
+        loaded = backends.load(cfg, model_path, backend)
+        notices += loaded.notices
+        for n in notices:
+            log("note: " + n)
+        params = trainable_summary(loaded.model)
+        log(f"model loaded in {time.perf_counter() - t_load:.1f}s: {params['trainable_params']:,} trainable of "
+            f"{params['total_params']:,} parameters")
+        from core.train.data import tokenize
+
+        train_tok = tokenize(train_convs, loaded.tokenizer, cfg.train)
+        eval_tok = tokenize(eval_convs, loaded.tokenizer, cfg.train) if eval_convs else None
+        _check_rows(cfg, train_tok, "train")
+        log(f"data: {train_tok.summary()}" + (f"; eval: {eval_tok.summary()}" if eval_tok else ""))
+        runs.write_status(run_dir, backend=backend, method=loaded.method, dtype=loaded.dtype,
+                          device=loaded.device, notices=notices, mix_dir=str(mix_dir),
+                          data=train_tok.summary(), eval_data=eval_tok.summary() if eval_tok else None,
+                          **params)
+        if (run_dir / runs.STOP_FLAG).exists():
+            (run_dir / runs.STOP_FLAG).unlink(missing_ok=True)
+            runs.write_status(run_dir, state="stopped", phase="", finished=runs.now_iso(), resumable=True,
+                              advice="Stopped before the first step.")
+            return EXIT_STOPPED
+        return _train(cfg, run_dir, loaded, train_tok, eval_tok, resume)
+    except ConfigError as exc:
+        log(f"error: {exc}")
+        runs.write_status(run_dir, state="failed", phase="", finished=runs.now_iso(), error=str(exc),
+                          resumable=False, advice="Fix the setting named in the error and start a new run.")
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        log("aborted")
+        runs.write_status(run_dir, state="stopped", phase="", finished=runs.now_iso(), resumable=True,
+                          advice="Aborted; resume continues from the newest checkpoint.")
+        return 130
+    except BaseException as exc:
+        traceback.print_exc()
+        if is_oom(exc):
+            advice = oom_advice(cfg, model_path, backend)
+            log("out of memory: " + advice)
+            runs.write_status(run_dir, state="failed", phase="", finished=runs.now_iso(), oom=True,
+                              error=f"Out of GPU memory: {str(exc).splitlines()[0][:300]}", advice=advice,
+                              resumable=True, **_peaks())
+            return EXIT_OOM
+        runs.write_status(run_dir, state="failed", phase="", finished=runs.now_iso(),
+                          error=f"{type(exc).__name__}: {str(exc)[:2000]}", resumable=True,
+                          advice="See train.log for the full traceback.")
+        return EXIT_FAILED
+    finally:
+        (run_dir / runs.STOP_FLAG).unlink(missing_ok=True)
+        lock.release()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _peaks() -> dict:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return {"peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+    except ImportError:
+        pass
+    return {}
+
+
+def _activate_backend(requested: str) -> tuple[str, list[str]]:
+    from core.train import backends
+
+    backend, notices = backends.choose_backend(requested)
+    try:
+        notices += backends.activate(backend)
+    except Exception as exc:
+        if requested == "unsloth":
+            raise ConfigError(f"unsloth failed to import: {type(exc).__name__}: {exc}", "model.backend") from exc
+        traceback.print_exc()
+        notices.append(f"Unsloth failed to import ({type(exc).__name__}: {exc}); using transformers + PEFT")
+        backend = "peft"
+    return backend, notices
+
+
+def _resolve_model(cfg) -> Path:
+    from core.train.backends import resolve_model_path
+
+    return resolve_model_path(cfg.model)
+
+
+def _load_data(cfg, run_dir: Path, model_path: Path, resume: bool):
+    import json
+
+    from core.train.data import load_mix
+
+    train, evals, manifest, mix_dir = load_mix(cfg, run_dir, model_path, resume, echo=log)
+    if cfg.data.mix_dir:  # keep what this run trained on, even if the mix folder changes later
+        (run_dir / "mix_manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
+                                                   encoding="utf-8")
+    return train, evals, manifest, mix_dir
+
+
+def _check_rows(cfg, tok, split: str) -> None:
+    if tok.rows:
+        if tok.too_long:
+            log(f"note: {tok.too_long} {split} rows are longer than train.max_seq_len={cfg.train.max_seq_len} "
+                "tokens and were left out (rows are never cut: a cut reasoning trace teaches stopping mid-thought)")
+        return
+    where = "data.mix_dir" if cfg.data.mix_dir else "data.mix"
+    raise ConfigError(f"no {split} row can be trained: {tok.too_long} of {tok.rows_in} rows are longer than "
+                      f"train.max_seq_len={cfg.train.max_seq_len} and {tok.no_target} have no trained tokens",
+                      where)
+
+
+def _train(cfg, run_dir: Path, loaded, train_tok, eval_tok, resume: bool) -> int:
+    from core.train.backends import save_adapter
+    from core.train.callbacks import GpuSampler, ProgressCallback, TokenCounter
+
+    counter = TokenCounter(echo=log)
+    gpu = GpuSampler()
+    progress = ProgressCallback(run_dir, counter, gpu, echo=log)
+    trainer = build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, [progress])
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our callback prints one readable line per step
+    if not counter.wrap(trainer.data_collator):
+        log("note: the data collator cannot be wrapped; tokens/s will not be shown")
+    original_evaluate = trainer.evaluate
+
+    def evaluate(*args, **kwargs):  # eval batches are not training tokens
+        counter.paused = True
+        try:
+            return original_evaluate(*args, **kwargs)
+        finally:
+            counter.paused = False
+
+    trainer.evaluate = evaluate
+    ckpt = runs.latest_checkpoint(run_dir) if resume else None
+    if resume:
+        log(f"resuming from {ckpt}" if ckpt else "no checkpoint to resume from: starting at step 0")
+    runs.write_status(run_dir, state="running", phase="training", resumed_from=ckpt.name if ckpt else None)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    train_s = time.perf_counter() - t0
+    stopped = progress.stop_requested
+    final_eval = None
+    has_eval = eval_tok is not None and eval_tok.rows > 0
+    if has_eval and not stopped and progress.last_eval_step != trainer.state.global_step:
+        runs.write_status(run_dir, phase="evaluating")
+        final_eval = trainer.evaluate().get("eval_loss")
+    runs.write_status(run_dir, phase="saving adapter")
+    adapter = save_adapter(trainer.model, loaded.tokenizer, run_dir / runs.ADAPTER)
+    log(f"adapter saved to {adapter}")
+    state = "stopped" if stopped else "done"
+    tokens = counter.tokens
+    status = runs.write_status(
+        run_dir, state=state, phase="", finished=runs.now_iso(), step=trainer.state.global_step,
+        loss=progress.last_loss, train_loss_avg=result.training_loss,
+        eval_loss=final_eval if final_eval is not None else progress.last_eval_loss,
+        train_runtime_s=round(train_s, 2), tokens=tokens,
+        tokens_per_s=round(tokens / train_s, 1) if train_s > 0 else None,
+        adapter=str(adapter), resumable=stopped, **gpu.peaks(),
+        advice="Stopped on request; the adapter so far is saved and resume continues from here." if stopped
+        else None,
+    )
+    log(f"{state}: step {status['step']}/{status.get('total_steps')}, loss {status.get('loss')}")
+    return EXIT_STOPPED if stopped else EXIT_OK

@@ -1,0 +1,1 @@
+"""Reusable GUI pieces that tabs place inside themselves (each with ``build(ctx, ...) -> dict``)."""

@@ -1,0 +1,144 @@
+"""The app in demo mode as a subprocess, and Debian's Chromium driven by Playwright.
+
+Chromium comes from Debian (`.ci/run` installs it; Playwright's own browser download does not work
+here). Without it the browser test skips on a developer machine but fails in CI (CI=true), so a
+broken CI image cannot turn the test green by skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+ARTIFACTS = ROOT / "test-artifacts" / "e2e"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require_chromium() -> None:
+    if CHROMIUM.exists():
+        return
+    msg = f"{CHROMIUM} is missing: install Debian's chromium (`apt-get install -y chromium`, as .ci/run does)"
+    if in_ci():
+        pytest.fail(msg + " - the browser test must run in CI")
+    pytest.skip(msg)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class AppServer:
+    url: str
+    runs_dir: Path
+    mixes_dir: Path
+    presets_dir: Path
+    log: Path
+    proc: subprocess.Popen
+
+    def log_tail(self, n: int = 6000) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")[-n:] if self.log.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory, demo_model_path):
+    """`python launch.py --demo` on a free port with empty runs/mixes folders. The demo model comes
+    from the usual cache (QWENTUNE_CACHE), built once by the demo_model_path fixture."""
+    require_chromium()
+    tmp = tmp_path_factory.mktemp("app")
+    presets = tmp / "presets"
+    presets.mkdir()
+    for shipped in sorted((ROOT / "presets" / "train").glob("*.yaml")):
+        (presets / shipped.name).write_bytes(shipped.read_bytes())
+    port = free_port()
+    log = tmp / "server.log"
+    env = dict(os.environ, QWENTUNE_CACHE=str(demo_model_path.parent), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "launch.py", "--demo", "--port", str(port), "--runs-dir", str(tmp / "runs"),
+             "--mixes-dir", str(tmp / "mixes"), "--presets-dir", str(presets)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = AppServer(f"http://127.0.0.1:{port}", tmp / "runs", tmp / "mixes", presets, log, proc)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(server.url + "/en/", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"the app did not start:\n{server.log_tail()}")
+                time.sleep(0.3)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        # Training workers run detached (their own session): stop any this test left running.
+        _kill_workers(tmp / "runs")
+
+
+def _kill_workers(runs_dir: Path) -> None:
+    import json
+    import signal
+
+    for status in runs_dir.glob("*/status.json"):
+        try:
+            pid = json.loads(status.read_text()).get("pid")
+        except (OSError, ValueError):
+            continue
+        if pid:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+@pytest.fixture(scope="module")
+def browser():
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page that records every request leaving 127.0.0.1 (there must be none)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, locale="en-US")
+    pg = context.new_page()
+    pg.external_requests = []
+    pg.on("request", lambda r: pg.external_requests.append(r.url)
+          if not r.url.startswith(("http://127.0.0.1", "data:", "blob:", "about:")) else None)
+    pg.set_default_timeout(30_000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield pg
+    finally:
+        context.close()

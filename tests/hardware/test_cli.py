@@ -1,0 +1,77 @@
+"""`python -m core hw` and `python -m core estimate` on a machine without a GPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from core.cli import main
+from tests.conftest import ROOT
+
+
+def run_json(capsys, argv):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_hw_simulated_json_shape(capsys):
+    out = run_json(capsys, ["hw", "--vram-gb", "24", "--json"])
+    assert set(out) >= {"gpus", "recommendations", "best"}
+    assert out["gpus"][0]["total_gib"] == 24.0
+    for r in out["recommendations"]:
+        assert isinstance(r["model"], str) and r["method"] in ("lora", "qlora")
+        assert isinstance(r["est_gib"], float) and r["verdict"] in ("fits", "tight", "no")
+        assert isinstance(r["max_seq_len"], int)
+    assert out["best"]["verdict"] == "fits"
+
+
+def test_hw_seq_len_and_gpus(capsys):
+    short = run_json(capsys, ["hw", "--vram-gb", "16", "--seq-len", "1024", "--json"])
+    long = run_json(capsys, ["hw", "--vram-gb", "16", "--seq-len", "8192", "--json"])
+    assert short["recommendations"][0]["seq_len"] == 1024
+    assert sum(r["est_gib"] for r in long["recommendations"]) > sum(r["est_gib"] for r in short["recommendations"])
+    two = run_json(capsys, ["hw", "--vram-gb", "16", "--gpus", "2", "--json"])
+    assert {r["gpu"] for r in two["recommendations"]} == {0, 1}
+
+
+def test_hw_text_marks_the_best_pick(capsys):
+    assert main(["hw", "--vram-gb", "24"]) == 0
+    text = capsys.readouterr().out
+    assert "<- best pick" in text and "Best pick:" in text
+
+
+def test_hw_bad_vram(capsys):
+    assert main(["hw", "--vram-gb", "-3"]) == 2
+    assert "--vram-gb" in capsys.readouterr().err
+
+
+def test_estimate_json_shape(capsys):
+    out = run_json(capsys, ["estimate", "--model", "qwen3-8b", "--method", "qlora", "--seq-len", "2048",
+                            "--batch", "2", "--rank", "16", "--json"])
+    assert isinstance(out["total_gib"], float)
+    assert set(out["breakdown"]) == {"weights", "lora", "activations", "logits", "overhead"}
+    assert abs(sum(out["breakdown"].values()) - out["total_gib"]) < 0.01
+
+
+def test_estimate_inference_and_targets(capsys):
+    out = run_json(capsys, ["estimate", "--model", "qwen3-4b", "--method", "lora", "--seq-len", "8192",
+                            "--inference", "--json"])
+    assert "kv_cache" in out["breakdown"]
+    few = run_json(capsys, ["estimate", "--model", "qwen3-4b", "--targets", "q_proj,v_proj", "--json"])
+    assert few["setup"]["target_modules"] == ["q_proj", "v_proj"]
+
+
+def test_estimate_unknown_model_is_a_clear_error(capsys):
+    assert main(["estimate", "--model", "qwen3-9b"]) == 2
+    assert "unknown model 'qwen3-9b'" in capsys.readouterr().err
+
+
+def test_real_subprocess_without_gpu():
+    for argv in (["hw", "--vram-gb", "24", "--json"], ["hw", "--json"],
+                 ["estimate", "--model", "qwen3-8b", "--method", "qlora", "--seq-len", "2048", "--batch", "2",
+                  "--rank", "16", "--json"]):
+        proc = subprocess.run([sys.executable, "-m", "core", *argv], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        json.loads(proc.stdout)

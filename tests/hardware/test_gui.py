@@ -1,0 +1,108 @@
+"""Hardware tab: its pieces render real data, and it shares the chosen model with other tabs."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.hardware.detect import GpuInfo, HardwareReport
+from core.hardware.recommend import recommend
+from gui.i18n import Strings
+from gui.tabs import hardware as tab
+
+
+@pytest.fixture(params=["en", "zh"])
+def t(request):
+    return Strings(request.param)
+
+
+def test_compute_for_a_simulated_card(t):
+    result = tab.compute(24, 2048, 16)
+    assert result["gpus"][0]["total_gib"] == 24.0
+    assert len(result["rows"]) == len(result["recommendations"])
+    rows = tab.table_rows(t, result["rows"])
+    assert rows[0][0] == "★" and len(rows[0]) == 7
+    best = next(r for r in result["rows"] if r["best"])
+    assert best["display"] in tab.best_text(t, result)
+    html = tab.gpu_cards_html(t, result)
+    assert t("hardware.sim_name", gib="24") in html
+
+
+def test_two_gpus_show_two_cards_and_rows_for_the_chosen_one(t, monkeypatch):
+    report = HardwareReport(gpus=[
+        GpuInfo(index=0, name="NVIDIA GeForce RTX 3060", total_gib=12.0, free_gib=11.0, used_gib=1.0,
+                compute_capability="8.6", bf16=True, utilization_pct=12, temperature_c=50, power_w=40.0),
+        GpuInfo(index=1, name="Tesla T4", total_gib=15.0, free_gib=15.0, used_gib=0.0,
+                compute_capability="7.5", bf16=False)], driver_version="550.54", cuda_version="12.4")
+    monkeypatch.setattr(tab, "read_hardware", lambda sim: report)
+    result = tab.compute(0, 2048, 16, gpu_index=1)
+    assert result["chosen_gpu"] == 1 and {r["gpu"] for r in result["rows"]} == {1}
+    html = tab.gpu_cards_html(t, result)
+    assert "RTX 3060" in html and "Tesla T4" in html and "550.54" in html and "12%" in html
+
+
+def test_live_refresh_view_matches_the_full_one(t, monkeypatch):
+    from core.hardware.detect import simulated
+
+    report = simulated(16)
+    monkeypatch.setattr(tab, "read_hardware", lambda sim: report)
+    assert tab.gpu_cards_html(t, tab.report_view(report)) == tab.gpu_cards_html(t, tab.compute(16, 2048, 16))
+
+
+def test_no_gpu_card_says_so(t):
+    result = recommend(HardwareReport(message="no NVIDIA GPU found: CPU demo mode only"))
+    result.update(rows=[], chosen_gpu=None)
+    assert t("hardware.no_gpu") in tab.gpu_cards_html(t, result)
+    assert tab.best_text(t, result) == t("hardware.no_gpu_hint")
+
+
+def test_breakdown_figure_stacks_the_parts(t):
+    row = tab.compute(24, 2048, 16)["rows"][0]
+    fig = tab.breakdown_figure(t, row)
+    assert len(fig.data) == 5 and fig.layout.barmode == "stack"
+    assert sum(bar.y[0] for bar in fig.data) == pytest.approx(row["est_gib"], abs=0.02)
+    assert tab.breakdown_figure(t, None).layout.title.text == t("hardware.chart.empty")
+
+
+def test_selection_for_train_tab():
+    row = next(r for r in tab.compute(24, 4096, 32)["rows"] if r["model"] == "qwen3-8b" and r["method"] == "qlora")
+    row["rank"] = 32
+    choice = tab.selection_for(row)
+    assert choice["model"] == "qwen3-8b" and choice["method"] == "qlora"
+    assert choice["seq_len"] == 4096 and choice["rank"] == 32 and choice["micro_batch"] >= 1
+
+
+def test_tab_registers_selected_model_state():
+    import gradio as gr
+
+    from gui.app import build_app
+
+    app = build_app(demo=True, lang="en")
+    ctx = app.qt_ctx
+    assert "hardware" not in ctx.missing_tabs
+    assert isinstance(ctx.shared["selected_model"], gr.State)
+    assert ctx.shared["selected_model"].value is None
+    assert isinstance(ctx.shared["hardware.use_button"], gr.Button)
+
+
+def test_use_this_model_fills_the_train_tabs_fields():
+    import gradio as gr
+
+    from gui.app import AppContext
+
+    ctx = AppContext(runs_dir="runs", demo=True)
+    with gr.Blocks() as page:
+        model = gr.Textbox(value="demo")
+        method = gr.Radio(choices=["lora", "qlora"], value="lora")
+        ctx.shared["train.fields"] = {"model.name_or_path": model, "model.method": method}
+        tab.build(ctx)
+        for hook in ctx.after_build:
+            hook()
+    state = ctx.shared["selected_model"]
+    wired = [fn for fn in page.fns.values()
+             if (state._id, "change") in [(t[0], t[1]) for t in fn.targets]]
+    assert wired and {c._id for c in wired[0].outputs} == {model._id, method._id}
+    choice = tab.selection_for({**tab.compute(24, 2048, 16)["rows"][0], "rank": 16})
+    updates = tab.train_updates(choice, ["model.name_or_path", "model.method"])
+    assert [u["value"] for u in updates] == [choice["model"], choice["method"]]
+    assert all("value" not in u for u in tab.train_updates(None, ["model.method"]))
+    assert set(tab.TRAIN_FIELD_OF.values()) <= set(choice)

@@ -1,0 +1,89 @@
+"""Recommendations: verdicts, longest sequence, micro-batch, best pick, several GPUs."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.hardware.catalog import load_catalog
+from core.hardware.detect import GpuInfo, HardwareReport, simulated
+from core.hardware.estimate import estimate_training
+from core.hardware.recommend import best_pick, recommend, recommend_for_vram, verdict_for
+
+
+def test_verdict_thresholds():
+    assert verdict_for(8.9, 10) == "fits"
+    assert verdict_for(9.5, 10) == "tight"
+    assert verdict_for(10.5, 10) == "no"
+
+
+def test_every_model_and_method_is_ranked():
+    rows = recommend_for_vram(24)
+    assert len(rows) == 2 * len(load_catalog())
+    assert {(r.model, r.method) for r in rows} == {(k, m) for k in load_catalog() for m in ("lora", "qlora")}
+    order = [("fits", "tight", "no").index(r.verdict) for r in rows]
+    assert order == sorted(order)
+    assert sum(r.best for r in rows) == 1 and rows[0].best
+
+
+@pytest.mark.parametrize("vram", [8, 12, 16, 24, 48, 80])
+def test_rows_agree_with_the_estimator(vram):
+    budget = vram * 0.9
+    for r in recommend_for_vram(vram):
+        est = estimate_training(r.model, method=r.method, seq_len=2048, micro_batch=1).total_gib
+        assert r.est_gib == pytest.approx(est, abs=0.01)
+        if r.max_seq_len:
+            assert estimate_training(r.model, method=r.method, seq_len=r.max_seq_len, micro_batch=1).total_gib <= budget
+        if r.max_seq_len and r.max_seq_len < 32768:
+            assert estimate_training(r.model, method=r.method, seq_len=r.max_seq_len + 256,
+                                     micro_batch=1).total_gib > budget
+        if r.verdict == "fits":
+            assert r.micro_batch >= 1 and r.max_seq_len >= 2048
+            assert estimate_training(r.model, method=r.method, seq_len=2048,
+                                     micro_batch=r.micro_batch).total_gib <= budget
+        if r.verdict == "no":
+            assert r.micro_batch == 0
+
+
+def test_best_pick_is_the_largest_model_with_headroom():
+    best = best_pick(recommend_for_vram(24))
+    assert best is not None and best.verdict == "fits"
+    bigger = [r for r in recommend_for_vram(24) if r.params_b > best.params_b]
+    assert all(r.verdict != "fits" for r in bigger)
+    small = best_pick(recommend_for_vram(6))
+    assert small.params_b < best.params_b
+    huge = best_pick(recommend_for_vram(80))
+    assert huge.model == "qwen3-32b"
+    assert best_pick(recommend_for_vram(0.5)) is None
+
+
+def test_longer_sequences_lower_the_verdicts():
+    short = {(r.model, r.method): r.est_gib for r in recommend_for_vram(24, seq_len=512)}
+    long = {(r.model, r.method): r.est_gib for r in recommend_for_vram(24, seq_len=16384)}
+    assert all(long[k] > short[k] for k in short)
+
+
+def test_recommend_lists_rows_per_gpu():
+    report = HardwareReport(gpus=[
+        GpuInfo(index=0, name="NVIDIA GeForce RTX 3060", total_gib=12.0, free_gib=11.0, used_gib=1.0, bf16=True),
+        GpuInfo(index=1, name="NVIDIA H100 80GB HBM3", total_gib=79.2, free_gib=79.0, used_gib=0.2, bf16=True),
+    ])
+    out = recommend(report)
+    assert [g["name"] for g in out["gpus"]] == ["NVIDIA GeForce RTX 3060", "NVIDIA H100 80GB HBM3"]
+    n = 2 * len(load_catalog())
+    assert [r["gpu"] for r in out["recommendations"]] == [0] * n + [1] * n
+    assert out["best"]["gpu"] == 1 and out["best"]["card"] == "NVIDIA H100 80GB HBM3"
+    assert [b["gpu"] for b in out["best_per_gpu"]] == [0, 1]
+    for r in out["recommendations"]:
+        assert set(r) >= {"model", "method", "est_gib", "verdict", "max_seq_len"}
+        assert r["verdict"] in ("fits", "tight", "no")
+
+
+def test_no_gpu_gives_empty_lists_and_the_reason():
+    out = recommend(HardwareReport(message="no NVIDIA GPU found: CPU demo mode only"))
+    assert out["gpus"] == [] and out["recommendations"] == [] and out["best"] is None
+    assert out["message"].startswith("no NVIDIA GPU found")
+
+
+def test_simulated_report():
+    out = recommend(simulated(12))
+    assert out["system"]["simulated"] and out["gpus"][0]["total_gib"] == 12.0

@@ -1,0 +1,117 @@
+"""The GUI model picker: builds without network or heavy work, describes the choice, shows progress."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from core.models.download import DownloadProgress
+from core.models.resolve import MARKER, repo_dir
+from gui.components import model_picker
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    from gui.app import AppContext
+
+    return AppContext(runs_dir=tmp_path / "runs", demo=True, lang="en")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    import huggingface_hub
+
+    def boom(*a, **k):
+        raise AssertionError("the picker must not touch the network")
+
+    monkeypatch.setattr("socket.create_connection", boom)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", boom)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", boom)
+
+
+def test_build_renders_the_contract_components(ctx, no_network, demo_model_path):
+    import gradio as gr
+
+    done = repo_dir("unsloth/Qwen3-8B-unsloth-bnb-4bit", "hf")
+    shutil.copytree(demo_model_path, done)
+    (done / MARKER).write_text("{}", encoding="utf-8")
+    with gr.Blocks():
+        parts = model_picker.build(ctx)
+    choice = parts["choice"]
+    assert isinstance(choice, gr.Dropdown) and choice.elem_id == "model-choice"
+    assert choice.allow_custom_value and choice.value == "demo"
+    values = [value for _, value in choice.choices]
+    assert values[0] == "demo" and str(done) in values and "qwen3-8b" in values and "qwen3-30b-a3b" in values
+    for key in ("hub", "quant", "method", "status", "progress", "download", "cancel", "refresh", "local_path"):
+        assert key in parts
+    assert parts["hub"].value == "hf" and parts["quant"].value == "auto"
+    assert ctx.shared["model_picker"] is parts
+    assert parts["is_downloaded"]("qwen3-8b", "hf", "qlora", "auto")
+    assert not parts["is_downloaded"]("qwen3-8b", "hf", "lora", "auto")
+    assert not parts["is_downloaded"]("no such thing")
+
+
+def test_an_outside_method_radio_is_used(ctx, no_network):
+    import gradio as gr
+
+    with gr.Blocks():
+        method = gr.Radio(["lora", "qlora"], value="lora")
+        parts = model_picker.build(ctx, method=method)
+    assert parts["method"] is method
+
+
+def test_gpu_mode_defaults_to_a_downloaded_model(tmp_path, no_network, demo_model_path):
+    import gradio as gr
+
+    from gui.app import AppContext
+
+    done = repo_dir("unsloth/Qwen3-4B-unsloth-bnb-4bit", "hf")
+    shutil.copytree(demo_model_path, done)
+    (done / MARKER).write_text("{}", encoding="utf-8")
+    with gr.Blocks():
+        parts = model_picker.build(AppContext(runs_dir=tmp_path, demo=False, lang="zh"))
+    assert parts["choice"].value == str(done)
+
+
+def test_describe_each_kind_of_choice(ctx, model_copy, demo_model_path):
+    text, path = model_picker.describe(ctx, "demo", "hf", "qlora", "auto")
+    assert "demo model" in text and path
+    good = model_copy("good")
+    text, path = model_picker.describe(ctx, str(good), "hf", "qlora", "auto")
+    assert text.startswith("✔") and "qwen3" in text and path == str(good.resolve())
+    bad = model_copy("bad")
+    (bad / "model.safetensors").unlink()
+    text, path = model_picker.describe(ctx, str(bad), "hf", "qlora", "auto")
+    assert text.startswith("✖") and "no weights" in text and path == ""
+    text, path = model_picker.describe(ctx, "qwen3-8b", "modelscope", "qlora", "auto")
+    assert "unsloth/Qwen3-8B-unsloth-bnb-4bit" in text and "ModelScope" in text and "not downloaded" in text
+    assert path == ""
+    text, path = model_picker.describe(ctx, "qwen3-30b-a3b", "hf", "qlora", "dynamic4")
+    assert text.startswith("✖") and "mixture-of-experts" in text
+    done = repo_dir("unsloth/Qwen3-8B-unsloth-bnb-4bit", "modelscope")
+    shutil.copytree(demo_model_path, done)
+    (done / MARKER).write_text(json.dumps({"repo_id": "unsloth/Qwen3-8B-unsloth-bnb-4bit"}), encoding="utf-8")
+    text, path = model_picker.describe(ctx, "qwen3-8b", "hf", "qlora", "auto")
+    assert text.startswith("✔") and path == str(done)
+
+
+def test_progress_html_shows_bytes_speed_eta_and_errors(ctx):
+    p = DownloadProgress("unsloth/Qwen3-8B-unsloth-bnb-4bit", "hf", "downloading", 2_000_000_000,
+                         5_000_000_000, 40_000_000, 75.0)
+    html = model_picker.progress_html(ctx, p)
+    assert "40.0%" in html and "2.00 GB of 5.00 GB" in html and "40.00 MB/s" in html and "1m15s" in html
+    failed = DownloadProgress("x/y", "hf", "failed", error="Cannot reach Hugging Face <host>",
+                              advice="Or use ModelScope")
+    html = model_picker.progress_html(ctx, failed)
+    assert 'data-state="failed"' in html and "&lt;host&gt;" in html and "Or use ModelScope" in html
+
+
+def test_strings_exist_in_chinese(tmp_path):
+    from gui.app import AppContext
+
+    zh = AppContext(runs_dir=tmp_path, demo=True, lang="zh")
+    labels = dict((v, k) for k, v in model_picker.choices(zh))
+    assert "离线" in labels["demo"]
+    assert "下载" in zh.t("models.download")
