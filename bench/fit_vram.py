@@ -63,6 +63,9 @@ def main(argv=None) -> int:
     p.add_argument("--points", type=Path, default=DEFAULT_POINTS, help="Measurements (JSON lines).")
     p.add_argument("--card", default="", help="Only points whose card name contains this text.")
     p.add_argument("--write", action="store_true", help=f"Store the refit coefficients in {COEFFS_PATH}.")
+    p.add_argument("--base", type=Path, default=None,
+                   help="Coefficients to start the fit from (default: the shipped file). Refit from the "
+                        "physics seeds with --base tests/fixtures/vram_seed_coefficients.json.")
     p.add_argument("--tolerance", type=float, default=0.10, help="Largest acceptable relative error.")
     p.add_argument("--json", action="store_true", help="Print the per-point rows after the fit as JSON.")
     p.add_argument("--markdown", action="store_true",
@@ -77,7 +80,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     points = [pt for pt in read_points(args.points) if args.card.lower() in str(pt.get("card", "")).lower()]
-    current = load_coefficients()
+    current = load_coefficients(args.base)
     fit = calibrate(points, current)
     if args.json:
         print(json.dumps(fit.rows, indent=2))

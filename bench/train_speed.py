@@ -362,6 +362,8 @@ def main(argv=None) -> int:
     p.add_argument("--phases", default="project,bare,plain,mixed",
                    help="Comma list of: project, project-lora (16-bit LoRA), bare, plain, mixed.")
     p.add_argument("--mixed-modes", default="off,packing,padding_free")
+    p.add_argument("--project-packing", default="auto", help="train.packing of the uniform project run "
+                                                            "(auto: the GUI's default).")
     p.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one loop phase in this process
     args = p.parse_args(argv)
 
@@ -411,7 +413,7 @@ def main(argv=None) -> int:
         t = time.time()
         try:
             if task == "project":
-                record(task, run_project(args, "mix-uniform", "padding_free", "bench-project"), True)
+                record(task, run_project(args, "mix-uniform", args.project_packing, "bench-project"), True)
             elif task == "project-lora":
                 record(task, run_project(args, "mix-uniform", "padding_free", "bench-project-lora", "lora"), True)
             elif task in ("bare", "plain"):

@@ -135,9 +135,12 @@ class TrainConfig:
     train_empty_think: bool = setting(True, help="Also train the empty <think></think> block of "
                                                   "non-reasoning replies, which teaches the "
                                                   "non-thinking mode.")
-    packing: str = setting("padding_free", choices=("off", "padding_free", "packing"),
-                           help="padding_free: no pad tokens, rows kept apart (fast, exact). "
-                                "packing: rows concatenated into full sequences. off: padded batches.")
+    packing: str = setting("auto", choices=("auto", "off", "padding_free", "packing"),
+                           help="How rows form a micro-batch. packing: rows packed into full max_seq_len "
+                                "sequences, kept apart in attention (fastest on mixed lengths). "
+                                "padding_free: no pad tokens, micro_batch rows per step. off: padded "
+                                "batches (fastest when rows are all about max_seq_len long). auto: off "
+                                "when rows fill micro-batches, else packing.")
     gradient_checkpointing: str = setting("unsloth", choices=("unsloth", "on", "off"),
                                           help="unsloth: offload activations to CPU RAM (longest "
                                                "context). on: recompute. off: fastest, most memory.")

@@ -70,14 +70,20 @@ def resolve(name_or_path: str | Path, root: str | Path | None = None) -> Path:
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     """A config dataclass as {dotted path: value}, nested sections expanded."""
+    import copy
+    import typing
+
     out: dict[str, Any] = {}
+    hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         path = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if dataclasses.is_dataclass(hints[f.name]):  # a section: expanded, as field_info does
             out.update(flatten(value, path + "."))
+        elif dataclasses.is_dataclass(value):  # an optional nested config (data.mix) is one setting
+            out[path] = to_dict(value)
         else:
-            out[path] = value.copy() if isinstance(value, (list, dict)) else value
+            out[path] = copy.deepcopy(value)
     return out
 
 
@@ -103,7 +109,7 @@ def _validate(data: dict, source: str = "", lines: dict[str, int] | None = None)
 
 def load_preset(name_or_path: str | Path, root: str | Path | None = None) -> dict[str, Any]:
     """The preset's settings as {dotted path: value}, every setting present (defaults filled in),
-    except the run name and folder and, when the preset has no data section, the data settings.
+    except the run name and folder and the data settings the preset leaves empty.
     Raises ConfigError naming the file, line and field when something is wrong."""
     path = resolve(name_or_path, root)
     raw, lines = read_yaml(path)
@@ -115,7 +121,8 @@ def load_preset(name_or_path: str | Path, root: str | Path | None = None) -> dic
         values.pop(key, None)
     if values.get("data.mix_dir") == _NO_DATA:
         values = {k: v for k, v in values.items() if not k.startswith("data.")}
-    return values
+    # A preset names a mix folder or an inline mix; the unused one must not blank the other's widget.
+    return {k: v for k, v in values.items() if not (k.startswith("data.") and v in (None, ""))}
 
 
 def preset_to_yaml(values: dict[str, Any], header: str = "") -> str:

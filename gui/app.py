@@ -12,9 +12,9 @@ app keeps its state anyway.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gui.i18n import LANGS, Strings
 
@@ -78,17 +78,13 @@ class AppContext:
     shared: dict = field(default_factory=dict)
     after_build: list = field(default_factory=list)  # callables run once every tab is built
     server: dict = field(default_factory=dict)  # shared by every language's page (see above)
-    missing_tabs: list[str] = field(default_factory=list)
+    blocks: Any = None  # this page's gr.Blocks, e.g. for ``ctx.blocks.load(fn, ...)`` on page load
 
     def __post_init__(self):
         self.t = Strings(self.lang)
         self.runs_dir = Path(self.runs_dir)
         self.mixes_dir = Path(self.mixes_dir)
         self.presets_dir = Path(self.presets_dir)
-
-
-def tab_available(name: str) -> bool:
-    return importlib.util.find_spec(f"gui.tabs.{name}") is not None
 
 
 def _lang_links(lang: str) -> str:
@@ -125,6 +121,7 @@ def build_app(runs_dir: str | Path = "runs", demo: bool = True, lang: str = "en"
         ctx.server = server_state
     t = ctx.t
     with gr.Blocks(title=t("app.title"), analytics_enabled=False) as app:
+        ctx.blocks = app
         with gr.Row(elem_id="qt-header", equal_height=True):
             with gr.Column(scale=4):
                 gr.Markdown(f"# {t('app.title')}\n{t('app.subtitle')}")
@@ -134,11 +131,7 @@ def build_app(runs_dir: str | Path = "runs", demo: bool = True, lang: str = "en"
         presets_section = presets_ui.build_section(ctx)
         with gr.Tabs(elem_id="main-tabs"):
             for name in TABS:
-                # Tabs land one issue at a time; a tab whose module is not written yet is left out.
-                if tab_available(name):
-                    importlib.import_module(f"gui.tabs.{name}").build(ctx)
-                else:
-                    ctx.missing_tabs.append(name)
+                importlib.import_module(f"gui.tabs.{name}").build(ctx)
         presets_ui.wire(ctx, presets_section)
         for hook in ctx.after_build:
             hook()

@@ -73,7 +73,11 @@ def load_into(ctx, paths: list[str], name: str | None) -> list:
         return [t("presets.error", error=str(exc))] + [gr.skip() for _ in paths]
     updates = [gr.update(value=values[p]) if p in values else gr.skip() for p in paths]
     used = sum(p in values for p in paths)
-    return [t("presets.loaded", name=name, count=used)] + updates
+    message = t("presets.loaded", name=name, count=used)
+    if "data.mix" in values and "data.mix" not in paths:
+        # The Train tab trains on saved mixes; an inline mix runs from the CLI only.
+        message += "  \n" + t("presets.inline_mix")
+    return [message] + updates
 
 
 def save_from(ctx, paths: list[str], name: str, overwrite: bool, values: list) -> tuple:

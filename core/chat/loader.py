@@ -28,7 +28,7 @@ from core.settings import ConfigError
 
 RUN_CONFIG = "config.yaml"
 ADAPTER_CONFIG = "adapter_config.json"
-EXPORT_MARKER = "qwentune_export.json"  # written by an export: {"base_model": ..., "run": ...}
+EXPORT_MARKER = "qwentune_export.json"  # written by core.train.export: {"run": ..., "format": ...}
 KINDS = ("run", "checkpoint", "adapter", "merged", "model")
 
 
@@ -206,7 +206,9 @@ def _resolve_model_folder(path: Path, base_override: str) -> LoadSpec:
     if not base and marker.get("base_model"):
         base = str(marker["base_model"])
     if not base:
-        run = _enclosing_run(path)
+        # An export names the run it came from; an export inside a run folder belongs to that run.
+        marked = Path(str(marker.get("run") or "")).expanduser() if marker.get("run") else None
+        run = marked if marked is not None and (marked / RUN_CONFIG).is_file() else _enclosing_run(path)
         if run is not None:
             base, method, base_path = _run_base(run)
     if not base:

@@ -69,6 +69,35 @@ def add_turn(state: dict, user: str, replies: dict[str, dict]) -> dict:
     for pane, reply in replies.items():
         turn[pane] = {"reasoning": (reply.get("reasoning") or "")[:MAX_CHARS],
                       "answer": (reply.get("answer") or "")[:MAX_CHARS]}
+        if reply.get("finish"):
+            turn[pane]["finish"] = str(reply["finish"])
     out = dict(state)
     out["turns"] = (list(state.get("turns") or []) + [turn])[-MAX_TURNS:]
     return out
+
+
+def browser_secret(cache_root=None) -> str:
+    """The key the browser-kept state is encrypted with, stable across server restarts and shared by
+    every language's page, so the conversation survives both. Created once in the cache folder."""
+    import os
+    import secrets
+    from pathlib import Path
+
+    from core.demo import default_cache_root
+
+    path = Path(cache_root) if cache_root else default_cache_root()
+    path = path / "browser_state.key"
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+        if len(text) >= 16:
+            return text
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(24)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(key + "\n")
+    os.replace(tmp, path)
+    return path.read_text(encoding="utf-8").strip()

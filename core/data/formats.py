@@ -509,3 +509,24 @@ def to_conversation(data: dict, origin: str, *, fmt: str = "auto", columns: dict
     if expected is not None and expected != "":
         meta["expected_answer"] = expected if isinstance(expected, (str, int, float)) else json.dumps(expected)
     return Conversation(messages=msgs, tools=tools, source=source, origin=origin, meta=meta), fmt_used
+
+
+def parse_columns(text: str) -> dict:
+    """A column mapping typed by a person: YAML/JSON (``{instruction: question}``) or lines of
+    ``instruction: question`` / ``instruction=question``. Unknown names are a ConfigError."""
+    import yaml
+
+    text = (text or "").strip()
+    if not text:
+        return {}
+    if "=" in text and ":" not in text:
+        text = "\n".join(line.replace("=", ":", 1) for line in text.splitlines())
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not a mapping like 'instruction: question' ({exc})", "columns") from None
+    if not isinstance(data, dict):
+        raise ConfigError("write one 'name: column' pair per line, e.g. 'instruction: question'", "columns")
+    out = {str(k): str(v) for k, v in data.items() if v is not None}
+    check_columns(out)
+    return out

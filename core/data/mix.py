@@ -18,6 +18,7 @@ Everything random comes from ``seed``: the same config and data give a byte-iden
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 import re
@@ -25,6 +26,7 @@ import shutil
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -43,7 +45,9 @@ __all__ = ["build_mix", "MixResult", "SourceReport", "SourceCache", "plan_counts
 
 Progress = Callable[[float, str], None]
 EXAMPLES_PER_REASON = 5
-CHUNK = 1000
+CHUNK = 2000
+BPE_CACHE_WORDS = 1_000_000
+BPE_CACHE_DEFAULT = 10_000  # tokenizers' own default
 MANIFEST_VERSION = 1
 
 
@@ -115,6 +119,18 @@ class MixResult:
     @property
     def total(self) -> int:
         return len(self.rows) + len(self.eval_rows)
+
+    def table_rows(self) -> list[dict]:
+        """One summary row per source, for tables in the GUI and the CLI."""
+        rows = []
+        for s in self.sources:
+            ls = s.length_stats
+            rows.append({"source": s.name, "formats": ", ".join(f"{k} {v}" for k, v in s.formats.items()),
+                         "read": s.rows_read, "usable": s.usable, "dropped": s.dropped,
+                         "share": f"{s.share:.0%}" if s.share is not None else "",
+                         "used": s.used, "repeated": s.repeated, "p50": ls.get("p50", 0), "p95": ls.get("p95", 0),
+                         "max": ls.get("max", 0), "over_max": ls.get("over_max", 0)})
+        return rows
 
     def mix_length_stats(self) -> dict:
         return length_stats([r["n_tokens"] for r in self.rows + self.eval_rows], self.config.max_seq_len)
@@ -248,30 +264,58 @@ def measure(convs: list[Conversation], tokenizer, progress: Progress | None = No
 
 def load_source(cfg: SourceConfig, name: str, tokenizer, *, progress: Progress | None = None,
                 start: float = 0.0, span: float = 1.0, loaders: dict | None = None) -> LoadedSource:
-    """Read, convert and measure one source. Rows that cannot be used are kept as skips."""
+    """Read, convert, render and measure one source, streaming: each chunk of converted rows is
+    rendered here while the previous chunk is tokenized in a thread (Rust releases the GIL), so
+    reading, rendering and tokenizing overlap. Rows that cannot be used are kept as skips."""
     check_columns(cfg.columns, cfg.format)
     rows, location = open_source(cfg.path, cfg.hub, cfg.split, cfg.subset, cfg.limit, loaders)
     convs: list[Conversation] = []
+    texts: list[str] = []
+    lengths: list[int] = []
     skips: list[Skip] = []
     formats: Counter = Counter()
     detected: dict = {}
     read = 0
     if progress:
         progress(start, f"reading {name}")
-    for item in rows:
-        read += 1
-        if isinstance(item, Skip):
-            skips.append(item)
-            continue
-        try:
-            conv, fmt = to_conversation(item.data, item.origin, fmt=cfg.format, columns=cfg.columns,
-                                        instruction_in=cfg.instruction_in, system_prompt=cfg.system_prompt,
-                                        source=name, detected=detected)
-        except RowError as exc:
-            skips.append(Skip(item.origin, exc.reason, exc.detail))
-            continue
-        convs.append(conv)
-        formats[fmt] += 1
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        batch: list[Conversation] = []
+
+        def flush() -> None:
+            nonlocal pending
+            chunk = render_texts(batch, tokenizer)
+            texts.extend(chunk)
+            if pending is not None:
+                lengths.extend(pending.result())
+            pending = pool.submit(count_tokens, chunk, tokenizer)
+            batch.clear()
+            if progress:
+                # The row count of a source is unknown until it is read: approach the end smoothly.
+                progress(start + span * len(convs) / (len(convs) + 20 * CHUNK),
+                         f"reading, rendering and tokenizing {name} ({len(convs)} rows)")
+
+        for item in rows:
+            read += 1
+            if isinstance(item, Skip):
+                skips.append(item)
+                continue
+            try:
+                conv, fmt = to_conversation(item.data, item.origin, fmt=cfg.format, columns=cfg.columns,
+                                            instruction_in=cfg.instruction_in, system_prompt=cfg.system_prompt,
+                                            source=name, detected=detected)
+            except RowError as exc:
+                skips.append(Skip(item.origin, exc.reason, exc.detail))
+                continue
+            convs.append(conv)
+            batch.append(conv)
+            formats[fmt] += 1
+            if len(batch) >= CHUNK:
+                flush()
+        if batch:
+            flush()
+        if pending is not None:
+            lengths.extend(pending.result())
     if not convs:
         reasons = Counter(s.reason for s in skips)
         top = "; ".join(f"{r} x{c}" for r, c in reasons.most_common(3))
@@ -279,7 +323,6 @@ def load_source(cfg: SourceConfig, name: str, tokenizer, *, progress: Progress |
         where = location.hub_id or ", ".join(f.path for f in location.files)
         raise DataError(f"source '{name}' ({where}) has no usable rows: {read} read, all skipped: {top}"
                         f"{example}. Check format: and columns: for this source.", "sources")
-    texts, lengths = measure(convs, tokenizer, progress, start + span * 0.3, span * 0.7, name)
     return LoadedSource(name, location, convs, texts, lengths, formats, read, skips)
 
 
@@ -339,6 +382,37 @@ def build_mix(cfg: MixConfig, tokenizer, out_dir: str | Path | None = None, prog
     a loaded tokenizer or a spec for :func:`load_tokenizer` ("demo", a folder, a hub id)."""
     if tokenizer is None or isinstance(tokenizer, str):
         tokenizer = load_tokenizer(tokenizer)
+    # A mix holds millions of small, acyclic objects (rows, messages, texts); the cyclic collector
+    # would rescan them over and over (3x the build time at 100k rows). Reference counting frees
+    # them all the same, so collection pauses for the build.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with bpe_cache(tokenizer):
+            return _build(cfg, tokenizer, out_dir, progress, cache, loaders, overwrite)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@contextmanager
+def bpe_cache(tokenizer, capacity: int = BPE_CACHE_WORDS):
+    """Give a BPE tokenizer a larger word cache while it measures a whole dataset. The cache only
+    memoises word -> tokens, so results are identical; the default 10,000 words fill up early on
+    real vocabularies, and 1M words makes tokenizing about 1.5x faster."""
+    model = getattr(getattr(tokenizer, "_tokenizer", None), "model", None)
+    resize = getattr(model, "_resize_cache", None)
+    if resize is None:
+        yield
+        return
+    resize(capacity)
+    try:
+        yield
+    finally:
+        resize(BPE_CACHE_DEFAULT)  # also frees the memory it held
+
+
+def _build(cfg: MixConfig, tokenizer, out_dir, progress, cache, loaders, overwrite) -> MixResult:
     if not cfg.sources:
         raise ConfigError("a mix needs at least one source", "sources")
     names = source_names(cfg)

@@ -26,12 +26,17 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     import pyarrow.parquet as pq
 
     tmp = path.with_suffix(".jsonl.tmp")
+    conversations = []
     with tmp.open("w", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            # Each value is serialised once and reused for Parquet; the line is exactly
+            # json.dumps(row) (same key order and separators).
+            parts = {k: json.dumps(v, ensure_ascii=False) for k, v in row.items()}
+            conversations.append(parts.get("conversation", "null"))
+            f.write("{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in parts.items()) + "}\n")
     tmp.replace(path.with_suffix(".jsonl"))
     table = pa.table({
-        "conversation": [json.dumps(r["conversation"], ensure_ascii=False) for r in rows],
+        "conversation": conversations,
         "text": [r.get("text", "") for r in rows],
         "n_tokens": [int(r.get("n_tokens", 0)) for r in rows],
         "source": [r.get("source", "") for r in rows],

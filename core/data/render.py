@@ -9,6 +9,7 @@ reply and its closing ``<|im_end|>`` are. Tool responses (rendered as user turns
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from core.data.conversation import Conversation
@@ -52,17 +53,51 @@ def render_text(conv: Conversation, tokenizer, *, add_generation_prompt: bool = 
     )
 
 
-def _template_renderer(tokenizer, with_tools: bool):
-    """A function conversation -> text that renders exactly what ``apply_chat_template`` renders,
-    without its per-call overhead: the template is compiled once (transformers caches it) and called
-    with the same variables (the tokenizer's special tokens). Falls back to apply_chat_template when
-    transformers' compiler is not where this version keeps it."""
+@functools.lru_cache(maxsize=8)
+def _fast_template(template: str):
+    """The chat template compiled as transformers compiles it (same sandbox, filters, extensions),
+    with the sandbox's per-access safety checks memoised. Those checks depend only on the object's
+    type and the attribute name, so the decisions - and the rendered text - are unchanged; rendering
+    is about twice as fast. Returns None when transformers' internals differ from what this expects."""
     try:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
         from transformers.utils.chat_template_utils import _compile_jinja_template
     except ImportError:
-        return lambda conv: render_text(conv, tokenizer)
-    template = tokenizer.get_chat_template(None, [{}] if with_tools else None)
+        return None
     compiled = _compile_jinja_template(template)
+    if type(compiled.environment) is not ImmutableSandboxedEnvironment:
+        return None
+    env = compiled.environment.overlay()
+    check = env.is_safe_attribute
+    sandbox_getattr = env.getattr
+    decisions: dict = {}
+
+    def is_safe_attribute(obj, attr, value):
+        key = (type(obj), attr)
+        if key not in decisions:
+            decisions[key] = check(obj, attr, value)
+        return decisions[key]
+
+    def getattr_(obj, attribute):
+        # The sandbox resolves ``message.role`` on a dict by failing getattr, then indexing; a key
+        # that is not a dict attribute ends there, so go straight to it.
+        if type(obj) is dict and type(attribute) is str and attribute in obj and not hasattr(dict, attribute):
+            return obj[attribute]
+        return sandbox_getattr(obj, attribute)
+
+    env.is_safe_attribute = is_safe_attribute
+    env.getattr = getattr_
+    return env.from_string(template)
+
+
+def _template_renderer(tokenizer, with_tools: bool):
+    """A function conversation -> text that renders exactly what ``apply_chat_template`` renders,
+    without its per-call overhead: the same template and variables (the tokenizer's special tokens),
+    compiled once. Falls back to apply_chat_template when transformers' internals have moved."""
+    template = tokenizer.get_chat_template(None, [{}] if with_tools else None)
+    compiled = _fast_template(template)
+    if compiled is None:
+        return lambda conv: render_text(conv, tokenizer)
     variables = dict(tokenizer.special_tokens_map)
 
     def render_one(conv: Conversation) -> str:

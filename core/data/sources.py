@@ -22,6 +22,7 @@ from core.settings import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SAMPLES_DIR = ROOT / "presets" / "samples"
+MIX_PRESETS_DIR = ROOT / "presets" / "mixes"
 SAMPLE_PREFIX = "samples/"
 FILE_TYPES = (".jsonl", ".json", ".csv", ".parquet")
 HUB_TIMEOUT_S = 5.0
@@ -505,3 +506,21 @@ def open_source(path: str, hub: str = "auto", split: str = "train", subset: str 
                 loc.warnings.append(f"{info.path}: empty file, skipped")
 
     return rows(), loc
+
+
+def store_upload(src: str | os.PathLike, uploads_dir: str | os.PathLike) -> Path:
+    """Copy an uploaded file into ``uploads_dir`` under a content-addressed name, so the mix manifest
+    can point at a file that outlives the web server's temporary upload."""
+    import shutil
+
+    src = Path(src)
+    if src.suffix.lower() not in FILE_TYPES:
+        raise DataError(f"unsupported file type {src.suffix or '(none)'!r}; use one of {', '.join(FILE_TYPES)}",
+                        "path", src.name)
+    digest = file_sha256(src)[:12]
+    name = re.sub(r"[^\w.+-]", "_", src.name) or f"upload{src.suffix}"
+    out = Path(uploads_dir) / f"{digest}-{name}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.exists():
+        shutil.copyfile(src, out)
+    return out

@@ -364,8 +364,21 @@ def results_table(result: dict) -> list[dict]:
     return rows
 
 
+def _wrap(label: str, width: int = 16) -> str:
+    """Break a chart label into lines (plotly does not wrap tick labels)."""
+    lines, line = [], ""
+    for word in label.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return "<br>".join([*lines, line])
+
+
 def results_figure(result: dict, labels: dict[str, str] | None = None, pane_names: dict[str, str] | None = None):
-    """A plotly figure: base vs fine-tuned, rates on one panel, loss / perplexity on another."""
+    """A plotly figure, base vs fine-tuned: the rates on one panel, the held-out loss on the other
+    (perplexity is exp(loss): it is in the table, not on a second, incomparable scale)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -373,21 +386,21 @@ def results_figure(result: dict, labels: dict[str, str] | None = None, pane_name
     pane_names = pane_names or {"base": "base", "tuned": "fine-tuned"}
     rows = results_table(result)
     rates = [r for r in rows if r["metric"] in ("think_off", "think_on", "accuracy")]
-    losses = [r for r in rows if r["metric"] in ("loss", "ppl")]
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4],
-                        subplot_titles=(labels.get("rates", "Rates (higher is better)"),
-                                        labels.get("loss", "Loss / perplexity (lower is better)")))
+    losses = [r for r in rows if r["metric"] == "loss"]
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.7, 0.3], horizontal_spacing=0.12,
+                        subplot_titles=(labels.get("title_rates", "Rates (higher is better)"),
+                                        labels.get("title_loss", "Held-out loss (lower is better)")))
     colors = {"base": "#8c8c8c", "tuned": "#1f77b4"}
     for pane in ("base", "tuned"):
         for col, items in ((1, rates), (2, losses)):
-            xs = [labels.get(r["metric"], r["label"]) for r in items if r[pane] is not None]
+            xs = [_wrap(labels.get(r["metric"], r["label"])) for r in items if r[pane] is not None]
             ys = [r[pane] for r in items if r[pane] is not None]
             if xs:
                 fig.add_trace(go.Bar(name=pane_names[pane], x=xs, y=ys, marker_color=colors[pane],
                                      legendgroup=pane, showlegend=col == 1 or not rates,
-                                     text=[f"{y:.3g}" for y in ys], textposition="outside"),
+                                     text=[f"{y:.3g}" for y in ys], textposition="outside", cliponaxis=False),
                               row=1, col=col)
-    fig.update_yaxes(range=[0, 1.1], row=1, col=1)
-    fig.update_layout(barmode="group", height=380, margin={"l": 40, "r": 20, "t": 50, "b": 40},
-                      legend={"orientation": "h", "y": -0.15})
+    fig.update_yaxes(range=[0, 1.15], row=1, col=1)
+    fig.update_layout(barmode="group", height=400, margin={"l": 40, "r": 20, "t": 60, "b": 40},
+                      legend={"orientation": "h", "y": 1.18, "x": 0}, template="plotly_white")
     return fig

@@ -143,7 +143,8 @@ def export_available() -> bool:
 def export_command(run_dir: str | Path, fmt: str) -> list[str]:
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {list(EXPORT_FORMATS)}, got {fmt!r}")
-    return [sys.executable, "-m", "core", "export", "--run", str(run_dir), "--format", fmt]
+    # Pressing Export again means "export again": replace the previous output of this format.
+    return [sys.executable, "-m", "core", "export", "--run", str(run_dir), "--format", fmt, "--overwrite", "true"]
 
 
 class ExportJobs:

@@ -99,8 +99,10 @@ def resolve_model_path(model_cfg) -> Path:
                           "give the path of a downloaded model folder", "model.name_or_path") from None
     try:
         return Path(resolve_model(name, method=model_cfg.method, quant=model_cfg.quant, hub=model_cfg.hub))
-    except ConfigError:
-        raise
+    except ConfigError as exc:
+        if exc.where:
+            raise
+        raise ConfigError(str(exc), "model.name_or_path") from exc
     except Exception as exc:  # network, auth, missing repo: report with the field it came from
         raise ConfigError(f"cannot get model {name!r}: {exc}", "model.name_or_path") from exc
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from transformers import TrainerCallback
 from core.train import runs
 
 GIB = 2**30
+TPS_WINDOW = 5  # logging intervals averaged for tokens/s
 
 
 class GpuSampler:
@@ -124,14 +126,15 @@ class ProgressCallback(TrainerCallback):
         self.stop_requested = False
         self.t0 = None
         self.first_step = 0
-        self.last_log_t = None
-        self.last_log_tokens = 0
+        self.window: list[tuple[float, int]] = []  # (time, tokens) of the last logs
         self.total_steps = 0
         self.last_loss = None
         self.last_eval_loss = None
         self.last_eval_step = None
         self.last_gpu: dict = {}
         self.metrics_file = None
+        # Tests (and demos of stop / resume) slow each step down so a human or a test can act mid-run.
+        self.step_delay = float(os.environ.get("QWENTUNE_STEP_DELAY_S") or 0)
 
     # -- helpers
     def _write_line(self, row: dict) -> None:
@@ -150,8 +153,7 @@ class ProgressCallback(TrainerCallback):
     # -- trainer events
     def on_train_begin(self, args, state, control, **kwargs):
         self.t0 = time.perf_counter()
-        self.last_log_t = self.t0
-        self.last_log_tokens = self.counter.tokens
+        self.window = [(self.t0, self.counter.tokens)]
         self.first_step = state.global_step
         self.total_steps = state.max_steps
         if self.gpu.cuda:  # peaks of training, not of loading (a 16-bit shard may pass through on load)
@@ -161,6 +163,8 @@ class ProgressCallback(TrainerCallback):
         self.echo(f"training: {state.max_steps} steps (starting at step {state.global_step})")
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.step_delay:
+            time.sleep(self.step_delay)
         self.last_gpu = self.gpu.sample()
         if not self.stop_requested and self.stop_path.exists():
             self.stop_requested = True
@@ -190,10 +194,12 @@ class ProgressCallback(TrainerCallback):
             return
         if "loss" not in logs:
             return  # the end-of-training summary; the worker reports it
-        dt = now - (self.last_log_t or now)
         tokens = self.counter.tokens
-        tps = (tokens - self.last_log_tokens) / dt if dt > 0 else None
-        self.last_log_t, self.last_log_tokens = now, tokens
+        # Over the last few logs: tokens are counted as batches are collated, one batch ahead of the
+        # step that trains them, so a single interval jitters (most at epoch ends).
+        self.window = (self.window + [(now, tokens)])[-(TPS_WINDOW + 1):]
+        t_old, tok_old = self.window[0]
+        tps = (tokens - tok_old) / (now - t_old) if now > t_old else None
         self.last_loss = _clean(logs.get("loss"))
         eta = self._eta(step)
         row = {"step": step, "total_steps": self.total_steps, "epoch": _clean(state.epoch),

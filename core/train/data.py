@@ -86,9 +86,52 @@ def load_mix(cfg, run_dir: Path, tokenizer_path: Path, resume: bool, echo=print)
             if mix_dir.exists():
                 shutil.rmtree(mix_dir)
             echo(f"building the inline mix into {mix_dir}")
-            build_mix(cfg.data.mix, mix_dir, tokenizer=str(tokenizer_path))
+            try:
+                result = build_mix(cfg.data.mix, str(tokenizer_path), mix_dir, overwrite=True)
+            except ConfigError as exc:
+                if exc.where.startswith("data."):
+                    raise
+                where = "data.mix" + (f".{exc.where}" if exc.where else "")
+                raise ConfigError(exc.reason, where, exc.source) from None
+            echo(f"mix built: {len(result.rows)} train rows, {len(result.eval_rows)} eval rows, "
+                 f"per source {result.counts}")
+            for warning in result.warnings:
+                echo("mix warning: " + warning)
     train, evals, manifest = read_mix_dir(mix_dir)
     if not train:
         raise ConfigError(f"the mix in {mix_dir} has no training rows",
                           "data.mix_dir" if cfg.data.mix_dir else "data.mix")
     return train, evals, manifest, mix_dir
+
+
+# A padded micro-batch whose real tokens fill at least this share of micro_batch x max_seq_len
+# gains nothing from packing, and padded batches run Unsloth's compiled transformer blocks.
+FULL_FILL = 0.85
+
+
+def padded_fill(lengths: list[int], micro_batch: int, max_seq_len: int, seed: int = 0,
+                samples: int = 512) -> float:
+    """Expected real tokens of a shuffled padded micro-batch over micro_batch x max_seq_len."""
+    import random
+
+    if not lengths:
+        return 0.0
+    rng = random.Random(seed)
+    real = 0
+    for _ in range(samples):
+        real += sum(lengths[rng.randrange(len(lengths))] for _ in range(micro_batch))
+    return real / samples / (micro_batch * max_seq_len)
+
+
+def choose_packing(requested: str, lengths: list[int], micro_batch: int, max_seq_len: int) -> tuple[str, str]:
+    """The batching mode for ``train.packing`` = requested, and why (shown in the log and status).
+
+    Measured on an H200 with a Qwen3-8B shape (bench/train_speed.py): on short chat + long reasoning
+    rows, packing trained 1.85x the real tokens/s of padded batches; on rows that all fill the
+    sequence, padded batches (the bare Unsloth loop) ran fastest, as there is nothing to remove."""
+    if requested != "auto":
+        return requested, f"train.packing = {requested}"
+    fill = padded_fill(lengths, micro_batch, max_seq_len)
+    if fill >= FULL_FILL:
+        return "off", f"auto: rows fill {fill:.0%} of each micro-batch, padded batches (nothing to pack)"
+    return "packing", f"auto: rows fill only {fill:.0%} of a micro-batch, packing them into full sequences"

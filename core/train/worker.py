@@ -223,14 +223,13 @@ def resolve_optimizer(requested: str, cuda: bool) -> str:
     return requested
 
 
-def build_trainer(cfg, loaded, train_tok, eval_tok, run_dir: Path, callbacks, echo=log):
+def build_trainer(cfg, loaded, train_tok, eval_tok, run_dir: Path, callbacks, packing: str):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     t = cfg.train
     cuda = loaded.device == "cuda"
     has_eval = eval_tok is not None and eval_tok.rows > 0
-    packing = t.packing
     args = SFTConfig(
         output_dir=str(run_dir / runs.CHECKPOINTS),
         run_name=cfg.name,
@@ -461,7 +460,13 @@ def _train(cfg, run_dir: Path, loaded, train_tok, eval_tok, resume: bool) -> int
     counter = TokenCounter(echo=log)
     gpu = GpuSampler()
     progress = ProgressCallback(run_dir, counter, gpu, echo=log)
-    trainer = build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, [progress])
+    from core.train.data import choose_packing
+
+    packing, why = choose_packing(cfg.train.packing, [len(x) for x in train_tok.input_ids], cfg.train.micro_batch,
+                                  cfg.train.max_seq_len)
+    log("batching: " + why)
+    runs.write_status(run_dir, packing=packing, packing_reason=why)
+    trainer = build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, [progress], packing)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our callback prints one readable line per step

@@ -92,8 +92,6 @@ class UniformLM:
         return self
 
     def __call__(self, input_ids, past_key_values=None, use_cache=True, logits_to_keep=None, **kwargs):
-        import torch
-
         if not self._busy.acquire(blocking=False):
             self.overlaps += 1  # two forward passes at once: the engine's lock failed
             self._busy.acquire()

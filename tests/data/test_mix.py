@@ -109,7 +109,8 @@ def test_build_mix_counts_and_folder_contract(demo_tokenizer, two_sources, tmp_p
     assert all(c.meta.get("expected_answer") for c in train if c.source == "reasoning")
     assert (tmp_path / "mix" / "train.parquet").exists()
     src = manifest["sources"][0]
-    assert src["source"]["files"][0]["sha256"] == hashlib.sha256((tmp_path / "reasoning.jsonl").read_bytes()).hexdigest()
+    digest = hashlib.sha256((tmp_path / "reasoning.jsonl").read_bytes()).hexdigest()
+    assert src["source"]["files"][0]["sha256"] == digest
     assert src["ratio"] == 75 and src["share"] == 0.75
     assert manifest["seed"] == 3407 and manifest["max_seq_len"] == 2048
     assert manifest["counts"] == {"reasoning": 30, "chat": 10}
@@ -162,7 +163,7 @@ def test_overlong_rows_dropped_or_truncated(demo_tokenizer, tmp_path):
     result = build_mix(cfg, demo_tokenizer)
     assert result.total == 10
     drop = result.drops["d"]["longer than max_seq_len"]
-    assert drop["count"] == 1 and drop["examples"][0].startswith(str(path.name)) or "d.jsonl:11" in drop["examples"][0]
+    assert drop["count"] == 1 and drop["examples"][0].split(": ")[0].endswith("d.jsonl:11")
     assert result.sources[0].length_stats["over_max"] == 1
     cfg.overlong = "truncate"
     result = build_mix(cfg, demo_tokenizer)
@@ -182,8 +183,8 @@ def test_bad_rows_are_reported_by_reason_with_file_line(demo_tokenizer, tmp_path
     drops = result.drops["mixed"]
     assert {k: v["count"] for k, v in drops.items()} == {
         "malformed JSON": 1, "no assistant turn": 1, "unknown role": 1, "empty field": 1, "broken UTF-8": 1}
-    assert drops["malformed JSON"]["examples"][0].startswith("mixed.jsonl:2") or ":2:" in drops["malformed JSON"]["examples"][0]
-    assert ":7" in drops["broken UTF-8"]["examples"][0]
+    assert drops["malformed JSON"]["examples"][0].split(": ")[0].endswith("mixed.jsonl:2")
+    assert drops["broken UTF-8"]["examples"][0].split(": ")[0].endswith("mixed.jsonl:7")
 
 
 def test_wrong_column_mapping_is_a_clear_error(demo_tokenizer, tmp_path):
@@ -259,3 +260,25 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.yaml:3" in err and "ratoi" in err
     assert main(["mix", str(bad)]) == 2
+
+
+def test_trainer_call_shape_tokenizer_as_folder_path(demo_model_path, two_sources, tmp_path):
+    """core.train.data calls build_mix(cfg.data.mix, str(tokenizer_path), mix_dir, overwrite=True)."""
+    result = build_mix(two_sources, str(demo_model_path), tmp_path / "run" / "mix", overwrite=True)
+    train, _evals, manifest = read_mix_dir(tmp_path / "run" / "mix")
+    assert len(train) == result.total == 40 and manifest["tokenizer"]["spec"] == str(demo_model_path)
+
+
+def test_hub_source_through_the_mocked_boundary(demo_tokenizer):
+    rows = chat_rows(30)
+
+    def fake_hf(dataset, subset, split, limit):
+        assert (dataset, split, limit) == ("mlabonne/FineTome-100k", "train", 20)
+        return iter(rows), "0123abcd"
+
+    cfg = MixConfig(sources=[SourceConfig(path="samples/math_reasoning", ratio=75),
+                             SourceConfig(path="mlabonne/FineTome-100k", hub="hf", limit=20, ratio=25)])
+    result = build_mix(cfg, demo_tokenizer, loaders={"hf": fake_hf})
+    hub = result.manifest()["sources"][1]
+    assert hub["name"] == "FineTome-100k" and hub["source"]["revision"] == "0123abcd"
+    assert hub["rows_read"] == 20 and result.counts["FineTome-100k"] == 13

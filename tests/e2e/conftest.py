@@ -23,7 +23,7 @@ from tests.conftest import ROOT
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
-ARTIFACTS = ROOT / "test-artifacts" / "e2e"
+ARTIFACTS = ROOT / "test-artifacts" / "app-flow"
 
 
 def in_ci() -> bool:
@@ -64,10 +64,13 @@ def app_server(tmp_path_factory, demo_model_path):
     from the usual cache (QWENTUNE_CACHE), built once by the demo_model_path fixture."""
     require_chromium()
     tmp = tmp_path_factory.mktemp("app")
-    presets = tmp / "presets"
-    presets.mkdir()
-    for shipped in sorted((ROOT / "presets" / "train").glob("*.yaml")):
-        (presets / shipped.name).write_bytes(shipped.read_bytes())
+    # A copy of the shipped presets (train/ and the mix presets beside it): saving one in the test
+    # must not touch the checkout.
+    presets = tmp / "presets" / "train"
+    for kind in ("train", "mixes"):
+        (tmp / "presets" / kind).mkdir(parents=True)
+        for shipped in sorted((ROOT / "presets" / kind).glob("*.yaml")):
+            (tmp / "presets" / kind / shipped.name).write_bytes(shipped.read_bytes())
     port = free_port()
     log = tmp / "server.log"
     env = dict(os.environ, QWENTUNE_CACHE=str(demo_model_path.parent), HF_HUB_OFFLINE="1",
@@ -128,9 +131,18 @@ def browser():
             b.close()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.call_report = report
+
+
 @pytest.fixture
-def page(browser):
-    """A fresh page that records every request leaving 127.0.0.1 (there must be none)."""
+def page(browser, request, app_server):
+    """A fresh page that records every request leaving 127.0.0.1 (there must be none). On failure
+    it leaves a screenshot and the server's log in test-artifacts/app-flow/."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000}, locale="en-US")
     pg = context.new_page()
     pg.external_requests = []
@@ -140,5 +152,9 @@ def page(browser):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
         yield pg
+        report = getattr(request.node, "call_report", None)
+        if report is not None and report.failed:
+            pg.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
+            (ARTIFACTS / "failure-server.log").write_text(app_server.log_tail(20000), encoding="utf-8")
     finally:
         context.close()

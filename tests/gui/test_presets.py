@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.config import RunConfig, load_run_config
-from core.presets import (list_presets, load_preset, preset_to_yaml, save_preset, setting_paths)
+from core.presets import list_presets, load_preset, preset_to_yaml, save_preset, setting_paths
 from core.settings import ConfigError
 
 PRESET = """\
@@ -132,3 +132,17 @@ def test_header_handlers_fill_and_read_train_fields(presets):
     assert msg == ctx.t("presets.exists", name="from-gui")
     msg, _ = save_from(ctx, paths, "bad", False, ["demo", 0, 3e-4, ""])
     assert msg.startswith("预设有问题") and "lora.r" in msg
+
+
+def test_an_inline_mix_preset_does_not_blank_the_mix_choice(presets):
+    from gui.app import AppContext
+    from gui.presets import load_into
+
+    (presets / "inline.yaml").write_text(PRESET + "data:\n  mix:\n    sources:\n      - path: samples/chat_en\n",
+                                         encoding="utf-8")
+    values = load_preset("inline", presets)
+    assert "data.mix_dir" not in values and values["data.mix"]["sources"][0]["path"] == "samples/chat_en"
+    ctx = AppContext(runs_dir=Path("runs"), demo=True, presets_dir=presets)
+    msg, model, mix_dir = load_into(ctx, ["model.name_or_path", "data.mix_dir"], "inline")
+    assert model["value"] == "qwen3-4b" and "value" not in mix_dir
+    assert ctx.t("presets.inline_mix") in msg

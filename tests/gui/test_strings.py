@@ -30,4 +30,4 @@ def test_every_key_used_in_gui_code_is_defined():
 
 
 def test_lookup_formats_values():
-    assert Strings("zh")("app.mode_gpu", gpus="RTX 3060") == "GPU 模式：RTX 3060"
+    assert Strings("zh")("app.mode_gpu", gpus="RTX 3060") == "**GPU 模式**：RTX 3060"

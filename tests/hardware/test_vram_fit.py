@@ -45,13 +45,13 @@ def test_measurements_cover_the_required_shapes():
 def test_fit_script_on_synthetic_measurements(tmp_path, capsys):
     from bench import fit_vram
     from core.hardware.estimate import load_coefficients
-    from tests.hardware.test_estimate import _synthetic_points
+    from tests.hardware.test_estimate import SEED, _synthetic_points
 
-    truth = load_coefficients().with_values({"backends.unsloth.logits_bytes": 1.0,
+    truth = load_coefficients(SEED).with_values({"backends.unsloth.logits_bytes": 1.0,
                                              "backends.unsloth.overhead_gib": 0.3})
     path = tmp_path / "vram.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in _synthetic_points(truth)))
-    assert fit_vram.main(["--points", str(path)]) == 0
+    assert fit_vram.main(["--points", str(path), "--base", str(SEED)]) == 0
     out = capsys.readouterr().out
     assert "after the refit" in out and "backends.unsloth.logits_bytes" in out and "oom:" in out
     assert fit_vram.main(["--points", str(tmp_path / "missing.jsonl")]) == 2

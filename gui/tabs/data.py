@@ -1,0 +1,490 @@
+"""Data tab: add sources (sample, file, hub id), set ratios or counts, see live counts and drops,
+preview the rendered rows with the trained tokens highlighted, the token-length histogram, and save
+the mix into ``ctx.mixes_dir`` for the Train tab.
+
+Everything it computes comes from core.data (build_mix, render, preview, stats); this file only lays
+out widgets and wires events. Per browser session it keeps the sources (a list of SourceConfig dicts),
+a SourceCache (so changing a ratio re-mixes at once) and the last MixResult. Tokenizers are loaded once
+per server process, in ``ctx.server["data.tokenizers"]``.
+"""
+
+# No `from __future__ import annotations`: Gradio inspects handler annotations at wiring time.
+import html
+import threading
+
+COLUMNS = ("source", "formats", "read", "usable", "dropped", "share", "used", "repeated", "p50", "p95",
+           "max", "over_max")
+SOURCE_COLUMNS = ("n", "name", "path", "format", "share")
+MIX_FIELDS = ("seed", "max_seq_len", "overlong", "upsample", "total", "eval_fraction", "shuffle")
+
+
+def _label(ctx, path: str) -> str:
+    try:
+        return ctx.t(f"data.f.{path}")
+    except KeyError:
+        return path
+
+
+def _help(ctx, info) -> str:
+    if ctx.lang == "en":
+        return info.help
+    try:
+        return ctx.t(f"data.h.{info.path}")
+    except KeyError:
+        return info.help
+
+
+def _tokenizer(ctx, spec: str):
+    """Tokenizers are loaded once per server process and shared by every page."""
+    from core.data.tokenizer import load_tokenizer
+
+    spec = (spec or "demo").strip() or "demo"
+    store = ctx.server.setdefault("data.tokenizers", {})
+    lock = ctx.server.setdefault("data.tokenizers.lock", threading.Lock())
+    with lock:
+        if spec not in store:
+            store[spec] = load_tokenizer(spec)
+        return store[spec]
+
+
+def _error_text(ctx, exc: Exception) -> str:
+    from core.settings import ConfigError
+
+    if isinstance(exc, ConfigError):
+        return "✗ " + ctx.t("data.error", message=str(exc))
+    return "✗ " + ctx.t("data.unexpected", message=f"{type(exc).__name__}: {exc}")
+
+
+# ------------------------------------------------------------------------------------ helpers
+def source_row(i: int, s: dict) -> list:
+    if s.get("count") is not None:
+        share = f"{s['count']} rows"
+    elif s.get("ratio") is not None:
+        share = f"ratio {s['ratio']:g}"
+    else:
+        share = "all rows"
+    from core.data.sources import default_name, source_kind
+
+    where = s["path"] + (f" [{s.get('split')}]" if s.get("hub") in ("hf", "modelscope") else "")
+    name = s.get("name") or default_name(s["path"], source_kind(s["path"], s.get("hub", "auto")))
+    return [i + 1, name, where, s.get("format", "auto"), share]
+
+
+def mix_config(sources: list, settings: dict):
+    """The MixConfig of the form, checked by the same code as YAML files (errors name the field)."""
+    from core.config import MixConfig
+    from core.settings import from_dict
+
+    data = {k: v for k, v in settings.items() if v is not None}
+    data["sources"] = sources
+    for key in ("seed", "max_seq_len", "total"):
+        if key in data:
+            data[key] = int(data[key])
+    return from_dict(MixConfig, data)
+
+
+def counts_table(t, result) -> list[list]:
+    rows = [[r[c] for c in COLUMNS] for r in result.table_rows()]
+    rows.append([t("data.total"), "", "", "", "", "", result.total, "", "", "", "", ""])
+    return rows
+
+
+def drops_markdown(t, result) -> str:
+    lines = []
+    for s in result.sources:
+        for reason, d in s.drops.items():
+            examples = "; ".join(html.escape(e) for e in d["examples"][:3])
+            lines.append(f"- **{html.escape(s.name)}** · {html.escape(reason)} × {d['count']} — {examples}")
+    return (f"**{t('data.drops')}**\n" + "\n".join(lines)) if lines else t("data.no_drops")
+
+
+def warnings_markdown(t, result, overlong: str) -> str:
+    parts = [f"⚠ {html.escape(w)}" for w in result.warnings]
+    over = sum(s.length_stats.get("over_max", 0) for s in result.sources)
+    if overlong == "truncate":
+        parts.insert(0, "⚠ " + t("data.truncate_warning", n=over))
+    elif over:
+        parts.insert(0, "ℹ " + t("data.dropped_long", n=over, max=result.config.max_seq_len))
+    return "\n\n".join(parts)
+
+
+def preview_rows(result, source: str) -> list:
+    rows = list(result.train) + list(result.eval)
+    if source and source != "*":
+        rows = [c for c in rows if c.source == source]
+    return rows
+
+
+def preview_page(ctx, result, tokenizer, source: str, index: int, assistant_only: bool, empty_think: bool) -> tuple:
+    from core.data.preview import preview_html, render_preview
+    from core.data.render import MaskOptions
+
+    t = ctx.t
+    rows = preview_rows(result, source) if result is not None else []
+    if not rows:
+        return f"<p>{html.escape(t('data.preview_empty'))}</p>", 0
+    index = max(0, min(int(index or 0), len(rows) - 1))
+    conv = rows[index]
+    cfg = result.config
+    rendered = render_preview(conv, tokenizer, options=MaskOptions(assistant_only=assistant_only,
+                                                                  train_empty_think=empty_think),
+                              max_len=cfg.max_seq_len, truncate=cfg.overlong == "truncate")
+    title = t("data.preview_title", i=index + 1, n=len(rows), source=conv.source, origin=conv.origin,
+              tokens=rendered.n_tokens, trained=rendered.n_trained)
+    return preview_html(rendered, title=title, legend=t("data.preview_legend")), index
+
+
+def histogram(ctx, result):
+    from core.data.stats import histogram_figure
+
+    lengths = {s.name: s.lengths for s in result.sources}
+    return histogram_figure(lengths, result.config.max_seq_len, title=ctx.t("data.hist_title"),
+                            line_label="max_seq_len")
+
+
+# -------------------------------------------------------------------------------------- build
+def build(ctx) -> None:
+    import gradio as gr
+
+    from core.config import FORMATS, MixConfig, SourceConfig
+    from core.data.sources import MIX_PRESETS_DIR, list_samples
+    from core.settings import field_info
+
+    t = ctx.t
+    minfo = {f.path: f for f in field_info(MixConfig)}
+    sinfo = {f.path: f for f in field_info(SourceConfig)}
+    presets_dir = MIX_PRESETS_DIR
+    presets = sorted(p.stem for p in presets_dir.glob("*.yaml")) if presets_dir.is_dir() else []
+    samples = list_samples()
+
+    def num(path, info, **kw):
+        return gr.Number(value=info.default, label=_label(ctx, path), info=_help(ctx, info),
+                         minimum=info.minimum, maximum=info.maximum, elem_id=f"data-{path.replace('_', '-')}", **kw)
+
+    with gr.Tab(t("data.tab"), id="data", elem_id="tab-data") as tab:
+        gr.Markdown(t("data.intro"))
+        sources_state = gr.State([])
+        cache_state = gr.State(None)
+        result_state = gr.State(None)
+        with gr.Row():
+            # ----------------------------------------------------------------- sources
+            with gr.Column(scale=2):
+                gr.Markdown(f"### {t('data.sources')}")
+                with gr.Row():
+                    preset = gr.Dropdown(choices=presets, value=presets[0] if presets else None,
+                                         label=t("data.preset"), scale=3, elem_id="data-preset")
+                    preset_load = gr.Button(t("data.preset_load"), scale=1, elem_id="data-preset-load")
+                sources_table = gr.Dataframe(headers=[t(f"data.scol.{c}") for c in SOURCE_COLUMNS],
+                                             value=[], interactive=False, wrap=True, elem_id="data-sources")
+                with gr.Row():
+                    pick = gr.Dropdown(choices=[], label=t("data.pick"), scale=3, elem_id="data-pick")
+                    edit_btn = gr.Button(t("data.edit"), size="sm", scale=1, elem_id="data-edit")
+                    remove_btn = gr.Button(t("data.remove"), size="sm", scale=1, variant="stop",
+                                           elem_id="data-remove")
+                with gr.Accordion(t("data.add_title"), open=True):
+                    kind = gr.Radio(choices=[(t("data.kind.sample"), "sample"), (t("data.kind.file"), "file"),
+                                             (t("data.kind.hub"), "hub")], value="sample", label=t("data.kind"),
+                                    elem_id="data-kind")
+                    with gr.Group(visible=True) as sample_box:
+                        sample = gr.Dropdown(choices=samples, value=samples[0] if samples else None,
+                                             label=t("data.sample"), elem_id="data-sample")
+                    with gr.Group(visible=False) as file_box:
+                        upload = gr.File(label=t("data.upload"), file_types=[".jsonl", ".json", ".csv", ".parquet"],
+                                         elem_id="data-upload")
+                        path = gr.Textbox(label=t("data.path"), placeholder="data/train.jsonl",
+                                          info=_help(ctx, sinfo["path"]), elem_id="data-path")
+                    with gr.Group(visible=False) as hub_box:
+                        hub_id = gr.Textbox(label=t("data.hub_id"), placeholder="mlabonne/FineTome-100k",
+                                            elem_id="data-hub-id")
+                        with gr.Row():
+                            hub = gr.Radio(choices=[("Hugging Face", "hf"), ("ModelScope", "modelscope")], value="hf",
+                                           label=_label(ctx, "hub"), elem_id="data-hub")
+                            split = gr.Textbox(value="train", label=_label(ctx, "split"),
+                                               info=_help(ctx, sinfo["split"]), elem_id="data-split")
+                        with gr.Row():
+                            subset = gr.Textbox(label=_label(ctx, "subset"), info=_help(ctx, sinfo["subset"]),
+                                                elem_id="data-subset")
+                            limit = num("limit", sinfo["limit"], precision=0)
+                    name = gr.Textbox(label=_label(ctx, "name"), info=_help(ctx, sinfo["name"]), elem_id="data-name")
+                    with gr.Row():
+                        fmt = gr.Dropdown(choices=list(FORMATS), value="auto", label=_label(ctx, "format"),
+                                          info=_help(ctx, sinfo["format"]), elem_id="data-format")
+                        share_mode = gr.Radio(choices=[(t("data.by_ratio"), "ratio"), (t("data.by_count"), "count"),
+                                                       (t("data.by_all"), "all")], value="ratio",
+                                              label=t("data.share_mode"), elem_id="data-share-mode")
+                        share = gr.Number(value=1, minimum=0, label=t("data.share"), elem_id="data-share")
+                    with gr.Accordion(t("data.more"), open=False):
+                        columns = gr.Textbox(label=_label(ctx, "columns"), info=_help(ctx, sinfo["columns"]),
+                                             lines=3, placeholder="instruction: question\noutput: answer",
+                                             elem_id="data-columns")
+                        instruction_in = gr.Radio(choices=list(sinfo["instruction_in"].choices), value="user",
+                                                  label=_label(ctx, "instruction_in"),
+                                                  info=_help(ctx, sinfo["instruction_in"]),
+                                                  elem_id="data-instruction-in")
+                        system_prompt = gr.Textbox(label=_label(ctx, "system_prompt"),
+                                                   info=_help(ctx, sinfo["system_prompt"]),
+                                                   elem_id="data-system-prompt")
+                        with gr.Row():
+                            min_tokens = num("min_tokens", sinfo["min_tokens"], precision=0)
+                            max_tokens = num("max_tokens", sinfo["max_tokens"], precision=0)
+                    with gr.Row():
+                        add_btn = gr.Button(t("data.add"), variant="primary", elem_id="data-add")
+                        update_btn = gr.Button(t("data.update"), elem_id="data-update")
+                    form_status = gr.Markdown(elem_id="data-form-status")
+            # ----------------------------------------------------------------- mix
+            with gr.Column(scale=3):
+                gr.Markdown(f"### {t('data.mix')}")
+                with gr.Row():
+                    seed = num("seed", minfo["seed"], precision=0)
+                    max_seq_len = num("max_seq_len", minfo["max_seq_len"], precision=0)
+                    total = num("total", minfo["total"], precision=0)
+                with gr.Row():
+                    overlong = gr.Radio(choices=list(minfo["overlong"].choices), value=minfo["overlong"].default,
+                                        label=_label(ctx, "overlong"), info=_help(ctx, minfo["overlong"]),
+                                        elem_id="data-overlong")
+                    eval_fraction = gr.Slider(value=minfo["eval_fraction"].default, minimum=0,
+                                              maximum=minfo["eval_fraction"].maximum, step=0.01,
+                                              label=_label(ctx, "eval_fraction"),
+                                              info=_help(ctx, minfo["eval_fraction"]), elem_id="data-eval-fraction")
+                with gr.Row():
+                    upsample = gr.Checkbox(value=minfo["upsample"].default, label=_label(ctx, "upsample"),
+                                           info=_help(ctx, minfo["upsample"]), elem_id="data-upsample")
+                    shuffle = gr.Checkbox(value=minfo["shuffle"].default, label=_label(ctx, "shuffle"),
+                                          info=_help(ctx, minfo["shuffle"]), elem_id="data-shuffle")
+                    tokenizer = gr.Textbox(value="demo", label=t("data.tokenizer"), info=t("data.tokenizer_help"),
+                                           elem_id="data-tokenizer")
+                build_btn = gr.Button(t("data.build"), variant="primary", elem_id="data-build")
+                status = gr.Markdown(t("data.start"), elem_id="data-status")
+                counts = gr.Dataframe(headers=[t(f"data.col.{c}") for c in COLUMNS], value=[], interactive=False,
+                                      wrap=True, elem_id="data-counts")
+                warning = gr.Markdown(elem_id="data-warning")
+                drops = gr.Markdown(elem_id="data-drops")
+                hist = gr.Plot(label=t("data.hist"), elem_id="data-hist")
+                gr.Markdown(f"### {t('data.preview')}")
+                with gr.Row():
+                    preview_source = gr.Dropdown(choices=[(t("data.all_sources"), "*")], value="*",
+                                                 label=t("data.preview_source"), elem_id="data-preview-source")
+                    preview_index = gr.Number(value=1, minimum=1, precision=0, label=t("data.preview_index"),
+                                              elem_id="data-preview-index")
+                    prev_btn = gr.Button("◀", size="sm", min_width=40, elem_id="data-preview-prev")
+                    next_btn = gr.Button("▶", size="sm", min_width=40, elem_id="data-preview-next")
+                with gr.Row():
+                    mask_assistant = gr.Checkbox(value=True, label=t("data.mask_assistant"),
+                                                 info=t("data.mask_assistant_help"), elem_id="data-mask-assistant")
+                    mask_think = gr.Checkbox(value=True, label=t("data.mask_think"), info=t("data.mask_think_help"),
+                                             elem_id="data-mask-think")
+                preview = gr.HTML(elem_id="data-preview")
+                gr.Markdown(f"### {t('data.save')}")
+                with gr.Row():
+                    save_name = gr.Textbox(label=t("data.save_name"), placeholder="reasoning75_chat25",
+                                           scale=3, elem_id="data-save-name")
+                    overwrite = gr.Checkbox(value=False, label=t("data.overwrite"), scale=1, elem_id="data-overwrite")
+                    save_btn = gr.Button(t("data.save_button"), variant="primary", scale=1, elem_id="data-save")
+                save_status = gr.Markdown(elem_id="data-save-status")
+                with gr.Accordion(t("data.yaml"), open=False):
+                    yaml_view = gr.Code(language="yaml", interactive=False, elem_id="data-yaml")
+
+    settings_inputs = [seed, max_seq_len, overlong, upsample, total, eval_fraction, shuffle]
+    form_inputs = [kind, sample, path, hub_id, hub, split, subset, limit, name, fmt, share_mode, share, columns,
+                   instruction_in, system_prompt, min_tokens, max_tokens]
+
+    # ------------------------------------------------------------------------------ handlers
+    def settings_dict(*values) -> dict:
+        return dict(zip(MIX_FIELDS, values))
+
+    def form_source(kind_v, sample_v, path_v, hub_id_v, hub_v, split_v, subset_v, limit_v, name_v, fmt_v,
+                    mode_v, share_v, columns_v, instr_v, system_v, min_v, max_v) -> dict:
+        from core.data.formats import parse_columns
+        from core.settings import ConfigError, from_dict, to_dict
+
+        if kind_v == "sample":
+            src = {"path": sample_v or "", "hub": "auto"}
+        elif kind_v == "file":
+            src = {"path": (path_v or "").strip(), "hub": "local"}
+        else:
+            src = {"path": (hub_id_v or "").strip(), "hub": hub_v, "split": (split_v or "train").strip(),
+                   "subset": (subset_v or "").strip(), "limit": int(limit_v or 0)}
+        if not src["path"]:
+            raise ConfigError(t("data.need_path"), "path")
+        src.update(name=(name_v or "").strip(), format=fmt_v or "auto", columns=parse_columns(columns_v),
+                   instruction_in=instr_v or "user", system_prompt=system_v or "",
+                   min_tokens=int(min_v or 0), max_tokens=int(max_v or 0))
+        if mode_v == "ratio":
+            src["ratio"] = float(share_v if share_v is not None else 1)
+        elif mode_v == "count":
+            src["count"] = int(share_v or 0)
+        return to_dict(from_dict(SourceConfig, src))
+
+    def sources_view(sources):
+        choices = [(f"{i + 1}. {s.get('name') or s['path']}", i) for i, s in enumerate(sources)]
+        return ([source_row(i, s) for i, s in enumerate(sources)],
+                gr.update(choices=choices, value=choices[-1][1] if choices else None))
+
+    def rebuild(sources, cache, tok_spec, *settings, progress=gr.Progress()):
+        """Re-mix with the cached sources; returns every output of the mix panel."""
+        from core.data.mix import SourceCache, build_mix
+        from core.settings import dump_yaml
+
+        cfg_yaml = ""
+        if not sources:
+            return (t("data.start"), [], "", "", None, None, cache,
+                    gr.update(choices=[(t("data.all_sources"), "*")], value="*"), "")
+        try:
+            cfg = mix_config(sources, settings_dict(*settings))
+            cfg_yaml = dump_yaml(cfg)
+            tok = _tokenizer(ctx, tok_spec)
+            cache = cache or SourceCache()
+            result = build_mix(cfg, tok, progress=lambda f, m: progress(f, desc=m), cache=cache)
+        except Exception as exc:  # shown in the page: bad input must never break the app
+            return (_error_text(ctx, exc), [], "", "", None, None, cache, gr.update(), cfg_yaml)
+        names = [(t("data.all_sources"), "*")] + [(s.name, s.name) for s in result.sources]
+        done = t("data.built", total=result.total, train=len(result.rows), eval=len(result.eval_rows))
+        return (done, counts_table(t, result), warnings_markdown(t, result, cfg.overlong), drops_markdown(t, result),
+                histogram(ctx, result), result, cache, gr.update(choices=names), cfg_yaml)
+
+    mix_outputs = [status, counts, warning, drops, hist, result_state, cache_state, preview_source, yaml_view]
+
+    def show_preview(result, tok_spec, source, index, assistant_only, empty_think):
+        if result is None:
+            return f"<p>{html.escape(t('data.preview_empty'))}</p>", gr.update()
+        try:
+            page, i = preview_page(ctx, result, _tokenizer(ctx, tok_spec), source, int(index or 1) - 1,
+                                   assistant_only, empty_think)
+        except Exception as exc:  # shown in the page
+            return f"<p>{html.escape(_error_text(ctx, exc))}</p>", gr.update()
+        return page, i + 1
+
+    preview_inputs = [result_state, tokenizer, preview_source, preview_index, mask_assistant, mask_think]
+
+    def add_source(sources, *form):
+        try:
+            src = form_source(*form)
+        except Exception as exc:
+            return sources, *sources_view(sources), _error_text(ctx, exc)
+        sources = list(sources) + [src]
+        return sources, *sources_view(sources), "✓ " + t("data.added", path=src["path"])
+
+    def update_source(sources, index, *form):
+        if index is None or not (0 <= int(index) < len(sources)):
+            return sources, *sources_view(sources), "✗ " + t("data.pick_first")
+        try:
+            src = form_source(*form)
+        except Exception as exc:
+            return sources, *sources_view(sources), _error_text(ctx, exc)
+        sources = list(sources)
+        sources[int(index)] = src
+        table, pick_update = sources_view(sources)
+        return sources, table, gr.update(choices=pick_update["choices"], value=int(index)), "✓ " + t("data.updated")
+
+    def remove_source(sources, index):
+        if index is None or not (0 <= int(index) < len(sources)):
+            return sources, *sources_view(sources), "✗ " + t("data.pick_first")
+        sources = [s for i, s in enumerate(sources) if i != int(index)]
+        return sources, *sources_view(sources), "✓ " + t("data.removed")
+
+    def edit_source(sources, index):
+        """Load the picked source into the form."""
+        if index is None or not (0 <= int(index) < len(sources)):
+            return [gr.update()] * (len(form_inputs) + 3) + ["✗ " + t("data.pick_first")]
+        s = sources[int(index)]
+        is_hub = s["hub"] in ("hf", "modelscope")
+        is_sample = s["path"].startswith("samples/")
+        k = "hub" if is_hub else "sample" if is_sample else "file"
+        mode = "count" if s.get("count") is not None else "ratio" if s.get("ratio") is not None else "all"
+        value = s.get("count") if mode == "count" else s.get("ratio") if mode == "ratio" else 1
+        cols = "\n".join(f"{a}: {b}" for a, b in (s.get("columns") or {}).items())
+        return [k, s["path"] if is_sample else gr.update(), s["path"] if k == "file" else "",
+                s["path"] if is_hub else "", s["hub"] if is_hub else "hf", s.get("split", "train"),
+                s.get("subset", ""), s.get("limit", 0), s.get("name", ""), s.get("format", "auto"), mode, value,
+                cols, s.get("instruction_in", "user"), s.get("system_prompt", ""), s.get("min_tokens", 0),
+                s.get("max_tokens", 0), gr.update(visible=k == "sample"), gr.update(visible=k == "file"),
+                gr.update(visible=k == "hub"), ""]
+
+    def load_preset(preset_name, *_):
+        from core.config import load_mix_config
+        from core.settings import to_dict
+
+        try:
+            cfg = load_mix_config(presets_dir / f"{preset_name}.yaml")
+        except Exception as exc:
+            return [gr.update()] * (3 + len(settings_inputs)) + [_error_text(ctx, exc)]
+        sources = [to_dict(s) for s in cfg.sources]
+        return [sources, *sources_view(sources), *[getattr(cfg, f) for f in MIX_FIELDS],
+                "✓ " + t("data.preset_loaded", name=preset_name)]
+
+    def on_upload(file, name_v):
+        from pathlib import Path
+
+        from core.data.sources import store_upload
+
+        if not file:
+            return gr.update(), gr.update(), ""
+        src = file if isinstance(file, str) else getattr(file, "name", None) or file.get("path")
+        try:
+            stored = store_upload(src, ctx.mixes_dir / ".uploads")
+        except Exception as exc:  # shown in the page
+            return gr.update(), gr.update(), _error_text(ctx, exc)
+        # The stored copy carries a hash prefix; the report should show the file's own name.
+        return str(stored), name_v or Path(src).stem, "✓ " + t("data.uploaded", path=str(stored))
+
+    def save(sources, cache, tok_spec, save_name_v, overwrite_v, *settings, progress=gr.Progress()):
+        from core.data.mix import SourceCache, build_mix, check_mix_name, save_mix
+
+        if not sources:
+            return "✗ " + t("data.need_sources"), cache
+        try:
+            mix_name = check_mix_name(save_name_v)
+            cfg = mix_config(sources, settings_dict(*settings))
+            cache = cache or SourceCache()
+            result = build_mix(cfg, _tokenizer(ctx, tok_spec), progress=lambda f, m: progress(f, desc=m), cache=cache)
+            out = save_mix(result, ctx.mixes_dir / mix_name, overwrite=bool(overwrite_v))
+        except Exception as exc:  # shown in the page
+            return _error_text(ctx, exc), cache
+        return "✓ " + t("data.saved", name=mix_name, path=str(out), total=result.total), cache
+
+    # ------------------------------------------------------------------------------ wiring
+    def kind_visibility(k):
+        return gr.update(visible=k == "sample"), gr.update(visible=k == "file"), gr.update(visible=k == "hub")
+
+    kind.change(kind_visibility, inputs=kind, outputs=[sample_box, file_box, hub_box])
+    upload.upload(on_upload, inputs=[upload, name], outputs=[path, name, form_status])
+
+    rebuild_inputs = [sources_state, cache_state, tokenizer, *settings_inputs]
+
+    def chain(event):
+        """After the sources or settings change: re-mix, then refresh the preview."""
+        return (event.then(rebuild, inputs=rebuild_inputs, outputs=mix_outputs, trigger_mode="always_last")
+                .then(show_preview, inputs=preview_inputs, outputs=[preview, preview_index]))
+
+    chain(add_btn.click(add_source, inputs=[sources_state, *form_inputs],
+                        outputs=[sources_state, sources_table, pick, form_status]))
+    chain(update_btn.click(update_source, inputs=[sources_state, pick, *form_inputs],
+                           outputs=[sources_state, sources_table, pick, form_status]))
+    chain(remove_btn.click(remove_source, inputs=[sources_state, pick],
+                           outputs=[sources_state, sources_table, pick, form_status]))
+    edit_btn.click(edit_source, inputs=[sources_state, pick],
+                   outputs=[*form_inputs, sample_box, file_box, hub_box, form_status])
+    chain(preset_load.click(load_preset, inputs=[preset],
+                            outputs=[sources_state, sources_table, pick, *settings_inputs, form_status]))
+    (build_btn.click(rebuild, inputs=rebuild_inputs, outputs=mix_outputs)
+     .then(show_preview, inputs=preview_inputs, outputs=[preview, preview_index]))
+    for widget in (overlong, upsample, shuffle):
+        chain(widget.input(lambda: None, inputs=None, outputs=None))
+    for widget in (seed, max_seq_len, total):
+        chain(widget.submit(lambda: None, inputs=None, outputs=None))
+        chain(widget.blur(lambda: None, inputs=None, outputs=None))
+    chain(eval_fraction.release(lambda: None, inputs=None, outputs=None))
+    for widget in (preview_source, mask_assistant, mask_think):
+        widget.input(show_preview, inputs=preview_inputs, outputs=[preview, preview_index])
+    preview_index.submit(show_preview, inputs=preview_inputs, outputs=[preview, preview_index])
+
+    def step(delta):
+        def move(result, tok_spec, source, index, assistant_only, empty_think):
+            return show_preview(result, tok_spec, source, int(index or 1) + delta, assistant_only, empty_think)
+        return move
+
+    prev_btn.click(step(-1), inputs=preview_inputs, outputs=[preview, preview_index])
+    next_btn.click(step(1), inputs=preview_inputs, outputs=[preview, preview_index])
+    save_btn.click(save, inputs=[sources_state, cache_state, tokenizer, save_name, overwrite, *settings_inputs],
+                   outputs=[save_status, cache_state])
+    ctx.shared["data.tab"] = tab

@@ -1,0 +1,317 @@
+"""Evaluate & Export tab: base vs fine-tuned numbers for a run, its exports, and how to serve it.
+
+The evaluation runs in a background thread of the server (core.eval.jobs, sharing the chat's model
+cache); a timer polls its progress, so a page reload picks it up again. Exports run the trainer's
+`python -m core export` as a subprocess. Results are read from the run folder (eval.json), so they
+are there after a server restart too.
+"""
+
+from __future__ import annotations
+
+POLL_SECONDS = 1.0
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def build(ctx) -> None:
+    import gradio as gr
+
+    from core.chat.loader import ModelCache, list_targets
+    from core.chat.session import browser_secret
+    from core.config import EvalConfig
+    from core.eval.evaluate import load_results, results_figure, results_table, run_dir_of
+    from core.eval.jobs import EXPORT_FORMATS, EvalJobs, ExportJobs, export_available
+    from core.eval.serving import client_snippet, serving_for_run
+    from core.settings import ConfigError, field_info, from_dict
+
+    t = ctx.t
+    models = ctx.shared.setdefault("chat.models", ModelCache())
+    jobs: EvalJobs = ctx.shared.setdefault("evaluate.jobs", EvalJobs(models))
+    exports: ExportJobs = ctx.shared.setdefault("evaluate.exports", ExportJobs())
+    fi = {f.name: f for f in field_info(EvalConfig)}
+    defaults = EvalConfig()
+    if ctx.demo:
+        # On the CPU the demo model (random weights) rarely stops by itself: keep replies short.
+        defaults = EvalConfig(control_max_new_tokens=64, answer_max_new_tokens=128, accuracy_rows=8)
+
+    def target_choices() -> list[tuple[str, str]]:
+        return [(r["label"] if r["kind"] == "run" else "   ↳ " + r["label"], r["path"])
+                for r in list_targets(ctx.runs_dir)]
+
+    # ------------------------------------------------------------------------------- results
+    def table_rows(result: dict | None) -> list[list]:
+        if not result:
+            return []
+        rows = []
+        for r in results_table(result):
+            mark = {True: " ✅", False: " ⚠️", None: ""}[r["better"]]
+            change = "–" if r["change"] is None else f"{r['change']:+.4g}{mark}"
+            rows.append([t(f"evaluate.metric.{r['metric']}"), _fmt(r["base"]), _fmt(r["tuned"]), change])
+        return rows
+
+    def figure(result: dict | None):
+        if not result:
+            return None
+        labels = {k: t(f"evaluate.metric.{k}") for k in ("loss", "ppl", "think_off", "think_on", "accuracy")}
+        labels.update(title_rates=t("evaluate.chart.rates"), title_loss=t("evaluate.chart.loss"))
+        return results_figure(result, labels=labels,
+                              pane_names={"base": t("evaluate.base"), "tuned": t("evaluate.tuned")})
+
+    def details(result: dict | None) -> str:
+        if not result:
+            return t("evaluate.no_results")
+        lines = [t("evaluate.result_meta", created=result.get("created", "?"), split=result.get("split", "?"),
+                   seconds=result.get("seconds", "?"), mix=result.get("mix_dir", "?"))]
+        dropped = result.get("loss_rows") or {}
+        if dropped.get("too_long") or dropped.get("no_target"):
+            lines.append(t("evaluate.dropped", too_long=dropped.get("too_long", 0),
+                           no_target=dropped.get("no_target", 0)))
+        acc = result.get("accuracy") or {}
+        if acc.get("note"):
+            lines.append(t("evaluate.no_answer_rows"))
+        for pane in ("base", "tuned"):
+            n = (acc.get(pane) or {}).get("ran_out_while_reasoning")
+            if n:
+                lines.append(t("evaluate.ran_out", n=n, pane=t(f"evaluate.{pane}")))
+        es = result.get("evalscope")
+        if es:
+            lines.append(t("evaluate.evalscope_skipped", why=es["skipped"]) if es.get("skipped") else
+                         "**EvalScope**\n```json\n" + _json(es) + "\n```")
+        samples = (result.get("thinking") or {}).get("samples", []) + (acc.get("samples") or [])
+        if samples:
+            lines.append(f"**{t('evaluate.samples')}**")
+            for s in samples[:12]:
+                pane = t(f"evaluate.{s['pane']}")
+                ok = "✅" if s.get("ok") else "❌"
+                if "expected" in s:
+                    lines.append(f"- {ok} {pane} · {s['prompt'][:80]!r} → `{s.get('predicted')}` "
+                                 f"({t('evaluate.expected')} `{s['expected']}`)")
+                else:
+                    mode = t("evaluate.mode_on") if s["thinking"] else t("evaluate.mode_off")
+                    lines.append(f"- {ok} {pane} · {mode} · {s['prompt'][:80]!r} → "
+                                 f"{t('evaluate.reasoned') if s['reasoning'] else t('evaluate.no_reasoning')}")
+        return "\n\n".join(lines)
+
+    def _json(data) -> str:
+        import json
+
+        return json.dumps(data, indent=2, ensure_ascii=False)[:4000]
+
+    def progress_text(job) -> str:
+        if job is None:
+            return ""
+        if job.state == "running":
+            stage = job.stage.split(":")[0]
+            pct = int(100 * job.fraction)
+            bar = "█" * (pct // 5) + "░" * (20 - pct // 5)
+            return t("evaluate.running", stage=t(f"evaluate.stage.{stage}") if stage in STAGES else stage,
+                     done=job.done, total=job.total, bar=bar)
+        if job.state == "failed":
+            return t("evaluate.failed", error=job.error)
+        if job.state == "cancelled":
+            return t("evaluate.cancelled")
+        return t("evaluate.finished", seconds=round((job.finished or job.started) - job.started, 1))
+
+    # ------------------------------------------------------------------------------- serving
+    def serving_view(target: str | None, thinking: bool, port):
+        if not target:
+            return gr.update(choices=[], value=None), "", client_snippet(thinking=bool(thinking))
+        try:
+            items = serving_for_run(run_dir_of(target), port=int(port or 8000), thinking=bool(thinking))
+        except ConfigError:
+            items = []
+        choices = [(f"{i['kind']} · {i['label']}", i["path"]) for i in items]
+        value = choices[0][1] if choices else None
+        command = items[0]["command"] if items else t("evaluate.nothing_to_serve")
+        return gr.update(choices=choices, value=value), command, client_snippet(
+            name=run_dir_of(target).name, port=int(port or 8000), thinking=bool(thinking))
+
+    def serving_command(target, path, thinking, port):
+        if not target or not path:
+            return t("evaluate.nothing_to_serve")
+        for item in serving_for_run(run_dir_of(target), port=int(port or 8000), thinking=bool(thinking)):
+            if item["path"] == path:
+                return item["command"]
+        return t("evaluate.nothing_to_serve")
+
+    # -------------------------------------------------------------------------------- layout
+    with gr.Tab(t("evaluate.tab"), id="evaluate", elem_id="tab-evaluate") as tab:
+        gr.Markdown(t("evaluate.intro"))
+        with gr.Row(equal_height=True):
+            run = gr.Dropdown(choices=target_choices(), value=None, label=t("evaluate.run"), scale=4,
+                              allow_custom_value=True, elem_id="eval-run")
+            refresh_btn = gr.Button(t("evaluate.refresh"), scale=0, min_width=100, elem_id="eval-refresh")
+        with gr.Accordion(t("evaluate.settings"), open=False):
+            with gr.Row():
+                split = gr.Radio(list(fi["split"].choices), value=defaults.split, label=t("evaluate.split"),
+                                 info=fi["split"].help, elem_id="eval-split")
+                accuracy_thinking = gr.Radio(list(fi["accuracy_thinking"].choices), value=defaults.accuracy_thinking,
+                                             label=t("evaluate.accuracy_thinking"),
+                                             info=fi["accuracy_thinking"].help)
+                greedy = gr.Checkbox(value=defaults.greedy, label=t("evaluate.greedy"), info=fi["greedy"].help)
+            with gr.Row():
+                loss_rows = gr.Number(defaults.loss_rows, precision=0, minimum=0, label=t("evaluate.loss_rows"),
+                                      info=fi["loss_rows"].help, elem_id="eval-loss-rows")
+                batch_size = gr.Number(defaults.batch_size, precision=0, minimum=1, maximum=fi["batch_size"].maximum,
+                                       label=t("evaluate.batch_size"), info=fi["batch_size"].help)
+                control_prompts = gr.Number(defaults.control_prompts, precision=0, minimum=0,
+                                            label=t("evaluate.control_prompts"), info=fi["control_prompts"].help,
+                                            elem_id="eval-control-prompts")
+                control_tokens = gr.Number(defaults.control_max_new_tokens, precision=0,
+                                           minimum=fi["control_max_new_tokens"].minimum,
+                                           label=t("evaluate.control_tokens"),
+                                           info=fi["control_max_new_tokens"].help)
+            with gr.Row():
+                accuracy_rows = gr.Number(defaults.accuracy_rows, precision=0, minimum=0,
+                                          label=t("evaluate.accuracy_rows"), info=fi["accuracy_rows"].help,
+                                          elem_id="eval-accuracy-rows")
+                answer_tokens = gr.Number(defaults.answer_max_new_tokens, precision=0,
+                                          minimum=fi["answer_max_new_tokens"].minimum,
+                                          label=t("evaluate.answer_tokens"), info=fi["answer_max_new_tokens"].help,
+                                          elem_id="eval-answer-tokens")
+                seed = gr.Number(defaults.seed, precision=0, minimum=0, label=t("evaluate.seed"),
+                                 info=fi["seed"].help)
+            with gr.Row():
+                evalscope = gr.Textbox("", label=t("evaluate.evalscope"), info=fi["evalscope_datasets"].help,
+                                       placeholder="gsm8k, math_500")
+                evalscope_limit = gr.Number(defaults.evalscope_limit, precision=0, minimum=1,
+                                            label=t("evaluate.evalscope_limit"), info=fi["evalscope_limit"].help)
+        with gr.Row():
+            start_btn = gr.Button(t("evaluate.start"), variant="primary", elem_id="eval-start")
+            cancel_btn = gr.Button(t("evaluate.cancel"), elem_id="eval-cancel")
+        progress = gr.Markdown("", elem_id="eval-progress")
+        with gr.Row():
+            with gr.Column(scale=1):
+                table = gr.Dataframe(headers=[t("evaluate.col.metric"), t("evaluate.base"), t("evaluate.tuned"),
+                                              t("evaluate.col.change")], value=[], interactive=False,
+                                     label=t("evaluate.table"), elem_id="eval-table")
+            with gr.Column(scale=1):
+                chart = gr.Plot(label=t("evaluate.chart.label"), elem_id="eval-chart")
+        with gr.Accordion(t("evaluate.details"), open=False):
+            info = gr.Markdown(t("evaluate.no_results"), elem_id="eval-details")
+
+        gr.Markdown(f"### {t('evaluate.export_title')}\n{t('evaluate.export_intro')}")
+        with gr.Row(equal_height=True):
+            fmt = gr.Radio([(t(f"evaluate.format.{f}"), f) for f in EXPORT_FORMATS], value="lora",
+                           label=t("evaluate.format"), elem_id="export-format", scale=4)
+            export_btn = gr.Button(t("evaluate.export"), scale=1, elem_id="export-start",
+                                   interactive=export_available())
+        export_status = gr.Markdown("" if export_available() else t("evaluate.export_missing"),
+                                    elem_id="export-status")
+        export_log = gr.Code("", language=None, label=t("evaluate.export_log"), lines=8, elem_id="export-log",
+                             interactive=False)
+
+        gr.Markdown(f"### {t('evaluate.serve_title')}\n{t('evaluate.serve_intro')}")
+        with gr.Row():
+            servable = gr.Dropdown(choices=[], label=t("evaluate.servable"), elem_id="serve-what", scale=3)
+            port = gr.Number(8000, precision=0, minimum=1, maximum=65535, label=t("evaluate.port"), scale=1)
+            snippet_thinking = gr.Checkbox(True, label=t("evaluate.snippet_thinking"), scale=1)
+        command = gr.Code("", language="shell", label=t("evaluate.command"), elem_id="serve-command",
+                          interactive=False)
+        snippet = gr.Code(client_snippet(), language="python", label=t("evaluate.snippet"), elem_id="serve-snippet",
+                          interactive=False)
+        timer = gr.Timer(POLL_SECONDS, active=False)
+        browser = gr.BrowserState({"target": ""}, storage_key="qwentune-evaluate", secret=browser_secret())
+        restored = gr.State(False)
+
+    settings_inputs = [split, loss_rows, batch_size, control_prompts, control_tokens, accuracy_rows, answer_tokens,
+                       accuracy_thinking, greedy, seed, evalscope, evalscope_limit]
+
+    # ------------------------------------------------------------------------------ handlers
+    def show(target, thinking, port_value):
+        """Everything about a run: saved results, a running job, exports, serving."""
+        result = load_results(target) if target else None
+        job = jobs.get(target) if target else None
+        export_job = exports.get(run_dir_of(target)) if target else None
+        serve_choices, cmd, code = serving_view(target, thinking, port_value)
+        active = bool((job and job.running) or (export_job and export_job.state == "running"))
+        return (table_rows(result), figure(result), details(result), progress_text(job),
+                export_text(export_job), export_job.log_tail() if export_job else "",
+                serve_choices, cmd, code, gr.Timer(active=active))
+
+    show_outputs = [table, chart, info, progress, export_status, export_log, servable, command, snippet, timer]
+
+    def select(target, thinking, port_value):
+        try:
+            return (*show(target, thinking, port_value), {"target": target or ""})
+        except ConfigError as exc:
+            return (*[gr.skip()] * 2, t("evaluate.bad_run", error=str(exc)), *[gr.skip()] * 7, gr.skip())
+
+    def export_text(job) -> str:
+        if job is None:
+            return "" if export_available() else t("evaluate.export_missing")
+        if job.error:
+            return t("evaluate.export_error", error=job.error)
+        return t(f"evaluate.export_state.{job.state}", fmt=job.fmt)
+
+    def eval_config(values) -> EvalConfig:
+        names = ["split", "loss_rows", "batch_size", "control_prompts", "control_max_new_tokens", "accuracy_rows",
+                 "answer_max_new_tokens", "accuracy_thinking", "greedy", "seed", "evalscope_datasets",
+                 "evalscope_limit"]
+        data = dict(zip(names, values))
+        for k in ("loss_rows", "batch_size", "control_prompts", "control_max_new_tokens", "accuracy_rows",
+                  "answer_max_new_tokens", "seed", "evalscope_limit"):
+            data[k] = int(data[k] or 0)
+        data["evalscope_datasets"] = [d.strip() for d in (data["evalscope_datasets"] or "").split(",") if d.strip()]
+        return from_dict(EvalConfig, data)
+
+    def start(target, *values):
+        from core.config import ChatConfig
+
+        if not target:
+            return t("evaluate.pick_first"), gr.skip()
+        try:
+            cfg = eval_config(values)
+            run_dir_of(target)
+        except ConfigError as exc:
+            return t("evaluate.bad_setting", error=str(exc)), gr.skip()
+        job = jobs.start(target, cfg, ChatConfig(device="cpu" if ctx.demo else "auto"), runs_dir=ctx.runs_dir)
+        return progress_text(job), gr.Timer(active=True)
+
+    def cancel(target):
+        job = jobs.get(target) if target else None
+        if job is not None and job.running:
+            job.cancel()
+            return t("evaluate.cancelling")
+        return gr.skip()
+
+    def export(target, fmt_value):
+        if not target:
+            return t("evaluate.pick_first"), gr.skip(), gr.skip()
+        job = exports.start(run_dir_of(target), fmt_value)
+        return export_text(job), job.log_tail(), gr.Timer(active=job.state == "running")
+
+    def poll(target, thinking, port_value):
+        return show(target, thinking, port_value)
+
+    def restore(state, done, current):
+        choices = target_choices()
+        if done:  # later visits: refresh the list, keep the selection
+            return gr.update(choices=choices, value=current), True
+        target = (state or {}).get("target") or None
+        if target is None and choices:
+            target = choices[0][1]
+        return gr.update(choices=choices, value=target), True
+
+    refresh_btn.click(lambda cur: gr.update(choices=target_choices(), value=cur), inputs=run, outputs=run)
+    run.change(select, inputs=[run, snippet_thinking, port], outputs=[*show_outputs, browser])
+    start_btn.click(start, inputs=[run, *settings_inputs], outputs=[progress, timer])
+    cancel_btn.click(cancel, inputs=run, outputs=progress)
+    export_btn.click(export, inputs=[run, fmt], outputs=[export_status, export_log, timer])
+    timer.tick(poll, inputs=[run, snippet_thinking, port], outputs=show_outputs, show_progress="hidden")
+    servable.change(serving_command, inputs=[run, servable, snippet_thinking, port], outputs=command)
+    for widget in (snippet_thinking, port):
+        widget.change(lambda target, th, p: serving_view(target, th, p)[1:], inputs=[run, snippet_thinking, port],
+                      outputs=[command, snippet])
+
+    # Restore when the tab is first opened: Gradio reads a tab's BrowserState only once the tab is shown.
+    tab.select(restore, inputs=[browser, restored, run], outputs=[run, restored])
+
+
+STAGES = ("load", "loss", "thinking", "accuracy", "evalscope")

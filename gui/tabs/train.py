@@ -1,0 +1,380 @@
+"""Train tab: settings (widgets made from the RunConfig fields), start / stop / stop now / resume,
+and live progress of a run: progress bar with ETA, loss / eval loss / learning rate / grad norm chart,
+GPU memory and utilisation, the log.
+
+Layout and wiring only. The web server never trains: Start calls core.train.runs.start_run, which
+starts `python -m core train` as a detached process; a timer then reads the run folder. Everything
+shown comes from the run folders, so the tab reattaches after a page reload or a server restart.
+
+Shared: ``ctx.shared["train.fields"]`` = {dotted RunConfig path: widget} (the presets section and the
+Hardware tab's "Use this model" fill these widgets).
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+POLL_SECONDS = 1.5
+TRAIN_FIELDS = "train.fields"
+# Settings the tab shows, by section; every other RunConfig setting keeps its default.
+SECTIONS = {
+    "lora": ["lora.r", "lora.alpha", "lora.dropout", "lora.use_rslora", "lora.target_modules"],
+    "train": ["train.learning_rate", "train.lr_scheduler", "train.warmup_steps", "train.epochs",
+              "train.max_steps", "train.micro_batch", "train.grad_accum", "train.max_seq_len",
+              "train.packing", "train.gradient_checkpointing", "train.assistant_only_loss",
+              "train.train_empty_think"],
+    "advanced": ["train.optimizer", "train.weight_decay", "train.max_grad_norm", "train.seed",
+                 "train.logging_steps", "train.save_steps", "train.save_total_limit", "train.eval_steps",
+                 "train.report_to", "model.backend", "model.dtype", "model.trust_remote_code"],
+}
+STATE_ICON = {"queued": "⏳", "running": "▶", "stopping": "⏸", "stopped": "■", "done": "✓", "failed": "✗"}
+
+
+# ----------------------------------------------------------------------------------- widgets
+def _label(ctx, info) -> str:
+    try:
+        return ctx.t(f"train.f.{info.path}")
+    except KeyError:
+        return info.path
+
+
+def _help(ctx, info) -> str:
+    """The setting's own help text (core.config); its translation on a non-English page."""
+    if ctx.lang == "en":
+        return info.help
+    try:
+        return ctx.t(f"train.h.{info.path}")
+    except KeyError:
+        return info.help
+
+
+def widget_for(ctx, info, elem_prefix: str = "train-f-"):
+    """A Gradio input for one setting, from its type, choices and bounds (core.settings.field_info)."""
+    import typing
+
+    import gradio as gr
+
+    kwargs = {"label": _label(ctx, info), "info": _help(ctx, info), "value": info.default,
+              "elem_id": elem_prefix + info.path.replace(".", "-").replace("_", "-")}
+    if info.type is bool:
+        return gr.Checkbox(**kwargs)
+    if typing.get_origin(info.type) is list:
+        return gr.CheckboxGroup(choices=list(info.choices or ()), **kwargs)
+    if info.choices:
+        return gr.Dropdown(choices=list(info.choices), **kwargs)
+    if info.type in (int, float):
+        return gr.Number(minimum=info.minimum, maximum=info.maximum,
+                         precision=0 if info.type is int else None, **kwargs)
+    return gr.Textbox(**kwargs)
+
+
+# --------------------------------------------------------------------------------- data mixes
+def mix_choices(ctx) -> list[tuple[str, str]]:
+    """Saved mixes (folders with a manifest.json) in ctx.mixes_dir, newest first."""
+    root = Path(ctx.mixes_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if (p / "manifest.json").is_file()]
+    found.sort(key=lambda p: (p / "manifest.json").stat().st_mtime, reverse=True)
+    return [(p.name, str(p.resolve())) for p in found]
+
+
+def mix_info(ctx, mix_dir: str) -> str:
+    from core.data.mixdir import read_manifest
+    from core.settings import ConfigError
+
+    if not mix_dir:
+        return ctx.t("train.mix_none", folder=str(ctx.mixes_dir))
+    try:
+        m = read_manifest(mix_dir)
+    except (ConfigError, ValueError, OSError) as exc:
+        return "⚠ " + str(exc)
+    counts = ", ".join(f"{k}: {v}" for k, v in (m.get("counts") or {}).items())
+    return ctx.t("train.mix_summary", train=m.get("train_rows", "?"), eval=m.get("eval_rows", 0),
+                 max_len=m.get("max_seq_len", "?"), counts=counts or "-")
+
+
+# ----------------------------------------------------------------------------------- rendering
+def fmt_seconds(s) -> str:
+    if s is None:
+        return "–"
+    s = int(s)
+    if s >= 3600:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s}s"
+
+
+def run_choices(ctx) -> list[tuple[str, str]]:
+    from core.train.runs import list_runs
+
+    out = []
+    for r in list_runs(ctx.runs_dir):
+        state = r["state"] or "?"
+        out.append((f"{STATE_ICON.get(state, '?')} {r['name']} · {_state(ctx, state)}", r["path"]))
+    return out
+
+
+def _state(ctx, state: str) -> str:
+    try:
+        return ctx.t(f"train.state.{state}")
+    except KeyError:
+        return state
+
+
+def progress_html(ctx, status: dict, metrics: list[dict]) -> str:
+    t = ctx.t
+    state = status.get("state", "?")
+    step, total = status.get("step") or 0, status.get("total_steps") or 0
+    pct = 100.0 * step / total if total else (100.0 if state == "done" else 0.0)
+    last = next((m for m in reversed(metrics) if m.get("loss") is not None), {})
+    color = {"failed": "#dc2626", "stopped": "#64748b", "done": "#16a34a"}.get(state, "#2563eb")
+    phase = status.get("phase") or ""
+    if state in ("running", "stopping") and phase and phase != "training":
+        detail = t("train.phase", phase=phase)
+    elif state == "queued":
+        detail = t("train.queued", phase=phase or "…")
+    else:
+        eta = last.get("eta_s") if state in ("running", "stopping") else None
+        detail = t("train.progress_line", step=step, total=total or "?", eta=fmt_seconds(eta),
+                   elapsed=fmt_seconds(last.get("elapsed_s") or status.get("elapsed_s")),
+                   tps=f"{last.get('tokens_per_s') or status.get('tokens_per_s') or 0:,.0f}")
+    return (f'<div id="train-progress-box" data-state="{html.escape(state)}" data-step="{step}" '
+            f'data-total="{total}" style="padding:4px 0">'
+            f'<div style="display:flex;justify-content:space-between"><b>{STATE_ICON.get(state, "")} '
+            f'{html.escape(_state(ctx, state))}</b><span>{pct:.0f}%</span></div>'
+            f'<div style="height:12px;background:#e5e7eb;border-radius:6px;margin:6px 0">'
+            f'<div class="train-bar" style="width:{pct:.1f}%;height:12px;background:{color};'
+            f'border-radius:6px"></div></div><small>{html.escape(detail)}</small></div>')
+
+
+def status_md(ctx, run_dir: str, status: dict, metrics: list[dict]) -> str:
+    t = ctx.t
+    lines = [f"**{html.escape(Path(run_dir).name)}** · {html.escape(status.get('model') or '?')} · "
+             f"{status.get('method') or '?'} · {t('train.backend')}: {status.get('backend') or '–'}"]
+    loss = status.get("loss")
+    if loss is not None:
+        part = t("train.loss_now", loss=f"{loss:.4f}")
+        if status.get("eval_loss") is not None:
+            part += " · " + t("train.eval_loss_now", loss=f"{status['eval_loss']:.4f}")
+        lines.append(part)
+    last = next((m for m in reversed(metrics) if m.get("gpu_mem_gib") is not None), {})
+    mem = last.get("gpu_mem_gib")
+    if mem is not None or status.get("peak_alloc_gib") is not None:
+        util = last.get("gpu_util")
+        lines.append(t("train.gpu_line", mem=f"{mem or 0:.1f}", util="–" if util is None else util,
+                       peak=f"{status.get('peak_alloc_gib') or 0:.1f}"))
+    elif status.get("device") == "cpu":
+        lines.append(t("train.cpu_line"))
+    if status.get("packing_reason"):
+        lines.append(t("train.f.train.packing") + ": " + html.escape(status["packing_reason"]))
+    for note in status.get("notices") or []:
+        lines.append("ℹ️ " + html.escape(note))
+    if status.get("error"):
+        lines.append("✗ " + t("train.error_line", error=html.escape(str(status["error"]))))
+    if status.get("advice"):
+        lines.append("→ " + html.escape(str(status["advice"])))
+    if status.get("state") in ("done", "stopped") and status.get("adapter"):
+        lines.append("✓ " + t("train.adapter_at", path=html.escape(status["adapter"])))
+    return "  \n".join(lines)
+
+
+def figure(ctx, metrics: list[dict]):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    t = ctx.t
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.62, 0.38],
+                        specs=[[{}], [{"secondary_y": True}]])
+    train = [m for m in metrics if m.get("loss") is not None]
+    evals = [m for m in metrics if m.get("eval_loss") is not None]
+
+    def trace(rows, key, name, color, row, secondary=False, dash=None, mode="lines"):
+        pts = [(m["step"], m[key]) for m in rows if m.get(key) is not None]
+        if pts:
+            fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=name, mode=mode,
+                                     line={"color": color, "dash": dash}), row=row, col=1,
+                          secondary_y=secondary if row == 2 else None)
+
+    trace(train, "loss", t("train.chart.loss"), "#2563eb", 1)
+    trace(evals, "eval_loss", t("train.chart.eval_loss"), "#dc2626", 1, mode="lines+markers")
+    trace(train, "learning_rate", t("train.chart.lr"), "#16a34a", 2)
+    trace(train, "grad_norm", t("train.chart.grad_norm"), "#9333ea", 2, secondary=True, dash="dot")
+    fig.update_layout(height=430, margin={"l": 50, "r": 50, "t": 30, "b": 40},
+                      legend={"orientation": "h", "y": 1.08}, template="plotly_white")
+    fig.update_xaxes(title_text=t("train.chart.step"), row=2, col=1)
+    fig.update_yaxes(title_text=t("train.chart.loss"), row=1, col=1)
+    fig.update_yaxes(title_text=t("train.chart.lr"), row=2, col=1, secondary_y=False)
+    fig.update_yaxes(title_text=t("train.chart.grad_norm"), row=2, col=1, secondary_y=True)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------- build
+def build(ctx) -> None:
+    import gradio as gr
+
+    from core.config import RunConfig
+    from core.presets import unflatten
+    from core.settings import ConfigError, field_info, from_dict
+    from core.train import runs
+
+    t = ctx.t
+    infos = {f.path: f for f in field_info(RunConfig)}
+    fields: dict[str, object] = {}
+
+    with gr.Tab(t("train.tab"), id="train", elem_id="tab-train") as tab:
+        with gr.Row():
+            with gr.Column(scale=3, min_width=420):
+                gr.Markdown("### " + t("train.section.model"))
+                try:
+                    from gui.components import model_picker
+
+                    picker = model_picker.build(ctx)
+                    fields.update({"model.name_or_path": picker["choice"], "model.method": picker["method"],
+                                   "model.quant": picker["quant"], "model.hub": picker["hub"]})
+                except ImportError:  # the picker lands with the models area: a plain chooser until then
+                    fields["model.name_or_path"] = gr.Dropdown(
+                        choices=["demo"], value="demo", allow_custom_value=True, elem_id="model-choice",
+                        label=_label(ctx, infos["model.name_or_path"]), info=_help(ctx, infos["model.name_or_path"]))
+                    fields["model.method"] = widget_for(ctx, infos["model.method"])
+                gr.Markdown("### " + t("train.section.data"))
+                with gr.Row(equal_height=True):
+                    mixes = mix_choices(ctx)
+                    mix = gr.Dropdown(choices=mixes, value=mixes[0][1] if mixes else None, allow_custom_value=True,
+                                      label=_label(ctx, infos["data.mix_dir"]), info=_help(ctx, infos["data.mix_dir"]),
+                                      scale=4, elem_id="train-mix")
+                    mix_refresh = gr.Button(t("train.refresh"), size="sm", scale=0, min_width=90,
+                                            elem_id="train-mix-refresh")
+                mix_about = gr.Markdown(mix_info(ctx, mixes[0][1] if mixes else ""), elem_id="train-mix-info")
+                fields["data.mix_dir"] = mix
+                for section, open_ in (("lora", False), ("train", True), ("advanced", False)):
+                    with gr.Accordion(t(f"train.section.{section}"), open=open_, elem_id=f"train-sec-{section}"):
+                        with gr.Row():
+                            cols = [gr.Column(min_width=200), gr.Column(min_width=200)]
+                        for i, path in enumerate(SECTIONS[section]):
+                            with cols[i % 2]:
+                                fields[path] = widget_for(ctx, infos[path])
+                name = widget_for(ctx, infos["name"])
+                fields["name"] = name
+            with gr.Column(scale=2, min_width=380):
+                gr.Markdown("### " + t("train.section.run"))
+                with gr.Row(equal_height=True):
+                    run_sel = gr.Dropdown(choices=run_choices(ctx), value=None, label=t("train.run"), scale=4,
+                                          elem_id="train-run", allow_custom_value=False)
+                    run_refresh = gr.Button(t("train.refresh"), size="sm", scale=0, min_width=90,
+                                            elem_id="train-run-refresh")
+                with gr.Row():
+                    start = gr.Button(t("train.start"), variant="primary", elem_id="train-start")
+                    stop = gr.Button(t("train.stop"), elem_id="train-stop", interactive=False)
+                    kill = gr.Button(t("train.kill"), variant="stop", elem_id="train-kill", interactive=False)
+                    resume = gr.Button(t("train.resume"), elem_id="train-resume", interactive=False)
+                message = gr.Markdown(elem_id="train-message")
+                progress = gr.HTML("", elem_id="train-progress")
+                status = gr.Markdown(t("train.no_run"), elem_id="train-status")
+                chart = gr.Plot(label=t("train.chart.title"), elem_id="train-chart")
+                with gr.Accordion(t("train.log"), open=False, elem_id="train-log-box"):
+                    log = gr.Code(value="", language=None, lines=14, max_lines=30, elem_id="train-log",
+                                  interactive=False)
+        timer = gr.Timer(POLL_SECONDS, active=True)
+        seen = gr.State({"run": None, "n": -1, "state": None, "runs": None})
+
+    ctx.shared[TRAIN_FIELDS] = fields
+    paths = list(fields)
+    components = [fields[p] for p in paths]
+
+    # ------------------------------------------------------------------------ handlers
+    def config_from(values: list) -> RunConfig:
+        flat = {p: v for p, v in zip(paths, values)}
+        flat["runs_dir"] = str(ctx.runs_dir)
+        for p, v in list(flat.items()):
+            if isinstance(v, str):
+                flat[p] = v.strip()
+            if v is None and infos[p].default is not None:
+                raise ConfigError("a value is needed", p)
+        if not flat.get("data.mix_dir"):
+            raise ConfigError(t("train.need_mix"), "data.mix_dir")
+        return from_dict(RunConfig, unflatten(flat))
+
+    def on_start(*values):
+        try:
+            cfg = config_from(list(values))
+            run_dir = runs.start_run(cfg, ctx.runs_dir, cfg.name or None)
+        except (ConfigError, runs.RunError) as exc:
+            return "✗ " + html.escape(str(exc)), gr.skip()
+        return (t("train.started", name=run_dir.name),
+                gr.update(choices=run_choices(ctx), value=str(run_dir)))
+
+    def act(fn, ok_key):
+        def handler(run_dir):
+            if not run_dir:
+                return t("train.pick_run")
+            try:
+                fn(run_dir)
+            except (runs.RunError, ConfigError, OSError) as exc:
+                return "✗ " + html.escape(str(exc))
+            return t(ok_key, name=Path(run_dir).name)
+        return handler
+
+    def render(run_dir, seen_state, force=False):
+        """Everything the run panel shows; the chart only when new metrics arrived."""
+        names = [c[1] for c in run_choices(ctx)]
+        seen_state = dict(seen_state or {})
+        run_update = gr.skip()
+        if names != seen_state.get("runs"):
+            run_update = gr.update(choices=run_choices(ctx))
+            seen_state["runs"] = names
+        if not run_dir or not Path(run_dir).is_dir():
+            return (run_update, "", t("train.no_run"), gr.skip(), gr.skip(),
+                    gr.update(interactive=False), gr.update(interactive=False), gr.update(interactive=False),
+                    seen_state)
+        st = runs.read_status(run_dir)
+        metrics = runs.read_metrics(run_dir)
+        state = st.get("state")
+        changed = force or seen_state.get("run") != run_dir or seen_state.get("n") != len(metrics) \
+            or seen_state.get("state") != state
+        fig = figure(ctx, metrics) if changed else gr.skip()
+        log_text = runs.read_log_tail(run_dir) if changed or state in runs.ACTIVE else gr.skip()
+        if seen_state.get("state") != state and seen_state.get("run") == run_dir:
+            run_update = gr.update(choices=run_choices(ctx))
+        seen_state.update(run=run_dir, n=len(metrics), state=state)
+        active = state in runs.ACTIVE
+        resumable = state in ("stopped", "failed") and st.get("resumable", True)
+        return (run_update, progress_html(ctx, st, metrics), status_md(ctx, run_dir, st, metrics), fig, log_text,
+                gr.update(interactive=active and state != "stopping"), gr.update(interactive=active),
+                gr.update(interactive=resumable), seen_state)
+
+    panel = [run_sel, progress, status, chart, log, stop, kill, resume, seen]
+
+    def initial(seen_state):
+        """On page load: reattach to the newest active run, else the newest run."""
+        found = runs.list_runs(ctx.runs_dir)
+        active = [r for r in found if r["state"] in runs.ACTIVE]
+        pick = (active or found or [None])[0]
+        run_dir = pick["path"] if pick else None
+        out = list(render(run_dir, {}, force=True))
+        out[0] = gr.update(choices=run_choices(ctx), value=run_dir)
+        return tuple(out)
+
+    start.click(on_start, inputs=components, outputs=[message, run_sel]).then(
+        lambda r, s: render(r, s, force=True), inputs=[run_sel, seen], outputs=panel)
+    stop.click(act(runs.request_stop, "train.stop_sent"), inputs=run_sel, outputs=message)
+    kill.click(act(runs.kill_run, "train.killed"), inputs=run_sel, outputs=message).then(
+        lambda r, s: render(r, s, force=True), inputs=[run_sel, seen], outputs=panel)
+    resume.click(act(runs.resume_run, "train.resumed"), inputs=run_sel, outputs=message).then(
+        lambda r, s: render(r, s, force=True), inputs=[run_sel, seen], outputs=panel)
+    run_sel.change(lambda r, s: render(r, s, force=True), inputs=[run_sel, seen], outputs=panel)
+    run_refresh.click(lambda r, s: render(r, s, force=True), inputs=[run_sel, seen], outputs=panel)
+    timer.tick(render, inputs=[run_sel, seen], outputs=panel, show_progress="hidden")
+    mix.change(lambda m: mix_info(ctx, m), inputs=mix, outputs=mix_about)
+
+    def refresh_mixes(current):
+        choices = mix_choices(ctx)
+        value = current if current else (choices[0][1] if choices else None)
+        return gr.update(choices=choices, value=value), mix_info(ctx, value or "")
+
+    mix_refresh.click(refresh_mixes, inputs=mix, outputs=[mix, mix_about])
+    tab.select(refresh_mixes, inputs=mix, outputs=[mix, mix_about])
+    if ctx.blocks is not None:
+        ctx.blocks.load(initial, inputs=seen, outputs=panel)

@@ -1,0 +1,92 @@
+"""The Train tab: built from the RunConfig fields, registered for presets / Hardware, renders a run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.settings import write_json_atomic
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    from gui.app import AppContext
+
+    (tmp_path / "mixes" / "m1").mkdir(parents=True)
+    write_json_atomic(tmp_path / "mixes" / "m1" / "manifest.json",
+                      {"train_rows": 40, "eval_rows": 4, "max_seq_len": 2048, "counts": {"chat": 40}})
+    return AppContext(runs_dir=tmp_path / "runs", demo=True, mixes_dir=tmp_path / "mixes")
+
+
+def test_tab_builds_its_widgets_from_the_settings(ctx):
+    import gradio as gr
+
+    from core.config import RunConfig
+    from core.settings import field_info
+    from gui.tabs import train
+
+    with gr.Blocks():
+        train.build(ctx)
+    fields = ctx.shared[train.TRAIN_FIELDS]
+    infos = {f.path: f for f in field_info(RunConfig)}
+    shown = [p for section in train.SECTIONS.values() for p in section]
+    assert set(shown) <= set(fields) and set(fields) <= set(infos)
+    for path in ("model.name_or_path", "model.method", "data.mix_dir", "name"):
+        assert path in fields
+    for path in shown:  # each widget carries the setting's own default, bounds and choices
+        widget, info = fields[path], infos[path]
+        assert widget.value == info.default or (widget.value in (None, []) and not info.default), path
+        if info.choices:
+            values = [c[1] if isinstance(c, tuple) else c for c in widget.choices]
+            assert values == list(info.choices), path
+    assert fields["lora.r"].minimum == 1 and fields["lora.r"].maximum == 1024
+    assert fields["data.mix_dir"].value.endswith("m1")
+
+
+def test_zh_page_shows_translated_labels_and_help(tmp_path):
+    import gradio as gr
+
+    from gui.app import AppContext
+    from gui.tabs import train
+
+    ctx = AppContext(runs_dir=tmp_path / "runs", demo=True, lang="zh", mixes_dir=tmp_path / "mixes")
+    with gr.Blocks():
+        train.build(ctx)
+    r = ctx.shared[train.TRAIN_FIELDS]["train.micro_batch"]
+    assert r.label == "微批大小" and "显存" in r.info
+
+
+def test_run_panel_renders_progress_status_and_chart(ctx, tmp_path):
+    from gui.tabs import train
+
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    status = {"state": "running", "pid": 1, "step": 5, "total_steps": 20, "model": "demo", "method": "lora",
+              "backend": "peft", "loss": 1.5, "eval_loss": 1.7, "peak_alloc_gib": 7.05, "phase": "training",
+              "packing_reason": "auto: rows fill only 20% ...", "notices": ["backend: Unsloth"]}
+    metrics = [{"step": s, "loss": 2.0 - s / 10, "eval_loss": None, "learning_rate": 1e-4, "grad_norm": 0.5,
+                "tokens_per_s": 1234.0, "gpu_mem_gib": 9.6, "gpu_util": 88, "elapsed_s": s, "eta_s": 15.0}
+               for s in range(1, 6)] + [{"step": 5, "loss": None, "eval_loss": 1.7}]
+    html = train.progress_html(ctx, status, metrics)
+    assert 'data-step="5"' in html and "25%" in html and "15s" in html and "1,234" in html
+    md = train.status_md(ctx, str(run), status, metrics)
+    assert "1.5000" in md and "1.7000" in md and "9.6" in md and "88" in md and "Unsloth" in md
+    fig = train.figure(ctx, metrics)
+    names = {tr.name for tr in fig.data}
+    assert {"loss", "eval loss", "learning rate", "grad norm"} <= names
+    failed = train.status_md(ctx, str(run), dict(status, state="failed", error="Out of GPU memory",
+                                                     advice="Try train.micro_batch = 1"), [])
+    assert "Out of GPU memory" in failed and "micro_batch = 1" in failed
+
+
+def test_run_list_and_mixes_come_from_disk(ctx, tmp_path):
+    from gui.tabs import train
+
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "status.json").write_text(json.dumps({"state": "done"}))
+    (run / "config.yaml").write_text("name: r1\n")
+    assert train.run_choices(ctx) == [(f"✓ r1 · {ctx.t('train.state.done')}", str(run))]
+    assert train.mix_choices(ctx)[0][0] == "m1"
+    assert "40" in train.mix_info(ctx, train.mix_choices(ctx)[0][1])

@@ -1,0 +1,136 @@
+"""core.train.runs: the run folder contract, read back purely from disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from core.settings import write_json_atomic
+from core.train import runs
+
+
+def make_run(root, name, status, metrics=(), created=None):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(f"name: {name}\ndata: {{mix_dir: x}}\n")
+    write_json_atomic(d / "status.json", dict(status))
+    with (d / "metrics.jsonl").open("w") as f:
+        for m in metrics:
+            f.write(json.dumps(m) + "\n")
+    if created:
+        os.utime(d / "config.yaml", (created, created))
+    return d
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_running_run_whose_process_died_is_failed_and_resumable(tmp_path):
+    d = make_run(tmp_path, "r", {"state": "running", "pid": dead_pid(), "step": 7})
+    (d / "checkpoints" / "checkpoint-6").mkdir(parents=True)
+    (d / "checkpoints" / "checkpoint-6" / "trainer_state.json").write_text("{}")
+    st = runs.read_status(d)
+    assert st["state"] == "failed" and st["resumable"] and st["lost"]
+    assert "checkpoint-6" in st["advice"]
+    assert json.loads((d / "status.json").read_text())["state"] == "running"  # reading never writes
+
+
+def test_live_run_with_stop_file_reads_as_stopping(tmp_path):
+    d = make_run(tmp_path, "r", {"state": "running", "pid": os.getpid()})
+    assert runs.read_status(d)["state"] == "running"
+    runs.request_stop(d)
+    assert (d / runs.STOP_FLAG).exists()
+    assert runs.read_status(d)["state"] == "stopping"
+
+
+def test_queued_run_that_never_started_fails_after_the_grace_time(tmp_path, monkeypatch):
+    d = make_run(tmp_path, "q", {"state": "queued", "pid": None, "queued": runs.now_iso()})
+    assert runs.read_status(d)["state"] == "queued"
+    monkeypatch.setattr(runs, "QUEUED_GRACE_S", -1.0)
+    assert runs.read_status(d)["state"] == "failed"
+
+
+def test_metrics_skip_a_torn_last_line(tmp_path):
+    d = make_run(tmp_path, "m", {"state": "running", "pid": os.getpid()}, [{"step": 1, "loss": 2.0}])
+    with (d / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 2, "lo')
+    assert runs.read_metrics(d) == [{"step": 1, "loss": 2.0}]
+    assert runs.read_metrics(tmp_path / "nothing") == []
+
+
+def test_list_runs_newest_first_from_disk_alone(tmp_path):
+    now = time.time()
+    make_run(tmp_path, "old", {"state": "done"}, created=now - 100)
+    make_run(tmp_path, "new", {"state": "done", "queued": runs.now_iso()})
+    (tmp_path / "not-a-run").mkdir()
+    names = [r["name"] for r in runs.list_runs(tmp_path)]
+    assert names == ["new", "old"]
+    assert runs.list_runs(tmp_path / "missing") == []
+
+
+def test_latest_checkpoint_is_the_newest_complete_one(tmp_path):
+    d = make_run(tmp_path, "c", {"state": "done"})
+    for step, complete in ((5, True), (10, True), (15, False)):
+        p = d / "checkpoints" / f"checkpoint-{step}"
+        p.mkdir(parents=True)
+        if complete:
+            (p / "trainer_state.json").write_text("{}")
+    assert runs.latest_checkpoint(d).name == "checkpoint-10"
+
+
+def test_stop_and_resume_refuse_what_makes_no_sense(tmp_path):
+    d = make_run(tmp_path, "done", {"state": "done"})
+    with pytest.raises(runs.RunError):
+        runs.request_stop(d)
+    with pytest.raises(runs.RunError):
+        runs.resume_run(d)
+    live = make_run(tmp_path, "live", {"state": "running", "pid": os.getpid()})
+    with pytest.raises(runs.RunError):
+        runs.resume_run(live)
+    with pytest.raises(runs.RunError):
+        runs.delete_run(live)
+
+
+def test_run_model_paths_names_base_and_adapter(tmp_path, demo_model_path):
+    d = make_run(tmp_path, "p", {"state": "done", "model_path": str(demo_model_path), "method": "qlora"})
+    (d / "config.yaml").write_text("name: p\nmodel: {name_or_path: demo, method: qlora}\ndata: {mix_dir: x}\n")
+    got = runs.run_model_paths(d)
+    assert got.base == str(demo_model_path) and got.adapter is None and got.load_in_4bit
+    (d / "adapter").mkdir()
+    (d / "adapter" / "adapter_config.json").write_text("{}")
+    assert runs.run_model_paths(d).adapter == str(d / "adapter")
+
+
+def test_run_names_are_folder_safe():
+    from core.settings import ConfigError
+
+    for bad in ("", "..", "a/b", ".hidden"):
+        with pytest.raises(ConfigError):
+            runs.check_run_name(bad)
+    assert runs.new_run_name("/models/Qwen3-8B/", "qlora").startswith("Qwen3-8B-qlora-")
+
+
+def test_stop_now_kills_the_worker_and_records_it(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        d = make_run(tmp_path, "k", {"state": "running", "pid": proc.pid, "step": 3})
+        (d / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+        (d / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+        st = runs.kill_run(d)
+        assert proc.wait(timeout=10) == -9
+        assert st["state"] == "stopped" and st["killed"] and st["resumable"]
+        assert "checkpoint-2" in st["advice"]
+        assert runs.read_status(d)["state"] == "stopped"
+        with pytest.raises(runs.RunError):
+            runs.kill_run(d)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
