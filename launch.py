@@ -57,7 +57,9 @@ def serve(server, host: str, port: int, share: bool, lang: str, demo: bool) -> i
     config = uvicorn.Config(server, host=host, port=port, log_level="warning")
     runner = uvicorn.Server(config)
     if not share:
-        print(f"QwenTune on http://{url_host}:{port}/{lang}/ ({mode}; also /en/ and /zh/)", flush=True)
+        other = "zh" if lang == "en" else "en"
+        print(f"QwenTune on http://{url_host}:{port}/{lang}/ ({mode}; {other}: http://{url_host}:{port}/{other}/)",
+              flush=True)
         runner.run()  # a port in use ends here with uvicorn's message and exit status 1
         return 0
     return _serve_shared(runner, host, port, lang, mode)

@@ -75,12 +75,15 @@ def main(argv=None) -> int:
     p.add_argument("--record", action="store_true", help="Append the result to bench/results/startup.jsonl.")
     args = p.parse_args(argv)
     one_start(args.lang)  # warm the OS file cache: the first start after a reboot is not the usual one
+    load_before = os.getloadavg()[0]
     times = [one_start(args.lang) for _ in range(args.runs)]
     result = {
         "bench": "startup", "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": [round(t, 2) for t in times], "median_s": round(statistics.median(times), 2),
         "max_s": round(max(times), 2), "target_s": TARGET_S, "cpus": os.cpu_count(), "cpu": cpu_name(),
         "python": platform.python_version(), "lang": args.lang,
+        # Other work on the machine slows start-up; the 1-minute load average says how busy it was.
+        "load_avg_1m": round(load_before, 2),
     }
     print(json.dumps(result))
     if args.record:

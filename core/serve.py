@@ -54,25 +54,3 @@ def gpu_present() -> bool:
     finally:
         pynvml.nvmlShutdown()
 
-
-def nvml_gpu_names() -> list[str]:
-    """Names and memory of the NVIDIA GPUs, straight from NVML; empty when NVML is unusable."""
-    try:
-        import pynvml
-    except ImportError:
-        return []
-    try:
-        pynvml.nvmlInit()
-    except Exception:  # no driver or no library: no GPU to name
-        return []
-    try:
-        names = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(handle)
-            name = name.decode() if isinstance(name, bytes) else name
-            total = pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**30
-            names.append(f"{name} ({total:.0f} GiB)")
-        return names
-    finally:
-        pynvml.nvmlShutdown()

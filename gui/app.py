@@ -79,6 +79,8 @@ class AppContext:
     after_build: list = field(default_factory=list)  # callables run once every tab is built
     server: dict = field(default_factory=dict)  # shared by every language's page (see above)
     blocks: Any = None  # this page's gr.Blocks, e.g. for ``ctx.blocks.load(fn, ...)`` on page load
+    # Every tab is built now (a missing one is an import error); kept empty for older tests.
+    missing_tabs: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self.t = Strings(self.lang)
@@ -140,25 +142,10 @@ def build_app(runs_dir: str | Path = "runs", demo: bool = True, lang: str = "en"
 
 
 def detect_gpu_names() -> list[str]:
-    """GPU names for the mode banner; empty when there is none or NVML cannot tell."""
-    try:
-        from core.hardware import detect
-    except ImportError:  # the hardware module is not there: fall back to NVML directly
-        detect = None
-    if detect is not None and hasattr(detect, "detect"):
-        info = detect.detect()
-        gpus = getattr(info, "gpus", None)
-        if gpus is None and isinstance(info, dict):
-            gpus = info.get("gpus", [])
-        names = []
-        for gpu in gpus or []:
-            name = getattr(gpu, "name", None) or (gpu.get("name") if isinstance(gpu, dict) else None)
-            total = getattr(gpu, "total_gib", None) or (gpu.get("total_gib") if isinstance(gpu, dict) else None)
-            names.append(f"{name} ({total:.0f} GiB)" if name and total else str(name))
-        return names
-    from core.serve import nvml_gpu_names
+    """GPU names and memory for the mode banner; empty when NVML finds none (detect never raises)."""
+    from core.hardware.detect import detect
 
-    return nvml_gpu_names()
+    return [f"{gpu.name} ({gpu.total_gib:.0f} GiB)" for gpu in detect().gpus]
 
 
 def build_server(runs_dir: str | Path = "runs", demo: bool = True, lang: str = "en",

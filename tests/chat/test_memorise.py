@@ -25,27 +25,12 @@ pytestmark = [
 ]
 
 
-def learnable_demo(demo_model_path, out):
-    """The demo model with its final norm scaled up. The demo's tied embeddings are tiny (std 0.02),
-    which caps its logits near +-1.3: LoRA on the linear layers alone cannot make it confident.
-    Scaling the final norm lifts that cap without touching anything LoRA trains."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(demo_model_path)
-    with torch.no_grad():
-        model.model.norm.weight.mul_(10.0)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(demo_model_path).save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def memorised_run(demo_model_path, tmp_path_factory):
     from tests.chat.fixtures import conv, make_mix
 
     tmp = tmp_path_factory.mktemp("memorise")
-    model = learnable_demo(demo_model_path, tmp / "model")
+    model = demo_model_path
     rows = [conv(q, a) for q, a in QA]
     mix = make_mix(tmp / "mix", rows, rows)
     cfg = tmp / "run.yaml"

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from core.config import load_run_config
 from gui.i18n import Strings
 from tests.e2e.conftest import ARTIFACTS
 
@@ -140,6 +141,16 @@ def test_app_flow(app_server, page):
     assert plot_points(page, "train-chart") > first
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
     shot(page, "03-train")
+
+    # ------------------------------------------------------------------ Save the Train settings as a preset
+    page.click("#presets > button")
+    fill(page, "preset-name", "e2e-preset")
+    page.click("#preset-save")
+    expect(page.locator("#preset-status")).to_contain_text("e2e-preset.yaml")
+    page.click("#presets > button")
+    saved = load_run_config(app_server.presets_dir / "e2e-preset.yaml")  # what `python -m core train` reads
+    assert saved.train.max_steps == 12 and saved.model.name_or_path == "demo"
+    assert saved.data.mix_dir.endswith(MIX_NAME) and saved.name == ""
 
     # ------------------------------------------------------------------ Chat: two answers
     open_tab(page, "chat")

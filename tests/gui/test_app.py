@@ -156,3 +156,17 @@ def test_no_code_hardwires_trust_remote_code():
             if "trust_remote_code=True" in text.replace(" ", ""):
                 offenders.append(str(path.relative_to(ROOT)))
     assert not offenders, offenders
+
+
+def test_gpu_names_come_from_nvml_and_no_gpu_gives_none(monkeypatch):
+    from core.hardware import detect as hw
+    from gui.app import detect_gpu_names
+
+    def fake(disk_path="."):
+        return hw.HardwareReport(gpus=[hw.GpuInfo(index=0, name="NVIDIA GeForce RTX 3060", total_gib=11.76,
+                                                  free_gib=11.0, used_gib=0.76)])
+
+    monkeypatch.setattr(hw, "detect", fake)
+    assert detect_gpu_names() == ["NVIDIA GeForce RTX 3060 (12 GiB)"]
+    monkeypatch.setattr(hw, "detect", lambda disk_path=".": hw.HardwareReport(message=hw.NO_GPU))
+    assert detect_gpu_names() == []

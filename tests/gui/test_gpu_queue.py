@@ -114,3 +114,15 @@ def test_every_reason_has_gui_strings_with_the_same_placeholders():
         want = sorted(set(re.findall(r"{(\w+)}", english)))
         for lang, text in entry.items():
             assert sorted(set(re.findall(r"{(\w+)}", text))) == want, (code, lang)
+
+
+def test_gui_gate_answers_in_the_pages_language(tmp_path):
+    from gui.app import AppContext
+    from gui.gpu_gate import gpu_gate
+
+    _run(tmp_path, "big-run", "running")
+    ctx = AppContext(runs_dir=tmp_path, demo=False, lang="zh")
+    ok, note = gpu_gate(ctx, "chat", model="qwen3-8b", method="qlora", hardware=_card(12, 2.5))
+    assert not ok and note.startswith("正在等待 GPU") and "big-run" in note
+    ok, note = gpu_gate(AppContext(runs_dir=tmp_path, demo=True), "chat", model="qwen3-8b")
+    assert ok and note == ""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,23 +15,9 @@ FACTS = [
 
 
 @pytest.fixture(scope="session")
-def learnable_model(tmp_path_factory, demo_model_path) -> Path:
-    """The demo model with its (tied) embeddings scaled x10.
-
-    The demo's random init (std 0.02, tied embeddings, hidden 64) caps every logit at about
-    |h| * |e| = 8 * 0.16 = 1.3 whatever the layers do, so no LoRA on the linear layers can bring the
-    loss far below ln(1024) = 6.9; larger embeddings lift that cap and memorisation becomes visible.
-    The base weights stay frozen exactly as in any run."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    out = tmp_path_factory.mktemp("models") / "demo-x10"
-    shutil.copytree(demo_model_path, out)
-    model = AutoModelForCausalLM.from_pretrained(out)
-    with torch.no_grad():
-        model.get_input_embeddings().weight.mul_(10.0)
-    model.save_pretrained(out)
-    return out
+def learnable_model(demo_model_path) -> Path:
+    """The demo model itself: its recipe (initializer_range 0.2) lets LoRA memorise, see core/demo.py."""
+    return demo_model_path
 
 
 def write_facts_mix(folder: Path, rows=FACTS, eval_rows=FACTS[:2]) -> Path:
