@@ -119,13 +119,16 @@ def inference_need_gib(model: str, *, method: str = "lora", context_len: int = 4
 
 def may_start_gpu_work(kind: str, *, runs_dir: str | Path, demo: bool = False, need_gib: float | None = None,
                        model: str | None = None, method: str = "lora", context_len: int = 4096,
-                       adapter_rank: int = 0, exclude_run: str | None = None, hardware=None) -> GpuDecision:
+                       adapter_rank: int = 0, resident_gib: float = 0.0, exclude_run: str | None = None,
+                       hardware=None) -> GpuDecision:
     """May GPU work of ``kind`` (chat, eval, train, export) start now, given the active training runs?
 
     Give ``need_gib`` (the work's VRAM, e.g. from the estimator), or ``model`` (+ method, context,
-    adapter rank) to have the inference estimate computed here. ``hardware`` is a
-    core.hardware.detect report (read fresh when omitted); ``exclude_run`` leaves out the run the
-    work belongs to (e.g. a run about to be resumed)."""
+    adapter rank) to have the inference estimate computed here. ``resident_gib`` is what the work
+    already holds on the card (e.g. ``torch.cuda.memory_allocated()`` of a loaded chat model before
+    the next generation): it counts toward "both fit" but is not needed again from the free memory.
+    ``hardware`` is a core.hardware.detect report (read fresh when omitted); ``exclude_run`` leaves
+    out the run the work belongs to (e.g. a run about to be resumed)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
     if demo:
@@ -144,8 +147,9 @@ def may_start_gpu_work(kind: str, *, runs_dir: str | Path, demo: bool = False, n
     base = {"gpu": gpu.name, "total_gib": _gib(gpu.total_gib), "free_gib": _gib(gpu.free_gib),
             "need_gib": _gib(need_gib)}
     runs = active_runs(runs_dir, exclude=exclude_run)
+    to_allocate = None if need_gib is None else max(0.0, need_gib - resident_gib)
     if not runs:
-        if need_gib is not None and need_gib > gpu.free_gib:
+        if to_allocate is not None and to_allocate > gpu.free_gib:
             # Told, not refused: nothing else of ours is on the card, so waiting would not help.
             return GpuDecision(True, "too_big", base, gpu_index=gpu.index)
         return GpuDecision(True, "idle", base, gpu_index=gpu.index)
@@ -162,5 +166,5 @@ def may_start_gpu_work(kind: str, *, runs_dir: str | Path, demo: bool = False, n
         return GpuDecision(False, "busy_unknown", dict(values, detail=detail), run=names, gpu_index=gpu.index)
     train_gib = sum(peaks)
     values["train_gib"] = _gib(train_gib)
-    both_fit = need_gib + train_gib <= gpu.total_gib * USABLE_FRACTION and need_gib <= gpu.free_gib
+    both_fit = need_gib + train_gib <= gpu.total_gib * USABLE_FRACTION and to_allocate <= gpu.free_gib
     return GpuDecision(both_fit, "fits" if both_fit else "busy", values, run=names, gpu_index=gpu.index)

@@ -5,6 +5,9 @@
     if not ok:
         return note            # e.g. "Waiting for the GPU: training run ... is using it ..."
     # load / generate; show ``note`` too when it is not empty (e.g. "both fit")
+
+Before each generation of an already loaded model, pass what it holds, so its weights are not asked
+for twice: ``gpu_gate(ctx, "chat", model=..., resident_gib=torch.cuda.memory_allocated() / 2**30)``.
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ import shutil
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -46,8 +45,6 @@ __all__ = ["build_mix", "MixResult", "SourceReport", "SourceCache", "plan_counts
 Progress = Callable[[float, str], None]
 EXAMPLES_PER_REASON = 5
 CHUNK = 2000
-BPE_CACHE_WORDS = 1_000_000
-BPE_CACHE_DEFAULT = 10_000  # tokenizers' own default
 MANIFEST_VERSION = 1
 
 
@@ -383,33 +380,15 @@ def build_mix(cfg: MixConfig, tokenizer, out_dir: str | Path | None = None, prog
     if tokenizer is None or isinstance(tokenizer, str):
         tokenizer = load_tokenizer(tokenizer)
     # A mix holds millions of small, acyclic objects (rows, messages, texts); the cyclic collector
-    # would rescan them over and over (3x the build time at 100k rows). Reference counting frees
-    # them all the same, so collection pauses for the build.
+    # would rescan them over and over (at 100k rows: 197 s with it, 66 s without, in our runs).
+    # Reference counting frees them all the same, so collection pauses for the build.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        with bpe_cache(tokenizer):
-            return _build(cfg, tokenizer, out_dir, progress, cache, loaders, overwrite)
+        return _build(cfg, tokenizer, out_dir, progress, cache, loaders, overwrite)
     finally:
         if was_enabled:
             gc.enable()
-
-
-@contextmanager
-def bpe_cache(tokenizer, capacity: int = BPE_CACHE_WORDS):
-    """Give a BPE tokenizer a larger word cache while it measures a whole dataset. The cache only
-    memoises word -> tokens, so results are identical; the default 10,000 words fill up early on
-    real vocabularies, and 1M words makes tokenizing about 1.5x faster."""
-    model = getattr(getattr(tokenizer, "_tokenizer", None), "model", None)
-    resize = getattr(model, "_resize_cache", None)
-    if resize is None:
-        yield
-        return
-    resize(capacity)
-    try:
-        yield
-    finally:
-        resize(BPE_CACHE_DEFAULT)  # also frees the memory it held
 
 
 def _build(cfg: MixConfig, tokenizer, out_dir, progress, cache, loaders, overwrite) -> MixResult:

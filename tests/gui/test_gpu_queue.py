@@ -126,3 +126,13 @@ def test_gui_gate_answers_in_the_pages_language(tmp_path):
     assert not ok and note.startswith("正在等待 GPU") and "big-run" in note
     ok, note = gpu_gate(AppContext(runs_dir=tmp_path, demo=True), "chat", model="qwen3-8b")
     assert ok and note == ""
+
+
+def test_memory_the_work_already_holds_is_not_asked_for_again(tmp_path):
+    _run(tmp_path, "small-run", "running", model="qwen3-0.6b")
+    # A loaded 8B chat model (about 6 GiB resident) on an 80 GB card with 4 GiB free: the next
+    # generation needs only its KV cache on top, so it may go on.
+    card = _card(80, 4, "H100")
+    assert not may_start_gpu_work("chat", runs_dir=tmp_path, hardware=card, need_gib=9.0).allowed
+    d = may_start_gpu_work("chat", runs_dir=tmp_path, hardware=card, need_gib=9.0, resident_gib=6.0)
+    assert d.allowed and d.code == "fits"
