@@ -4,7 +4,7 @@ Training runs in its own process and holds the GPU for hours; chat and evaluatio
 server. Both on one card is fine when they fit, and an out-of-memory crash of the *training* when
 they do not. The rule (:func:`may_start_gpu_work`):
 
-* demo mode or no NVIDIA GPU: always allowed (CPU work does not compete for VRAM);
+* demo mode, work on the CPU or no NVIDIA GPU: always allowed (CPU work does not compete for VRAM);
 * no active training run (queued / running / stopping, per its run folder): allowed;
 * an active run: allowed only when the estimator says both fit - the work's estimate plus the
   run's peak (the larger of its estimate and its measured peak) within 95% of the card's memory -
@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 KINDS = ("chat", "eval", "train", "export")
+# The CLI's exit status when it refuses to start because a training run holds the GPU: sysexits'
+# EX_TEMPFAIL ("try again later"), apart from 2 (a bad setting).
+EXIT_GPU_BUSY = 75
 # Headroom kept on the card for fragmentation and the CUDA contexts of two processes.
 USABLE_FRACTION = 0.95
 
@@ -120,7 +123,7 @@ def inference_need_gib(model: str, *, method: str = "lora", context_len: int = 4
 def may_start_gpu_work(kind: str, *, runs_dir: str | Path, demo: bool = False, need_gib: float | None = None,
                        model: str | None = None, method: str = "lora", context_len: int = 4096,
                        adapter_rank: int = 0, resident_gib: float = 0.0, exclude_run: str | None = None,
-                       hardware=None) -> GpuDecision:
+                       device: str = "auto", hardware=None) -> GpuDecision:
     """May GPU work of ``kind`` (chat, eval, train, export) start now, given the active training runs?
 
     Give ``need_gib`` (the work's VRAM, e.g. from the estimator), or ``model`` (+ method, context,
@@ -128,10 +131,11 @@ def may_start_gpu_work(kind: str, *, runs_dir: str | Path, demo: bool = False, n
     already holds on the card (e.g. ``torch.cuda.memory_allocated()`` of a loaded chat model before
     the next generation): it counts toward "both fit" but is not needed again from the free memory.
     ``hardware`` is a core.hardware.detect report (read fresh when omitted); ``exclude_run`` leaves
-    out the run the work belongs to (e.g. a run about to be resumed)."""
+    out the run the work belongs to (e.g. a run about to be resumed). ``device="cpu"``: the work
+    runs on the CPU (e.g. ``--device cpu``), so it is always allowed."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
-    if demo:
+    if demo or device == "cpu":
         return GpuDecision(True, "cpu")
     if hardware is None:
         from core.hardware.detect import detect

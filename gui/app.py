@@ -79,8 +79,6 @@ class AppContext:
     after_build: list = field(default_factory=list)  # callables run once every tab is built
     server: dict = field(default_factory=dict)  # shared by every language's page (see above)
     blocks: Any = None  # this page's gr.Blocks, e.g. for ``ctx.blocks.load(fn, ...)`` on page load
-    # Every tab is built now (a missing one is an import error); kept empty for older tests.
-    missing_tabs: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self.t = Strings(self.lang)

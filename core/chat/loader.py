@@ -337,6 +337,53 @@ def second_model_need_gib(folder: str, *, device: str, dtype, load_in_4bit: bool
     return stored * torch.tensor([], dtype=dtype).element_size() / stored_bytes
 
 
+# ------------------------------------------------------------------------------- the GPU queue
+def _adapter_rank(adapter: str | None) -> int:
+    if not adapter:
+        return 0
+    r = _read_json(Path(adapter) / ADAPTER_CONFIG).get("r")
+    return r if isinstance(r, int) and not isinstance(r, bool) and r > 0 else 0
+
+
+def _estimate_source(name: str, *, four_bit: bool) -> str:
+    """What the estimator can read for ``name``: its local folder when it is on disk already (a hub
+    id outside the catalog is only known from its config.json), else the name itself."""
+    if not name or Path(name).expanduser().is_dir():
+        return name
+    try:
+        from core.models import local_path_for
+
+        return local_path_for(name, method="qlora" if four_bit else "lora",
+                              quant="auto" if four_bit else "none") or name
+    except (ImportError, ConfigError):
+        return name  # an unknown name: the estimate says "unknown" and the queue tells why
+
+
+def gpu_work_args(spec: LoadSpec, cfg: ChatConfig) -> dict:
+    """What core.gpu_queue.may_start_gpu_work needs to judge loading ``spec`` (no loading, no
+    network): the base model, 4-bit or 16-bit (as :func:`load_engine` decides), the adapter's rank
+    and the device asked for."""
+    four_bit = cfg.quant == "4bit" or (cfg.quant == "auto" and spec.method == "qlora")
+    return {"model": spec.base_path or _estimate_source(spec.base, four_bit=four_bit),
+            "method": "qlora" if four_bit else "lora", "adapter_rank": _adapter_rank(spec.adapter),
+            "device": "cpu" if cfg.device == "cpu" else "auto"}
+
+
+def engine_gpu_args(engine) -> dict:
+    """:func:`gpu_work_args` for an engine already loaded (before its next generation)."""
+    info = engine.info
+    return {"model": info.get("base_path") or info.get("base") or "",
+            "method": "qlora" if info.get("four_bit") else "lora", "adapter_rank": _adapter_rank(info.get("adapter")),
+            "device": "cpu" if info.get("device") == "cpu" else "auto"}
+
+
+def resident_gib() -> float:
+    """GiB this process holds on the GPU now (a loaded chat model): counted once by the GPU queue."""
+    import torch
+
+    return torch.cuda.memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+
+
 def load_engine(spec: LoadSpec | str, cfg: ChatConfig | None = None, *, runs_dir: str | Path | None = None,
                 gpu_check: bool = True):
     """Load ``spec`` (or a target string) into a ChatEngine: one base model + the adapter, or a base

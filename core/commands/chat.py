@@ -17,6 +17,9 @@ def add_arguments(p) -> None:
     p.add_argument("--runs-dir", default="runs", help="Folder of run folders (to find --run by name).")
     p.add_argument("--json", action="store_true",
                    help='Print {"base": {"reasoning", "answer"}, "tuned": {"reasoning", "answer"}} only.')
+    p.add_argument("--force", action="store_true",
+                   help="Start even while a training run holds the GPU and the estimator says both may not fit "
+                        "(the training may then crash out of memory).")
     # --thinking on|off, --temperature, --top-p, --top-k, --min-p, --greedy, --max-new-tokens, --seed ...
     add_cli_flags(p, SamplingConfig)
     add_cli_flags(p, ChatConfig)
@@ -33,6 +36,27 @@ def _configs(args):
     return sampling, chat
 
 
+def gpu_check(kind: str, target: str, chat_cfg, runs_dir: str, force: bool) -> int | None:
+    """The GPU queue for a command that loads ``target``: None to go on, else the exit status
+    (the reason is printed). Shared by ``chat`` and ``eval``."""
+    import sys
+
+    from core.chat.loader import gpu_work_args, resolve_target
+    from core.gpu_queue import EXIT_GPU_BUSY, may_start_gpu_work
+
+    if force:
+        return None
+    spec = resolve_target(target, chat_cfg, runs_dir=runs_dir)
+    decision = may_start_gpu_work(kind, runs_dir=runs_dir, **gpu_work_args(spec, chat_cfg))
+    if not decision.allowed:
+        print(f"error: {decision.message()}\n(--force starts anyway, at the risk of the training running out "
+              "of GPU memory)", file=sys.stderr)
+        return EXIT_GPU_BUSY
+    if decision.code in ("fits", "too_big"):
+        print(f"note: {decision.message()}", file=sys.stderr)
+    return None
+
+
 def run(args) -> int:
     import sys
 
@@ -46,7 +70,11 @@ def run(args) -> int:
         print("error: --prompt is empty", file=sys.stderr)
         return 2
     sampling = resolve(sampling_cfg)
-    engine = load_engine(args.run, chat_cfg, runs_dir=args.runs_dir)
+    refused = gpu_check("chat", args.run, chat_cfg, args.runs_dir, args.force)
+    if refused is not None:
+        return refused
+    # Checked just above (or --force): the loader's own check would only repeat it.
+    engine = load_engine(args.run, chat_cfg, runs_dir=args.runs_dir, gpu_check=False)
     messages = [{"role": "user", "content": prompt}]
     for note in engine.info.get("notes", []):
         print(f"note: {note}", file=sys.stderr)

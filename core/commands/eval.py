@@ -17,6 +17,9 @@ def add_arguments(p) -> None:
     p.add_argument("--mix", default=None, metavar="DIR", help="Evaluate on this saved mix instead of the run's.")
     p.add_argument("--runs-dir", default="runs", help="Folder of run folders (for the GPU check).")
     p.add_argument("--no-save", action="store_true", help="Do not write eval.json.")
+    p.add_argument("--force", action="store_true",
+                   help="Start even while a training run holds the GPU and the estimator says both may not fit "
+                        "(the training may then crash out of memory).")
     p.add_argument("--serving", action="store_true",
                    help="Only print how to serve the run (vllm serve command + OpenAI client snippet).")
     add_cli_flags(p, EvalConfig)
@@ -86,9 +89,13 @@ def run(args) -> int:
         print("# then, from Python:\n" + items[0]["snippet"])
         return 0
 
+    from core.commands.chat import gpu_check
     from core.eval.evaluate import evaluate
 
     eval_cfg, chat_cfg = _configs(args)
+    refused = gpu_check("eval", args.run, chat_cfg, args.runs_dir, args.force)
+    if refused is not None:
+        return refused
     last = {"stage": None}
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -97,7 +104,7 @@ def run(args) -> int:
             last["stage"] = stage
 
     result = evaluate(args.run, eval_cfg, chat_cfg, limit=args.limit, mix_dir=args.mix, progress=progress,
-                      save=not args.no_save, runs_dir=args.runs_dir)
+                      save=not args.no_save, runs_dir=args.runs_dir, gpu_check=False)
     if args.json:
         print_json(result)
     else:

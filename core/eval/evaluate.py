@@ -265,8 +265,12 @@ def result_path(target: str | Path) -> Path:
 
 def evaluate(target: str | Path, cfg: EvalConfig | None = None, chat_cfg: ChatConfig | None = None, *,
              limit: int | None = None, mix_dir: str | Path | None = None, engine=None,
-             progress: Progress = _noop, save: bool = True, runs_dir: str | Path | None = None) -> dict:
-    """Evaluate a run (or a checkpoint of one): base vs fine-tuned. Returns (and saves) the results."""
+             progress: Progress = _noop, save: bool = True, runs_dir: str | Path | None = None,
+             gpu_check: bool = True) -> dict:
+    """Evaluate a run (or a checkpoint of one): base vs fine-tuned. Returns (and saves) the results.
+
+    ``gpu_check``: the loader asks the GPU queue (core.gpu_queue) before loading; False when the
+    caller has asked already (or the user forced the start)."""
     from core.config import load_run_config
 
     cfg = cfg or EvalConfig()
@@ -287,7 +291,7 @@ def evaluate(target: str | Path, cfg: EvalConfig | None = None, chat_cfg: ChatCo
     if engine is None:
         from core.chat.loader import load_engine
 
-        engine = load_engine(str(target), chat_cfg, runs_dir=runs_dir)
+        engine = load_engine(str(target), chat_cfg, runs_dir=runs_dir, gpu_check=gpu_check)
     progress("load", 1, 1)
     result: dict = {
         "created": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.settings import ConfigError
+from core.train.notices import Notice
 
 GC_MODES = {"unsloth": "unsloth", "on": True, "off": False}
 
@@ -54,8 +55,7 @@ def choose_backend(requested: str) -> tuple[str, list[str]]:
         return "peft", []
     if cuda and unsloth:
         return "unsloth", []
-    why = "no CUDA GPU" if not cuda else "unsloth is not installed (pip install -r requirements-gpu.txt)"
-    return "peft", [f"backend: transformers + PEFT ({why})"]
+    return "peft", [Notice("backend_peft_no_cuda" if not cuda else "backend_peft_no_unsloth")]
 
 
 def activate(backend: str) -> list[str]:
@@ -70,7 +70,7 @@ def activate(backend: str) -> list[str]:
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     import unsloth  # noqa: F401  (must come first)
 
-    return [f"backend: Unsloth {getattr(unsloth, '__version__', '')}".rstrip()]
+    return [Notice("backend_unsloth", version=getattr(unsloth, "__version__", ""))]
 
 
 # ----------------------------------------------------------------------------------- the model
@@ -171,8 +171,7 @@ def _load_unsloth(cfg, path: Path) -> Loaded:
         use_exact_model_name=True,  # a local folder stays itself, never swapped for a hub repo
     )
     if method == "qlora":
-        notices.append("QLoRA: " + ("pre-quantized 4-bit checkpoint" if prequant else
-                                    "16-bit weights quantized to nf4 on load"))
+        notices.append(Notice("qlora_prequantized" if prequant else "qlora_nf4_on_load"))
     model = FastLanguageModel.get_peft_model(
         model,
         r=cfg.lora.r,
@@ -205,7 +204,7 @@ def _load_peft(cfg, path: Path) -> Loaded:
         raise ConfigError(f"{path} is a 4-bit checkpoint; LoRA 16-bit needs the 16-bit model. Use method "
                           "qlora, or the original model", "model.method")
     if method == "qlora" and not cuda:
-        notices.append("QLoRA needs a CUDA GPU (bitsandbytes 4-bit); training 16-bit LoRA on the CPU instead")
+        notices.append(Notice("qlora_cpu_fallback"))
         method = "lora"
     if method == "qlora" and not has_package("bitsandbytes"):
         raise ConfigError("QLoRA needs the bitsandbytes package: pip install bitsandbytes", "model.method")
@@ -221,16 +220,16 @@ def _load_peft(cfg, path: Path) -> Loaded:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch_dtype)
-        notices.append("QLoRA: 16-bit weights quantized to nf4 on load (bitsandbytes)")
+        notices.append(Notice("qlora_nf4_bnb"))
     elif method == "qlora":
-        notices.append("QLoRA: pre-quantized 4-bit checkpoint")
+        notices.append(Notice("qlora_prequantized"))
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=cfg.model.trust_remote_code)
     _check_tokenizer(tokenizer, path)
     model.config.use_cache = False
     gc = cfg.train.gradient_checkpointing
     if gc == "unsloth":
-        notices.append("gradient checkpointing: offloading is Unsloth's; using standard recompute")
+        notices.append(Notice("gc_standard_recompute"))
     if gc != "off":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

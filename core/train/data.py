@@ -129,9 +129,11 @@ def choose_packing(requested: str, lengths: list[int], micro_batch: int, max_seq
     Measured on an H200 with a Qwen3-8B shape (bench/train_speed.py): on short chat + long reasoning
     rows, packing trained 1.85x the real tokens/s of padded batches; on rows that all fill the
     sequence, padded batches (the bare Unsloth loop) ran fastest, as there is nothing to remove."""
+    from core.train.notices import Notice
+
     if requested != "auto":
-        return requested, f"train.packing = {requested}"
+        return requested, Notice("packing_fixed", mode=requested)
     fill = padded_fill(lengths, micro_batch, max_seq_len)
     if fill >= FULL_FILL:
-        return "off", f"auto: rows fill {fill:.0%} of each micro-batch, padded batches (nothing to pack)"
-    return "packing", f"auto: rows fill only {fill:.0%} of a micro-batch, packing them into full sequences"
+        return "off", Notice("packing_off_full", fill=f"{fill:.0%}")
+    return "packing", Notice("packing_on_sparse", fill=f"{fill:.0%}")

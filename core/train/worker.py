@@ -21,6 +21,7 @@ from pathlib import Path
 
 from core.settings import ConfigError, dump_yaml
 from core.train import runs
+from core.train.notices import Notice, codes_of
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_OOM, EXIT_STOPPED = 0, 1, 2, 3, 0
 
@@ -114,7 +115,8 @@ class GpuLock:
                 if not waiting:
                     holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip()
                     log(f"waiting for the running training to finish ({holder or 'another run'})")
-                    runs.write_status(run_dir, state="queued", phase=f"waiting for {holder or 'another run'}")
+                    runs.write_status(run_dir, state="queued", phase=f"waiting for {holder or 'another run'}",
+                                      waiting_for=holder or None)
                     waiting = True
                 if (run_dir / runs.STOP_FLAG).exists():
                     return False
@@ -309,7 +311,7 @@ def _run(cfg, run_dir: Path, resume: bool) -> int:
     log(f"run {cfg.name} in {run_dir} (pid {os.getpid()}{', resuming' if resume else ''})")
     runs.write_status(run_dir, state="running", phase="starting", pid=os.getpid(), started=runs.now_iso(),
                       finished=None, error=None, advice=None, killed=False, lost=False, resumable=False,
-                      model=cfg.model.name_or_path, method=cfg.model.method, run=cfg.name,
+                      model=cfg.model.name_or_path, method=cfg.model.method, run=cfg.name, waiting_for=None,
                       **({} if resume else {"step": 0, "total_steps": 0}))
     stop_signals = {"count": 0}
 
@@ -358,7 +360,8 @@ def _run(cfg, run_dir: Path, resume: bool) -> int:
         _check_rows(cfg, train_tok, "train")
         log(f"data: {train_tok.summary()}" + (f"; eval: {eval_tok.summary()}" if eval_tok else ""))
         runs.write_status(run_dir, backend=backend, method=loaded.method, dtype=loaded.dtype,
-                          device=loaded.device, notices=notices, mix_dir=str(mix_dir),
+                          device=loaded.device, notices=notices, notice_codes=codes_of(notices),
+                          mix_dir=str(mix_dir),
                           data=train_tok.summary(), eval_data=eval_tok.summary() if eval_tok else None,
                           **params)
         if (run_dir / runs.STOP_FLAG).exists():
@@ -418,7 +421,7 @@ def _activate_backend(requested: str) -> tuple[str, list[str]]:
         if requested == "unsloth":
             raise ConfigError(f"unsloth failed to import: {type(exc).__name__}: {exc}", "model.backend") from exc
         traceback.print_exc()
-        notices.append(f"Unsloth failed to import ({type(exc).__name__}: {exc}); using transformers + PEFT")
+        notices.append(Notice("unsloth_failed", error=f"{type(exc).__name__}: {exc}"))
         backend = "peft"
     return backend, notices
 
@@ -465,7 +468,7 @@ def _train(cfg, run_dir: Path, loaded, train_tok, eval_tok, resume: bool) -> int
     packing, why = choose_packing(cfg.train.packing, [len(x) for x in train_tok.input_ids], cfg.train.micro_batch,
                                   cfg.train.max_seq_len)
     log("batching: " + why)
-    runs.write_status(run_dir, packing=packing, packing_reason=why)
+    runs.write_status(run_dir, packing=packing, packing_reason=why, packing_code=codes_of([why])[0])
     trainer = build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, [progress], packing)
     from transformers.trainer_callback import PrinterCallback
 

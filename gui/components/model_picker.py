@@ -12,12 +12,14 @@ Use (e.g. in the Train tab)::
     picker["local_path"]    # gr.State: the local folder of the choice, "" while not on disk
     picker["is_downloaded"](name_or_path, hub, method, quant) -> bool   (no network)
 
-The dict is also kept in ``ctx.shared["model_picker"]``.
+The dict is also kept in ``ctx.shared["model_picker"]``. Running downloads are kept once per server
+process in ``ctx.server["model_picker.jobs"]``, so a download started on /en/ is found again on /zh/.
 """
 
 from __future__ import annotations
 
 import html
+import threading
 import time
 
 POLL_SECONDS = 0.5
@@ -27,6 +29,7 @@ ERROR_HEADLINES = {"HubUnreachable": "models.error_unreachable", "NotEnoughDisk"
                    "MissingPackage": "models.error_package"}
 SHARED_KEY = "model_picker"
 JOBS_KEY = "model_picker.jobs"
+JOBS_LOCK_KEY = "model_picker.jobs_lock"
 
 
 def _fields() -> dict:
@@ -157,6 +160,13 @@ def progress_html(ctx, p) -> str:
             f'border-radius:5px"></div></div><small>{detail_html}</small></div>')
 
 
+def default_method(ctx, fields: dict | None = None) -> str:
+    """LoRA in demo mode (the CPU: QLoRA's 4-bit weights need CUDA), else the setting's default (qlora)."""
+    if ctx.demo:
+        return "lora"
+    return (fields or _fields())["method"].default
+
+
 def _default_choice(ctx, fields: dict) -> str:
     if ctx.demo:
         return "demo"
@@ -177,7 +187,9 @@ def build(ctx, method=None) -> dict:
 
     t = ctx.t
     fields = _fields()
-    jobs = ctx.shared.setdefault(JOBS_KEY, {})
+    jobs = ctx.server.setdefault(JOBS_KEY, {})
+    # The pages of both languages may click Download at once: one download per repo.
+    jobs_lock = ctx.server.setdefault(JOBS_LOCK_KEY, threading.Lock())
     default = _default_choice(ctx, fields)
     with gr.Group(elem_id="model-picker"):
         with gr.Row(equal_height=True):
@@ -193,7 +205,7 @@ def build(ctx, method=None) -> dict:
             own_method = method is None
             if own_method:
                 method = gr.Radio([(t(f"models.method_{m}"), m) for m in fields["method"].choices],
-                                  value=fields["method"].default, label=t("models.method"),
+                                  value=default_method(ctx, fields), label=t("models.method"),
                                   info=_help(ctx, "method", fields), scale=1, elem_id="model-method")
         status = gr.Markdown(elem_id="model-status")
         progress = gr.HTML(elem_id="model-download-progress")
@@ -206,7 +218,14 @@ def build(ctx, method=None) -> dict:
     selection = [choice, hub, method, quant]
 
     def on_change(name, hub_v, method_v, quant_v):
-        return describe(ctx, name or "", hub_v, method_v, quant_v)
+        text, path = describe(ctx, name or "", hub_v, method_v, quant_v)
+        try:
+            job = jobs.get(job_key(name, hub_v, method_v, quant_v)[1])
+        except ModelError:
+            job = None
+        if job is not None and job.running:  # e.g. started on the other language's page
+            text += "<br>⬇ " + t("models.download_running")
+        return text, path
 
     def on_refresh(name, hub_v, method_v, quant_v):
         text, path = describe(ctx, name or "", hub_v, method_v, quant_v)
@@ -226,10 +245,11 @@ def build(ctx, method=None) -> dict:
             text, path = describe(ctx, name, hub_v, method_v, quant_v)
             yield gr.skip(), t("models.nothing_to_download") + "<br>" + text, "", path
             return
-        job = jobs.get(key)
-        if job is None or not job.running:
-            job = DownloadJob(name, hub=hub_v, method=method_v, quant=quant_v).start()
-            jobs[key] = job
+        with jobs_lock:
+            job = jobs.get(key)
+            if job is None or not job.running:
+                job = DownloadJob(name, hub=hub_v, method=method_v, quant=quant_v).start()
+                jobs[key] = job
         report = DownloadProgress(repo_id=ref.repo_id, hub=hub_v)
         while True:
             report = job.progress

@@ -3,8 +3,11 @@
 Both panes stream, alternating piece by piece (they share one model in memory, core.chat.engine).
 The conversation, the chosen run and the sampling settings live in the browser (gr.BrowserState),
 so a page reload shows them again; the loaded model lives server-side in the ModelCache kept in
-``ctx.shared["chat.models"]`` (shared with the Evaluate tab), keyed by what was loaded. Nothing is
-loaded at start-up: only the Load button loads a model.
+``ctx.server["chat.models"]`` (one per server: shared with the Evaluate tab and with every language's
+page), keyed by what was loaded. Nothing is loaded at start-up: only the Load button loads a model.
+
+GPU queue (core.gpu_queue): while a training run holds the GPU, Load and Send go ahead only when the
+estimator says both fit; otherwise the status line says why (gui.gpu_gate) and nothing starts.
 """
 
 from __future__ import annotations
@@ -40,13 +43,14 @@ def build(ctx) -> None:
     import gradio as gr
 
     from core.chat import session
-    from core.chat.loader import ModelCache, list_targets, resolve_target
+    from core.chat.loader import ModelCache, engine_gpu_args, gpu_work_args, list_targets, resident_gib, resolve_target
     from core.chat.sampling import preset, resolve
     from core.config import ChatConfig, SamplingConfig
     from core.settings import ConfigError, field_info, from_dict
+    from gui.gpu_gate import gpu_gate
 
     t = ctx.t
-    models = ctx.shared.setdefault("chat.models", ModelCache())
+    models = ctx.server.setdefault("chat.models", ModelCache())
     fi = {f.name: f for f in field_info(SamplingConfig)}
     ci = {f.name: f for f in field_info(ChatConfig)}
 
@@ -180,8 +184,16 @@ def build(ctx) -> None:
             return
         yield t("chat.loading", target=target), gr.skip(), gr.skip(), gr.skip()
         cfg = chat_cfg(base)
+        note = ""
         try:
             spec = resolve_target(target, cfg, runs_dir=ctx.runs_dir)
+            if models.get(ModelCache.key(spec, cfg)) is None:  # already loaded: nothing new on the GPU
+                # The model loaded now is dropped before the new one loads: its memory counts once.
+                held = resident_gib() if models.current is not None and not ctx.demo else 0.0
+                ok, note = gpu_gate(ctx, "chat", **gpu_work_args(spec, cfg), resident_gib=held)
+                if not ok:
+                    yield "⏳ " + note, gr.skip(), gr.skip(), gr.skip()
+                    return
             engine = models.load(spec, cfg, runs_dir=ctx.runs_dir)
         except ConfigError as exc:
             yield t("chat.load_failed", error=str(exc)), gr.skip(), gr.skip(), gr.skip()
@@ -193,7 +205,7 @@ def build(ctx) -> None:
             state["turns"] = []  # a different model: the old conversation does not belong to it
         state["target"], state["base_model"] = target, (base or "").strip()
         turns = state["turns"]
-        yield (_fmt_status(t, engine), state, render(turns, "base"),
+        yield (_fmt_status(t, engine) + (f"  \nℹ️ {note}" if note else ""), state, render(turns, "base"),
                render(turns, "tuned", has_pane="tuned" in engine.panes))
 
     def sampling_from(values) -> SamplingConfig:
@@ -220,6 +232,12 @@ def build(ctx) -> None:
             key = "chat.not_loaded_reload" if state.get("target") else "chat.pick_and_load"
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), t(key)
             return
+        # Asked before every generation: a training run may have started since the model was loaded.
+        ok, note = gpu_gate(ctx, "chat", **engine_gpu_args(engine),
+                            resident_gib=0.0 if ctx.demo else resident_gib())
+        if not ok:
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), "⏳ " + note
+            return
         state["settings"], state["system"] = dataclasses.asdict(cfg), system_prompt or ""
         turns = state["turns"]
         has_tuned = "tuned" in engine.panes
@@ -232,7 +250,7 @@ def build(ctx) -> None:
         gens = stream.generations
         yield (render(turns, "base", text, gens["base"]),
                render(turns, "tuned", text, gens.get("tuned"), has_pane=has_tuned), gr.skip(), "",
-               t("chat.generating"))
+               t("chat.generating") + (f"  \nℹ️ {note}" if note else ""))
         last = time.monotonic()
         try:
             for _pane, piece in stream:

@@ -3,7 +3,11 @@
 The evaluation runs in a background thread of the server (core.eval.jobs, sharing the chat's model
 cache); a timer polls its progress, so a page reload picks it up again. Exports run the trainer's
 `python -m core export` as a subprocess. Results are read from the run folder (eval.json), so they
-are there after a server restart too.
+are there after a server restart too. The model cache and the jobs live in ``ctx.server`` (one per
+server process), so an evaluation or export started on /en/ is seen on /zh/ too.
+
+GPU queue (core.gpu_queue): while a training run holds the GPU, an evaluation starts only when the
+estimator says both fit; otherwise the progress line says why and nothing starts.
 """
 
 from __future__ import annotations
@@ -22,18 +26,20 @@ def _fmt(value) -> str:
 def build(ctx) -> None:
     import gradio as gr
 
-    from core.chat.loader import ModelCache, list_targets
+    from core.chat.loader import ModelCache, gpu_work_args, list_targets, resident_gib, resolve_target
     from core.chat.session import browser_secret
     from core.config import EvalConfig
     from core.eval.evaluate import load_results, results_figure, results_table, run_dir_of
     from core.eval.jobs import EXPORT_FORMATS, EvalJobs, ExportJobs, export_available
     from core.eval.serving import client_snippet, serving_for_run
     from core.settings import ConfigError, field_info, from_dict
+    from gui.gpu_gate import gpu_gate
 
     t = ctx.t
-    models = ctx.shared.setdefault("chat.models", ModelCache())
-    jobs: EvalJobs = ctx.shared.setdefault("evaluate.jobs", EvalJobs(models))
-    exports: ExportJobs = ctx.shared.setdefault("evaluate.exports", ExportJobs())
+    # Once per server process (every language's page): one model in memory, one set of jobs.
+    models = ctx.server.setdefault("chat.models", ModelCache())
+    jobs: EvalJobs = ctx.server.setdefault("evaluate.jobs", EvalJobs(models))
+    exports: ExportJobs = ctx.server.setdefault("evaluate.exports", ExportJobs())
     fi = {f.name: f for f in field_info(EvalConfig)}
     defaults = EvalConfig()
     if ctx.demo:
@@ -266,13 +272,23 @@ def build(ctx) -> None:
 
         if not target:
             return t("evaluate.pick_first"), gr.skip()
+        chat_cfg = ChatConfig(device="cpu" if ctx.demo else "auto")
+        running = jobs.get(target)
+        if running is not None and running.running:  # already going: show it, start nothing new
+            return progress_text(running), gr.Timer(active=True)
         try:
             cfg = eval_config(values)
             run_dir_of(target)
+            spec = resolve_target(target, chat_cfg, runs_dir=ctx.runs_dir)
         except ConfigError as exc:
             return t("evaluate.bad_setting", error=str(exc)), gr.skip()
-        job = jobs.start(target, cfg, ChatConfig(device="cpu" if ctx.demo else "auto"), runs_dir=ctx.runs_dir)
-        return progress_text(job), gr.Timer(active=True)
+        # A loaded model (the chat's, or the one this loads in its place) is counted once.
+        held = resident_gib() if models.current is not None and not ctx.demo else 0.0
+        ok, note = gpu_gate(ctx, "eval", **gpu_work_args(spec, chat_cfg), resident_gib=held)
+        if not ok:
+            return "⏳ " + note, gr.skip()
+        job = jobs.start(target, cfg, chat_cfg, runs_dir=ctx.runs_dir)
+        return progress_text(job) + (f"  \nℹ️ {note}" if note else ""), gr.Timer(active=True)
 
     def cancel(target):
         job = jobs.get(target) if target else None

@@ -252,7 +252,5 @@ def build(ctx) -> None:
 
     ctx.after_build.append(fill_train_tab)
     # The Hardware tab is the first tab: fill it when the page opens, not only when it is selected.
-    from gradio.context import Context
-
-    if Context.root_block is not None:
-        Context.root_block.load(view, inputs=inputs, outputs=outputs)
+    if ctx.blocks is not None:  # None when a test builds the tab alone
+        ctx.blocks.load(view, inputs=inputs, outputs=outputs)

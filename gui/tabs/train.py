@@ -8,6 +8,9 @@ shown comes from the run folders, so the tab reattaches after a page reload or a
 
 Shared: ``ctx.shared["train.fields"]`` = {dotted RunConfig path: widget} (the presets section and the
 Hardware tab's "Use this model" fill these widgets).
+
+The worker's notes (backend, batching, QLoRA, checkpointing) and phases are English in status.json
+(for the log and the CLI); their codes (core.train.notices) are shown here in the page's language.
 """
 
 from __future__ import annotations
@@ -133,9 +136,9 @@ def progress_html(ctx, status: dict, metrics: list[dict]) -> str:
     color = {"failed": "#dc2626", "stopped": "#64748b", "done": "#16a34a"}.get(state, "#2563eb")
     phase = status.get("phase") or ""
     if state in ("running", "stopping") and phase and phase != "training":
-        detail = t("train.phase", phase=phase)
+        detail = t("train.phase", phase=phase_text(ctx, status))
     elif state == "queued":
-        detail = t("train.queued", phase=phase or "…")
+        detail = t("train.queued", phase=phase_text(ctx, status) or "…")
     else:
         eta = last.get("eta_s") if state in ("running", "stopping") else None
         detail = t("train.progress_line", step=step, total=total or "?", eta=fmt_seconds(eta),
@@ -148,6 +151,29 @@ def progress_html(ctx, status: dict, metrics: list[dict]) -> str:
             f'<div style="height:12px;background:#e5e7eb;border-radius:6px;margin:6px 0">'
             f'<div class="train-bar" style="width:{pct:.1f}%;height:12px;background:{color};'
             f'border-radius:6px"></div></div><small>{html.escape(detail)}</small></div>')
+
+
+def phase_text(ctx, status: dict) -> str:
+    """The worker's phase ("loading model", "waiting for <run>", ...) in the page's language."""
+    phase = status.get("phase") or ""
+    if status.get("state") == "queued" and status.get("waiting_for"):
+        return ctx.t("train.phase_waiting", holder=status["waiting_for"])
+    if not phase:
+        return ""
+    try:
+        return ctx.t(f"train.phase_name.{phase.replace(' ', '_')}")
+    except KeyError:  # a phase without a translation: the worker's own words
+        return phase
+
+
+def note_text(ctx, text: str, code) -> str:
+    """One of the worker's notes in the page's language, from its code (core.train.notices)."""
+    if not isinstance(code, dict) or not code.get("code"):
+        return text
+    try:
+        return ctx.t(f"train.notice.{code['code']}", **(code.get("params") or {}))
+    except KeyError:  # a code this version has no string for (or a missing value): the English text
+        return text
 
 
 def status_md(ctx, run_dir: str, status: dict, metrics: list[dict]) -> str:
@@ -169,9 +195,13 @@ def status_md(ctx, run_dir: str, status: dict, metrics: list[dict]) -> str:
     elif status.get("device") == "cpu":
         lines.append(t("train.cpu_line"))
     if status.get("packing_reason"):
-        lines.append(t("train.f.train.packing") + ": " + html.escape(status["packing_reason"]))
-    for note in status.get("notices") or []:
-        lines.append("ℹ️ " + html.escape(note))
+        why = note_text(ctx, status["packing_reason"], status.get("packing_code"))
+        lines.append(t("train.f.train.packing") + ": " + html.escape(why))
+    notes = status.get("notices") or []
+    codes = status.get("notice_codes") or []
+    codes = codes if len(codes) == len(notes) else [None] * len(notes)  # a status from an older worker
+    for note, code in zip(notes, codes):
+        lines.append("ℹ️ " + html.escape(note_text(ctx, note, code)))
     if status.get("error"):
         lines.append("✗ " + t("train.error_line", error=html.escape(str(status["error"]))))
     if status.get("advice"):

@@ -37,9 +37,8 @@ def test_tabs_build_without_loading_a_model(tmp_path):
 
     app = build_app(runs_dir=tmp_path / "runs", demo=True, lang="zh")
     ctx = app.qt_ctx
-    assert "chat" not in ctx.missing_tabs and "evaluate" not in ctx.missing_tabs
-    assert ctx.shared["chat.models"].current is None  # the server starts without a model in memory
-    assert ctx.shared["evaluate.jobs"].models is ctx.shared["chat.models"]  # one model cache for both tabs
+    assert ctx.server["chat.models"].current is None  # the server starts without a model in memory
+    assert ctx.server["evaluate.jobs"].models is ctx.server["chat.models"]  # one model cache for both tabs
     ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
     assert {"chat-input", "chat-send", "chat-base", "chat-tuned", "chat-run", "eval-run", "eval-start",
             "eval-table", "eval-chart", "export-start", "serve-command", "serve-snippet"} <= ids

@@ -78,7 +78,6 @@ def test_tab_registers_selected_model_state():
 
     app = build_app(demo=True, lang="en")
     ctx = app.qt_ctx
-    assert "hardware" not in ctx.missing_tabs
     assert isinstance(ctx.shared["selected_model"], gr.State)
     assert ctx.shared["selected_model"].value is None
     assert isinstance(ctx.shared["hardware.use_button"], gr.Button)

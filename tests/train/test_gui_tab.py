@@ -90,3 +90,50 @@ def test_run_list_and_mixes_come_from_disk(ctx, tmp_path):
     assert train.run_choices(ctx) == [(f"✓ r1 · {ctx.t('train.state.done')}", str(run))]
     assert train.mix_choices(ctx)[0][0] == "m1"
     assert "40" in train.mix_info(ctx, train.mix_choices(ctx)[0][1])
+
+
+def test_method_defaults_to_lora_in_demo_mode_and_qlora_on_gpu(ctx, tmp_path):
+    import gradio as gr
+
+    from gui.app import AppContext
+    from gui.components.model_picker import default_method
+    from gui.tabs import train
+
+    with gr.Blocks():
+        train.build(ctx)  # demo mode: the CPU, where QLoRA's 4-bit weights cannot load
+    assert ctx.shared[train.TRAIN_FIELDS]["model.method"].value == "lora"
+    assert default_method(AppContext(runs_dir=tmp_path / "runs", demo=False)) == "qlora"
+
+
+def test_worker_notes_show_in_the_pages_language(tmp_path):
+    from core.train.data import choose_packing
+    from core.train.notices import Notice, codes_of
+    from gui.app import AppContext
+    from gui.tabs import train
+
+    mode, why = choose_packing("auto", [120, 300, 1800, 90, 2000, 150], 2, 2048)
+    assert mode == "packing" and why.startswith("auto: rows fill only") and why.code == "packing_on_sparse"
+    notes = [Notice("backend_peft_no_cuda"), Notice("gc_standard_recompute"), "a note from an older worker"]
+    status = json.loads(json.dumps({  # as status.json holds it: the English text and the codes
+        "state": "running", "phase": "loading model", "model": "demo", "method": "lora", "backend": "peft",
+        "notices": notes, "notice_codes": codes_of(notes), "packing_reason": why, "packing_code": why.to_json()}))
+    assert status["notices"][0] == "backend: transformers + PEFT (no CUDA GPU)"  # the CLI / log text is kept
+    zh = AppContext(runs_dir=tmp_path, demo=True, lang="zh")
+    md = train.status_md(zh, str(tmp_path / "r"), status, [])
+    assert "没有 CUDA GPU" in md and "标准重计算" in md and "拼接成满长度序列" in md
+    assert "a note from an older worker" in md and "no CUDA GPU" not in md
+    assert "加载模型" in train.progress_html(zh, status, [])
+    queued = {"state": "queued", "phase": "waiting for other-run (pid 7)", "waiting_for": "other-run (pid 7)"}
+    assert "等待正在进行的训练结束（other-run (pid 7)）" in train.progress_html(zh, queued, [])
+    en = AppContext(runs_dir=tmp_path, demo=True)
+    assert "backend: transformers + PEFT (no CUDA GPU)" in train.status_md(en, str(tmp_path / "r"), status, [])
+    old = dict(status, notice_codes=None, packing_code=None)  # a status.json from before the codes
+    assert "no CUDA GPU" in train.status_md(zh, str(tmp_path / "r"), old, [])
+
+
+def test_every_notice_code_has_a_string_with_the_same_english_text():
+    from core.train.notices import TEXT
+    from gui.i18n import all_strings
+
+    for code, english in TEXT.items():
+        assert all_strings()[f"train.notice.{code}"]["en"] == english, code
