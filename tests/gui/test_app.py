@@ -54,6 +54,12 @@ def test_server_serves_both_languages_and_redirects_root(tmp_path):
     assert set(pages) == {"en", "zh"}
     assert pages["en"].qt_ctx.server is pages["zh"].qt_ctx.server  # one per process, not per page
     assert pages["en"].qt_ctx.shared is not pages["zh"].qt_ctx.shared
+    # Per-process state lives there: one loaded model, one set of evaluation / export / download jobs.
+    state = pages["zh"].qt_ctx.server
+    assert {"chat.models", "evaluate.jobs", "evaluate.exports", "model_picker.jobs"} <= set(state)
+    assert state["evaluate.jobs"].models is state["chat.models"]
+    for key in ("chat.models", "evaluate.jobs", "evaluate.exports", "model_picker.jobs"):
+        assert key not in pages["en"].qt_ctx.shared and key not in pages["zh"].qt_ctx.shared
 
 
 def test_gpu_mode_banner_names_the_cards(tmp_path):
