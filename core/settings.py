@@ -344,6 +344,15 @@ def cli_overrides(args: Any) -> dict:
     return out
 
 
+def split_overrides(args: Any, first: type, second: type) -> tuple[Any, Any]:
+    """Build two flat settings classes from one command line: flags named after ``first``'s fields
+    go to it, the rest to ``second``."""
+    overrides = cli_overrides(args)
+    keys = {f.name for f in field_info(first)}
+    return (from_dict(first, {k: v for k, v in overrides.items() if k in keys}),
+            from_dict(second, {k: v for k, v in overrides.items() if k not in keys}))
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():

@@ -27,13 +27,9 @@ def add_arguments(p) -> None:
 
 def _configs(args):
     from core.config import ChatConfig, SamplingConfig
-    from core.settings import cli_overrides, field_info, from_dict
+    from core.settings import split_overrides
 
-    overrides = cli_overrides(args)
-    sampling_keys = {f.name for f in field_info(SamplingConfig)}
-    sampling = from_dict(SamplingConfig, {k: v for k, v in overrides.items() if k in sampling_keys})
-    chat = from_dict(ChatConfig, {k: v for k, v in overrides.items() if k not in sampling_keys})
-    return sampling, chat
+    return split_overrides(args, SamplingConfig, ChatConfig)
 
 
 def gpu_check(kind: str, target: str, chat_cfg, runs_dir: str, force: bool) -> int | None:

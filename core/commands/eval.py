@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from core.fmt import number
+
 HELP = ("Evaluate a run, base vs fine-tuned: held-out loss / perplexity, thinking-mode control, answer "
         "accuracy. Saves <run>/eval.json.")
 
@@ -28,21 +30,13 @@ def add_arguments(p) -> None:
 
 def _configs(args):
     from core.config import ChatConfig, EvalConfig
-    from core.settings import cli_overrides, field_info, from_dict
+    from core.settings import split_overrides
 
-    overrides = cli_overrides(args)
-    eval_keys = {f.name for f in field_info(EvalConfig)}
-    eval_cfg = from_dict(EvalConfig, {k: v for k, v in overrides.items() if k in eval_keys})
-    chat_cfg = from_dict(ChatConfig, {k: v for k, v in overrides.items() if k not in eval_keys})
-    return eval_cfg, chat_cfg
+    return split_overrides(args, EvalConfig, ChatConfig)
 
 
 def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return number(value, none="-")
 
 
 def print_table(result: dict) -> None:

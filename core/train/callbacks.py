@@ -15,6 +15,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from core.fmt import duration
 from core.train import runs
 
 GIB = 2**30
@@ -215,20 +216,9 @@ class ProgressCallback(TrainerCallback):
         mem = f" | {row['gpu_mem_gib']:.1f} GiB" if row["gpu_mem_gib"] is not None else ""
         lr = row["learning_rate"]
         self.echo(f"step {step}/{self.total_steps} | loss {self.last_loss:.4f} | lr {lr if lr is None else f'{lr:.2e}'}"
-                  f" | {row['tokens_per_s'] or 0:.0f} tok/s{mem} | eta {_fmt_s(row['eta_s'])}")
+                  f" | {row['tokens_per_s'] or 0:.0f} tok/s{mem} | eta {duration(row['eta_s'])}")
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.metrics_file is not None:
             self.metrics_file.close()
             self.metrics_file = None
-
-
-def _fmt_s(seconds) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"

@@ -12,15 +12,13 @@ estimator says both fit; otherwise the progress line says why and nothing starts
 
 from __future__ import annotations
 
+from core.fmt import number
+
 POLL_SECONDS = 1.0
 
 
 def _fmt(value) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return number(value, none="–")
 
 
 def build(ctx) -> None:

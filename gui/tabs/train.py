@@ -18,6 +18,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from core.fmt import duration
+
 POLL_SECONDS = 1.5
 TRAIN_FIELDS = "train.fields"
 # Settings the tab shows, by section; every other RunConfig setting keeps its default.
@@ -100,14 +102,7 @@ def mix_info(ctx, mix_dir: str) -> str:
 
 # ----------------------------------------------------------------------------------- rendering
 def fmt_seconds(s) -> str:
-    if s is None:
-        return "–"
-    s = int(s)
-    if s >= 3600:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s}s"
+    return duration(s, none="–", sep=" ")
 
 
 def run_choices(ctx) -> list[tuple[str, str]]:
