@@ -45,3 +45,19 @@ class Strings:
             raise KeyError(f"string {key!r} is missing from gui/strings/*.yaml")
         text = entry.get(self.lang) or entry["en"]
         return text.format(**values) if values else text
+
+    def setting_label(self, area: str, path: str) -> str:
+        """A setting's label (``<area>.f.<path>``); the dotted path where none is written."""
+        try:
+            return self(f"{area}.f.{path}")
+        except KeyError:
+            return path
+
+    def setting_help(self, area: str, info) -> str:
+        """A setting's help: its own text (core.config) in English, ``<area>.h.<path>`` elsewhere."""
+        if self.lang == "en":
+            return info.help
+        try:
+            return self(f"{area}.h.{info.path}")
+        except KeyError:
+            return info.help

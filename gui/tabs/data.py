@@ -18,20 +18,12 @@ SOURCE_COLUMNS = ("n", "name", "path", "format", "share")
 MIX_FIELDS = ("seed", "max_seq_len", "overlong", "upsample", "total", "eval_fraction", "shuffle")
 
 
-def _label(ctx, path: str) -> str:
-    try:
-        return ctx.t(f"data.f.{path}")
-    except KeyError:
-        return path
+def _label(ctx, path) -> str:
+    return ctx.t.setting_label("data", path)
 
 
 def _help(ctx, info) -> str:
-    if ctx.lang == "en":
-        return info.help
-    try:
-        return ctx.t(f"data.h.{info.path}")
-    except KeyError:
-        return info.help
+    return ctx.t.setting_help("data", info)
 
 
 def _tokenizer(ctx, spec: str):

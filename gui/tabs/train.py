@@ -38,20 +38,11 @@ STATE_ICON = {"queued": "⏳", "running": "▶", "stopping": "⏸", "stopped": "
 
 # ----------------------------------------------------------------------------------- widgets
 def _label(ctx, info) -> str:
-    try:
-        return ctx.t(f"train.f.{info.path}")
-    except KeyError:
-        return info.path
+    return ctx.t.setting_label("train", info.path)
 
 
 def _help(ctx, info) -> str:
-    """The setting's own help text (core.config); its translation on a non-English page."""
-    if ctx.lang == "en":
-        return info.help
-    try:
-        return ctx.t(f"train.h.{info.path}")
-    except KeyError:
-        return info.help
+    return ctx.t.setting_help("train", info)
 
 
 def widget_for(ctx, info, elem_prefix: str = "train-f-"):
