@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from core.serve import UnsafeLaunch, check_launch, is_loopback
-from tests.conftest import ROOT
+from tests.conftest import ROOT, stop_process
 
 
 def test_cli_help_lists_commands_and_imports_nothing_heavy():
@@ -82,5 +82,4 @@ def test_launch_serves_the_page_offline(tmp_path):
         assert "<html" in body.lower(), proc.stdout.read() if proc.poll() is not None else "no answer"
         assert "QwenTune" in body
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_process(proc)

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, stop_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -47,11 +47,7 @@ def chat_server(tmp_path_factory, fake_run, demo_model_path):
         assert "Loading weights" not in log.read_text()
         yield url, log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def test_both_panes_stream_and_survive_a_reload(chat_server):

@@ -17,7 +17,7 @@ import pytest
 
 from gui.app import build_app, build_server
 from gui.tabs import TABS
-from tests.conftest import ROOT
+from tests.conftest import ROOT, stop_process
 
 HEAVY = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "unsloth", "bitsandbytes",
          "plotly")
@@ -148,8 +148,7 @@ def test_public_host_with_auth_starts_asks_for_login_and_stays_offline(tmp_path)
         assert config["title"] == "QwenTune"
         time.sleep(1.0)  # give any background thread (version check, telemetry) time to try
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_process(proc)
     assert not net_log.exists(), f"start-up reached the network: {net_log.read_text()}"
 
 
