@@ -446,12 +446,14 @@ def main(argv=None) -> int:
         for mode in ("padding_free", "packing"):
             if tps(f"mixed-{mode}"):
                 summary[f"mixed_{mode}_vs_padded"] = tps(f"mixed-{mode}") / tps("mixed-off")
+    mixed_best = max(summary.get("mixed_padding_free_vs_padded", 0), summary.get("mixed_packing_vs_padded", 0))
+    # A target this call did not measure is null, not false.
     summary["targets"] = {
-        "project_vs_bare>=0.95": summary.get("project_vs_bare", 0) >= 0.95,
-        "project_vs_plain>=3.5": summary.get("project_vs_plain", 0) >= 3.5,
-        "project_peak_vs_plain<=0.4": 0 < summary.get("project_peak_vs_plain", 9) <= 0.4,
-        "mixed_best_vs_padded>=1.5": max(summary.get("mixed_padding_free_vs_padded", 0),
-                                         summary.get("mixed_packing_vs_padded", 0)) >= 1.5,
+        "project_vs_bare>=0.95": summary["project_vs_bare"] >= 0.95 if "project_vs_bare" in summary else None,
+        "project_vs_plain>=3.5": summary["project_vs_plain"] >= 3.5 if "project_vs_plain" in summary else None,
+        "project_peak_vs_plain<=0.4": (0 < summary["project_peak_vs_plain"] <= 0.4
+                                       if "project_peak_vs_plain" in summary else None),
+        "mixed_best_vs_padded>=1.5": mixed_best >= 1.5 if mixed_best else None,
     }
     with (out_dir / "train_speed.jsonl").open("a") as f:
         f.write(json.dumps(summary) + "\n")

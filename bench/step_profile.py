@@ -1,0 +1,387 @@
+"""Where a training step's time goes: QwenTune's trainer vs a bare Unsloth loop, in ONE process.
+
+Run on a GPU machine:
+
+    python bench/step_profile.py --shape 8b --out bench/results
+
+bench/train_speed.py compares whole runs in separate processes (the headline figures). This one
+loads the model once (through core.train.backends, as a run does), then times on that same model:
+  * bare      the bare Unsloth loop of train_speed.py (8-bit AdamW, grad clipping, one sync a step)
+  * variants  the worker's trainer (core.train.worker.prepare_trainer: TRL SFTTrainer + our
+              callbacks + the token counter), as is and with one thing changed each, e.g.
+              no-callbacks, padding_free, no-clip
+and profiles one steady step of each with torch.profiler: GPU busy time vs wall time, host syncs
+(aten::item / _local_scalar_dense) and the host ops that cost the most. A trainer that is slower
+than the bare loop with the same GPU busy time is losing the difference on the host.
+Results are appended to <out>/step_profile.jsonl with the card's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import train_speed  # noqa: E402  (after the sys.path line above)
+
+SYNC_OPS = ("aten::item", "aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize",
+            "cudaEventSynchronize", "cudaMemcpyAsync")
+VARIANTS = {
+    # name: (train overrides, keep our callbacks, environment while the trainer is built)
+    "worker": ({}, True, {}),
+    "no-callbacks": ({}, False, {}),
+    "padding_free": ({"packing": "padding_free"}, True, {}),
+    "packing": ({"packing": "packing"}, True, {}),
+    "no-clip": ({"max_grad_norm": 0.0}, True, {}),
+    "log-every-5": ({"logging_steps": 5}, True, {}),
+    # Unsloth's trainer turns on bf16 autocast over the fp32 LoRA weights unless this says bfloat16
+    "worker-no-autocast": ({}, True, {"UNSLOTH_MIXED_PRECISION": "bfloat16"}),
+    "worker-autocast": ({}, True, {"UNSLOTH_MIXED_PRECISION": "float32"}),
+    # the worker freezes the heap before training (core.train.worker.settle_heap); this one does not
+    "worker-no-freeze": ({}, True, {}),
+}
+BARE = ("bare", "bare-autocast")
+
+
+def log(msg: str) -> None:
+    print(f"[profile {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def profile_summary(prof, wall_s: float, top: int = 12) -> dict:
+    """GPU busy time, host syncs and the costliest host ops of one profiled step."""
+    events = prof.key_averages()
+    busy_us = sum(e.self_device_time_total for e in events if getattr(e, "device_type", None) is not None
+                  and str(e.device_type).endswith("CUDA"))
+    syncs = {e.key: e.count for e in events if e.key in SYNC_OPS}
+    host = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return {"wall_ms": round(wall_s * 1000, 1), "gpu_busy_ms": round(busy_us / 1000, 1),
+            "gpu_busy_frac": round(busy_us / 1e6 / wall_s, 3) if wall_s else None, "syncs": syncs,
+            "top_host_ops": [(e.key, round(e.self_cpu_time_total / 1000, 1), e.count) for e in host]}
+
+
+class GcWatch:
+    """Pauses of Python's garbage collector while training (gc.callbacks)."""
+
+    def __init__(self):
+        self.pauses: list[tuple[int, float]] = []
+        self.t = None
+
+    def __call__(self, phase, info):
+        if phase == "start":
+            self.t = time.perf_counter()
+        elif self.t is not None:
+            self.pauses.append((info["generation"], time.perf_counter() - self.t))
+            self.t = None
+
+    def __enter__(self):
+        import gc
+
+        self.tracked = len(gc.get_objects())
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        import gc
+
+        gc.callbacks.remove(self)
+
+    def summary(self) -> dict:
+        full = [d for g, d in self.pauses if g == 2]
+        return {"gc_tracked_objects": self.tracked, "gc_collections": len(self.pauses),
+                "gc_full": len(full), "gc_full_ms": round(sum(full) * 1000, 1),
+                "gc_full_max_ms": round(max(full, default=0) * 1000, 1),
+                "gc_total_ms": round(sum(d for _, d in self.pauses) * 1000, 1)}
+
+
+def _profiler():
+    import torch
+
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    return torch.profiler.profile(activities=acts)
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run_bare(model, batches, args, autocast: bool = False) -> dict:
+    import contextlib
+
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        import bitsandbytes as bnb
+
+        opt = bnb.optim.AdamW8bit(params, lr=2e-4, weight_decay=0.01)
+    else:  # the CPU smoke run of this script (--shape tiny --backend peft)
+        opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.01)
+    model.train()
+    times, tokens = [], []
+    prof_out = None
+
+    def step(k):
+        n = 0
+        for m in range(args.accum):
+            ids, labels = batches[(k * args.accum + m) % len(batches)]
+            ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            ctx = torch.autocast(device, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+            with ctx:
+                out = model(input_ids=ids, labels=labels)
+            (out.loss / args.accum).backward()
+            n += ids.numel()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        float(out.loss.detach())
+        return n
+
+    _sync()
+    watch = GcWatch().__enter__()
+    t = time.perf_counter()
+    for k in range(args.steps):
+        if k == args.profile_step:
+            with _profiler() as prof:
+                t0 = time.perf_counter()
+                n = step(k)
+                _sync()
+                wall = time.perf_counter() - t0
+            prof_out = profile_summary(prof, wall)
+            _sync()
+            t = time.perf_counter()  # the profiled step is not timed
+            continue
+        n = step(k)
+        now = time.perf_counter()
+        times.append(now - t)
+        tokens.append(n)
+        t = now
+    watch.__exit__()
+    return _timing(times, tokens, args.warmup) | {"profile": prof_out} | watch.summary()
+
+
+def _timing(times, tokens, warmup) -> dict:
+    steady = times[warmup:] if len(times) > warmup else times
+    tok = tokens[warmup:] if len(tokens) > warmup else tokens
+    return {"step_s_median": round(statistics.median(steady), 4), "step_s_mean": round(statistics.mean(steady), 4),
+            "steps_timed": len(steady), "tokens_per_s": sum(tok) / sum(steady),
+            "step_s_all": [round(x, 4) for x in times]}
+
+
+def run_variant(name, base_cfg, loaded, train_tok, args) -> dict:
+    import os
+
+    import torch
+    from transformers import TrainerCallback
+
+    from core.train import worker
+
+    overrides, keep_callbacks, env = VARIANTS[name]
+    os.environ.update(env)
+    cfg = copy.deepcopy(base_cfg)
+    for key, value in overrides.items():
+        setattr(cfg.train, key, value)
+    cfg.name = f"profile-{name}"
+    run_dir = Path(cfg.runs_dir) / cfg.name
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    prepared = worker.prepare_trainer(cfg, run_dir, loaded, train_tok, None, echo=lambda m: None)
+    trainer = prepared.trainer
+    if not keep_callbacks:
+        trainer.remove_callback(prepared.progress)
+    lengths = sorted(len(x) for x in train_tok.input_ids)
+    tokens_per_step = statistics.mean(lengths) * cfg.train.micro_batch * cfg.train.grad_accum
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.times, self.t, self.prof, self.prof_t0 = [], None, None, None
+            self.profile = None
+            self.log_keys = set()
+
+        def on_train_begin(self, a, state, control, **kw):
+            _sync()
+            self.t = time.perf_counter()
+
+        def on_step_begin(self, a, state, control, **kw):
+            if state.global_step == args.profile_step:
+                _sync()
+                self.prof = _profiler()
+                self.prof.__enter__()
+                self.prof_t0 = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            now = time.perf_counter()
+            if self.prof is not None:
+                _sync()
+                wall = time.perf_counter() - self.prof_t0
+                self.prof.__exit__(None, None, None)
+                self.profile = profile_summary(self.prof, wall)
+                self.prof = None
+                _sync()
+                self.t = time.perf_counter()  # the profiled step is not timed
+                return
+            self.times.append(now - self.t)
+            self.t = now
+
+        def on_log(self, a, state, control, logs=None, **kw):
+            self.log_keys |= set(logs or {})
+
+    timer = Timer()
+    trainer.add_callback(timer)
+    if name != "worker-no-freeze":
+        worker.settle_heap()
+    t0 = time.perf_counter()
+    with GcWatch() as watch:
+        trainer.train()
+    wall = time.perf_counter() - t0
+    n = len(timer.times)
+    info = {"variant": name, "overrides": overrides, "callbacks": keep_callbacks, "packing": prepared.packing,
+            "trainer_class": f"{type(trainer).__module__}.{type(trainer).__qualname__}",
+            "compute_loss": getattr(type(trainer).compute_loss, "__module__", "?"),
+            "log_keys": sorted(timer.log_keys), "train_wall_s": round(wall, 2), "env": env,
+            "bf16_autocast": bool(trainer.args.bf16), "fp16_autocast": bool(trainer.args.fp16),
+            "mixed_precision": os.environ.get("ACCELERATE_MIXED_PRECISION"),
+            "profile": timer.profile}
+    info |= _timing(timer.times, [tokens_per_step] * n, args.warmup) | watch.summary()
+    del trainer, prepared
+    gc.collect()
+    torch.cuda.empty_cache()
+    return info
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", default="8b", choices=sorted(train_speed.SHAPES))
+    p.add_argument("--work", default="/tmp/qwentune-bench")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--seq", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=10, help="Optimizer steps per measurement.")
+    p.add_argument("--warmup", type=int, default=3, help="Steps left out of the timing.")
+    p.add_argument("--profile-step", type=int, default=-1, help="The step profiled (not timed); -1: the last.")
+    p.add_argument("--accum", type=int, default=2)
+    p.add_argument("--micro-batch", type=int, default=2)
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--backend", default="unsloth", choices=("unsloth", "peft"))
+    p.add_argument("--variants", default="bare,bare-autocast,worker,worker-no-autocast",
+                   help="Comma list of: " + ", ".join(BARE + tuple(VARIANTS)) + ". Each runs in its own process "
+                        "(torch.compile caches and Unsloth's patches of one would skew the next).")
+    p.add_argument("--only", help=argparse.SUPPRESS)  # internal: run one variant in this process
+    p.add_argument("--phase-timeout", type=int, default=300)
+    args = p.parse_args(argv)
+    if args.profile_step < 0:
+        args.profile_step += args.steps
+    if not args.only:
+        return _parent(args, argv if argv is not None else sys.argv[1:])
+
+    import os
+
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+    from core.train import backends
+
+    backends.activate(args.backend)
+    import torch
+
+    from core.config import RunConfig
+    from core.data.mixdir import read_mix_dir
+    from core.settings import from_dict
+    from core.train.data import tokenize
+
+    work = Path(args.work)
+    model_dir = work / f"model-{args.shape}"
+    cfg = from_dict(RunConfig, {
+        "model": {"name_or_path": str(model_dir), "method": "qlora", "quant": "nf4", "backend": args.backend},
+        "lora": {"r": args.rank, "alpha": args.rank, "dropout": 0.0, "target_modules": train_speed.LINEARS},
+        "train": {"max_steps": args.steps, "micro_batch": args.micro_batch, "grad_accum": args.accum,
+                  "max_seq_len": args.seq, "learning_rate": 2e-4, "warmup_steps": 0, "logging_steps": 1,
+                  "save_steps": 100000, "eval_steps": 0, "packing": "auto", "optimizer": "auto",
+                  "gradient_checkpointing": "unsloth" if args.backend == "unsloth" else "on"},
+        "data": {"mix_dir": str(work / "mix-uniform")},
+        "runs_dir": str(work / "profile-runs"),
+    })
+    t0 = time.time()
+    loaded = backends.load(cfg, model_dir, args.backend)
+    log(f"model loaded in {time.time() - t0:.1f}s")
+    train, _, _ = read_mix_dir(work / "mix-uniform")
+    train_tok = tokenize(train, loaded.tokenizer, cfg.train)
+    batches = train_speed._batches(work, model_dir, args.seq, args.micro_batch)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    common = {"device": device, "shape": args.shape, "seq": args.seq, "micro_batch": args.micro_batch,
+              "accum": args.accum, "steps": args.steps, "warmup": args.warmup, "rank": args.rank,
+              "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__}
+    dtypes = sorted({str(p.dtype) for p in loaded.model.parameters() if p.requires_grad})
+    name = args.only
+    if name in BARE:
+        res = {"variant": name} | run_bare(loaded.model, batches, args, autocast=name == "bare-autocast")
+    else:
+        res = run_variant(name, cfg, loaded, train_tok, args)
+    print("RESULT " + json.dumps(dict(common, trainable_dtypes=dtypes, **res)), flush=True)
+    return 0
+
+
+def _parent(args, argv: list[str]) -> int:
+    """Build the model and data once, then one child process per variant; results to the jsonl."""
+    import subprocess
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir = work / f"model-{args.shape}"
+    train_speed.build_model(args.shape, model_dir)
+    rows = (args.steps + 2) * args.accum * args.micro_batch + 4
+    train_speed.build_data(work, model_dir, args.seq, uniform_rows=rows, mixed_rows=max(200, rows * 6), seed=7)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name in [v for v in args.variants.split(",") if v]:
+        if name not in BARE and name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(BARE + tuple(VARIANTS))}")
+        t = time.time()
+        proc = subprocess.run([sys.executable, __file__, *argv, "--only", name], cwd=ROOT, capture_output=True,
+                              text=True, timeout=args.phase_timeout)
+        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            log(f"{name} FAILED (rc {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+            res = {"variant": name, "error": (proc.stdout + proc.stderr)[-2000:]}
+        else:
+            res = json.loads(lines[-1][len("RESULT "):])
+            results.append(res)
+            prof = res.get("profile") or {}
+            log(f"{name}: {res['tokens_per_s']:.0f} tok/s, median step {res['step_s_median'] * 1000:.1f} ms; "
+                f"profiled step {prof.get('wall_ms')} ms, GPU busy {prof.get('gpu_busy_ms')} ms, "
+                f"syncs {prof.get('syncs')}; trainable {res.get('trainable_dtypes')}, "
+                f"bf16 autocast {res.get('bf16_autocast', name == 'bare-autocast')}; gc: {res.get('gc_full')} full "
+                f"collections, {res.get('gc_full_ms')} ms (max {res.get('gc_full_max_ms')}), "
+                f"{res.get('gc_tracked_objects')} objects")
+            for op in prof.get("top_host_ops", [])[:8]:
+                log(f"    host {op[1]:8.1f} ms  x{op[2]:<6} {op[0]}")
+        with (out_dir / "step_profile.jsonl").open("a") as f:
+            f.write(json.dumps(res) + "\n")
+        log(f"{name} took {time.time() - t:.0f}s")
+    bare = [r["tokens_per_s"] for r in results if r["variant"] == "bare"]
+    print("\n| variant | tokens/s | vs bare | median step ms | profiled: wall ms | GPU busy ms | syncs |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        prof = r.get("profile") or {}
+        ratio = f"{r['tokens_per_s'] / bare[0]:.3f}" if bare else ""
+        print(f"| {r['variant']} | {r['tokens_per_s']:.0f} | {ratio} | {r['step_s_median'] * 1000:.1f} | "
+              f"{prof.get('wall_ms')} | {prof.get('gpu_busy_ms')} | {sum((prof.get('syncs') or {}).values())} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
