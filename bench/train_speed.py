@@ -12,7 +12,7 @@ What it measures, on a random-weight model with Qwen3's real shapes (no weights 
                 plain    transformers + PEFT + bitsandbytes (prepare_model_for_kbit_training, the
                          usual recipe), same loop
   * mixed     short chat rows + long reasoning rows through the project trainer with
-              train.packing = off (padded batches), padding_free and packing
+              train.packing = off (padded batches), packing, bucket and padding_free
 Reported: non-padding tokens/s (steady state, after --warmup optimizer steps), peak GiB
 (torch.cuda.max_memory_allocated during training, and NVML's used memory), and model FLOP
 utilisation (PaLM-style MFU: forward + backward FLOPs of the model per token, no recompute).
@@ -361,7 +361,7 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="unsloth", choices=("unsloth", "peft", "auto"))
     p.add_argument("--phases", default="project,bare,plain,mixed",
                    help="Comma list of: project, project-lora (16-bit LoRA), bare, plain, mixed.")
-    p.add_argument("--mixed-modes", default="off,packing,padding_free")
+    p.add_argument("--mixed-modes", default="off,packing,bucket,padding_free")
     p.add_argument("--project-packing", default="auto", help="train.packing of the uniform project run "
                                                             "(auto: the GUI's default).")
     p.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one loop phase in this process
@@ -443,10 +443,10 @@ def main(argv=None) -> int:
         if pa and pp:
             summary["project_peak_vs_plain"] = pa / pp
     if tps("mixed-off"):
-        for mode in ("padding_free", "packing"):
+        for mode in ("padding_free", "packing", "bucket"):
             if tps(f"mixed-{mode}"):
                 summary[f"mixed_{mode}_vs_padded"] = tps(f"mixed-{mode}") / tps("mixed-off")
-    mixed_best = max(summary.get("mixed_padding_free_vs_padded", 0), summary.get("mixed_packing_vs_padded", 0))
+    mixed_best = max(summary.get(f"mixed_{m}_vs_padded", 0) for m in ("padding_free", "packing", "bucket"))
     # A target this call did not measure is null, not false.
     summary["targets"] = {
         "project_vs_bare>=0.95": summary["project_vs_bare"] >= 0.95 if "project_vs_bare" in summary else None,

@@ -126,9 +126,10 @@ def padded_fill(lengths: list[int], micro_batch: int, max_seq_len: int, seed: in
 def choose_packing(requested: str, lengths: list[int], micro_batch: int, max_seq_len: int) -> tuple[str, str]:
     """The batching mode for ``train.packing`` = requested, and why (shown in the log and status).
 
-    Measured on an H200 with a Qwen3-8B shape (bench/train_speed.py): on short chat + long reasoning
-    rows, packing trained 1.85x the real tokens/s of padded batches; on rows that all fill the
-    sequence, padded batches (the bare Unsloth loop) ran fastest, as there is nothing to remove."""
+    Measured on an H200 with a Qwen3-8B shape (bench/train_speed.py, torch 2.11 without flash-attn):
+    on short chat + long reasoning rows, packing trained 1.44x the real tokens/s of padded batches;
+    on rows that all fill the sequence, padded batches ran fastest (1.03x the bare Unsloth loop), as
+    there is nothing to remove."""
     from core.train.notices import Notice
 
     if requested != "auto":

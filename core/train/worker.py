@@ -278,6 +278,10 @@ def build_trainer(cfg, loaded, train_tok, eval_tok, run_dir: Path, callbacks, pa
     eval_ds = Dataset.from_dict(eval_tok.columns()) if has_eval else None
     trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=loaded.tokenizer, callbacks=callbacks)
+    if packing == "bucket":
+        from core.train import batching
+
+        batching.install(trainer, t.micro_batch, t.max_seq_len, t.seed)
     return trainer
 
 
