@@ -119,7 +119,6 @@ def _sync() -> None:
 
 
 def run_bare(model, batches, args, autocast: bool = False) -> dict:
-    import contextlib
 
     import torch
 
@@ -136,20 +135,8 @@ def run_bare(model, batches, args, autocast: bool = False) -> dict:
     prof_out = None
 
     def step(k):
-        n = 0
-        for m in range(args.accum):
-            ids, labels = batches[(k * args.accum + m) % len(batches)]
-            ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            ctx = torch.autocast(device, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-            with ctx:
-                out = model(input_ids=ids, labels=labels)
-            (out.loss / args.accum).backward()
-            n += ids.numel()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        float(out.loss.detach())
-        return n
+        micro = [batches[(k * args.accum + m) % len(batches)] for m in range(args.accum)]
+        return train_speed.bare_step(model, opt, params, micro, device, autocast)[0]
 
     _sync()
     watch = GcWatch().__enter__()

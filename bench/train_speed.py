@@ -216,6 +216,26 @@ def _nvml():
         return None, None
 
 
+def bare_step(model, opt, params, micro_batches, device: str = "cuda", autocast: bool = False) -> tuple[int, float]:
+    """One optimizer step of the bare loop: forward + backward per micro-batch, clipping, the optimizer.
+    Returns (tokens, last loss); reading the loss is the one sync per step a trainer's logging does."""
+    import contextlib
+
+    import torch
+
+    tokens = 0
+    for ids, labels in micro_batches:
+        ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device, dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+            out = model(input_ids=ids, labels=labels)
+        (out.loss / len(micro_batches)).backward()
+        tokens += ids.numel()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return tokens, float(out.loss.detach())
+
+
 def run_loop(kind: str, args) -> dict:
     """The bare Unsloth loop or the plain transformers + PEFT + bnb loop, on the uniform rows."""
     import os as _os
@@ -268,16 +288,9 @@ def run_loop(kind: str, args) -> dict:
             torch.cuda.synchronize()
             t_start = time.perf_counter()
             tokens = 0
-        for m in range(args.accum):
-            ids, labels = batches[step * args.accum + m]
-            ids, labels = ids.cuda(non_blocking=True), labels.cuda(non_blocking=True)
-            out = model(input_ids=ids, labels=labels)
-            (out.loss / args.accum).backward()
-            tokens += ids.numel()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(out.loss.detach()))  # one sync per optimizer step, as a trainer's logging does
+        n, loss = bare_step(model, opt, params, batches[step * args.accum:(step + 1) * args.accum])
+        tokens += n
+        losses.append(loss)
         if handle is not None:
             nvml_peak = max(nvml_peak, pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**30)
     torch.cuda.synchronize()

@@ -1,0 +1,52 @@
+"""The GPU benchmarks, run end to end on the CPU with a tiny shape and the PEFT backend.
+
+GPU time is scarce (minutes per session), so a benchmark that breaks should break here first: these
+runs go through the same code as on the GPU (the project's trainer via `python -m core train`, the
+bare loop, the per-variant processes and the records they append), only smaller."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def bench(script: str, tmp_path, *args: str) -> list[dict]:
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, f"bench/{script}.py", "--shape", "tiny", "--backend", "peft",
+                           "--work", str(tmp_path / "work"), "--out", str(out), "--seq", "256", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [json.loads(line) for line in (out / f"{script}.jsonl").read_text().splitlines()]
+
+
+def test_train_speed_mixed_modes_through_the_trainer(tmp_path):
+    rows = bench("train_speed", tmp_path, "--steps", "4", "--warmup", "1", "--phases", "mixed",
+                 "--mixed-modes", "off,packing,bucket")
+    by = {r["setup"]: r for r in rows}
+    for mode in ("off", "packing", "bucket"):
+        assert by[f"mixed-{mode}"]["tokens_per_s"] > 0 and by[f"mixed-{mode}"]["packing"] == mode
+    summary = by["summary"]
+    assert summary["mixed_bucket_vs_padded"] > 0 and summary["mixed_packing_vs_padded"] > 0
+    targets = summary["targets"]
+    assert targets["project_vs_bare>=0.95"] is None  # not measured in this call: null, not false
+    assert targets["mixed_best_vs_padded>=1.5"] in (True, False)
+
+
+def test_step_profile_runs_each_variant_in_its_own_process(tmp_path):
+    rows = bench("step_profile", tmp_path, "--steps", "5", "--warmup", "1", "--variants",
+                 "bare,worker,worker-no-freeze")
+    assert [r["variant"] for r in rows] == ["bare", "worker", "worker-no-freeze"]
+    for r in rows:
+        assert r["tokens_per_s"] > 0 and r["steps_timed"] >= 2 and "error" not in r
+        assert r["profile"]["wall_ms"] > 0 and r["profile"]["top_host_ops"]
+        assert r["gc_collections"] >= 0
+    worker, unfrozen = rows[1], rows[2]
+    assert worker["callbacks"] is True and worker["packing"] == "off"
+    assert worker["gc_tracked_objects"] < unfrozen["gc_tracked_objects"] / 10  # settle_heap froze the heap
