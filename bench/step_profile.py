@@ -35,12 +35,23 @@ from bench import train_speed  # noqa: E402  (after the sys.path line above)
 
 SYNC_OPS = ("aten::item", "aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize",
             "cudaEventSynchronize", "cudaMemcpyAsync")
+# Forward and backward attention kernels as the dispatcher names them (packed rows without a
+# variable-length kernel call one of these per segment).
+ATTENTION_OPS = {"aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_efficient_attention",
+                 "aten::_scaled_dot_product_cudnn_attention", "aten::_flash_attention_forward",
+                 "aten::_scaled_dot_product_flash_attention_backward",
+                 "aten::_scaled_dot_product_efficient_attention_backward",
+                 "aten::_scaled_dot_product_cudnn_attention_backward", "aten::_flash_attention_backward",
+                 "aten::_scaled_dot_product_flash_attention_for_cpu",
+                 "aten::_scaled_dot_product_flash_attention_for_cpu_backward"}
 VARIANTS = {
     # name: (train overrides, keep our callbacks, environment while the trainer is built)
     "worker": ({}, True, {}),
     "no-callbacks": ({}, False, {}),
     "padding_free": ({"packing": "padding_free"}, True, {}),
     "packing": ({"packing": "packing"}, True, {}),
+    "bucket": ({"packing": "bucket"}, True, {}),
+    "padded": ({"packing": "off"}, True, {}),
     "no-clip": ({"max_grad_norm": 0.0}, True, {}),
     "log-every-5": ({"logging_steps": 5}, True, {}),
     # Unsloth's trainer turns on bf16 autocast over the fp32 LoRA weights unless this says bfloat16
@@ -62,9 +73,11 @@ def profile_summary(prof, wall_s: float, top: int = 12) -> dict:
     busy_us = sum(e.self_device_time_total for e in events if getattr(e, "device_type", None) is not None
                   and str(e.device_type).endswith("CUDA"))
     syncs = {e.key: e.count for e in events if e.key in SYNC_OPS}
+    attention = sum(e.count for e in events if e.key.startswith("aten::") and e.key in ATTENTION_OPS)
     host = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
     return {"wall_ms": round(wall_s * 1000, 1), "gpu_busy_ms": round(busy_us / 1000, 1),
             "gpu_busy_frac": round(busy_us / 1e6 / wall_s, 3) if wall_s else None, "syncs": syncs,
+            "attention_calls": attention,
             "top_host_ops": [(e.key, round(e.self_cpu_time_total / 1000, 1), e.count) for e in host]}
 
 
@@ -192,18 +205,19 @@ def run_variant(name, base_cfg, loaded, train_tok, args) -> dict:
     trainer = prepared.trainer
     if not keep_callbacks:
         trainer.remove_callback(prepared.progress)
-    lengths = sorted(len(x) for x in train_tok.input_ids)
-    tokens_per_step = statistics.mean(lengths) * cfg.train.micro_batch * cfg.train.grad_accum
+    counter = prepared.counter
 
     class Timer(TrainerCallback):
         def __init__(self):
             self.times, self.t, self.prof, self.prof_t0 = [], None, None, None
+            self.tokens, self.tok_last = [], 0  # real tokens per step, from the worker's collator counter
             self.profile = None
             self.log_keys = set()
 
         def on_train_begin(self, a, state, control, **kw):
             _sync()
             self.t = time.perf_counter()
+            self.tok_last = counter.tokens
 
         def on_step_begin(self, a, state, control, **kw):
             if state.global_step == args.profile_step:
@@ -222,9 +236,14 @@ def run_variant(name, base_cfg, loaded, train_tok, args) -> dict:
                 self.prof = None
                 _sync()
                 self.t = time.perf_counter()  # the profiled step is not timed
+                self.tok_last = counter.tokens
                 return
             self.times.append(now - self.t)
             self.t = now
+            # The trainer collates a step's micro-batches before running it, so the counter has
+            # counted exactly this step's rows here.
+            self.tokens.append(counter.tokens - self.tok_last)
+            self.tok_last = counter.tokens
 
         def on_log(self, a, state, control, logs=None, **kw):
             self.log_keys |= set(logs or {})
@@ -237,7 +256,6 @@ def run_variant(name, base_cfg, loaded, train_tok, args) -> dict:
     with GcWatch() as watch:
         trainer.train()
     wall = time.perf_counter() - t0
-    n = len(timer.times)
     info = {"variant": name, "overrides": overrides, "callbacks": keep_callbacks, "packing": prepared.packing,
             "trainer_class": f"{type(trainer).__module__}.{type(trainer).__qualname__}",
             "compute_loss": getattr(type(trainer).compute_loss, "__module__", "?"),
@@ -245,7 +263,7 @@ def run_variant(name, base_cfg, loaded, train_tok, args) -> dict:
             "bf16_autocast": bool(trainer.args.bf16), "fp16_autocast": bool(trainer.args.fp16),
             "mixed_precision": os.environ.get("ACCELERATE_MIXED_PRECISION"),
             "profile": timer.profile}
-    info |= _timing(timer.times, [tokens_per_step] * n, args.warmup) | watch.summary()
+    info |= _timing(timer.times, timer.tokens, args.warmup) | watch.summary()
     del trainer, prepared
     gc.collect()
     torch.cuda.empty_cache()
@@ -268,6 +286,9 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="bare,bare-autocast,worker,worker-no-autocast",
                    help="Comma list of: " + ", ".join(BARE + tuple(VARIANTS)) + ". Each runs in its own process "
                         "(torch.compile caches and Unsloth's patches of one would skew the next).")
+    p.add_argument("--mix", default="uniform", choices=("uniform", "mixed"),
+                   help="Rows: all about --seq tokens, or short chat + long reasoning (train_speed.py's "
+                        "two sets). The bare loop always takes uniform rows.")
     p.add_argument("--only", help=argparse.SUPPRESS)  # internal: run one variant in this process
     p.add_argument("--phase-timeout", type=int, default=300)
     args = p.parse_args(argv)
@@ -298,13 +319,13 @@ def main(argv=None) -> int:
                   "max_seq_len": args.seq, "learning_rate": 2e-4, "warmup_steps": 0, "logging_steps": 1,
                   "save_steps": 100000, "eval_steps": 0, "packing": "auto", "optimizer": "auto",
                   "gradient_checkpointing": "unsloth" if args.backend == "unsloth" else "on"},
-        "data": {"mix_dir": str(work / "mix-uniform")},
+        "data": {"mix_dir": str(work / f"mix-{args.mix}")},
         "runs_dir": str(work / "profile-runs"),
     })
     t0 = time.time()
     loaded = backends.load(cfg, model_dir, args.backend)
     log(f"model loaded in {time.time() - t0:.1f}s")
-    train, _, _ = read_mix_dir(work / "mix-uniform")
+    train, _, _ = read_mix_dir(work / f"mix-{args.mix}")
     train_tok = tokenize(train, loaded.tokenizer, cfg.train)
     batches = train_speed._batches(work, model_dir, args.seq, args.micro_batch)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -350,7 +371,8 @@ def _parent(args, argv: list[str]) -> int:
             prof = res.get("profile") or {}
             log(f"{name}: {res['tokens_per_s']:.0f} tok/s, median step {res['step_s_median'] * 1000:.1f} ms; "
                 f"profiled step {prof.get('wall_ms')} ms, GPU busy {prof.get('gpu_busy_ms')} ms, "
-                f"syncs {prof.get('syncs')}; trainable {res.get('trainable_dtypes')}, "
+                f"attention calls {prof.get('attention_calls')}, syncs {prof.get('syncs')}; "
+                f"trainable {res.get('trainable_dtypes')}, "
                 f"bf16 autocast {res.get('bf16_autocast', name == 'bare-autocast')}; gc: {res.get('gc_full')} full "
                 f"collections, {res.get('gc_full_ms')} ms (max {res.get('gc_full_max_ms')}), "
                 f"{res.get('gc_tracked_objects')} objects")
@@ -360,13 +382,15 @@ def _parent(args, argv: list[str]) -> int:
             f.write(json.dumps(res) + "\n")
         log(f"{name} took {time.time() - t:.0f}s")
     bare = [r["tokens_per_s"] for r in results if r["variant"] == "bare"]
-    print("\n| variant | tokens/s | vs bare | median step ms | profiled: wall ms | GPU busy ms | syncs |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| variant | tokens/s | vs bare | median step ms | profiled: wall ms | GPU busy ms | attention calls "
+          "| syncs |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         prof = r.get("profile") or {}
         ratio = f"{r['tokens_per_s'] / bare[0]:.3f}" if bare else ""
         print(f"| {r['variant']} | {r['tokens_per_s']:.0f} | {ratio} | {r['step_s_median'] * 1000:.1f} | "
-              f"{prof.get('wall_ms')} | {prof.get('gpu_busy_ms')} | {sum((prof.get('syncs') or {}).values())} |")
+              f"{prof.get('wall_ms')} | {prof.get('gpu_busy_ms')} | {prof.get('attention_calls')} | "
+              f"{sum((prof.get('syncs') or {}).values())} |")
     return 0
 
 
