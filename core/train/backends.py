@@ -58,6 +58,21 @@ def choose_backend(requested: str) -> tuple[str, list[str]]:
     return "peft", [Notice("backend_peft_no_cuda" if not cuda else "backend_peft_no_unsloth")]
 
 
+def varlen_attention_available() -> bool:
+    """Whether Unsloth has a variable-length attention kernel for packed rows: flash-attn, xformers,
+    or torch's varlen_attn with GQA (torch 2.12+). Without one it runs one attention call per packed
+    segment (unsloth/utils/attention_dispatch.py)."""
+    if has_package("flash_attn") or has_package("xformers"):
+        return True
+    try:
+        import inspect
+
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return False
+    return "enable_gqa" in inspect.signature(varlen_attn).parameters
+
+
 def activate(backend: str) -> list[str]:
     """Import Unsloth before transformers/TRL/PEFT so its patches apply. Returns notices.
 

@@ -483,6 +483,17 @@ def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log) -
                                   cfg.train.max_seq_len)
     echo("batching: " + why)
     runs.write_status(run_dir, packing=packing, packing_reason=why, packing_code=codes_of([why])[0])
+    if packing in ("packing", "padding_free") and loaded.backend == "unsloth":
+        from core.train.backends import varlen_attention_available
+
+        if not varlen_attention_available():
+            import torch
+
+            note = Notice("packing_no_varlen", torch=torch.__version__.split("+")[0])
+            echo("note: " + note)
+            notices = list(runs.read_status(run_dir).get("notices") or []) + [note]
+            codes = list(runs.read_status(run_dir).get("notice_codes") or []) + codes_of([note])
+            runs.write_status(run_dir, notices=notices, notice_codes=codes)
     trainer = build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, [progress], packing)
     from transformers.trainer_callback import PrinterCallback
 

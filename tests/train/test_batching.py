@@ -99,3 +99,27 @@ def test_a_bucket_run_learns(tmp_path, monkeypatch, learnable_model, facts_mix):
     assert st["state"] == "done" and st["packing"] == "bucket" and st["step"] == 30
     losses = [m["loss"] for m in runs.read_metrics(run_dir) if m["loss"] is not None]
     assert losses[-1] <= losses[0] / 2, losses
+
+
+def test_packing_without_a_varlen_kernel_says_so(tmp_path, monkeypatch, learnable_model, mixed_mix):
+    """On Unsloth without flash-attn, xformers or torch 2.12's varlen_attn, packed segments cost speed;
+    the run says so in its notices (with the code the GUI translates)."""
+    import dataclasses
+
+    from core.data.mixdir import read_mix_dir
+    from core.train import backends, runs, worker
+    from core.train.data import tokenize
+
+    cfg = run_config(learnable_model, mixed_mix, tmp_path / "runs", name="pk", packing="packing", eval_steps=0)
+    run_dir = tmp_path / "runs" / "pk"
+    run_dir.mkdir(parents=True)
+    loaded = backends.load(cfg, learnable_model, "peft")
+    tok = tokenize(read_mix_dir(mixed_mix)[0], loaded.tokenizer, cfg.train)
+    worker.prepare_trainer(cfg, run_dir, dataclasses.replace(loaded, backend="unsloth"), tok, None, echo=print)
+    assert runs.read_status(run_dir).get("notices") is None  # torch 2.14 has the kernel: nothing to say
+
+    monkeypatch.setattr(backends, "varlen_attention_available", lambda: False)
+    worker.prepare_trainer(cfg, run_dir, dataclasses.replace(loaded, backend="unsloth"), tok, None, echo=print)
+    st = runs.read_status(run_dir)
+    assert "own attention call" in st["notices"][-1] and "bucket" in st["notices"][-1]
+    assert st["notice_codes"][-1]["code"] == "packing_no_varlen"
