@@ -84,6 +84,11 @@ def test_the_trainer_draws_the_buckets_and_a_resume_skips_exactly(tmp_path, lear
     # What Trainer does on resume: skip the batches already trained, then the rest in the same order.
     rest = list(skip_first_batches(loader, 3))
     assert [b["input_ids"].tolist() for b in rest] == [b["input_ids"].tolist() for b in batches[3:]]
+    # The next epoch: the same batches in another order (Trainer calls set_epoch on the loader).
+    loader.set_epoch(1)
+    again = [b["input_ids"].tolist() for b in loader]
+    first = [b["input_ids"].tolist() for b in batches]
+    assert again != first and sorted(map(str, again)) == sorted(map(str, first))
 
 
 @pytest.mark.slow
