@@ -50,6 +50,8 @@ SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, vocab_size=1024, tie_word_embeddings=True),
 }
+# train.packing modes compared with padded batches (train.packing = off) on the mixed rows
+PACKED_MODES = ("padding_free", "packing", "bucket")
 LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Dense bf16 tensor-core peak per GPU (vendor datasheets), first match wins.
 PEAK_TFLOPS = [("H100 PCIE", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200 NVL", 835.0),
@@ -456,10 +458,10 @@ def main(argv=None) -> int:
         if pa and pp:
             summary["project_peak_vs_plain"] = pa / pp
     if tps("mixed-off"):
-        for mode in ("padding_free", "packing", "bucket"):
+        for mode in PACKED_MODES:
             if tps(f"mixed-{mode}"):
                 summary[f"mixed_{mode}_vs_padded"] = tps(f"mixed-{mode}") / tps("mixed-off")
-    mixed_best = max(summary.get(f"mixed_{m}_vs_padded", 0) for m in ("padding_free", "packing", "bucket"))
+    mixed_best = max(summary.get(f"mixed_{m}_vs_padded", 0) for m in PACKED_MODES)
     # A target this call did not measure is null, not false.
     summary["targets"] = {
         "project_vs_bare>=0.95": summary["project_vs_bare"] >= 0.95 if "project_vs_bare" in summary else None,

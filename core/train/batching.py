@@ -49,12 +49,6 @@ def bucket_batches(lengths: list[int], micro_batch: int, max_seq_len: int, seed:
     return batches
 
 
-def padded_fill_of(batches: list[list[int]], lengths: list[int], micro_batch: int, max_seq_len: int) -> float:
-    """Real tokens over the token budget of all batches (1.0 = every batch full, no padding)."""
-    real = sum(lengths[i] for b in batches for i in b)
-    return real / (len(batches) * micro_batch * max_seq_len) if batches else 0.0
-
-
 def make_sampler(lengths: list[int], micro_batch: int, max_seq_len: int, seed: int):
     """A batch sampler for the Hugging Face Trainer over :func:`bucket_batches`.
 
