@@ -51,7 +51,7 @@ SHAPES = {
                  num_key_value_heads=2, head_dim=16, vocab_size=1024, tie_word_embeddings=True),
 }
 # train.packing modes compared with padded batches (train.packing = off) on the mixed rows
-PACKED_MODES = ("padding_free", "packing", "bucket")
+PACKED_MODES = ("padding_free", "packing", "bucket", "auto")  # auto: what the GUI default resolves to
 LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Dense bf16 tensor-core peak per GPU (vendor datasheets), first match wins.
 PEAK_TFLOPS = [("H100 PCIE", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200 NVL", 835.0),
@@ -340,7 +340,8 @@ def run_project(args, mix: str, packing: str, name: str, method: str = "qlora") 
     return {"tokens_per_s": tps, "peak_alloc_gib": status.get("peak_alloc_gib"),
             "nvml_used_gib": status.get("nvml_used_gib"), "backend": status.get("backend"),
             "wall_s": wall, "timed_steps": end["step"] - start["step"], "loss_first": train_rows[0]["loss"],
-            "loss_last": end["loss"], "packing": packing, "notices": status.get("notices"),
+            "loss_last": end["loss"], "packing": status.get("packing") or packing, "packing_requested": packing,
+            "notices": status.get("notices"),
             "run_dir": str(run_dir)}
 
 

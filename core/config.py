@@ -136,14 +136,14 @@ class TrainConfig:
                                                   "non-reasoning replies, which teaches the "
                                                   "non-thinking mode.")
     packing: str = setting("auto", choices=("auto", "off", "padding_free", "packing", "bucket"),
-                           help="How rows form a micro-batch. packing: rows packed into full max_seq_len "
-                                "sequences, kept apart in attention (fastest on mixed lengths with a "
-                                "variable-length attention kernel). bucket: rows of similar length "
-                                "side by side, as many as fit micro_batch x max_seq_len tokens (no "
-                                "packed segments, so plain attention). padding_free: no pad tokens, "
-                                "micro_batch rows per step. off: padded batches (fastest when rows are "
-                                "all about max_seq_len long). auto: off when rows fill micro-batches, "
-                                "else packing.")
+                           help="How rows form a micro-batch. bucket: rows of similar length side by "
+                                "side, as many as fit micro_batch x max_seq_len tokens (no packed "
+                                "segments, plain attention; fastest measured on mixed lengths). packing: "
+                                "rows packed into full max_seq_len sequences, kept apart in attention "
+                                "(slower without a variable-length attention kernel). padding_free: no "
+                                "pad tokens, micro_batch rows per step. off: padded batches (fastest when "
+                                "rows are all about max_seq_len long). auto: off when rows fill "
+                                "micro-batches, else bucket.")
     gradient_checkpointing: str = setting("unsloth", choices=("unsloth", "on", "off"),
                                           help="unsloth: offload activations to CPU RAM (longest "
                                                "context). on: recompute. off: fastest, most memory.")

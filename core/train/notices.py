@@ -22,7 +22,8 @@ TEXT = {
     "gc_standard_recompute": "gradient checkpointing: offloading is Unsloth's; using standard recompute",
     "packing_fixed": "train.packing = {mode}",
     "packing_off_full": "auto: rows fill {fill} of each micro-batch, padded batches (nothing to pack)",
-    "packing_on_sparse": "auto: rows fill only {fill} of a micro-batch, packing them into full sequences",
+    "packing_on_sparse": "auto: rows fill only {fill} of a micro-batch, batching rows of similar "
+                         "length together (bucket)",
     "packing_no_varlen": "packed rows without a variable-length attention kernel (torch {torch}, no flash-attn "
                          "or xformers): each packed segment gets its own attention call, which costs speed; "
                          "torch 2.12+ or flash-attn avoids it, and train.packing = bucket has no segments",

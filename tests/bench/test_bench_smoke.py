@@ -28,10 +28,11 @@ def bench(script: str, tmp_path, *args: str) -> list[dict]:
 
 def test_train_speed_mixed_modes_through_the_trainer(tmp_path):
     rows = bench("train_speed", tmp_path, "--steps", "4", "--warmup", "1", "--phases", "mixed",
-                 "--mixed-modes", "off,packing,bucket")
+                 "--mixed-modes", "off,packing,bucket,auto")
     by = {r["setup"]: r for r in rows}
     for mode in ("off", "packing", "bucket"):
         assert by[f"mixed-{mode}"]["tokens_per_s"] > 0 and by[f"mixed-{mode}"]["packing"] == mode
+    assert by["mixed-auto"]["packing"] == "bucket" and by["mixed-auto"]["packing_requested"] == "auto"
     summary = by["summary"]
     assert summary["mixed_bucket_vs_padded"] > 0 and summary["mixed_packing_vs_padded"] > 0
     targets = summary["targets"]
@@ -50,3 +51,16 @@ def test_step_profile_runs_each_variant_in_its_own_process(tmp_path):
     worker, unfrozen = rows[1], rows[2]
     assert worker["callbacks"] is True and worker["packing"] == "off"
     assert worker["gc_tracked_objects"] < unfrozen["gc_tracked_objects"] / 10  # settle_heap froze the heap
+
+
+def test_resume_check_kills_a_run_and_resumes_it_to_the_planned_step(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "bench/resume_check.py", "--shape", "tiny", "--backend", "peft",
+                           "--work", str(tmp_path / "work"), "--out", str(out), "--seq", "256",
+                           "--steps", "60", "--save-steps", "2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((out / "resume_check.jsonl").read_text())
+    assert res["ok"] and res["after_kill"]["state"] == "failed" and res["after_kill"]["resumable"]
+    assert 2 <= res["after_kill"]["killed_at_step"] < 60
+    assert res["first_step_after_checkpoint"] == 3 and res["step"] == 60 and res["packing"] == "bucket"

@@ -185,12 +185,12 @@ def test_oom_advice_without_smaller_batch_suggests_shorter_rows():
 
 
 # ------------------------------------------------------------------------------- batching
-def test_auto_batching_pads_full_rows_and_packs_short_ones():
+def test_auto_batching_pads_full_rows_and_buckets_short_ones():
     from core.train.data import choose_packing
 
     assert choose_packing("auto", [2040, 2046, 2048, 2044], 2, 2048)[0] == "off"
     mode, why = choose_packing("auto", [120, 300, 1800, 90, 2000, 150], 2, 2048)
-    assert mode == "packing" and "fill" in why
+    assert mode == "bucket" and "fill" in why
     assert choose_packing("padding_free", [100], 2, 2048) == ("padding_free", "train.packing = padding_free")
 
 

@@ -112,7 +112,7 @@ def test_worker_notes_show_in_the_pages_language(tmp_path):
     from gui.tabs import train
 
     mode, why = choose_packing("auto", [120, 300, 1800, 90, 2000, 150], 2, 2048)
-    assert mode == "packing" and why.startswith("auto: rows fill only") and why.code == "packing_on_sparse"
+    assert mode == "bucket" and why.startswith("auto: rows fill only") and why.code == "packing_on_sparse"
     notes = [Notice("backend_peft_no_cuda"), Notice("gc_standard_recompute"), "a note from an older worker"]
     status = json.loads(json.dumps({  # as status.json holds it: the English text and the codes
         "state": "running", "phase": "loading model", "model": "demo", "method": "lora", "backend": "peft",
@@ -120,7 +120,7 @@ def test_worker_notes_show_in_the_pages_language(tmp_path):
     assert status["notices"][0] == "backend: transformers + PEFT (no CUDA GPU)"  # the CLI / log text is kept
     zh = AppContext(runs_dir=tmp_path, demo=True, lang="zh")
     md = train.status_md(zh, str(tmp_path / "r"), status, [])
-    assert "没有 CUDA GPU" in md and "标准重计算" in md and "拼接成满长度序列" in md
+    assert "没有 CUDA GPU" in md and "标准重计算" in md and "长度相近的样本并排成批" in md
     assert "a note from an older worker" in md and "no CUDA GPU" not in md
     assert "加载模型" in train.progress_html(zh, status, [])
     queued = {"state": "queued", "phase": "waiting for other-run (pid 7)", "waiting_for": "other-run (pid 7)"}

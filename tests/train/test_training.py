@@ -82,7 +82,7 @@ def test_the_mask_from_render_reaches_the_trainer(trained):
     st = runs.read_status(trained)
     line = next(x for x in (trained / "train.log").read_text().splitlines() if "first batch:" in x)
     tokens, trained_tokens = map(int, re.search(r"(\d+) tokens, (\d+) trained", line).groups())
-    # packing (auto) puts the 4 short rows into one sequence, so the first batch is the whole set
+    # bucket (auto) puts the 4 short rows side by side in one batch, so the first batch is the whole set
     assert tokens == st["data"]["tokens"] and trained_tokens == st["data"]["trained_tokens"]
     assert 0 < trained_tokens < tokens  # assistant-only: prompts are not trained
 
