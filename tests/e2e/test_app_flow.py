@@ -24,6 +24,9 @@ EN = Strings("en")
 ZH = Strings("zh")
 MIX_NAME = "e2e-mix"
 TRAIN_TIMEOUT_S = 420  # CPU training of the demo model takes well under a minute on 2 cores
+# Enough steps that the run outlasts several of the Train tab's polls (1.5 s): with 12, a fast
+# machine finished the whole run between two polls, and the chart was never seen growing.
+RUN_STEPS = 40
 
 
 def shot(page, name: str) -> None:
@@ -126,7 +129,7 @@ def test_app_flow(app_server, page):
     expect(page.locator("#model-choice input")).to_have_value(re.compile("demo"))
     page.click("#train-mix-refresh")
     choose(page, "train-mix", MIX_NAME)
-    fill(page, "train-f-train-max-steps", "12")
+    fill(page, "train-f-train-max-steps", str(RUN_STEPS))
     fill(page, "train-f-name", "e2e-run")
     page.click("#train-start")
     run_dir = app_server.runs_dir / "e2e-run"
@@ -137,7 +140,7 @@ def test_app_flow(app_server, page):
                TRAIN_TIMEOUT_S, "the loss chart to update")
     wait_until(lambda: run_state(run_dir) in ("done", "failed", "stopped"), TRAIN_TIMEOUT_S, "the run to end")
     assert run_state(run_dir) == "done", (run_dir / "train.log").read_text()[-3000:]
-    wait_until(lambda: plot_points(page, "train-chart") >= 12, 30, "the chart to show all 12 steps")
+    wait_until(lambda: plot_points(page, "train-chart") >= RUN_STEPS, 30, "the chart to show every step")
     assert plot_points(page, "train-chart") > first
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
     shot(page, "03-train")
@@ -149,7 +152,7 @@ def test_app_flow(app_server, page):
     expect(page.locator("#preset-status")).to_contain_text("e2e-preset.yaml")
     page.click("#presets > button")
     saved = load_run_config(app_server.presets_dir / "e2e-preset.yaml")  # what `python -m core train` reads
-    assert saved.train.max_steps == 12 and saved.model.name_or_path == "demo"
+    assert saved.train.max_steps == RUN_STEPS and saved.model.name_or_path == "demo"
     assert saved.data.mix_dir.endswith(MIX_NAME) and saved.name == ""
 
     # ------------------------------------------------------------------ Chat: two answers
@@ -196,7 +199,7 @@ def test_app_flow(app_server, page):
     expect(page.locator("#runs-table")).to_contain_text("e2e-run")
     expect(page.locator("#runs-table")).to_contain_text(EN("runs.state.done"))
     expect(page.locator("#runs-table")).to_contain_text(MIX_NAME)
-    wait_until(lambda: plot_points(page, "runs-chart") >= 12, 30, "the run's loss curve in the Runs tab")
+    wait_until(lambda: plot_points(page, "runs-chart") >= RUN_STEPS, 30, "the run's loss curve in the Runs tab")
     page.locator("#runs-table [data-row='0'][data-col='1']").first.click()  # the one run's row
     expect(page.locator("#runs-details")).to_contain_text("config.yaml")
     shot(page, "06-runs")
