@@ -481,6 +481,11 @@ class ModelCache:
     def current_key(self) -> tuple | None:
         return self._key
 
+    def resident_gib(self) -> float:
+        """GiB the loaded engine holds on the GPU (0 with none loaded). The GPU queue counts it once:
+        it is in use already, and a load in its place frees it first."""
+        return resident_gib() if self._engine is not None else 0.0
+
     def load(self, spec: LoadSpec, cfg: ChatConfig, *, runs_dir: str | Path | None = None, loader=None):
         """The engine for ``spec``, loading it (and dropping any other) when needed."""
         key = self.key(spec, cfg)

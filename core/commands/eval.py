@@ -35,10 +35,6 @@ def _configs(args):
     return split_overrides(args, EvalConfig, ChatConfig)
 
 
-def _fmt(value) -> str:
-    return number(value, none="-")
-
-
 def print_table(result: dict) -> None:
     from core.eval.evaluate import results_table
 
@@ -47,7 +43,8 @@ def print_table(result: dict) -> None:
     print(f"{'metric':<{width}}  {'base':>10}  {'fine-tuned':>10}  {'change':>10}")
     for r in rows:
         mark = {True: " better", False: " worse", None: ""}[r["better"]]
-        print(f"{r['label']:<{width}}  {_fmt(r['base']):>10}  {_fmt(r['tuned']):>10}  {_fmt(r['change']):>10}{mark}")
+        cells = "  ".join(f"{number(r[k]):>10}" for k in ("base", "tuned", "change"))
+        print(f"{r['label']:<{width}}  {cells}{mark}")
     acc = result.get("accuracy") or {}
     if acc.get("note"):
         print(f"accuracy: {acc['note']}")

@@ -43,7 +43,7 @@ def build(ctx) -> None:
     import gradio as gr
 
     from core.chat import session
-    from core.chat.loader import ModelCache, engine_gpu_args, gpu_work_args, list_targets, resident_gib, resolve_target
+    from core.chat.loader import ModelCache, engine_gpu_args, gpu_work_args, list_targets, resolve_target
     from core.chat.sampling import preset, resolve
     from core.config import ChatConfig, SamplingConfig
     from core.settings import ConfigError, field_info, from_dict
@@ -189,8 +189,8 @@ def build(ctx) -> None:
             spec = resolve_target(target, cfg, runs_dir=ctx.runs_dir)
             if models.get(ModelCache.key(spec, cfg)) is None:  # already loaded: nothing new on the GPU
                 # The model loaded now is dropped before the new one loads: its memory counts once.
-                held = resident_gib() if models.current is not None and not ctx.demo else 0.0
-                ok, note = gpu_gate(ctx, "chat", **gpu_work_args(spec, cfg), resident_gib=held)
+                ok, note = gpu_gate(ctx, "chat", **gpu_work_args(spec, cfg),
+                                    resident_gib=0.0 if ctx.demo else models.resident_gib())
                 if not ok:
                     yield "⏳ " + note, gr.skip(), gr.skip(), gr.skip()
                     return
@@ -234,7 +234,7 @@ def build(ctx) -> None:
             return
         # Asked before every generation: a training run may have started since the model was loaded.
         ok, note = gpu_gate(ctx, "chat", **engine_gpu_args(engine),
-                            resident_gib=0.0 if ctx.demo else resident_gib())
+                            resident_gib=0.0 if ctx.demo else models.resident_gib())
         if not ok:
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), "⏳ " + note
             return

@@ -24,7 +24,7 @@ def _fmt(value) -> str:
 def build(ctx) -> None:
     import gradio as gr
 
-    from core.chat.loader import ModelCache, gpu_work_args, list_targets, resident_gib, resolve_target
+    from core.chat.loader import ModelCache, gpu_work_args, list_targets, resolve_target
     from core.chat.session import browser_secret
     from core.config import EvalConfig
     from core.eval.evaluate import load_results, results_figure, results_table, run_dir_of
@@ -281,8 +281,8 @@ def build(ctx) -> None:
         except ConfigError as exc:
             return t("evaluate.bad_setting", error=str(exc)), gr.skip()
         # A loaded model (the chat's, or the one this loads in its place) is counted once.
-        held = resident_gib() if models.current is not None and not ctx.demo else 0.0
-        ok, note = gpu_gate(ctx, "eval", **gpu_work_args(spec, chat_cfg), resident_gib=held)
+        ok, note = gpu_gate(ctx, "eval", **gpu_work_args(spec, chat_cfg),
+                            resident_gib=0.0 if ctx.demo else models.resident_gib())
         if not ok:
             return "⏳ " + note, gr.skip()
         job = jobs.start(target, cfg, chat_cfg, runs_dir=ctx.runs_dir)
