@@ -76,8 +76,11 @@ def main(argv=None) -> int:
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     t0 = time.time()
-    first = subprocess.Popen([sys.executable, "-m", "core", "train", str(cfg_path), "--name", name], cwd=ROOT,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Output to a file, not a pipe: nobody reads a pipe while waiting, and a full one would stall the run.
+    first_log = work / f"{name}.first.log"
+    with first_log.open("w") as out_file:
+        first = subprocess.Popen([sys.executable, "-m", "core", "train", str(cfg_path), "--name", name], cwd=ROOT,
+                                 env=env, stdout=out_file, stderr=subprocess.STDOUT)
     ckpt = run_dir / "checkpoints" / f"checkpoint-{args.save_steps}"
 
     def steps_logged() -> int:
@@ -91,7 +94,9 @@ def main(argv=None) -> int:
         first.send_signal(signal.SIGKILL)
         killed_at = steps_logged()
     finally:
-        out, _ = first.communicate(timeout=60)
+        first.kill()  # no-op after the SIGKILL; ends the run when the wait above failed
+        first.wait(timeout=60)
+    out = first_log.read_text(errors="replace")
     if killed_at >= args.steps:
         raise SystemExit(f"the run finished (step {killed_at}) before it could be killed: raise --steps")
     st = runs.read_status(run_dir)  # read through runs: a dead pid reads as failed + resumable

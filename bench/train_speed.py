@@ -12,7 +12,7 @@ What it measures, on a random-weight model with Qwen3's real shapes (no weights 
                 plain    transformers + PEFT + bitsandbytes (prepare_model_for_kbit_training, the
                          usual recipe), same loop
   * mixed     short chat rows + long reasoning rows through the project trainer with
-              train.packing = off (padded batches), packing, bucket and padding_free
+              train.packing = off (padded batches), packing, bucket, padding_free (and auto)
 Reported: non-padding tokens/s (steady state, after --warmup optimizer steps), peak GiB
 (torch.cuda.max_memory_allocated during training, and NVML's used memory), and model FLOP
 utilisation (PaLM-style MFU: forward + backward FLOPs of the model per token, no recompute).
