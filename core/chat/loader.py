@@ -35,6 +35,8 @@ KINDS = ("run", "checkpoint", "adapter", "merged", "model")
 class LoadError(ConfigError):
     """Something cannot be loaded; the message says what and what to do instead."""
 
+    kind = "model"
+
 
 @dataclass
 class LoadSpec:
@@ -69,21 +71,17 @@ def _read_json(path: Path) -> dict:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / RUN_CONFIG).is_file() and ((path / "status.json").is_file() or (path / "adapter").is_dir()
-                                             or (path / "checkpoints").is_dir())
+    """A run folder (the rule is core.runfolder's)."""
+    from core.runfolder import RunFolder
+
+    return RunFolder(path).is_run()
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoints that hold an adapter, oldest first."""
-    found = []
-    for p in (run_dir / "checkpoints").glob("checkpoint-*"):
-        try:
-            step = int(p.name.split("-", 1)[1])
-        except ValueError:
-            continue
-        if (p / ADAPTER_CONFIG).is_file():
-            found.append((step, p))
-    return [p for _, p in sorted(found)]
+    from core.runfolder import RunFolder
+
+    return [c.path for c in RunFolder(run_dir).checkpoints(with_adapter=True)]
 
 
 def list_targets(runs_dir: str | Path) -> list[dict]:
@@ -117,21 +115,19 @@ def list_targets(runs_dir: str | Path) -> list[dict]:
 def _run_base(run_dir: Path) -> tuple[str, str, str | None]:
     """(name_or_path, method, exact local base folder or None) of a run."""
     from core.config import load_run_config
+    from core.runfolder import RunFolder
+    from core.train.runs import recorded_base
 
-    cfg = load_run_config(run_dir / RUN_CONFIG)
-    status = _read_json(run_dir / "status.json") if (run_dir / "status.json").is_file() else {}
-    base_path = status.get("model_path") or None
-    if base_path and not Path(base_path).is_dir():
-        base_path = None
-    method = status.get("method") or cfg.model.method
-    return cfg.model.name_or_path, method, base_path
+    cfg = load_run_config(RunFolder(run_dir).config)
+    base_path, method = recorded_base(run_dir)
+    return cfg.model.name_or_path, method or cfg.model.method, base_path
 
 
 def _enclosing_run(path: Path, levels: int = 3) -> Path | None:
-    for parent in list(path.parents)[:levels]:
-        if (parent / RUN_CONFIG).is_file():
-            return parent
-    return None
+    from core.runfolder import RunFolder
+
+    run = RunFolder.enclosing(path.parent, levels - 1) if path.parent != path else None
+    return run.path if run else None
 
 
 def resolve_target(target: str, cfg: ChatConfig | None = None, *, runs_dir: str | Path | None = None) -> LoadSpec:

@@ -336,10 +336,10 @@ class DownloadJob:
         return cmd
 
     def start(self) -> DownloadJob:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self._proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      encoding="utf-8", errors="replace", start_new_session=True)
+        from core.procs import spawn_core
+
+        # The same launcher as training and export (environment, own session); progress comes on stdout.
+        self._proc = spawn_core(self.command()[3:], None, pipe=True)
         for target in (self._read_stdout, self._read_stderr):
             thread = threading.Thread(target=target, daemon=True)
             thread.start()

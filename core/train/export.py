@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import QwenTuneError
 from core.settings import ConfigError, setting
 
 FORMATS = ("lora", "merged16", "merged4", "gguf")
@@ -47,8 +48,10 @@ class ExportConfig:
     overwrite: bool = setting(False, help="Replace an existing output folder.")
 
 
-class ExportError(RuntimeError):
+class ExportError(QwenTuneError, RuntimeError):
     """An export that cannot be done here; the message says what to do instead."""
+
+    kind = "resource"
 
 
 # ------------------------------------------------------------------------------------ helpers

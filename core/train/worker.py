@@ -20,7 +20,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.settings import ConfigError, dump_yaml
+from core.errors import QwenTuneError, outcome
+from core.settings import ConfigError, DamagedFile, dump_yaml
 from core.train import runs
 from core.train.notices import Notice, codes_of
 
@@ -67,28 +68,36 @@ class _Tee:
 
 # ---------------------------------------------------------------------------------- run folder
 def prepare_run_dir(cfg, resume: bool) -> Path:
+    """The run folder of ``cfg`` (runs_dir/name), taken for this process. A new run claims the name
+    atomically (:func:`core.train.runs.claim_run_dir`) unless start_run claimed it for us: a folder
+    whose status is ``queued`` without a pid is a run start_run made and is waiting for its worker."""
     runs.check_run_name(cfg.name)
     run_dir = Path(cfg.runs_dir).expanduser() / cfg.name
+    folder = runs.RunFolder(run_dir)
     if resume:
-        if not (run_dir / runs.CONFIG).is_file():
+        if not folder.config.is_file():
             raise ConfigError(f"nothing to resume: {run_dir} is not a run folder", "name")
-        status = runs.read_status(run_dir)
-        if status["state"] in runs.ACTIVE and status.get("pid") not in (None, os.getpid()):
-            raise ConfigError(f"run {cfg.name} is still {status['state']} (pid {status.get('pid')})", "name")
-        if status["state"] == "done":
+        status = folder.status()
+        if status.unreadable:
+            raise runs.RunError(f"run {cfg.name} cannot be resumed: {status.error}", where=str(run_dir))
+        if status.state in runs.ACTIVE and status.pid not in (None, os.getpid()):
+            raise ConfigError(f"run {cfg.name} is still {status.state} (pid {status.pid})", "name")
+        if status.state == "done":
             raise ConfigError(f"run {cfg.name} already finished; start a new run to train longer", "name")
-        dump_yaml(cfg, run_dir / runs.CONFIG, header="QwenTune run config (resolved). Resume with:\n"
-                                                    f"  python -m core train {run_dir / runs.CONFIG} --resume")
+        dump_yaml(cfg, folder.config, header=runs.config_header(run_dir))
         return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        status = runs._read_json(run_dir / runs.STATUS) or {}
-        # start_run creates the folder, the config and a queued status, then starts us.
-        if not (status.get("state") == "queued" and not status.get("pid")):
-            raise ConfigError(f"run folder {run_dir} already exists; choose another --name, or add "
-                              "--resume to continue it", "name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, run_dir / runs.CONFIG, header="QwenTune run config (resolved). Resume with:\n"
-                                                f"  python -m core train {run_dir / runs.CONFIG} --resume")
+    try:
+        waiting = folder.read_status_raw()
+    except DamagedFile:
+        waiting = None
+    if not (waiting is not None and waiting.state == "queued" and not waiting.pid
+            and folder.claim_path.is_file()):
+        try:
+            runs.claim_run_dir(run_dir)
+        except runs.RunError as exc:
+            raise ConfigError(f"{exc.message}; choose another --name, or add --resume to continue it",
+                              "name") from None
+    dump_yaml(cfg, folder.config, header=runs.config_header(run_dir))
     return run_dir
 
 
@@ -375,34 +384,41 @@ def _run(cfg, run_dir: Path, resume: bool) -> int:
                               advice="Stopped before the first step.")
             return EXIT_STOPPED
         return _train(cfg, run_dir, loaded, train_tok, eval_tok, resume)
-    except ConfigError as exc:
-        log(f"error: {exc}")
-        runs.write_status(run_dir, state="failed", phase="", finished=runs.now_iso(), error=str(exc),
-                          resumable=False, advice="Fix the setting named in the error and start a new run.")
-        return EXIT_CONFIG
     except KeyboardInterrupt:
         log("aborted")
         runs.write_status(run_dir, state="stopped", phase="", finished=runs.now_iso(), resumable=True,
                           advice="Aborted; resume continues from the newest checkpoint.")
         return 130
     except BaseException as exc:
-        traceback.print_exc()
-        if is_oom(exc):
-            advice = oom_advice(cfg, model_path, backend)
-            log("out of memory: " + advice)
-            runs.write_status(run_dir, state="failed", phase="", finished=runs.now_iso(), oom=True,
-                              error=f"Out of GPU memory: {str(exc).splitlines()[0][:300]}", advice=advice,
-                              resumable=True, **_peaks())
-            return EXIT_OOM
-        runs.write_status(run_dir, state="failed", phase="", finished=runs.now_iso(),
-                          error=f"{type(exc).__name__}: {str(exc)[:2000]}", resumable=True,
-                          advice="See train.log for the full traceback.")
-        return EXIT_FAILED
+        return _record_failure(cfg, run_dir, exc, model_path, backend)
     finally:
         (run_dir / runs.STOP_FLAG).unlink(missing_ok=True)
         lock.release()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+# Exit codes by error kind: a setting, the data or the model must change (2), or running again can help (1).
+EXIT_BY_KIND = {"config": EXIT_CONFIG, "data": EXIT_CONFIG, "model": EXIT_CONFIG}
+
+
+def _record_failure(cfg, run_dir: Path, exc: BaseException, model_path, backend: str) -> int:
+    """Write how the run failed (kind, error, advice, resumable) and return the exit code."""
+    if is_oom(exc):
+        traceback.print_exc()
+        advice = oom_advice(cfg, model_path, backend)
+        log("out of memory: " + advice)
+        runs.write_status(run_dir, state="failed", phase="", finished=runs.now_iso(), oom=True,
+                          error_kind="resource", error=f"Out of GPU memory: {str(exc).splitlines()[0][:300]}",
+                          advice=advice, resumable=True, **_peaks())
+        return EXIT_OOM
+    if not isinstance(exc, QwenTuneError):
+        traceback.print_exc()
+    result = outcome(exc)
+    log(f"error: {result.error}" + (f"\n{result.advice}" if result.advice else ""))
+    runs.write_status(run_dir, state="failed", phase="", finished=runs.now_iso(), error=result.error,
+                      error_kind=result.kind, advice=result.advice, resumable=result.resumable)
+    return EXIT_BY_KIND.get(result.kind, EXIT_FAILED) if isinstance(exc, QwenTuneError) else EXIT_FAILED
 
 
 def _peaks() -> dict:

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from core import runfolder
 from core.settings import write_json_atomic
 from core.train import runs
 
@@ -54,7 +55,7 @@ def test_live_run_with_stop_file_reads_as_stopping(tmp_path):
 def test_queued_run_that_never_started_fails_after_the_grace_time(tmp_path, monkeypatch):
     d = make_run(tmp_path, "q", {"state": "queued", "pid": None, "queued": runs.now_iso()})
     assert runs.read_status(d)["state"] == "queued"
-    monkeypatch.setattr(runs, "QUEUED_GRACE_S", -1.0)
+    monkeypatch.setattr(runfolder, "QUEUED_GRACE_S", -1.0)
     assert runs.read_status(d)["state"] == "failed"
 
 
