@@ -87,17 +87,13 @@ def _checkpoints(run_dir: Path) -> list[Path]:
 def list_targets(runs_dir: str | Path) -> list[dict]:
     """Runs and their checkpoints that have an adapter, newest run first: the chat selector's rows.
 
-    Each row: {"label", "path", "kind", "run"}. Uses core.train.runs.list_runs when it is there."""
+    Each row: {"label", "path", "kind", "run"}, in core.train.runs.list_runs's order."""
     root = Path(runs_dir)
     if not root.is_dir():
         return []
-    try:
-        from core.train.runs import list_runs
+    from core.train.runs import list_runs
 
-        runs = [Path(r["path"]) for r in list_runs(root)]
-    except ImportError:
-        runs = sorted((p for p in root.iterdir() if p.is_dir() and is_run_dir(p)),
-                      key=lambda p: p.stat().st_mtime, reverse=True)
+    runs = [Path(r["path"]) for r in list_runs(root)]
     rows = []
     for run in runs:
         ckpts = _checkpoints(run)
@@ -224,11 +220,8 @@ def _local_model_path(name: str, *, method: str, quant: str = "auto") -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path.resolve())
-    try:
-        from core.models.resolve import resolve_model
-    except ImportError:
-        raise LoadError(f"{name!r} is not a local folder, and this build cannot download models; give "
-                        "the path of a downloaded model folder", "base_model") from None
+    from core.models.resolve import resolve_model
+
     return resolve_model(name, method=method, quant=quant)
 
 

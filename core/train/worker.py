@@ -143,13 +143,10 @@ class GpuLock:
 
 # --------------------------------------------------------------------------------------- advice
 def is_oom(exc: BaseException) -> bool:
-    try:
-        import torch
+    import torch
 
-        if isinstance(exc, torch.OutOfMemoryError):
-            return True
-    except (ImportError, AttributeError):
-        pass
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
     text = str(exc).lower()
     return "out of memory" in text and ("cuda" in text or "alloc" in text)
 
@@ -179,11 +176,9 @@ def oom_advice(cfg, model_path: Path | None, backend: str) -> str:
 
 
 def _estimate_figure(cfg, model_path, backend, changes: dict) -> str:
-    try:
-        from core.hardware.catalog import Arch
-        from core.hardware.estimate import estimate_training
-    except ImportError as exc:
-        return f"(No memory estimate: the estimator is not available: {exc}.)"
+    from core.hardware.catalog import Arch
+    from core.hardware.estimate import estimate_training
+
     if model_path is None:
         return ""
     try:
@@ -422,13 +417,10 @@ def _record_failure(cfg, run_dir: Path, exc: BaseException, model_path, backend:
 
 
 def _peaks() -> dict:
-    try:
-        import torch
+    import torch
 
-        if torch.cuda.is_available():
-            return {"peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
-    except ImportError:
-        pass
+    if torch.cuda.is_available():
+        return {"peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
     return {}
 
 
