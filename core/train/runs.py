@@ -29,6 +29,8 @@ ADAPTER = RunFolder.ADAPTER
 CHECKPOINTS = RunFolder.CHECKPOINTS
 MIX = RunFolder.MIX
 GPU_LOCK = ".gpu.lock"
+# An empty claim file this old belongs to a start that died between creating it and writing its pid.
+CLAIM_GRACE_S = 30.0
 
 __all__ = ["ACTIVE", "STATES", "RunError", "RunFolder", "Status", "now_iso", "parse_iso", "pid_alive"]
 
@@ -190,8 +192,8 @@ def claim_run_dir(run_dir: str | Path) -> Path:
     """Take the run name: create the run folder and its claim file atomically, before anything else
     is written. Exactly one of several starts with the same name wins; the others get RunError.
 
-    A leftover folder that holds no run (only a temp file from a start that died before writing its
-    config) does not block the name: it is claimed like an empty one.
+    A leftover folder that holds no run (no config.yaml, no status.json: only a temp file, or the
+    claim of a start whose process is gone) does not block the name: it is claimed like an empty one.
     """
     folder = RunFolder(run_dir)
     folder.path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,11 +204,18 @@ def claim_run_dir(run_dir: str | Path) -> Path:
             raise RunError(f"{folder.path} exists and is not a folder; choose another name") from None
         if folder.is_run():
             raise RunError(f"run folder {folder.path} already exists; choose another name or resume it") from None
-    try:
-        fd = os.open(folder.claim_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        raise RunError(f"run name {folder.name!r} is being started by another process (or was: "
-                       f"{folder.claim_path} exists); choose another name") from None
+    for _attempt in range(2):
+        try:
+            fd = os.open(folder.claim_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            if _take_stale_claim(folder):
+                continue
+            raise RunError(f"run name {folder.name!r} is being started by another process; choose another "
+                           "name", where=str(folder.path)) from None
+        break
+    else:
+        raise RunError(f"run name {folder.name!r} is being started by another process; choose another name",
+                       where=str(folder.path))
     try:
         os.write(fd, f"{os.getpid()} {now_iso()}\n".encode())
     finally:
@@ -215,6 +224,43 @@ def claim_run_dir(run_dir: str | Path) -> Path:
         folder.claim_path.unlink(missing_ok=True)
         raise RunError(f"run folder {folder.path} already exists; choose another name or resume it")
     return folder.path
+
+
+def _claim_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return None
+    return int(text[0]) if text and text[0].isdigit() else None
+
+
+def _take_stale_claim(folder: RunFolder) -> bool:
+    """Remove the claim of a start that died before writing its run (its pid is gone); True if it
+    was removed, so the caller may claim again. Of two takers of one stale claim only one moves it
+    (a rename succeeds once); a taker that moved a fresh claim by mistake puts it back."""
+    pid = _claim_pid(folder.claim_path)
+    if folder.is_run() or (pid is not None and pid_alive(pid)):
+        return False
+    if pid is None:  # being written right now, unless it has been empty for a while
+        try:
+            if time.time() - folder.claim_path.stat().st_mtime < CLAIM_GRACE_S:
+                return False
+        except FileNotFoundError:
+            return True
+    moved = folder.path / f".claim.stale.{os.getpid()}"
+    try:
+        os.rename(folder.claim_path, moved)
+    except FileNotFoundError:
+        return True  # another taker moved it first: try to claim again
+    if _claim_pid(moved) != pid:  # it was replaced by a live claim between our read and our rename
+        try:
+            os.link(moved, folder.claim_path)
+        except FileExistsError:
+            pass
+        moved.unlink(missing_ok=True)
+        return False
+    moved.unlink(missing_ok=True)
+    return True
 
 
 def start_run(config, runs_dir: str | Path | None = None, name: str | None = None) -> Path:
