@@ -228,6 +228,11 @@ def is_disk_full(exc: BaseException, run_dir: Path, needed: int) -> bool:
     return False
 
 
+def _mb(n: int) -> str:
+    mb = n / (1 << 20)
+    return f"{mb:.1f}" if mb < 10 else f"{mb:.0f}"
+
+
 def free_bytes(path: Path) -> int:
     import shutil
 
@@ -552,9 +557,7 @@ def _record_disk_full(run_dir: Path, exc: BaseException, needed: int, reserve: F
     for ckpt in folder.checkpoints():
         if not ckpt.complete:
             shutil.rmtree(ckpt.path, ignore_errors=True)
-    mb = 1 << 20
-    error = (f"disk full: {free / mb:.0f} MB free in {run_dir}, a checkpoint needs about "
-             f"{max(needed, 1) / mb:.0f} MB")
+    error = f"disk full: {_mb(free)} MB free in {run_dir}, a checkpoint needs about {_mb(needed)} MB"
     newest = folder.latest_checkpoint()
     advice = ("Free space on that disk (or choose a runs folder on a larger one) and resume; "
               + (f"it continues from {newest.name}." if newest else "no checkpoint was saved yet, so it starts "
