@@ -18,7 +18,6 @@ keeps the loaded engine keyed by what was loaded, so a page reload or a second t
 from __future__ import annotations
 
 import gc
-import json
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,12 +61,12 @@ class LoadSpec:
 
 
 def _read_json(path: Path) -> dict:
+    from core.settings import DamagedFile, read_json
+
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LoadError(f"unreadable JSON ({exc})", "", str(path)) from None
+        return read_json(path, expect=dict) or {}
+    except DamagedFile as exc:
+        raise LoadError(f"unreadable JSON ({exc.message})", "", str(path)) from None
 
 
 def is_run_dir(path: Path) -> bool:

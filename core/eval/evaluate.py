@@ -335,12 +335,15 @@ def evaluate(target: str | Path, cfg: EvalConfig | None = None, chat_cfg: ChatCo
 
 
 def load_results(target: str | Path) -> dict | None:
-    import json
+    """The saved evaluation of ``target``; None if there is none. A damaged file is an EvalError."""
+    from core.settings import DamagedFile, read_json
 
     path = result_path(target)
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return read_json(path, expect=dict)
+    except DamagedFile as exc:
+        raise EvalError(f"the saved evaluation is unreadable ({exc.message}); evaluate again to replace it",
+                        "", str(path)) from None
 
 
 # --------------------------------------------------------------------------------- presentation

@@ -669,8 +669,8 @@ def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log) -
             note = Notice("packing_no_varlen", torch=torch.__version__.split("+")[0])
             echo("note: " + note)
             status = runs.read_status(run_dir)
-            runs.write_status(run_dir, notices=list(status.get("notices") or []) + [note],
-                              notice_codes=list(status.get("notice_codes") or []) + codes_of([note]))
+            runs.write_status(run_dir, notices=list(status.notices or []) + [note],
+                              notice_codes=list(status.notice_codes or []) + codes_of([note]))
     trainer = build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, [progress], packing)
     from transformers.trainer_callback import PrinterCallback
 
