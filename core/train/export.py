@@ -89,7 +89,7 @@ def _copy_tokenizer(src: Path, out: Path) -> None:
 
 def find_llama_cpp() -> dict:
     """Where llama.cpp is: its folder, the HF->GGUF converter script and the quantizer binary."""
-    from core.train.runs import ROOT
+    from core.procs import ROOT
 
     folders = [os.environ.get("QWENTUNE_LLAMA_CPP"), os.environ.get("UNSLOTH_LLAMA_CPP_PATH"),
                str(Path.home() / ".unsloth" / "llama.cpp"), str(ROOT / "llama.cpp")]

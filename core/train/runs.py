@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from core.procs import ROOT
 from core.runfolder import ACTIVE, STATES, RunError, RunFolder, Status, now_iso, parse_iso, pid_alive
 from core.settings import ConfigError, DamagedFile
 
@@ -32,7 +33,7 @@ GPU_LOCK = ".gpu.lock"
 # An empty claim file this old belongs to a start that died between creating it and writing its pid.
 CLAIM_GRACE_S = 30.0
 
-__all__ = ["ACTIVE", "STATES", "RunError", "RunFolder", "Status", "now_iso", "parse_iso", "pid_alive"]
+__all__ = ["ACTIVE", "ROOT", "STATES", "RunError", "RunFolder", "Status", "now_iso", "parse_iso", "pid_alive"]
 
 
 # ------------------------------------------------------------------------------------ status
