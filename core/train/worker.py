@@ -444,7 +444,8 @@ def _run(cfg, run_dir: Path, resume: bool, reserve: FailureReserve) -> int:
         (run_dir / runs.STOP_FLAG).unlink(missing_ok=True)  # a stale request from the last session
     log(f"run {cfg.name} in {run_dir} (pid {os.getpid()}{', resuming' if resume else ''})")
     runs.write_status(run_dir, state="running", phase="starting", pid=os.getpid(), started=runs.now_iso(),
-                      finished=None, error=None, advice=None, killed=False, lost=False, resumable=False,
+                      finished=None, error=None, error_kind=None, advice=None, killed=False, lost=False,
+                      oom=None, disk_full=None, resumable=False,
                       model=cfg.model.name_or_path, method=cfg.model.method, run=cfg.name, waiting_for=None,
                       **({} if resume else {"step": 0, "total_steps": 0}))
     stop_signals = {"count": 0}

@@ -228,3 +228,34 @@ def test_kill_after_the_last_checkpoint_then_resume_of_a_copy_only_finishes(tmp_
     assert resumed_cfg.name == "end-copy" and Path(resumed_cfg.runs_dir) == copy.parent.resolve()
     assert json.loads((original / "status.json").read_text()) == before  # the original is not touched
     assert not (original / "adapter").exists()
+
+
+@pytest.mark.slow
+def test_out_of_memory_in_the_final_evaluation_then_resume_only_finishes(tmp_path, learnable_model, facts_mix,
+                                                                         monkeypatch):
+    import torch
+    import transformers
+
+    from core.train import runs, worker
+
+    real_evaluate = transformers.Trainer.evaluate
+
+    def oom(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    monkeypatch.setattr(transformers.Trainer, "evaluate", oom)
+    cfg = run_config(learnable_model, facts_mix, tmp_path / "runs", name="evaloom", max_steps=4, save_steps=2,
+                     eval_steps=0)  # eval_steps 0: one evaluation, after the last step
+    assert _in_process(cfg, monkeypatch) == worker.EXIT_OOM
+    run_dir = tmp_path / "runs" / "evaloom"
+    st = runs.read_status(run_dir)
+    assert st.state == "failed" and st.oom and st.resumable and st.step == 4
+    assert runs.latest_checkpoint(run_dir).name == "checkpoint-4" and not (run_dir / "adapter").exists()
+
+    monkeypatch.setattr(transformers.Trainer, "evaluate", real_evaluate)
+    assert _in_process(cfg, monkeypatch, resume=True) == 0
+    st = runs.read_status(run_dir)
+    assert st.state == "done" and st.step == st.total_steps == 4 and st.eval_loss is not None
+    assert st.error is None and not st.oom
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert [m["step"] for m in runs.read_metrics(run_dir) if m.get("loss") is not None] == [1, 2, 3, 4]
