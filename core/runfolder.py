@@ -14,7 +14,9 @@ A run folder is rebuilt purely from disk, so the GUI can be reloaded or restarte
     runs/<name>/export/<format>/    exports (core.train.export)
     runs/<name>/jobs/               records and logs of export jobs started from the GUI (core.jobs)
     runs/<name>/stop                present while a graceful stop is requested
-    runs/<name>/.claim              created first, atomically: the run name is taken
+    runs/<name>/.claim              created first, atomically: the run name is taken (until the worker ends)
+    runs/<name>/.reserve            disk space the worker holds while it runs, and .status.reserve: the
+                                    room a failure report needs when the disk fills up (core.train.worker)
 
 :class:`RunFolder` knows these paths and rules; :class:`Status` is status.json with its known fields.
 This module imports nothing heavy (no torch, no config parsing at import time).
