@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.choices import BACKENDS, DTYPES, HUBS, METHODS, QUANTS
 from core.settings import ConfigError, load_yaml, setting
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -80,17 +81,17 @@ class MixConfig:
 class ModelConfig:
     name_or_path: str = setting("demo", help="Catalog key (e.g. qwen3-8b), local model folder, "
                                              "hub id, or 'demo' for the tiny offline model.")
-    method: str = setting("qlora", choices=("lora", "qlora"),
+    method: str = setting("qlora", choices=METHODS,
                           help="lora: 16-bit base weights. qlora: 4-bit base weights, about 3x "
                                "less memory, slightly slower.")
-    quant: str = setting("auto", choices=("auto", "dynamic4", "bnb4", "nf4"),
+    quant: str = setting("auto", choices=QUANTS,
                          help="QLoRA weights: Unsloth dynamic 4-bit checkpoint, plain bnb 4-bit "
                               "checkpoint, or quantize the 16-bit weights to nf4 on load.")
-    hub: str = setting("hf", choices=("hf", "modelscope"), help="Hub to download from.")
-    backend: str = setting("auto", choices=("auto", "unsloth", "peft"),
+    hub: str = setting("hf", choices=HUBS, help="Hub to download from.")
+    backend: str = setting("auto", choices=BACKENDS,
                            help="auto: Unsloth when a CUDA GPU and unsloth are present, else "
                                 "transformers + PEFT.")
-    dtype: str = setting("auto", choices=("auto", "bfloat16", "float16", "float32"),
+    dtype: str = setting("auto", choices=DTYPES,
                          help="Compute dtype. auto: bf16 where the GPU supports it, fp16 on older "
                               "GPUs, fp32 on CPU.")
     trust_remote_code: bool = setting(False, help="Run code shipped with the model. Qwen3 needs none.")

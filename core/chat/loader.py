@@ -220,19 +220,10 @@ def _resolve_model_folder(path: Path, base_override: str) -> LoadSpec:
 
 # ------------------------------------------------------------------------------------------ loading
 def _local_model_path(name: str, *, method: str, quant: str = "auto") -> str:
-    """A local folder for a model name (demo / folder / catalog key / hub id), downloading if needed."""
-    from core.demo import ensure_demo_model, is_demo
+    """A local folder for a model name (demo / folder / catalog key / hub id), downloading if needed,
+    through the one resolver the trainer uses."""
+    from core.models.resolve import resolve_model
 
-    if is_demo(name):
-        return str(ensure_demo_model())
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path.resolve())
-    try:
-        from core.models.resolve import resolve_model
-    except ImportError:
-        raise LoadError(f"{name!r} is not a local folder, and this build cannot download models; give "
-                        "the path of a downloaded model folder", "base_model") from None
     return resolve_model(name, method=method, quant=quant)
 
 

@@ -18,10 +18,10 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.choices import EXPORT_FORMATS
 from core.config import ChatConfig, EvalConfig
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-EXPORT_FORMATS = ("lora", "merged16", "merged4", "gguf")
 EXPORT_LOG = "export.log"
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from core.choices import HUBS
 from core.models.errors import (
     DownloadFailed,
     HubUnreachable,
@@ -27,7 +28,6 @@ from core.models.errors import (
     RepoNotFound,
 )
 
-HUBS = ("hf", "modelscope")
 HUB_NAMES = {"hf": "Hugging Face", "modelscope": "ModelScope"}
 DEFAULT_ENDPOINTS = {"hf": "https://huggingface.co", "modelscope": "https://modelscope.cn"}
 HF_MIRROR = "https://hf-mirror.com"
