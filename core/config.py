@@ -65,8 +65,16 @@ class MixConfig:
     eval_fraction: float = setting(0.0, minimum=0.0, maximum=0.5,
                                    help="Share of the mixed rows held out as an eval split.")
     shuffle: bool = setting(True, help="Shuffle the mixed rows.")
+    tokenizer: str = setting("qwen3", help="Tokenizer that renders the rows and counts their tokens (length "
+                                           "report, drops): 'qwen3' (the real Qwen3 tokenizer, offline; every "
+                                           "Qwen3 size shares it), 'demo' (only for the demo model), a model "
+                                           "folder, a catalog key (e.g. qwen3-8b) or a hub id. A run checks it "
+                                           "against its model's tokenizer.")
 
     def validate(self) -> None:
+        if not self.tokenizer.strip():
+            raise ConfigError("give a tokenizer: 'qwen3', 'demo', a model folder, a catalog key or a hub id",
+                              "tokenizer")
         if not self.sources:
             raise ConfigError("a mix needs at least one source", "sources")
         has_ratio = [s.ratio is not None for s in self.sources]

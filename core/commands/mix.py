@@ -13,9 +13,6 @@ def add_arguments(p) -> None:
 
     p.add_argument("config", help="Mix config YAML (see presets/mixes/).")
     p.add_argument("--out", help="Folder to save the mix in (required unless --dry-run).")
-    p.add_argument("--tokenizer", default="demo",
-                   help="Tokenizer for rendering and the length report: 'demo' (default, offline), a model "
-                        "folder, or a hub id.")
     p.add_argument("--json", action="store_true", help="Print counts per source, drops and total as JSON.")
     p.add_argument("--preview", type=int, default=0, metavar="N",
                    help="Print N rendered rows with the trained tokens marked.")
@@ -56,7 +53,7 @@ def run(args) -> int:
         raise ConfigError("expected a mapping of mix settings", "", args.config)
     data = deep_merge(data or {}, cli_overrides(args))
     cfg = from_dict(MixConfig, data, source=args.config, lines=lines)
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer = load_tokenizer(cfg.tokenizer)  # --tokenizer overrides the YAML's, which defaults to qwen3
     progress = None if args.json else _progress
     result = build_mix(cfg, tokenizer, None if args.dry_run else args.out, progress, overwrite=args.force)
     if args.json:

@@ -376,9 +376,10 @@ def build_mix(cfg: MixConfig, tokenizer, out_dir: str | Path | None = None, prog
               ) -> MixResult:
     """Read every source, render and measure it with ``tokenizer``, apply the length policy, mix by
     ratio with ``cfg.seed``, and (when ``out_dir`` is given) save the mix folder. ``tokenizer`` may be
-    a loaded tokenizer or a spec for :func:`load_tokenizer` ("demo", a folder, a hub id)."""
+    a loaded tokenizer, a spec for :func:`load_tokenizer` ("qwen3", "demo", a folder, a catalog key, a
+    hub id), or None for ``cfg.tokenizer``."""
     if tokenizer is None or isinstance(tokenizer, str):
-        tokenizer = load_tokenizer(tokenizer)
+        tokenizer = load_tokenizer(cfg.tokenizer if tokenizer is None else tokenizer)
     # A mix holds millions of small, acyclic objects (rows, messages, texts); the cyclic collector
     # would rescan them over and over (at 100k rows: 197 s with it, 66 s without, in our runs).
     # Reference counting frees them all the same, so collection pauses for the build.

@@ -358,10 +358,14 @@ def _run(cfg, run_dir: Path, resume: bool) -> int:
         params = trainable_summary(loaded.model)
         log(f"model loaded in {time.perf_counter() - t_load:.1f}s: {params['trainable_params']:,} trainable of "
             f"{params['total_params']:,} parameters")
-        from core.train.data import tokenize
+        from core.train.data import mix_tokenizer_notice, tokenize
 
         train_tok = tokenize(train_convs, loaded.tokenizer, cfg.train)
         eval_tok = tokenize(eval_convs, loaded.tokenizer, cfg.train) if eval_convs else None
+        mix_note = mix_tokenizer_notice(manifest, loaded.tokenizer, train_tok, cfg.train.max_seq_len)
+        if mix_note:
+            log("note: " + mix_note)
+            notices.append(mix_note)
         _check_rows(cfg, train_tok, "train")
         log(f"data: {train_tok.summary()}" + (f"; eval: {eval_tok.summary()}" if eval_tok else ""))
         runs.write_status(run_dir, backend=backend, method=loaded.method, dtype=loaded.dtype,
