@@ -13,11 +13,11 @@ import hashlib
 import json
 import os
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.net import http_get, probe  # noqa: F401  (tests replace http_get here)
 from core.settings import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -346,39 +346,6 @@ def read_file(path: Path) -> Iterator[Row | Skip]:
 
 
 # ----------------------------------------------------------------------------------------- hubs
-def http_get(url: str, timeout: float = HUB_TIMEOUT_S, headers: dict | None = None) -> tuple[int, bytes]:
-    """(status, body) of a GET request; status 0 and the reason as body when no answer came in time.
-    A TCP connection alone proves nothing (some networks accept every connection and then stay
-    silent), so this waits for a real HTTP answer. DNS look-ups can hang past socket timeouts, so
-    the request runs in a thread that is abandoned at the deadline."""
-    import urllib.error
-    import urllib.request
-
-    result: dict = {}
-
-    def attempt() -> None:
-        req = urllib.request.Request(url, headers={"User-Agent": "qwentune", **(headers or {})})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                result["answer"] = (resp.status, resp.read(1 << 20))
-        except urllib.error.HTTPError as exc:
-            result["answer"] = (exc.code, b"")
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            result["answer"] = (0, (str(reason) or type(exc).__name__).encode())
-
-    t = threading.Thread(target=attempt, daemon=True)
-    t.start()
-    t.join(timeout + 1.0)
-    return result.get("answer", (0, f"no answer within {timeout:g} s".encode()))
-
-
-def probe(url: str, timeout: float = HUB_TIMEOUT_S) -> str | None:
-    """None when ``url`` answers over HTTP (any status) within ``timeout``, else the reason."""
-    status, body = http_get(url, timeout)
-    return None if status else body.decode("utf-8", "replace")
-
-
 def hf_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 

@@ -243,6 +243,6 @@ def test_modelscope_offline_is_a_clear_error(monkeypatch):
     fake.MsDataset = MsDataset
     monkeypatch.setitem(sys.modules, "modelscope", types.ModuleType("modelscope"))
     monkeypatch.setitem(sys.modules, "modelscope.msdatasets", fake)
-    monkeypatch.setattr(sources, "http_get", lambda url, timeout=5, headers=None: (0, b"timed out"))
+    monkeypatch.setattr("core.net.http_get", lambda url, timeout=5, headers=None: (0, b"timed out"))
     with pytest.raises(DataError, match="ModelScope.*AI-ModelScope/alpaca-gpt4-data-zh.*offline"):
         collect("AI-ModelScope/alpaca-gpt4-data-zh", hub="modelscope")

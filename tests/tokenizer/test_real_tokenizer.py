@@ -57,6 +57,16 @@ def test_token_counts_equal_the_real_tokenizers(qwen3, reference):
     assert reference.encode("<|im_start|>", add_special_tokens=False).ids == [151644]
 
 
+def test_the_shipped_files_are_qwen3s(reference):
+    """A new release of the package with other files would change every count: caught here."""
+    import hashlib
+
+    data = (tk.qwen3_tokenizer_dir() / "tokenizer.json").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == "aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4"
+    vocab = reference.get_vocab(with_added_tokens=True)
+    assert vocab["<|endoftext|>"] == 151643 and vocab["<think>"] == 151667 and vocab["</think>"] == 151668
+
+
 def test_the_files_are_found_without_importing_the_package(monkeypatch):
     import sys
 
