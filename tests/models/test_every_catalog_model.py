@@ -98,3 +98,19 @@ def test_every_training_preset_resolves_its_model(preset, every_repo, tmp_path, 
     entry = CATALOG[model.name_or_path.lower()]
     repo = entry.repo(model.hub, checkpoint_kind(entry, model.method, model.quant))
     assert path == repo_dir(repo, model.hub)
+
+
+@pytest.mark.parametrize("key", list(CATALOG))
+def test_chat_and_serving_resolve_names_as_training_does(key, every_repo, tmp_path, monkeypatch, demo_model_path):
+    import shutil
+
+    from core.chat.loader import _local_model_path
+    from core.eval.serving import base_for_serving
+
+    monkeypatch.chdir(tmp_path)
+    entry = CATALOG[key]
+    assert _local_model_path(key, method="lora", quant="none") == str(repo_dir(entry.repo("hf", "original"), "hf"))
+    assert base_for_serving(key) == entry.repo("hf", "original")  # vLLM loads the 16-bit release
+    shutil.copytree(demo_model_path, tmp_path / key)
+    assert base_for_serving(key) == str((tmp_path / key).resolve())  # an existing folder wins
+    assert base_for_serving("demo", str(demo_model_path)) == str(demo_model_path)
