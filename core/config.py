@@ -6,6 +6,7 @@ A run is described by :class:`RunConfig`; a data mix by :class:`MixConfig`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from core.choices import BACKENDS, DTYPES, HUBS, METHODS, QUANTS
@@ -13,6 +14,7 @@ from core.settings import ConfigError, load_yaml, setting
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FORMATS = ("auto", "alpaca", "sharegpt", "messages", "reasoning", "openmath")
+REASONING_TURNS = ("last_only", "split", "mask_earlier")
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -47,6 +49,8 @@ class SourceConfig:
             raise ConfigError("a source needs a path, sample name or dataset id", "path")
         if self.ratio is not None and self.count is not None:
             raise ConfigError("give a ratio or a count, not both", "count")
+        if self.ratio is not None and not math.isfinite(self.ratio):
+            raise ConfigError(f"must be a finite number (a share such as 75 or 0.25), got {self.ratio}", "ratio")
 
 
 @dataclass
@@ -70,6 +74,15 @@ class MixConfig:
                                            "Qwen3 size shares it), 'demo' (only for the demo model), a model "
                                            "folder, a catalog key (e.g. qwen3-8b) or a hub id. A run checks it "
                                            "against its model's tokenizer.")
+    reasoning_turns: str = setting(
+        "last_only", choices=REASONING_TURNS,
+        help="Conversations with reasoning in earlier turns: Qwen3's template drops the reasoning of "
+             "replies before the last user turn. last_only: render as the official template does (those "
+             "replies train with no think block). split: one row per such reply, each rendered as the last "
+             "turn (think block kept, every reply trained once). mask_earlier: keep the official text, but "
+             "replies that lost their reasoning get no loss.")
+    dedupe: bool = setting(False, help="Drop exact duplicate rows (same rendered text), keeping the first. "
+                                       "Duplicates are reported either way.")
 
     def validate(self) -> None:
         if not self.tokenizer.strip():
@@ -77,6 +90,8 @@ class MixConfig:
                               "tokenizer")
         if not self.sources:
             raise ConfigError("a mix needs at least one source", "sources")
+        if not math.isfinite(self.eval_fraction):
+            raise ConfigError(f"must be a finite number, got {self.eval_fraction}", "eval_fraction")
         has_ratio = [s.ratio is not None for s in self.sources]
         has_count = [s.count is not None for s in self.sources]
         if any(has_ratio) and not all(r or c for r, c in zip(has_ratio, has_count)):

@@ -44,6 +44,7 @@ def run(args) -> int:
     from core.data.mix import build_mix, load_tokenizer
     from core.data.preview import preview_text
     from core.data.render import MaskOptions, render
+    from core.data.report import problems_text
     from core.settings import ConfigError, cli_overrides, deep_merge, from_dict, read_yaml
 
     if not args.out and not args.dry_run:
@@ -62,9 +63,9 @@ def run(args) -> int:
         print(_table(result))
         where = f" -> {result.out_dir}" if result.out_dir else " (dry run, nothing written)"
         print(f"total: {result.total} rows (train {len(result.rows)}, eval {len(result.eval_rows)}){where}")
-        for s in result.sources:
-            for reason, d in s.drops.items():
-                print(f"  dropped from {s.name}: {reason} x{d['count']}, e.g. {d['examples'][0]}")
+        report = problems_text(result)
+        if report:
+            print(report)
         for w in result.warnings:
             print(f"warning: {w}")
     if args.preview:
