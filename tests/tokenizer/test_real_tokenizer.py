@@ -114,12 +114,13 @@ def test_same_tokenizer_compares_vocab_and_template(qwen3, demo_tokenizer):
     assert not tk.same_tokenizer(real, None)
 
 
-def test_core_mix_reports_real_qwen3_counts_with_no_flag(tmp_path, capsys, reference, qwen3):
+@pytest.mark.parametrize("sample", sorted(p.name for p in SAMPLES.glob("*.jsonl")))
+def test_core_mix_reports_real_qwen3_counts_with_no_flag(sample, tmp_path, capsys, reference, qwen3):
+    """One shipped sample per format (alpaca, ShareGPT, messages with tools, reasoning)."""
     from core.cli import main
 
     cfg = tmp_path / "mix.yaml"
-    cfg.write_text(f"sources:\n  - path: {SAMPLES / 'alpaca_zh.jsonl'}\n  - path: {SAMPLES / 'chat_en.jsonl'}\n"
-                   "max_seq_len: 4096\n", encoding="utf-8")
+    cfg.write_text(f"sources:\n  - path: {SAMPLES / sample}\nmax_seq_len: 8192\n", encoding="utf-8")
     assert main(["mix", str(cfg), "--out", str(tmp_path / "out"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["tokenizer"]["spec"] == "qwen3" and summary["tokenizer"]["vocab_size"] == 151_669
