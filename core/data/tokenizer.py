@@ -148,6 +148,39 @@ def template_sha256(tokenizer) -> str:
     return hashlib.sha256(template.encode("utf-8")).hexdigest()
 
 
+def _probe_conversations() -> list[tuple[list[dict], list | None]]:
+    """Conversations that walk every branch of a Qwen3 template a mix uses: a system prompt,
+    reasoning in the last and in an earlier reply, a tool call with its response."""
+    from core.data.conversation import Conversation, Message, ToolCall
+
+    tool = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city.",
+                                             "parameters": {"type": "object",
+                                                            "properties": {"city": {"type": "string"}}}}}
+    convs = [
+        Conversation([Message("system", "Be brief."), Message("user", "Hi  "), Message("assistant", "Hello.")]),
+        Conversation([Message("user", "2+2?"), Message("assistant", "4", reasoning="Two and two."),
+                      Message("user", "And 3+3?"), Message("assistant", "6", reasoning="Three and three.")]),
+        Conversation([Message("user", "Weather in Oslo?"),
+                      Message("assistant", "", tool_calls=[ToolCall("get_weather", {"city": "Oslo"})]),
+                      Message("tool", '{"temp": 3}'), Message("assistant", "3 degrees.")], tools=[tool]),
+    ]
+    return [(c.template_messages(), c.tools or None) for c in convs]
+
+
+def render_sha256(tokenizer) -> str:
+    """A fingerprint of what the tokenizer makes of the probe conversations: the rendered text and
+    its token ids. Two templates that differ only where a mix never goes compare equal."""
+    h = hashlib.sha256()
+    for messages, tools in _probe_conversations():
+        try:
+            text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+        except Exception as exc:  # a template that cannot render a probe: part of its fingerprint
+            text = f"error: {type(exc).__name__}"
+        h.update(text.encode("utf-8"))
+        h.update(repr(tokenizer(text, add_special_tokens=False)["input_ids"]).encode())
+    return h.hexdigest()
+
+
 def tokenizer_info(tokenizer) -> dict:
     """What a mix records about the tokenizer that measured it (manifest.json's ``tokenizer``)."""
     return {
@@ -156,16 +189,19 @@ def tokenizer_info(tokenizer) -> dict:
         "class": type(tokenizer).__name__,
         "vocab_size": len(tokenizer),
         "chat_template_sha256": template_sha256(tokenizer),
+        "render_sha256": render_sha256(tokenizer),
     }
 
 
 def same_tokenizer(a: dict | None, b: dict | None) -> bool:
-    """Whether two :func:`tokenizer_info` records count and render alike: same vocabulary size and
-    the same chat template (the name alone proves nothing: a folder may hold any tokenizer)."""
-    if not a or not b:
+    """Whether two :func:`tokenizer_info` records count and render alike: the same vocabulary size,
+    and the same chat template or the same rendering and token ids of the probe conversations (the
+    name alone proves nothing: a folder may hold any tokenizer)."""
+    if not a or not b or a.get("vocab_size") != b.get("vocab_size"):
         return False
-    return (a.get("vocab_size") == b.get("vocab_size")
-            and a.get("chat_template_sha256") == b.get("chat_template_sha256"))
+    if a.get("chat_template_sha256") == b.get("chat_template_sha256"):
+        return True
+    return bool(a.get("render_sha256")) and a.get("render_sha256") == b.get("render_sha256")
 
 
 def describe(info: dict | None) -> str:

@@ -106,12 +106,21 @@ def test_tokenizer_for_model(demo_model_path, tmp_path, monkeypatch):
     assert len(tk.load_tokenizer("qwen3-8b")) == 151_669  # not downloaded: the shared one
 
 
-def test_same_tokenizer_compares_vocab_and_template(qwen3, demo_tokenizer):
+def test_same_tokenizer_compares_vocab_and_what_the_template_renders(qwen3, demo_tokenizer):
+    from transformers import AutoTokenizer
+
     real, demo = tk.tokenizer_info(qwen3), tk.tokenizer_info(demo_tokenizer)
     assert tk.same_tokenizer(real, dict(real, spec="/some/folder"))
     assert not tk.same_tokenizer(real, demo)
-    assert not tk.same_tokenizer(real, dict(real, chat_template_sha256="0" * 64))
     assert not tk.same_tokenizer(real, None)
+    # The package's own (earlier) template differs in text but renders every probe alike: the same.
+    package = AutoTokenizer.from_pretrained(str(tk.qwen3_tokenizer_dir()))
+    older = tk.tokenizer_info(package)
+    assert older["chat_template_sha256"] != real["chat_template_sha256"] and tk.same_tokenizer(real, older)
+    # A template that renders differently is another tokenizer, even with the same vocabulary.
+    package.chat_template = qwen3.chat_template.replace("<|im_start|>", "<|im_start|> ")
+    assert not tk.same_tokenizer(real, tk.tokenizer_info(package))
+    assert not tk.same_tokenizer(real, dict(real, chat_template_sha256="0" * 64, render_sha256=""))
 
 
 @pytest.mark.parametrize("sample", sorted(p.name for p in SAMPLES.glob("*.jsonl")))
