@@ -259,20 +259,65 @@ def config_from(ctx, values: list):
     return from_dict(RunConfig, unflatten(flat))
 
 
+def problem_text(ctx, problem) -> str:
+    """One problem of core.train.validate as a line naming the setting, in the page's language."""
+    t = ctx.t
+    try:
+        text = t(f"train.check.{problem.code}", **problem.params)
+    except KeyError:  # a rule this version has no string for: the English text names the setting
+        text = problem.message
+    return t("train.check.line", label=html.escape(t.setting_label("train", problem.setting)),
+             path=problem.setting, text=html.escape(text))
+
+
+def problems_md(ctx, problems) -> str:
+    """Every error, then every warning, as Markdown lists (empty when there is none)."""
+    from core.train.validate import errors, warnings
+
+    parts = []
+    bad, warn = errors(problems), warnings(problems)
+    if bad:
+        parts.append("✗ " + ctx.t("train.check.errors", n=len(bad)) + "\n"
+                     + "\n".join("- " + problem_text(ctx, p) for p in bad))
+    if warn:
+        parts.append("⚠ " + ctx.t("train.check.warnings") + "\n"
+                     + "\n".join("- " + problem_text(ctx, p) for p in warn))
+    return "\n\n".join(parts)
+
+
+def check_card(ctx):
+    """The GPU the settings are checked against: none in demo mode (the CPU trains the demo model)."""
+    if ctx.demo:
+        return None
+    from core.train.validate import detected_card
+
+    return detected_card()
+
+
 def on_start(ctx, *values) -> tuple:
-    """(message, run dropdown): start a run from the form's values."""
+    """(message, run dropdown): check the form's settings all at once (core.train.validate), then
+    start the run unless one is an error. Warnings are shown beside the started message."""
     import gradio as gr
 
     from core.settings import ConfigError
     from core.train import runs
+    from core.train.validate import check_run, errors
 
     try:
         cfg = config_from(ctx, list(values))
+    except ConfigError as exc:
+        return "✗ " + html.escape(str(exc)), gr.skip()
+    problems = check_run(cfg, card=check_card(ctx))
+    if errors(problems):
+        return problems_md(ctx, problems), gr.skip()
+    try:
         run_dir = runs.start_run(cfg, ctx.runs_dir, cfg.name or None)
     except (ConfigError, runs.RunError) as exc:
         return "✗ " + html.escape(str(exc)), gr.skip()
-    return (ctx.t("train.started", name=Path(run_dir).name),
-            gr.update(choices=run_choices(ctx), value=run_id(run_dir)))
+    message = ctx.t("train.started", name=Path(run_dir).name)
+    if problems:
+        message += "\n\n" + problems_md(ctx, problems)
+    return message, gr.update(choices=run_choices(ctx), value=run_id(run_dir))
 
 
 def _act(ctx, fn, ok_key: str, run_dir) -> str:
