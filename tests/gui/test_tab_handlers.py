@@ -191,3 +191,35 @@ def test_eval_shows_a_runs_saved_results(ctx, tmp_path):
     assert "2026-01-01" in details and progress == ""
     selected = evaluate.select(ctx, str(run), True, 8000)
     assert selected[-1] == {"target": str(run)}
+
+
+# ------------------------------------------------------------------------------- demo mode
+def test_use_this_model_in_demo_mode_says_it_leaves_demo_mode(ctx):
+    from gui.app import AppContext, banner_for_model
+    from gui.tabs import hardware
+
+    row = {"model": "qwen3-8b", "method": "qlora", "seq_len": 2048, "micro_batch": 4, "rank": 16,
+           "display": "Qwen3-8B", "est_gib": 9.3, "vram_gib": 24.0, "card": "simulated"}
+    choice, message = hardware.use(ctx, row)
+    assert choice["model"] == "qwen3-8b" and choice["method"] == "qlora" and choice["micro_batch"] == 4
+    assert "This leaves demo mode" in message and "24 GB" in message and "9.3 GiB" in message
+    gpu = AppContext(runs_dir=ctx.runs_dir, demo=False, gpu_names=["NVIDIA RTX 4090 (24 GiB)"])
+    assert "demo" not in hardware.use(gpu, row)[1].lower()
+    # The banner follows the form's model: no "demo model is selected" while qwen3-8b is in it.
+    assert banner_for_model(ctx, "qwen3-8b") == ctx.t("app.mode_demo_real", model="qwen3-8b")
+    assert banner_for_model(ctx, "demo") == ctx.t("app.mode_demo")
+    assert banner_for_model(gpu, "qwen3-8b") == ctx.t("app.mode_gpu", gpus="NVIDIA RTX 4090 (24 GiB)")
+
+
+def test_chat_on_a_run_still_training_names_the_adapters_step(ctx):
+    from core.chat.loader import LoadSpec
+    from gui.tabs import chat
+
+    run = ctx.runs_dir / "r1"
+    (run / "checkpoints" / "checkpoint-30").mkdir(parents=True)
+    write_json_atomic(run / "status.json", {"state": "running", "step": 34})
+    spec = LoadSpec(kind="run", target=str(run), label="r1", base="demo",
+                    adapter=str(run / "checkpoints" / "checkpoint-30"), run_dir=str(run))
+    assert chat.training_note(ctx, spec) == ctx.t("chat.still_training", run="r1", step="30")
+    write_json_atomic(run / "status.json", {"state": "done"})
+    assert chat.training_note(ctx, spec) == ""
