@@ -82,8 +82,10 @@ class AppContext:
 
     def __post_init__(self):
         self.t = Strings(self.lang)
-        self.runs_dir = Path(self.runs_dir)
-        self.mixes_dir = Path(self.mixes_dir)
+        # Resolved once: every run and mix the page lists, starts or remembers is then named by one
+        # absolute path, whatever the folder was given as (``make run`` passes the relative runs/).
+        self.runs_dir = Path(self.runs_dir).expanduser().resolve()
+        self.mixes_dir = Path(self.mixes_dir).expanduser().resolve()
         self.presets_dir = Path(self.presets_dir)
 
 
@@ -96,12 +98,32 @@ def _lang_links(lang: str) -> str:
     return "".join(links)
 
 
-def mode_text(ctx: AppContext) -> str:
+def mode_text(ctx: AppContext, model: str | None = None) -> str:
+    """The header's mode line. In demo mode it follows the Train tab's model: once a real model is
+    in the form (e.g. from the Hardware tab's "Use this model") the banner says so, instead of
+    claiming the demo model is selected."""
     t = ctx.t
     if ctx.demo:
+        from core.demo import is_demo
+
+        if model and not is_demo(model.strip()):
+            return t("app.mode_demo_real", model=model.strip())
         return t("app.mode_demo")
     names = ", ".join(ctx.gpu_names) if ctx.gpu_names else t("app.gpu_unknown")
     return t("app.mode_gpu", gpus=names)
+
+
+def banner_for_model(ctx: AppContext, model) -> str:
+    """Handler: the mode line after the Train tab's model changed."""
+    return mode_text(ctx, model or "")
+
+
+def _wire_banner(ctx: AppContext, banner) -> None:
+    from gui.tabs import bind
+
+    field = (ctx.shared.get("train.fields") or {}).get("model.name_or_path")
+    if field is not None and ctx.demo:
+        field.change(bind(banner_for_model, ctx), inputs=field, outputs=banner, show_progress="hidden")
 
 
 def build_app(runs_dir: str | Path = "runs", demo: bool = True, lang: str = "en",
@@ -127,12 +149,14 @@ def build_app(runs_dir: str | Path = "runs", demo: bool = True, lang: str = "en"
                 gr.Markdown(f"# {t('app.title')}\n{t('app.subtitle')}")
             with gr.Column(scale=1, min_width=200):
                 gr.HTML(_lang_links(lang), elem_id="lang-switch")
-        gr.Markdown(mode_text(ctx), elem_id="mode-banner")
+        banner = gr.Markdown(mode_text(ctx), elem_id="mode-banner")
+        ctx.shared["app.banner"] = banner
         presets_section = presets_ui.build_section(ctx)
         with gr.Tabs(elem_id="main-tabs"):
             for name in TABS:
                 importlib.import_module(f"gui.tabs.{name}").build(ctx)
         presets_ui.wire(ctx, presets_section)
+        _wire_banner(ctx, banner)
         for hook in ctx.after_build:
             hook()
     app.qt_ctx = ctx  # for tests and the server: which tabs were built, what was shared

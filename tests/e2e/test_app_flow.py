@@ -1,7 +1,9 @@
 """The whole app in a real browser (Debian's Chromium through Playwright), in demo mode:
 
 open every tab, build a mix from the shipped samples and save it, load the demo preset and train the
-demo model on that mix while the loss chart grows, load the run in Chat and get two answers, see the
+demo model on that mix while the loss chart grows (the app runs with the default relative runs/ and
+mixes/ folders, as `make run` starts it, and the page must follow the run it started with no error
+toast), load the run in Chat and get two answers, see the
 run in the Runs tab, and switch to Chinese. Screenshots of every tab, filled with what the test did,
 go to test-artifacts/app-flow/. No request may leave 127.0.0.1.
 """
@@ -16,7 +18,7 @@ import pytest
 
 from core.config import load_run_config
 from gui.i18n import Strings
-from tests.e2e.conftest import ARTIFACTS
+from tests.e2e.conftest import ARTIFACTS, toasts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -134,6 +136,14 @@ def test_app_flow(app_server, page):
     page.click("#train-start")
     run_dir = app_server.runs_dir / "e2e-run"
     wait_until(lambda: (run_dir / "status.json").exists(), 60, "the run folder")
+    # The page follows the run it started (the app runs with the default, relative runs/): the run
+    # choice shows it, the panel is about it, and no "not in the list of choices" toast appears.
+    expect(page.locator("#train-run input")).to_have_value(re.compile("e2e-run"), timeout=30_000)
+    expect(page.locator("#train-status")).to_contain_text("e2e-run", timeout=30_000)
+    expect(page.locator("#train-message")).to_contain_text("e2e-run")
+    state = page.locator("#train-progress-box").get_attribute("data-state")
+    assert state in ("queued", "running", "done"), state
+    assert toasts(page) == [], toasts(page)
     # The chart grows while the run trains: seen with few points, then with more.
     first = wait_until(lambda: plot_points(page, "train-chart"), TRAIN_TIMEOUT_S, "the first loss points")
     wait_until(lambda: plot_points(page, "train-chart") > first or run_state(run_dir) in ("done", "failed"),
@@ -216,4 +226,5 @@ def test_app_flow(app_server, page):
     expect(page.locator("#tab-train")).to_contain_text("e2e-run", timeout=30_000)
     shot(page, "08-train-zh")
 
+    assert toasts(page) == [], f"error toasts: {toasts(page)}"
     assert page.external_requests == [], f"requests left the machine: {page.external_requests}"
