@@ -31,11 +31,19 @@ def _help(ctx, info) -> str:
     return ctx.t.setting_help("data", info)
 
 
+def tokenizer_for_choice(ctx, name_or_path: str) -> str:
+    """The tokenizer box's value for the model chosen in the Train tab: the demo tokenizer for the
+    demo model, else that model's real one (its folder's, or the shared Qwen3 tokenizer)."""
+    from core.data.tokenizer import tokenizer_for_model
+
+    return tokenizer_for_model(name_or_path)
+
+
 def _tokenizer(ctx, spec: str):
     """Tokenizers are loaded once per server process and shared by every page."""
     from core.data.tokenizer import load_tokenizer
 
-    spec = (spec or "demo").strip() or "demo"
+    spec = (spec or "qwen3").strip() or "qwen3"
     store = ctx.server.setdefault("data.tokenizers", {})
     lock = ctx.server.setdefault("data.tokenizers.lock", threading.Lock())
     with lock:
@@ -471,7 +479,8 @@ def build(ctx) -> None:
                                            info=_help(ctx, minfo["upsample"]), elem_id="data-upsample")
                     shuffle = gr.Checkbox(value=minfo["shuffle"].default, label=_label(ctx, "shuffle"),
                                           info=_help(ctx, minfo["shuffle"]), elem_id="data-shuffle")
-                    tokenizer = gr.Textbox(value="demo", label=t("data.tokenizer"), info=t("data.tokenizer_help"),
+                    tokenizer = gr.Textbox(value=tokenizer_for_choice(ctx, "demo" if ctx.demo else ""),
+                                           label=_label(ctx, "tokenizer"), info=_help(ctx, minfo["tokenizer"]),
                                            elem_id="data-tokenizer")
                 build_btn = gr.Button(t("data.build"), variant="primary", elem_id="data-build")
                 status = gr.Markdown(t("data.start"), elem_id="data-status")
@@ -544,3 +553,12 @@ def build(ctx) -> None:
                    inputs=[sources_state, cache_state, tokenizer, save_name, overwrite, *settings_inputs],
                    outputs=[save_status, cache_state])
     ctx.shared["data.tab"] = tab
+
+    def follow_the_model():
+        # The Train tab is built after this one: its model box exists once every tab is built.
+        model = (ctx.shared.get("train.fields") or {}).get("model.name_or_path")
+        if model is not None:
+            tokenizer.value = tokenizer_for_choice(ctx, model.value)
+            model.change(bind(tokenizer_for_choice, ctx), inputs=model, outputs=tokenizer)
+
+    ctx.after_build.append(follow_the_model)

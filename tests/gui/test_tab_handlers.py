@@ -223,3 +223,23 @@ def test_chat_on_a_run_still_training_names_the_adapters_step(ctx):
     assert chat.training_note(ctx, spec) == ctx.t("chat.still_training", run="r1", step="30")
     write_json_atomic(run / "status.json", {"state": "done"})
     assert chat.training_note(ctx, spec) == ""
+
+
+def test_the_data_tabs_tokenizer_follows_the_trained_model(ctx, demo_model_path):
+    from gui.tabs.data import tokenizer_for_choice
+
+    assert tokenizer_for_choice(ctx, "demo") == "demo"
+    assert tokenizer_for_choice(ctx, "qwen3-1.7b") == "qwen3"  # not downloaded: the shared real tokenizer
+    assert tokenizer_for_choice(ctx, str(demo_model_path)) == str(demo_model_path.resolve())
+
+
+def test_the_built_app_wires_the_tokenizer_box_to_the_model_box(tmp_path):
+    from gui.app import build_app
+
+    blocks = build_app(runs_dir=tmp_path / "runs", demo=True, mixes_dir=tmp_path / "mixes")
+    by_id = {getattr(b, "elem_id", None): b for b in blocks.blocks.values()}
+    box, model = by_id["data-tokenizer"], by_id["model-choice"]
+    assert box.value == "demo"
+    wired = [d for d in blocks.config["dependencies"]
+             if model._id in [t[0] for t in d["targets"]] and box._id in d["outputs"]]
+    assert wired, "the model box's change must update the Data tab's tokenizer"
