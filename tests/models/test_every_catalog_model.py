@@ -114,3 +114,38 @@ def test_chat_and_serving_resolve_names_as_training_does(key, every_repo, tmp_pa
     shutil.copytree(demo_model_path, tmp_path / key)
     assert base_for_serving(key) == str((tmp_path / key).resolve())  # an existing folder wins
     assert base_for_serving("demo", str(demo_model_path)) == str(demo_model_path)
+
+
+@pytest.mark.slow
+def test_every_catalog_key_and_method_downloads_with_the_real_client(demo_model_path, isolated, tmp_path):
+    """The real huggingface_hub client against the local fake hub (tests/models/fake_hub.py), in a
+    subprocess as `python -m core train` would run it: each key x method reaches a checked folder."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.models.fake_hub import FakeHub
+
+    repos = {entry.repo("hf", checkpoint_kind(entry, method, "auto")): demo_model_path
+             for entry in CATALOG.values() for method in METHODS}
+    script = ("import json, sys\n"
+              "from core.config import ModelConfig\n"
+              "from core.train.backends import resolve_model_path\n"
+              "out = {}\n"
+              "for key, method in json.loads(sys.argv[1]):\n"
+              "    out[f'{key}:{method}'] = str(resolve_model_path(ModelConfig(name_or_path=key, method=method)))\n"
+              "print(json.dumps(out))\n")
+    pairs = [(key, method) for key in CATALOG for method in METHODS]
+    with FakeHub(repos) as hub:
+        env = dict(os.environ, HF_ENDPOINT=hub.url, PYTHONPATH=os.pathsep.join(
+            [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        done = subprocess.run([sys.executable, "-c", script, json.dumps(pairs)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    paths = json.loads(done.stdout.strip().splitlines()[-1])
+    for key, method in pairs:
+        entry = CATALOG[key]
+        repo = entry.repo("hf", checkpoint_kind(entry, method, "auto"))
+        assert paths[f"{key}:{method}"] == str(repo_dir(repo, "hf")), (key, method)
+        assert (Path(paths[f"{key}:{method}"]) / MARKER).is_file()
+    assert any("/resolve/" in r for r in hub.requests)

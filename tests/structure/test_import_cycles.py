@@ -112,8 +112,8 @@ def test_leaf_modules_import_nothing_of_ours():
 def test_each_models_module_imports_alone_in_a_fresh_interpreter():
     """Leaves first, then the modules that use them: each alone, so none relies on another having
     been imported before it."""
-    names = ["core.choices", "core.net", "core.models.paths", "core.models.errors", "core.models.hubs", "core.models.local",
-             "core.models.download", "core.models.resolve", "core.models", "core.data.tokenizer",
+    names = ["core.choices", "core.net", "core.models.paths", "core.models.errors", "core.models.hubs",
+             "core.models.local", "core.models.download", "core.models.resolve", "core.models", "core.data.tokenizer",
              "core.train.data", "core.train.backends", "core.commands.models", "core.demo"]
     code = "import importlib, sys; importlib.import_module(sys.argv[1])"
     for name in names:
