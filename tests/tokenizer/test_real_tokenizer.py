@@ -104,6 +104,7 @@ def test_tokenizer_for_model(demo_model_path, tmp_path, monkeypatch):
     assert tk.tokenizer_for_model("qwen3-1.7b") == str(dest)
     assert tk.load_tokenizer("qwen3-1.7b").qwentune_spec == "qwen3-1.7b"
     assert len(tk.load_tokenizer("qwen3-8b")) == 151_669  # not downloaded: the shared one
+    assert tk.load_tokenizer("unsloth/Qwen3-14B-bnb-4bit").qwentune_spec == "qwen3"  # a catalog model's repo
 
 
 def test_same_tokenizer_compares_vocab_and_what_the_template_renders(qwen3, demo_tokenizer):
