@@ -14,8 +14,12 @@ import html
 import threading
 from pathlib import Path
 
-COLUMNS = ("source", "formats", "read", "usable", "dropped", "share", "used", "repeated", "p50", "p95",
-           "max", "over_max")
+# The counts table's columns: core's table_rows() keys, the three token lengths in one column so
+# that every column fits beside the settings.
+COLUMNS = ("source", "formats", "read", "usable", "dropped", "share", "used", "repeated", "tokens", "over_max")
+# Shares of the table's width (Gradio otherwise sizes columns from the first rows and hides the last).
+COLUMN_WIDTHS = ["11%", "17%", "6%", "9%", "10%", "7%", "6%", "10%", "14%", "10%"]
+SOURCE_COLUMN_WIDTHS = ["7%", "22%", "38%", "14%", "19%"]
 SOURCE_COLUMNS = ("n", "name", "path", "format", "share")
 MIX_FIELDS = ("seed", "max_seq_len", "overlong", "upsample", "total", "eval_fraction", "shuffle")
 # The "add a source" form's widgets, in the order form_source() takes them.
@@ -81,8 +85,13 @@ def mix_config(sources: list, settings: dict):
 
 
 def counts_table(t, result) -> list[list]:
-    rows = [[r[c] for c in COLUMNS] for r in result.table_rows()]
-    rows.append([t("data.total"), "", "", "", "", "", result.total, "", "", "", "", ""])
+    rows = []
+    for r in result.table_rows():
+        r = dict(r, tokens=f"{r['p50']:,} · {r['p95']:,} · {r['max']:,}")
+        rows.append([r[c] for c in COLUMNS])
+    total = [""] * len(COLUMNS)
+    total[0], total[COLUMNS.index("used")] = t("data.total"), result.total
+    rows.append(total)
     return rows
 
 
@@ -388,14 +397,15 @@ def build(ctx) -> None:
         result_state = gr.State(None)
         with gr.Row():
             # ----------------------------------------------------------------- sources
-            with gr.Column(scale=2):
+            with gr.Column(scale=5):
                 gr.Markdown(f"### {t('data.sources')}")
                 with gr.Row():
                     preset = gr.Dropdown(choices=presets, value=presets[0] if presets else None,
                                          label=t("data.preset"), scale=3, elem_id="data-preset")
                     preset_load = gr.Button(t("data.preset_load"), scale=1, elem_id="data-preset-load")
                 sources_table = gr.Dataframe(headers=[t(f"data.scol.{c}") for c in SOURCE_COLUMNS],
-                                             value=[], interactive=False, wrap=True, elem_id="data-sources")
+                                             value=[], interactive=False, wrap=True, elem_id="data-sources",
+                                             column_widths=SOURCE_COLUMN_WIDTHS, elem_classes=["qt-table"])
                 with gr.Row():
                     pick = gr.Dropdown(choices=[], label=t("data.pick"), scale=3, elem_id="data-pick")
                     edit_btn = gr.Button(t("data.edit"), size="sm", scale=1, elem_id="data-edit")
@@ -452,7 +462,7 @@ def build(ctx) -> None:
                         update_btn = gr.Button(t("data.update"), elem_id="data-update")
                     form_status = gr.Markdown(elem_id="data-form-status")
             # ----------------------------------------------------------------- mix
-            with gr.Column(scale=3):
+            with gr.Column(scale=8):
                 gr.Markdown(f"### {t('data.mix')}")
                 with gr.Row():
                     seed = num("seed", minfo["seed"], precision=0)
@@ -476,7 +486,8 @@ def build(ctx) -> None:
                 build_btn = gr.Button(t("data.build"), variant="primary", elem_id="data-build")
                 status = gr.Markdown(t("data.start"), elem_id="data-status")
                 counts = gr.Dataframe(headers=[t(f"data.col.{c}") for c in COLUMNS], value=[], interactive=False,
-                                      wrap=True, elem_id="data-counts")
+                                      column_widths=COLUMN_WIDTHS,
+                                      wrap=True, elem_id="data-counts", elem_classes=["qt-table"])
                 warning = gr.Markdown(elem_id="data-warning")
                 drops = gr.Markdown(elem_id="data-drops")
                 hist = gr.Plot(label=t("data.hist"), elem_id="data-hist")
