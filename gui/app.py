@@ -29,6 +29,16 @@ CSS = """
 #lang-switch a { margin-left: .8em; text-decoration: none; }
 #lang-switch a.current { font-weight: 600; text-decoration: underline; }
 #mode-banner { padding: .4em .8em; border-radius: 6px; background: var(--block-background-fill); }
+/* Wide tables (Data counts and sources, Runs): every column visible, header words whole. Gradio's
+   cells break words anywhere ("Dr/op/pe/d") once a column is narrow; compact sans-serif cells and
+   whole-word headers let the columns take the width their words need. */
+.qt-table table { font-size: 13px; }
+.qt-table td, .qt-table th, .qt-table td *, .qt-table th * { font-family: var(--font) !important; }
+.qt-table .cell-wrap { padding: 4px 6px; }
+.qt-table th .cell-wrap, .qt-table th .cell-wrap * { word-break: normal !important; overflow-wrap: normal !important;
+  hyphens: none; }
+.qt-table td .cell-wrap, .qt-table td .cell-wrap * { word-break: normal !important;
+  overflow-wrap: break-word !important; }
 """
 
 # Switching language keeps the open tab: the language link carries it as #<tab id>, and the new
@@ -50,6 +60,12 @@ KEEP_TAB_JS = """
     else if (tries > 0) setTimeout(() => open(tries - 1), 200);
   };
   open(50);
+  // A chart drawn while its tab was hidden (or before the window was resized) keeps a wrong width:
+  // when a tab is shown, tell the charts the window changed so they fit their box again.
+  document.addEventListener("click", (event) => {
+    if (!event.target.closest("#main-tabs [role=tab]")) return;
+    for (const delay of [50, 400]) setTimeout(() => window.dispatchEvent(new Event("resize")), delay);
+  }, true);
 }
 """
 

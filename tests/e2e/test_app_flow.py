@@ -4,7 +4,8 @@ open every tab, build a mix from the shipped samples and save it, load the demo 
 demo model on that mix while the loss chart grows (the app runs with the default relative runs/ and
 mixes/ folders, as `make run` starts it, and the page must follow the run it started with no error
 toast), load the run in Chat and get two answers, see the
-run in the Runs tab, and switch to Chinese. Screenshots of every tab, filled with what the test did,
+run in the Runs tab, switch to Chinese, reload and find the Data tab's sources kept and the saved mix
+open for editing again. Screenshots of every tab, filled with what the test did,
 go to test-artifacts/app-flow/. No request may leave 127.0.0.1.
 """
 
@@ -225,6 +226,18 @@ def test_app_flow(app_server, page):
     open_tab(page, "train")
     expect(page.locator("#tab-train")).to_contain_text("e2e-run", timeout=30_000)
     shot(page, "08-train-zh")
+
+    # ------------------------------------------------------------------ Reload: the Data tab keeps its sources
+    page.goto(app_server.url + "/en/")
+    open_tab(page, "data")
+    expect(page.locator("#data-sources")).to_contain_text("samples/chat_zh", timeout=30_000)
+    expect(page.locator("#data-form-status")).to_contain_text("3")
+    choose(page, "data-saved-mix", MIX_NAME)  # the saved mix opens again for editing
+    page.click("#data-open-mix")
+    expect(page.locator("#data-form-status")).to_contain_text(MIX_NAME, timeout=30_000)
+    expect(page.locator("#data-save-name input")).to_have_value(MIX_NAME)
+    expect(page.locator("#data-counts")).to_contain_text("chat_zh", timeout=120_000)
+    shot(page, "09-data-reopened")
 
     assert toasts(page) == [], f"error toasts: {toasts(page)}"
     assert page.external_requests == [], f"requests left the machine: {page.external_requests}"

@@ -243,3 +243,26 @@ def test_the_built_app_wires_the_tokenizer_box_to_the_model_box(tmp_path):
     wired = [d for d in blocks.config["dependencies"]
              if model._id in [t[0] for t in d["targets"]] and box._id in d["outputs"]]
     assert wired, "the model box's change must update the Data tab's tokenizer"
+
+
+def test_a_saved_mix_opens_again_for_editing_and_kept_sources_come_back(ctx):
+    from gui.tabs import data
+
+    sources = data.add_source(ctx, [], *form(sample="samples/math_reasoning", share=3))[0]
+    sources = data.add_source(ctx, sources, *form(sample="samples/chat_zh", share=1))[0]
+    settings = [11, 1024, "drop", False, 0, 0.2, True]
+    assert data.save(ctx, sources, None, "demo", "edit-me", False, *settings)[0].startswith("✓")
+    (name, folder), = data.saved_mixes(ctx)
+    assert name == "edit-me"
+    out = data.open_mix(ctx, folder)
+    opened, table, pick, *values, save_name, message = out
+    assert [s["path"] for s in opened] == ["samples/math_reasoning", "samples/chat_zh"]
+    assert opened[0]["ratio"] == 3 and len(table) == 2 and pick["value"] == 1
+    assert values == settings and save_name == "edit-me" and message.startswith("✓")
+    assert data.open_mix(ctx, "")[-1] == "✗ " + ctx.t("data.pick_saved_mix")
+    assert data.open_mix(ctx, str(ctx.mixes_dir / "nope"))[-1].startswith("✗")
+    # What the browser kept is shown again when the tab opens after a reload (once per page).
+    kept, table, pick, message, done = data.restore_sources(ctx, opened, False)
+    assert kept == opened and len(table) == 2 and done is True and "2" in message
+    assert data.restore_sources(ctx, opened, True)[0].__class__ is not list  # later visits: untouched
+    assert data.restore_sources(ctx, [{"path": "x", "ratio": "lots"}], False)[0] == []  # damaged: start empty
