@@ -142,7 +142,10 @@ def load_mix(cfg, run_dir: Path, tokenizer_path: Path, resume: bool, echo=print)
             raise ConfigError(f"mix folder {mix_dir} does not exist", "data.mix_dir")
         from core.data.tokenizer import describe, load_tokenizer, tokenizer_info
 
-        model_info = tokenizer_info(load_tokenizer(str(tokenizer_path)))
+        try:
+            model_info = tokenizer_info(load_tokenizer(str(tokenizer_path)))
+        except ConfigError as exc:  # the model's tokenizer is the model's problem, not a mix setting
+            raise ConfigError(exc.reason, "model.name_or_path") from None
         manifest = read_manifest(mix_dir)
         if check_mix_tokenizer(manifest, model_info, mix_dir, cfg.model.name_or_path) == "remeasure":
             echo(f"the mix was measured with {describe(manifest.get('tokenizer'))}; the model uses "
