@@ -1,7 +1,8 @@
 """Speed of the data path: read + convert + render (chat template) + tokenize + mix + save 100,000
-synthetic conversations with the offline demo tokenizer. Target: at most 60 s on a 2-core machine.
+synthetic conversations with the real Qwen3 tokenizer (offline; ``--tokenizer demo`` for the demo
+model's). Target: at most 60 s on a 2-core machine.
 
-    .venv/bin/python bench/mix_speed.py [--rows 100000] [--record]
+    .venv/bin/python bench/mix_speed.py [--rows 100000] [--tokenizer qwen3] [--record]
 
 The text is generated fresh with the word and character frequencies of the shipped samples
 (English, and Chinese for a fifth of the chats), in three formats and realistic shapes: 45% ShareGPT
@@ -131,13 +132,16 @@ def machine() -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=100_000)
+    p.add_argument("--tokenizer", default="qwen3", help="tokenizer spec (core.data.tokenizer): qwen3 (default), "
+                                                         "demo, a model folder")
     p.add_argument("--record", action="store_true", help="append the result to bench/results/mix_speed.jsonl")
     args = p.parse_args()
 
     from core.config import MixConfig, SourceConfig
-    from core.data.mix import build_mix, load_tokenizer
+    from core.data.mix import build_mix
+    from core.data.tokenizer import describe, load_tokenizer, tokenizer_info
 
-    tokenizer = load_tokenizer("demo")
+    tokenizer = load_tokenizer(args.tokenizer)
     with tempfile.TemporaryDirectory(prefix="qwentune-bench-") as tmp:
         folder = Path(tmp)
         t0 = time.perf_counter()
@@ -163,8 +167,8 @@ def main() -> int:
         "bench": "mix_speed", "rows": result.total, "seconds": round(total_s, 1), "target_s": 60,
         "ok": total_s <= 60, "rows_per_s": round(result.total / total_s), "cpu_s": round(cpu_s, 1),
         "load_avg_before": round(load_before, 2), "tokens": tokens,
-        "mean_tokens_per_row": round(tokens / max(1, result.total)), "tokenizer": "demo (offline, vocab "
-        f"{len(tokenizer)})", "machine": machine(), "generate_data_s": round(t_gen, 1),
+        "mean_tokens_per_row": round(tokens / max(1, result.total)), "tokenizer": describe(tokenizer_info(tokenizer)),
+        "machine": machine(), "generate_data_s": round(t_gen, 1),
         "formats": {s.name: s.formats for s in result.sources},
         "stages_s": {k: round(v, 1) for k, v in stages.items() if k != "start"},
         "date": time.strftime("%Y-%m-%d"),

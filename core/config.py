@@ -6,12 +6,15 @@ A run is described by :class:`RunConfig`; a data mix by :class:`MixConfig`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from core.choices import BACKENDS, DTYPES, HUBS, METHODS, QUANTS
 from core.settings import ConfigError, load_yaml, setting
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FORMATS = ("auto", "alpaca", "sharegpt", "messages", "reasoning", "openmath")
+REASONING_TURNS = ("last_only", "split", "mask_earlier")
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -46,6 +49,8 @@ class SourceConfig:
             raise ConfigError("a source needs a path, sample name or dataset id", "path")
         if self.ratio is not None and self.count is not None:
             raise ConfigError("give a ratio or a count, not both", "count")
+        if self.ratio is not None and not math.isfinite(self.ratio):
+            raise ConfigError(f"must be a finite number (a share such as 75 or 0.25), got {self.ratio}", "ratio")
 
 
 @dataclass
@@ -64,10 +69,29 @@ class MixConfig:
     eval_fraction: float = setting(0.0, minimum=0.0, maximum=0.5,
                                    help="Share of the mixed rows held out as an eval split.")
     shuffle: bool = setting(True, help="Shuffle the mixed rows.")
+    tokenizer: str = setting("qwen3", help="Tokenizer that renders the rows and counts their tokens (length "
+                                           "report, drops): 'qwen3' (the real Qwen3 tokenizer, offline; every "
+                                           "Qwen3 size shares it), 'demo' (only for the demo model), a model "
+                                           "folder, a catalog key (e.g. qwen3-8b) or a hub id. A run checks it "
+                                           "against its model's tokenizer.")
+    reasoning_turns: str = setting(
+        "last_only", choices=REASONING_TURNS,
+        help="Conversations with reasoning in earlier turns: Qwen3's template drops the reasoning of "
+             "replies before the last user turn. last_only: render as the official template does (those "
+             "replies train with no think block). split: one row per such reply, each rendered as the last "
+             "turn (think block kept, every reply trained once). mask_earlier: keep the official text, but "
+             "replies that lost their reasoning get no loss.")
+    dedupe: bool = setting(False, help="Drop exact duplicate rows (same rendered text), keeping the first. "
+                                       "Duplicates are reported either way.")
 
     def validate(self) -> None:
+        if not self.tokenizer.strip():
+            raise ConfigError("give a tokenizer: 'qwen3', 'demo', a model folder, a catalog key or a hub id",
+                              "tokenizer")
         if not self.sources:
             raise ConfigError("a mix needs at least one source", "sources")
+        if not math.isfinite(self.eval_fraction):
+            raise ConfigError(f"must be a finite number, got {self.eval_fraction}", "eval_fraction")
         has_ratio = [s.ratio is not None for s in self.sources]
         has_count = [s.count is not None for s in self.sources]
         if any(has_ratio) and not all(r or c for r, c in zip(has_ratio, has_count)):
@@ -80,17 +104,17 @@ class MixConfig:
 class ModelConfig:
     name_or_path: str = setting("demo", help="Catalog key (e.g. qwen3-8b), local model folder, "
                                              "hub id, or 'demo' for the tiny offline model.")
-    method: str = setting("qlora", choices=("lora", "qlora"),
+    method: str = setting("qlora", choices=METHODS,
                           help="lora: 16-bit base weights. qlora: 4-bit base weights, about 3x "
                                "less memory, slightly slower.")
-    quant: str = setting("auto", choices=("auto", "dynamic4", "bnb4", "nf4"),
+    quant: str = setting("auto", choices=QUANTS,
                          help="QLoRA weights: Unsloth dynamic 4-bit checkpoint, plain bnb 4-bit "
                               "checkpoint, or quantize the 16-bit weights to nf4 on load.")
-    hub: str = setting("hf", choices=("hf", "modelscope"), help="Hub to download from.")
-    backend: str = setting("auto", choices=("auto", "unsloth", "peft"),
+    hub: str = setting("hf", choices=HUBS, help="Hub to download from.")
+    backend: str = setting("auto", choices=BACKENDS,
                            help="auto: Unsloth when a CUDA GPU and unsloth are present, else "
                                 "transformers + PEFT.")
-    dtype: str = setting("auto", choices=("auto", "bfloat16", "float16", "float32"),
+    dtype: str = setting("auto", choices=DTYPES,
                          help="Compute dtype. auto: bf16 where the GPU supports it, fp16 on older "
                               "GPUs, fp32 on CPU.")
     trust_remote_code: bool = setting(False, help="Run code shipped with the model. Qwen3 needs none.")

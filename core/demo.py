@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from core.models.paths import DEMO_MARKER
+
 ASSETS = Path(__file__).parent / "assets"
 TEMPLATE_PATH = ASSETS / "qwen3_chat_template.jinja"
 CORPUS_PATH = ASSETS / "demo_corpus.txt"
@@ -42,11 +44,9 @@ def chat_template() -> str:
 
 
 def default_cache_root() -> Path:
-    env = os.environ.get("QWENTUNE_CACHE")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "qwentune"
+    from core.models.paths import cache_root
+
+    return cache_root()
 
 
 def _corpus_texts() -> list[str]:
@@ -139,7 +139,7 @@ def build_demo_model(out_dir: str | os.PathLike) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(out)
     build_model(out, tokenizer)
-    (out / "qwentune_demo.json").write_text(
+    (out / DEMO_MARKER).write_text(
         json.dumps({"recipe": recipe_hash(), "note": "Random weights; for tests and demo mode."}) + "\n",
         encoding="utf-8",
     )
@@ -150,7 +150,7 @@ def ensure_demo_model(cache_root: str | os.PathLike | None = None) -> Path:
     """Return the cached demo model folder, building it once (safe against concurrent builders)."""
     root = Path(cache_root) if cache_root else default_cache_root()
     target = root / f"demo-model-{recipe_hash()}"
-    if (target / "qwentune_demo.json").exists():
+    if (target / DEMO_MARKER).exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-build-", dir=root))
@@ -159,7 +159,7 @@ def ensure_demo_model(cache_root: str | os.PathLike | None = None) -> Path:
         try:
             os.replace(tmp / "m", target)
         except OSError:
-            if not (target / "qwentune_demo.json").exists():
+            if not (target / DEMO_MARKER).exists():
                 raise  # another process did not win the race: a real failure
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

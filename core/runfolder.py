@@ -75,6 +75,7 @@ class Status(Mapping):
     pid: int | None = None
     run: str | None = None  # the run's name as the worker saw it
     # times (ISO 8601, local offset)
+    created: str | None = None  # written once, at the first start; resumes keep it
     queued: str | None = None
     started: str | None = None
     train_started: str | None = None

@@ -211,14 +211,8 @@ def _resolve_model_folder(path: Path, base_override: str) -> LoadSpec:
 
 # ------------------------------------------------------------------------------------------ loading
 def _local_model_path(name: str, *, method: str, quant: str = "auto") -> str:
-    """A local folder for a model name (demo / folder / catalog key / hub id), downloading if needed."""
-    from core.demo import ensure_demo_model, is_demo
-
-    if is_demo(name):
-        return str(ensure_demo_model())
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path.resolve())
+    """A local folder for a model name (demo / folder / catalog key / hub id), downloading if needed,
+    through the one resolver the trainer uses."""
     from core.models.resolve import resolve_model
 
     return resolve_model(name, method=method, quant=quant)

@@ -13,9 +13,6 @@ def add_arguments(p) -> None:
 
     p.add_argument("config", help="Mix config YAML (see presets/mixes/).")
     p.add_argument("--out", help="Folder to save the mix in (required unless --dry-run).")
-    p.add_argument("--tokenizer", default="demo",
-                   help="Tokenizer for rendering and the length report: 'demo' (default, offline), a model "
-                        "folder, or a hub id.")
     p.add_argument("--json", action="store_true", help="Print counts per source, drops and total as JSON.")
     p.add_argument("--preview", type=int, default=0, metavar="N",
                    help="Print N rendered rows with the trained tokens marked.")
@@ -47,6 +44,7 @@ def run(args) -> int:
     from core.data.mix import build_mix, load_tokenizer
     from core.data.preview import preview_text
     from core.data.render import MaskOptions, render
+    from core.data.report import problems_text
     from core.settings import ConfigError, cli_overrides, deep_merge, from_dict, read_yaml
 
     if not args.out and not args.dry_run:
@@ -56,7 +54,7 @@ def run(args) -> int:
         raise ConfigError("expected a mapping of mix settings", "", args.config)
     data = deep_merge(data or {}, cli_overrides(args))
     cfg = from_dict(MixConfig, data, source=args.config, lines=lines)
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer = load_tokenizer(cfg.tokenizer)  # --tokenizer overrides the YAML's, which defaults to qwen3
     progress = None if args.json else _progress
     result = build_mix(cfg, tokenizer, None if args.dry_run else args.out, progress, overwrite=args.force)
     if args.json:
@@ -65,9 +63,9 @@ def run(args) -> int:
         print(_table(result))
         where = f" -> {result.out_dir}" if result.out_dir else " (dry run, nothing written)"
         print(f"total: {result.total} rows (train {len(result.rows)}, eval {len(result.eval_rows)}){where}")
-        for s in result.sources:
-            for reason, d in s.drops.items():
-                print(f"  dropped from {s.name}: {reason} x{d['count']}, e.g. {d['examples'][0]}")
+        report = problems_text(result)
+        if report:
+            print(report)
         for w in result.warnings:
             print(f"warning: {w}")
     if args.preview:

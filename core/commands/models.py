@@ -15,7 +15,8 @@ def _model_field(name: str):
 
 
 def add_arguments(p) -> None:
-    from core.models.resolve import MODELS_DIR_HELP
+    from core.choices import DOWNLOAD_QUANTS
+    from core.models.paths import MODELS_DIR_HELP
 
     sub = p.add_subparsers(dest="models_command", metavar="ACTION")
     sub.required = True
@@ -34,7 +35,7 @@ def add_arguments(p) -> None:
     hub, method, quant = _model_field("hub"), _model_field("method"), _model_field("quant")
     get.add_argument("--hub", choices=list(hub.choices), default=hub.default, help=hub.help)
     get.add_argument("--method", choices=list(method.choices), default=method.default, help=method.help)
-    get.add_argument("--quant", choices=[*quant.choices, "none"], default=quant.default,
+    get.add_argument("--quant", choices=list(DOWNLOAD_QUANTS), default=quant.default,
                      help=quant.help + " 'none': the original 16-bit weights. 'auto': dynamic 4-bit for "
                                        "dense models, plain 4-bit for MoE models (with --method qlora).")
     get.add_argument("--cache-dir", help=MODELS_DIR_HELP)
@@ -74,7 +75,7 @@ def _list(args) -> int:
     from core.cli import print_json
     from core.models.download import fmt_bytes
     from core.models.local import list_local_models, status_text
-    from core.models.resolve import models_dir
+    from core.models.paths import models_dir
 
     models = list_local_models(cache_dir=args.cache_dir)
     if args.json:

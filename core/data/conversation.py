@@ -29,6 +29,7 @@ class Message:
     reasoning: str | None = None  # assistant's thinking, without <think> tags
     tool_calls: list[ToolCall] = field(default_factory=list)
     name: str | None = None  # tool name on tool turns
+    loss: bool = True  # assistant turns only: False = shown as context, never trained
 
     def to_template(self) -> dict:
         """The dict ``apply_chat_template`` expects (Qwen3 reads ``reasoning_content``)."""
@@ -65,6 +66,7 @@ class Conversation:
                     "tool_calls": [{"name": t.name, "arguments": t.arguments} for t in m.tool_calls]
                     or None,
                     "name": m.name,
+                    "loss": False if not m.loss else None,
                 }.items() if v is not None}
                 for m in self.messages
             ],
@@ -79,7 +81,7 @@ class Conversation:
         msgs = [
             Message(role=m["role"], content=m.get("content", ""), reasoning=m.get("reasoning"),
                     tool_calls=[ToolCall(t["name"], t["arguments"]) for t in m.get("tool_calls") or []],
-                    name=m.get("name"))
+                    name=m.get("name"), loss=m.get("loss", True) is not False)
             for m in data["messages"]
         ]
         return cls(messages=msgs, tools=data.get("tools"), source=data.get("source", ""),

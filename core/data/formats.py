@@ -21,6 +21,7 @@ converted without guessing is skipped with a reason (:class:`RowError`); nothing
 from __future__ import annotations
 
 import json
+import math
 import re
 
 from core.data.conversation import Conversation, Message, ToolCall
@@ -122,13 +123,19 @@ def detect_format(data: dict) -> str | None:
 
 
 # -------------------------------------------------------------------------------------- helpers
-def _text(value, what: str) -> str:
-    """A text field; numbers become their text, None becomes ''. Lists/dicts are an error."""
+def _text(value, what: str, notes: list | None = None) -> str:
+    """A text field; None becomes ''. A number becomes its text with a note (JSON numbers where text
+    belongs are usually a column mix-up); NaN / Infinity are refused: training on the text "nan" is
+    never what the data meant. Lists/dicts are an error."""
     if value is None:
         return ""
     if isinstance(value, str):
         return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RowError("NaN or Infinity", f"{what} is {value} (a JSON NaN/Infinity), not text")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if notes is not None:
+            notes.append(("number as text", f"{what} is the number {value}; trained as the text {str(value)!r}"))
         return str(value)
     raise RowError("wrong field type", f"{what} should be text, got {type(value).__name__}")
 
@@ -140,6 +147,8 @@ def _json_field(value, what: str):
             return None
         try:
             return json.loads(value)
+        except RecursionError:
+            raise RowError("nested too deep", f"{what} is JSON nested too deep to read") from None
         except ValueError as exc:
             raise RowError("invalid JSON field", f"{what} is text but not valid JSON ({exc})") from None
     return value
@@ -217,37 +226,63 @@ def _tool_call(item, where: str) -> ToolCall:
     return ToolCall(str(item["name"]), args)
 
 
-def _content_and_parts(content, where: str) -> tuple[str, str | None]:
-    """Message content as text; a list of typed parts gives (text, reasoning)."""
+TEXT_PARTS = ("text", "output_text", "input_text")
+REASONING_PARTS = ("thinking", "reasoning", "reasoning_content")
+TOOL_CALL_PARTS = ("tool_call", "function_call")
+TOOL_RESULT_PARTS = ("tool_response", "tool_result", "observation", "function_response")
+
+
+def _part_value(part: dict, keys: tuple[str, ...], where: str, notes: list | None):
+    """The payload of a typed part: OpenAI writes ``text``, LLaMA-Factory ``value``."""
+    for key in keys:
+        if part.get(key) is not None:
+            return _text(part[key], where, notes)
+    return ""
+
+
+def _content_and_parts(content, where: str, notes: list | None = None
+                       ) -> tuple[str, str | None, list[ToolCall]]:
+    """Message content as (text, reasoning, tool calls). A list of typed parts (OpenAI: ``text``;
+    LLaMA-Factory: ``value``) is read the way LLaMA-Factory hands it to ``apply_chat_template``:
+    text and tool-result parts joined, reasoning parts joined, tool-call parts as tool calls."""
     if content is None:
-        return "", None
-    if isinstance(content, list):
-        texts, thoughts = [], []
-        for j, part in enumerate(content):
-            if isinstance(part, str):
-                texts.append(part)
-                continue
-            if not isinstance(part, dict):
-                raise RowError("invalid content part", f"{where} part {j} is not an object")
-            kind = part.get("type", "text")
-            if kind in ("text", "output_text", "input_text"):
-                texts.append(_text(part.get("text"), f"{where} part {j}"))
-            elif kind in ("thinking", "reasoning", "reasoning_content"):
-                thoughts.append(_text(part.get("thinking", part.get("reasoning", part.get("text"))),
-                                      f"{where} part {j}"))
+        return "", None, []
+    if not isinstance(content, list):
+        return _text(content, where, notes), None, []
+    texts, thoughts, calls = [], [], []
+    for j, part in enumerate(content):
+        at = f"{where} part {j}"
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        if not isinstance(part, dict):
+            raise RowError("invalid content part", f"{at} is not an object")
+        kind = part.get("type", "text")
+        if kind in TEXT_PARTS or kind in TOOL_RESULT_PARTS:
+            texts.append(_part_value(part, ("text", "value", "content", "output"), at, notes))
+        elif kind in REASONING_PARTS:
+            thoughts.append(_part_value(part, (kind, "thinking", "reasoning", "text", "value"), at, notes))
+        elif kind in TOOL_CALL_PARTS:
+            if part.get("name") is not None or isinstance(part.get("function"), dict):
+                item = part
             else:
-                raise RowError("unsupported content", f"{where} part {j} has type {kind!r} "
-                                                      "(only text and thinking parts are supported)")
-        return "".join(texts), ("".join(thoughts) if thoughts else None)
-    return _text(content, where), None
+                item = _json_field(part.get("value", part.get("text")), f"{at} ({kind})")
+            calls.append(_tool_call(item, f"{at} ({kind})"))
+        else:
+            raise RowError("unsupported content", f"{at} has type {kind!r} (text, reasoning, tool_call and "
+                                                  "tool_response parts are supported)")
+    return "".join(texts), ("".join(thoughts) if thoughts else None), calls
 
 
 # -------------------------------------------------------------------------------------- formats
-def from_alpaca(data: dict, instruction_in: str = "user") -> tuple[list[Message], list[dict] | None]:
-    instruction = _text(data.get("instruction"), "instruction").strip()
-    query = _text(data.get("input"), "input").strip()
-    output = _text(data.get("output"), "output")
-    system = _text(data.get("system"), "system").strip()
+def from_alpaca(data: dict, instruction_in: str = "user", notes: list | None = None
+                ) -> tuple[list[Message], list[dict] | None]:
+    """Fields are kept exactly as written (no stripping), joined the way LLaMA-Factory joins them:
+    ``instruction + "\n" + input``; trailing spaces are part of what the model is shown."""
+    instruction = _text(data.get("instruction"), "instruction", notes)
+    query = _text(data.get("input"), "input", notes)
+    output = _text(data.get("output"), "output", notes)
+    system = _text(data.get("system"), "system", notes)
     if not instruction and not query:
         raise RowError("empty field", "instruction and input are both empty")
     if not output.strip():
@@ -268,7 +303,7 @@ def from_alpaca(data: dict, instruction_in: str = "user") -> tuple[list[Message]
     for i, pair in enumerate(history):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise RowError("invalid history", f"history[{i}] is not a [question, answer] pair")
-        q, a = _text(pair[0], f"history[{i}][0]"), _text(pair[1], f"history[{i}][1]")
+        q, a = _text(pair[0], f"history[{i}][0]", notes), _text(pair[1], f"history[{i}][1]", notes)
         if not q.strip() or not a.strip():
             raise RowError("empty field", f"history[{i}] has an empty question or answer")
         reasoning, answer = split_think(a)
@@ -278,7 +313,8 @@ def from_alpaca(data: dict, instruction_in: str = "user") -> tuple[list[Message]
     return msgs, None
 
 
-def from_sharegpt(data: dict, columns: dict | None = None) -> tuple[list[Message], list[dict] | None]:
+def from_sharegpt(data: dict, columns: dict | None = None, notes: list | None = None
+                  ) -> tuple[list[Message], list[dict] | None]:
     columns = columns or {}
     role_tag = columns.get("role_tag", "from")
     content_tag = columns.get("content_tag", "value")
@@ -287,12 +323,14 @@ def from_sharegpt(data: dict, columns: dict | None = None) -> tuple[list[Message
                       ("function_tag", "function_call"), ("observation_tag", "tool")):
         if columns.get(tag):
             roles[str(columns[tag]).strip().lower()] = role
-    turns = data.get("conversations", data.get("conversation"))
-    turns = _json_field(turns, "conversations")
-    if not isinstance(turns, list) or not turns:
-        raise RowError("empty field", "conversations is missing or empty")
+    key = "conversations" if "conversations" in data else "conversation"
+    turns = _json_field(data.get(key), key)
+    if turns is None or turns == []:
+        raise RowError("empty field", f"{key} is missing or empty")
+    if not isinstance(turns, list):
+        raise RowError("invalid field", f"{key} should be a list of turns, got {_kind(turns)}")
     msgs: list[Message] = []
-    system = _text(data.get("system"), "system").strip()
+    system = _text(data.get("system"), "system", notes)
     for i, turn in enumerate(turns):
         where = f"turn {i}"
         if not isinstance(turn, dict):
@@ -314,11 +352,12 @@ def from_sharegpt(data: dict, columns: dict | None = None) -> tuple[list[Message
             else:
                 msgs.append(Message("assistant", "", tool_calls=tool_calls))
             continue
-        text = value if role == "tool" and isinstance(value, (dict, list)) else _text(value, where)
-        if role == "tool" and not isinstance(text, str):
-            text = json.dumps(text, ensure_ascii=False)
+        if role == "tool" and isinstance(value, (dict, list)):
+            text = json.dumps(value, ensure_ascii=False)
+        else:
+            text = _text(value, where, notes)
         if role == "system":
-            if i == 0 and system and text.strip() != system:
+            if i == 0 and system and text.strip() != system.strip():
                 raise RowError("system prompt given twice", "a system column and a different system turn")
             if i == 0 and system:
                 continue
@@ -332,10 +371,18 @@ def from_sharegpt(data: dict, columns: dict | None = None) -> tuple[list[Message
     return msgs, normalise_tools(data.get("tools"))
 
 
-def from_messages(data: dict) -> tuple[list[Message], list[dict] | None]:
-    turns = _json_field(data.get("messages"), "messages")
-    if not isinstance(turns, list) or not turns:
-        raise RowError("empty field", "messages is missing or empty")
+def _kind(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def from_messages(data: dict, notes: list | None = None) -> tuple[list[Message], list[dict] | None]:
+    # Some exports keep OpenAI-style {role, content} turns under ShareGPT's column name.
+    key = next((k for k in ("messages", "conversations", "conversation") if k in data), "messages")
+    turns = _json_field(data.get(key), key)
+    if turns is None or turns == []:
+        raise RowError("empty field", f"{key} is missing or empty")
+    if not isinstance(turns, list):
+        raise RowError("invalid field", f"{key} should be a list of turns, got {_kind(turns)}")
     msgs: list[Message] = []
     for i, turn in enumerate(turns):
         where = f"message {i}"
@@ -349,9 +396,11 @@ def from_messages(data: dict) -> tuple[list[Message], list[dict] | None]:
         if role == "tool" and isinstance(raw_content, (dict, list)) and not (
                 isinstance(raw_content, list) and raw_content and isinstance(raw_content[0], dict)
                 and "type" in raw_content[0]):
-            content, part_reasoning = json.dumps(raw_content, ensure_ascii=False), None
+            content, part_reasoning, part_calls = json.dumps(raw_content, ensure_ascii=False), None, []
         else:
-            content, part_reasoning = _content_and_parts(raw_content, where)
+            content, part_reasoning, part_calls = _content_and_parts(raw_content, where, notes)
+        if part_calls and role != "assistant":
+            raise RowError("invalid tool call", f"{where} is a {role} turn holding a tool_call part")
         if role == "assistant":
             field_reasoning = next((turn[k] for k in MESSAGE_REASONING_KEYS if turn.get(k) is not None), None)
             if part_reasoning is not None and field_reasoning is not None:
@@ -361,8 +410,13 @@ def from_messages(data: dict) -> tuple[list[Message], list[dict] | None]:
             raw_calls = _json_field(turn.get("tool_calls"), f"{where} tool_calls") or []
             if isinstance(raw_calls, dict):
                 raw_calls = [raw_calls]
-            calls = [_tool_call(c, f"{where} tool_calls[{j}]") for j, c in enumerate(raw_calls)]
-            msgs.append(Message("assistant", answer, reasoning=reasoning, tool_calls=calls))
+            if not isinstance(raw_calls, list):
+                raise RowError("invalid tool call", f"{where} tool_calls should be a list")
+            calls = part_calls + [_tool_call(c, f"{where} tool_calls[{j}]") for j, c in enumerate(raw_calls)]
+            # LLaMA-Factory marks context-only replies with loss_weight 0.
+            weight = turn.get("loss_weight")
+            loss = not (isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight == 0)
+            msgs.append(Message("assistant", answer, reasoning=reasoning, tool_calls=calls, loss=loss))
         elif role == "tool":
             name = turn.get("name") or turn.get("tool_call_id")
             msgs.append(Message("tool", content, name=str(name) if name else None))
@@ -378,14 +432,14 @@ def _first(data: dict, keys: tuple[str, ...]):
     return None, None
 
 
-def from_reasoning(data: dict) -> tuple[list[Message], list[dict] | None]:
+def from_reasoning(data: dict, notes: list | None = None) -> tuple[list[Message], list[dict] | None]:
     pk, prompt = _first(data, PROMPT_KEYS)
     ak, answer = _first(data, ANSWER_KEYS)
     if pk is None:
         raise RowError("missing field", f"no prompt column (one of {', '.join(PROMPT_KEYS)})")
     if ak is None:
         raise RowError("missing field", f"no answer column (one of {', '.join(ANSWER_KEYS)})")
-    prompt, answer = _text(prompt, pk), _text(answer, ak)
+    prompt, answer = _text(prompt, pk, notes), _text(answer, ak, notes)
     if not prompt.strip():
         raise RowError("empty field", f"{pk} is empty")
     if not answer.strip():
@@ -393,8 +447,8 @@ def from_reasoning(data: dict) -> tuple[list[Message], list[dict] | None]:
     _rk, reasoning = _first(data, REASONING_KEYS)
     reasoning, content = _reasoning_and_content(answer, reasoning)
     msgs = []
-    system = _text(data.get("system"), "system").strip()
-    if system:
+    system = _text(data.get("system"), "system", notes)
+    if system.strip():
         msgs.append(Message("system", system))
     msgs += [Message("user", prompt), Message("assistant", content, reasoning=reasoning)]
     return msgs, None
@@ -413,13 +467,13 @@ def last_boxed(text: str) -> str | None:
     return found
 
 
-def from_openmath(data: dict) -> tuple[list[Message], list[dict] | None]:
+def from_openmath(data: dict, notes: list | None = None) -> tuple[list[Message], list[dict] | None]:
     """OpenMathReasoning: ``generated_solution`` is the reasoning trace. With ``</think>`` the part
     after it is the answer; without, the whole solution is the trace and the answer is its last
     ``\\boxed{}`` (or ``expected_answer``) written as "The answer is $\\boxed{X}$."."""
-    problem = _text(data.get("problem"), "problem").strip()
-    solution = _text(data.get("generated_solution"), "generated_solution")
-    expected = _text(data.get("expected_answer"), "expected_answer").strip()
+    problem = _text(data.get("problem"), "problem", notes).strip()
+    solution = _text(data.get("generated_solution"), "generated_solution", notes)
+    expected = _text(data.get("expected_answer"), "expected_answer", notes).strip()
     if not problem:
         raise RowError("empty field", "problem is empty")
     if not solution.strip():
@@ -445,8 +499,10 @@ CONVERTERS = {"alpaca": from_alpaca, "sharegpt": from_sharegpt, "messages": from
 
 
 # -------------------------------------------------------------------------------------- checks
-def validate_messages(msgs: list[Message]) -> None:
-    """The rules every converted conversation must meet (else the row is skipped)."""
+def validate_messages(msgs: list[Message], notes: list | None = None) -> None:
+    """The rules every converted conversation must meet (else the row is skipped). Orders that
+    render and train but are rarely meant (a reply with no question before it, two questions in a
+    row) are kept with a note."""
     if not any(m.role == "assistant" for m in msgs):
         raise RowError("no assistant turn", "the conversation has no assistant reply to train on")
     for i, m in enumerate(msgs):
@@ -460,11 +516,23 @@ def validate_messages(msgs: list[Message]) -> None:
         raise RowError("ends without a reply", f"the last turn is {msgs[-1].role}, not an assistant reply")
     if not any(m.role == "user" for m in msgs):
         raise RowError("no user turn", "the conversation has no user turn")
+    if notes is None:
+        return
+    first = next(i for i, m in enumerate(msgs) if m.role != "system")
+    if msgs[first].role == "assistant":
+        notes.append(("starts with an assistant turn",
+                      f"turn {first} is a reply with no user turn before it; it is trained as an "
+                      "unprompted reply"))
+    for i in range(1, len(msgs)):
+        if msgs[i].role == msgs[i - 1].role and msgs[i].role in ("user", "assistant"):
+            notes.append((f"two {msgs[i].role} turns in a row", f"turns {i - 1} and {i} are both {msgs[i].role}"))
+            break
 
 
 REQUIRED = {"alpaca": (("output",), ("instruction", "input")), "sharegpt": (("conversations", "conversation"),),
-            "messages": (("messages",),), "reasoning": (PROMPT_KEYS, ANSWER_KEYS),
+            "messages": (("messages", "conversations", "conversation"),), "reasoning": (PROMPT_KEYS, ANSWER_KEYS),
             "openmath": (("problem",), ("generated_solution",))}
+MAX_DEPTH = 64  # JSON nesting a tool schema or argument may have; deeper is corrupt data
 
 
 def check_required(data: dict, fmt: str) -> None:
@@ -475,40 +543,107 @@ def check_required(data: dict, fmt: str) -> None:
                                             f"{', '.join(map(str, data)) or '(nothing)'}")
 
 
+def _undetected(data: dict) -> RowError:
+    """Why a row's format cannot be told, naming the field that looks wrong when there is one."""
+    for key in ("messages", "conversations", "conversation"):
+        if key in data:
+            value = data[key]
+            if isinstance(value, str):
+                return RowError("invalid JSON field", f"{key} is text but not valid JSON")
+            return RowError("invalid field", f"{key} should be a list of turns, got {_kind(value)}")
+    return RowError("unknown format", f"cannot tell the format from columns {sorted(map(str, data))}; "
+                                      "set format: and columns: for this source")
+
+
+def _check_value(value, where: str) -> None:
+    """Refuse what must never reach the tokenizer or the template: lone surrogates (not encodable
+    text), NUL characters, NaN/Infinity and absurd nesting (walked without recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise RowError("NUL character", f"{where} holds a NUL character (\\x00)")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise RowError("broken UTF-8", f"{where} holds a lone surrogate "
+                                               f"(\\u{ord(item[exc.start]):04x}), not text") from None
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise RowError("NaN or Infinity", f"{where} holds {item}")
+        elif isinstance(item, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise RowError("nested too deep", f"{where} is nested more than {MAX_DEPTH} levels deep")
+            values = item.items() if isinstance(item, dict) else enumerate(item)
+            for k, v in values:
+                if isinstance(k, str):
+                    stack.append((k, depth + 1))
+                stack.append((v, depth + 1))
+
+
+def check_conversation(conv: Conversation) -> None:
+    """Every text of a converted conversation is safe to render and tokenize (else RowError)."""
+    for i, m in enumerate(conv.messages):
+        where = f"turn {i} ({m.role})"
+        _check_value(m.content, where)
+        if m.reasoning is not None:
+            _check_value(m.reasoning, f"{where} reasoning")
+        for tc in m.tool_calls:
+            _check_value(tc.name, f"{where} tool call")
+            _check_value(tc.arguments, f"{where} tool call arguments")
+        if m.name:
+            _check_value(m.name, where)
+    if conv.tools:
+        _check_value(conv.tools, "tools")
+
+
 def to_conversation(data: dict, origin: str, *, fmt: str = "auto", columns: dict | None = None,
                     instruction_in: str = "user", system_prompt: str = "", source: str = "",
-                    detected: dict | None = None) -> tuple[Conversation, str]:
+                    notes: list | None = None) -> tuple[Conversation, str]:
     """Convert one row. Returns (conversation, format used); raises RowError to skip the row.
-    ``detected`` caches auto-detection by column set (rows of one file share columns)."""
+    The format is detected per row, so a bad row never decides how its neighbours are read.
+    ``notes`` collects (kind, detail) of problems that keep the row (numbers given as text,
+    unusual turn order)."""
+    try:
+        return _to_conversation(data, origin, fmt, columns, instruction_in, system_prompt, source, notes)
+    except RowError:
+        raise
+    except RecursionError:
+        raise RowError("nested too deep", "the row is nested too deep to read") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        # Rows are arbitrary user data: whatever a converter trips on skips this row, with the cause.
+        raise RowError("unreadable row", f"{type(exc).__name__}: {exc}") from None
+
+
+def _to_conversation(data, origin, fmt, columns, instruction_in, system_prompt, source, notes):
     data = apply_columns(data, columns or {})
     if fmt == "auto":
-        key = frozenset(data)
-        if detected is not None and key in detected and detected[key] not in ("messages", "sharegpt"):
-            fmt_used = detected[key]
-        else:
-            fmt_used = detect_format(data)
-            if detected is not None:
-                detected[key] = fmt_used
+        fmt_used = detect_format(data)
         if fmt_used is None:
-            raise RowError("unknown format", f"cannot tell the format from columns {sorted(map(str, data))}; "
-                                             "set format: and columns: for this source")
+            raise _undetected(data)
     else:
         fmt_used = fmt
     check_required(data, fmt_used)
+    local: list = []
     if fmt_used == "alpaca":
-        msgs, tools = from_alpaca(data, instruction_in)
+        msgs, tools = from_alpaca(data, instruction_in, local)
     elif fmt_used == "sharegpt":
-        msgs, tools = from_sharegpt(data, columns)
+        msgs, tools = from_sharegpt(data, columns, local)
     else:
-        msgs, tools = CONVERTERS[fmt_used](data)
+        msgs, tools = CONVERTERS[fmt_used](data, local)
     if system_prompt and (not msgs or msgs[0].role != "system"):
         msgs.insert(0, Message("system", system_prompt))
-    validate_messages(msgs)
+    validate_messages(msgs, local)
     meta = {}
     expected = data.get("expected_answer")
     if expected is not None and expected != "":
         meta["expected_answer"] = expected if isinstance(expected, (str, int, float)) else json.dumps(expected)
-    return Conversation(messages=msgs, tools=tools, source=source, origin=origin, meta=meta), fmt_used
+    conv = Conversation(messages=msgs, tools=tools, source=source, origin=origin, meta=meta)
+    check_conversation(conv)
+    if notes is not None:
+        notes.extend(local)
+    return conv, fmt_used
 
 
 def parse_columns(text: str) -> dict:

@@ -18,6 +18,7 @@ Everything random comes from ``seed``: the same config and data give a byte-iden
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import random
@@ -33,7 +34,14 @@ from pathlib import Path
 from core.config import MixConfig, SourceConfig
 from core.data.conversation import Conversation
 from core.data.formats import RowError, check_columns, to_conversation
-from core.data.render import count_tokens, render_texts
+from core.data.render import (
+    MaskError,
+    apply_reasoning_turns,
+    count_tokens,
+    dropped_reasoning,
+    render_texts,
+    reply_spans,
+)
 from core.data.sources import DataError, Skip, local_files, open_source, sample_path, source_kind
 from core.data.stats import TRUNCATION_WARNING, length_stats
 from core.data.tokenizer import load_tokenizer, tokenizer_info
@@ -61,6 +69,8 @@ class LoadedSource:
     formats: Counter
     rows_read: int
     skips: list[Skip]
+    notices: list[Skip] = field(default_factory=list)  # problems of rows that were kept
+    reasoning: dict = field(default_factory=dict)  # rows / replies whose earlier reasoning the template drops
 
 
 @dataclass
@@ -77,6 +87,8 @@ class SourceReport:
     truncated: int = 0  # of ``used``, how many are over max_seq_len (truncate policy)
     share: float | None = None  # normalised ratio
     drops: dict = field(default_factory=dict)  # reason -> {"count", "examples"}
+    notices: dict = field(default_factory=dict)  # kept rows with a problem: reason -> {"count", "examples"}
+    reasoning: dict = field(default_factory=dict)  # {"mode", "rows", "replies", "extra_rows"}
     lengths: list[int] = field(default_factory=list)  # token count of every parsed row
     length_stats: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -90,7 +102,8 @@ class SourceReport:
                 "ratio": self.config.get("ratio"), "share": self.share, "count": self.config.get("count"),
                 "rows_read": self.rows_read, "parsed": self.parsed, "usable": self.usable, "used": self.used,
                 "repeated": self.repeated, "truncated": self.truncated, "dropped": self.dropped,
-                "drops": self.drops, "lengths": self.length_stats}
+                "drops": self.drops, "notices": self.notices, "reasoning_turns": self.reasoning,
+                "lengths": self.length_stats}
 
 
 @dataclass
@@ -138,6 +151,7 @@ class MixResult:
             "sources": [dict(s.summary(), config=s.config) for s in self.sources],
             "seed": self.config.seed, "upsample": self.config.upsample, "total_target": self.config.total,
             "shuffle": self.config.shuffle, "eval_fraction": self.config.eval_fraction,
+            "reasoning_turns": self.config.reasoning_turns, "dedupe": self.config.dedupe,
             "max_seq_len": self.config.max_seq_len, "overlong": self.config.overlong,
             "tokenizer": self.tokenizer,
             "counts": self.counts, "drops": self.drops, "total": self.total,
@@ -147,9 +161,12 @@ class MixResult:
 
     def summary(self) -> dict:
         """What `python -m core mix --json` prints."""
+        from core.data.report import problem_rows
+
         return {"out": str(self.out_dir) if self.out_dir else None, "total": self.total,
                 "train_rows": len(self.rows), "eval_rows": len(self.eval_rows), "counts": self.counts,
-                "drops": self.drops, "sources": [s.summary() for s in self.sources],
+                "drops": self.drops, "problems": problem_rows(self),
+                "sources": [s.summary() for s in self.sources],
                 "lengths": self.mix_length_stats(), "tokenizer": self.tokenizer, "warnings": self.warnings}
 
 
@@ -259,34 +276,74 @@ def measure(convs: list[Conversation], tokenizer, progress: Progress | None = No
     return texts, lengths
 
 
+def _render_each(convs: list[Conversation], tokenizer, skips: list[Skip]) -> tuple[list[Conversation], list[str]]:
+    """Render a chunk; when the chunk fails, render row by row so one row's failure drops only it."""
+    try:
+        return convs, render_texts(convs, tokenizer)
+    except Exception:  # noqa: BLE001 - narrowed below, row by row, into counted drops
+        pass
+    kept, texts = [], []
+    for conv in convs:
+        try:
+            texts.append(render_texts([conv], tokenizer)[0])
+        except Exception as exc:  # noqa: BLE001 - a row the template cannot render is dropped with the cause
+            skips.append(Skip(conv.origin, "cannot be rendered", f"{type(exc).__name__}: {exc}"))
+            continue
+        kept.append(conv)
+    return kept, texts
+
+
 def load_source(cfg: SourceConfig, name: str, tokenizer, *, progress: Progress | None = None,
-                start: float = 0.0, span: float = 1.0, loaders: dict | None = None) -> LoadedSource:
+                start: float = 0.0, span: float = 1.0, loaders: dict | None = None,
+                reasoning_turns: str = "last_only") -> LoadedSource:
     """Read, convert, render and measure one source, streaming: each chunk of converted rows is
     rendered here while the previous chunk is tokenized in a thread (Rust releases the GIL), so
-    reading, rendering and tokenizing overlap. Rows that cannot be used are kept as skips."""
+    reading, rendering and tokenizing overlap. Rows that cannot be used are kept as skips, problems
+    of rows that are kept as notices."""
     check_columns(cfg.columns, cfg.format)
     rows, location = open_source(cfg.path, cfg.hub, cfg.split, cfg.subset, cfg.limit, loaders)
     convs: list[Conversation] = []
     texts: list[str] = []
     lengths: list[int] = []
     skips: list[Skip] = []
+    notices: list[Skip] = []
     formats: Counter = Counter()
-    detected: dict = {}
+    reasoning = {"mode": reasoning_turns, "rows": 0, "replies": 0, "extra_rows": 0}
     read = 0
     if progress:
         progress(start, f"reading {name}")
+
+    def renderer(conv: Conversation) -> str:
+        return render_texts([conv], tokenizer)[0]
+
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
         batch: list[Conversation] = []
+        batch_formats: dict[int, str] = {}
 
         def flush() -> None:
             nonlocal pending
-            chunk = render_texts(batch, tokenizer)
-            texts.extend(chunk)
+            chunk, chunk_texts = _render_each(list(batch), tokenizer, skips)
+            kept, kept_texts = [], []
+            for conv, text in zip(chunk, chunk_texts):
+                try:
+                    reply_spans(conv, text, renderer)
+                except MaskError as exc:
+                    skips.append(Skip(conv.origin, "mask ambiguous", str(exc)))
+                    continue
+                kept.append(conv)
+                kept_texts.append(text)
+            kept_ids = {id(c) for c in kept}
+            for conv in batch:
+                if id(conv) in kept_ids:
+                    formats[batch_formats[id(conv)]] += 1
+            convs.extend(kept)
+            texts.extend(kept_texts)
             if pending is not None:
                 lengths.extend(pending.result())
-            pending = pool.submit(count_tokens, chunk, tokenizer)
+            pending = pool.submit(count_tokens, kept_texts, tokenizer)
             batch.clear()
+            batch_formats.clear()
             if progress:
                 # The row count of a source is unknown until it is read: approach the end smoothly.
                 progress(start + span * len(convs) / (len(convs) + 20 * CHUNK),
@@ -297,16 +354,24 @@ def load_source(cfg: SourceConfig, name: str, tokenizer, *, progress: Progress |
             if isinstance(item, Skip):
                 skips.append(item)
                 continue
+            notes: list = []
             try:
                 conv, fmt = to_conversation(item.data, item.origin, fmt=cfg.format, columns=cfg.columns,
                                             instruction_in=cfg.instruction_in, system_prompt=cfg.system_prompt,
-                                            source=name, detected=detected)
+                                            source=name, notes=notes)
             except RowError as exc:
                 skips.append(Skip(item.origin, exc.reason, exc.detail))
                 continue
-            convs.append(conv)
-            batch.append(conv)
-            formats[fmt] += 1
+            notices += [Skip(item.origin, kind, detail) for kind, detail in notes]
+            lost = dropped_reasoning(conv)
+            if lost:
+                reasoning["rows"] += 1
+                reasoning["replies"] += len(lost)
+            parts = apply_reasoning_turns(conv, reasoning_turns)
+            reasoning["extra_rows"] += len(parts) - 1
+            for part in parts:
+                batch.append(part)
+                batch_formats[id(part)] = fmt
             if len(batch) >= CHUNK:
                 flush()
         if batch:
@@ -320,7 +385,7 @@ def load_source(cfg: SourceConfig, name: str, tokenizer, *, progress: Progress |
         where = location.hub_id or ", ".join(f.path for f in location.files)
         raise DataError(f"source '{name}' ({where}) has no usable rows: {read} read, all skipped: {top}"
                         f"{example}. Check format: and columns: for this source.", "sources")
-    return LoadedSource(name, location, convs, texts, lengths, formats, read, skips)
+    return LoadedSource(name, location, convs, texts, lengths, formats, read, skips, notices, reasoning)
 
 
 class SourceCache:
@@ -332,7 +397,7 @@ class SourceCache:
         self._items: dict[tuple, LoadedSource] = {}
 
     @staticmethod
-    def key(cfg: SourceConfig, name: str, tokenizer) -> tuple:
+    def key(cfg: SourceConfig, name: str, tokenizer, reasoning_turns: str = "last_only") -> tuple:
         stamp: tuple = ()
         kind = source_kind(cfg.path, cfg.hub)
         if kind in ("local", "sample"):
@@ -342,7 +407,7 @@ class SourceCache:
             except (DataError, OSError):
                 stamp = ("missing",)
         spec = (cfg.path, cfg.hub, cfg.split, cfg.subset, cfg.limit, cfg.format, tuple(sorted(cfg.columns.items())),
-                cfg.instruction_in, cfg.system_prompt, name)
+                cfg.instruction_in, cfg.system_prompt, name, reasoning_turns)
         tok = (str(tokenizer.name_or_path), hash(str(tokenizer.chat_template)), len(tokenizer))
         return spec + stamp + tok
 
@@ -376,9 +441,12 @@ def build_mix(cfg: MixConfig, tokenizer, out_dir: str | Path | None = None, prog
               ) -> MixResult:
     """Read every source, render and measure it with ``tokenizer``, apply the length policy, mix by
     ratio with ``cfg.seed``, and (when ``out_dir`` is given) save the mix folder. ``tokenizer`` may be
-    a loaded tokenizer or a spec for :func:`load_tokenizer` ("demo", a folder, a hub id)."""
+    a loaded tokenizer, a spec for :func:`load_tokenizer` ("qwen3", "demo", a folder, a catalog key, a
+    hub id), or None for ``cfg.tokenizer``."""
     if tokenizer is None or isinstance(tokenizer, str):
-        tokenizer = load_tokenizer(tokenizer)
+        tokenizer = load_tokenizer(cfg.tokenizer if tokenizer is None else tokenizer)
+    # The manifest's settings name the tokenizer that really measured the rows.
+    cfg = dataclasses.replace(cfg, tokenizer=tokenizer_info(tokenizer)["spec"] or cfg.tokenizer)
     # A mix holds millions of small, acyclic objects (rows, messages, texts); the cyclic collector
     # would rescan them over and over (at 100k rows: 197 s with it, 66 s without, in our runs).
     # Reference counting frees them all the same, so collection pauses for the build.
@@ -398,12 +466,12 @@ def _build(cfg: MixConfig, tokenizer, out_dir, progress, cache, loaders, overwri
     n = len(cfg.sources)
     loaded: list[LoadedSource] = []
     for i, (scfg, name) in enumerate(zip(cfg.sources, names)):
-        key = SourceCache.key(scfg, name, tokenizer) if cache is not None else None
+        key = SourceCache.key(scfg, name, tokenizer, cfg.reasoning_turns) if cache is not None else None
         item = cache.get(key) if cache is not None else None
         if item is None:
             try:
                 item = load_source(scfg, name, tokenizer, progress=progress, start=0.85 * i / n,
-                                   span=0.85 / n, loaders=loaders)
+                                   span=0.85 / n, loaders=loaders, reasoning_turns=cfg.reasoning_turns)
             except ConfigError as exc:
                 if exc.where.startswith("sources"):
                     raise
@@ -429,12 +497,23 @@ def _mix(cfg: MixConfig, names: list[str], loaded: list[LoadedSource], tokenizer
     available: list[list[int]] = []
     over: list[set[int]] = []
     warnings: list[str] = []
-    for scfg, name, src in zip(cfg.sources, names, loaded):
+    seen: dict[str, tuple[int, int]] = {}  # rendered text -> (source, row) of its first row, over all sources
+    for si, (scfg, name, src) in enumerate(zip(cfg.sources, names, loaded)):
         drops: dict = {}
+        notices: dict = {}
         for s in src.skips:
             _add_drop(drops, s.reason, s.origin, s.detail)
+        for s in src.notices:
+            _add_drop(notices, s.reason, s.origin, s.detail)
         keep, long_rows = [], set()
         for j, (conv, length) in enumerate(zip(src.conversations, src.lengths)):
+            at = seen.setdefault(src.texts[j], (si, j))
+            if at != (si, j):
+                first = loaded[at[0]].conversations[at[1]].origin
+                if cfg.dedupe:
+                    _add_drop(drops, "exact duplicate", conv.origin, f"same text as {first}")
+                    continue
+                _add_drop(notices, "exact duplicate", conv.origin, f"same text as {first} (dedupe: true drops it)")
             if scfg.min_tokens and length < scfg.min_tokens:
                 _add_drop(drops, "shorter than min_tokens", conv.origin, f"{length} < {scfg.min_tokens} tokens")
             elif scfg.max_tokens and length > scfg.max_tokens:
@@ -447,10 +526,21 @@ def _mix(cfg: MixConfig, names: list[str], loaded: list[LoadedSource], tokenizer
                 keep.append(j)
         report = SourceReport(name=name, config=to_dict(scfg), location=src.location.to_json(),
                               formats=dict(src.formats), rows_read=src.rows_read, parsed=len(src.conversations),
-                              usable=len(keep), drops=drops, lengths=src.lengths,
-                              length_stats=length_stats(src.lengths, cfg.max_seq_len),
+                              usable=len(keep), drops=drops, notices=notices, reasoning=dict(src.reasoning),
+                              lengths=src.lengths, length_stats=length_stats(src.lengths, cfg.max_seq_len),
                               warnings=list(src.location.warnings))
         warnings += [f"{name}: {w}" for w in src.location.warnings]
+        lost = src.reasoning or {}
+        if lost.get("rows"):
+            what = (f"{lost['rows']} rows have reasoning in turns before the last user turn "
+                    f"({lost['replies']} replies), which Qwen3's template leaves out")
+            if cfg.reasoning_turns == "last_only":
+                warnings.append(f"{name}: {what}: those replies train with no think block "
+                                "(reasoning_turns: split or mask_earlier avoids it)")
+            elif cfg.reasoning_turns == "split":
+                warnings.append(f"{name}: {what}: split into {lost['extra_rows']} extra rows (reasoning_turns: split)")
+            else:
+                warnings.append(f"{name}: {what}: those replies get no loss (reasoning_turns: mask_earlier)")
         reports.append(report)
         available.append(keep)
         over.append(long_rows)
@@ -541,11 +631,19 @@ def save_mix(result: MixResult, out_dir: str | Path, *, overwrite: bool = False)
         if not overwrite:
             raise DataError("a mix is already saved there; choose another name or allow overwriting", "out",
                             str(out))
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the folder: {exc.strerror or exc}", "out", str(out.parent)) from None
     tmp = out.parent / f".{out.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    write_mix_dir(tmp, result.rows, result.eval_rows, result.manifest())
+    try:
+        write_mix_dir(tmp, result.rows, result.eval_rows, result.manifest())
+    except OSError as exc:
+        # Nothing half-written stays behind: the hidden folder goes, the target is untouched.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(exc, out, result) from None
     if out.exists():
         old = out.parent / f".{out.name}.old"
         if old.exists():
@@ -557,3 +655,25 @@ def save_mix(result: MixResult, out_dir: str | Path, *, overwrite: bool = False)
         tmp.rename(out)
     result.out_dir = out
     return out
+
+
+def estimated_size(result: MixResult) -> int:
+    """Bytes a mix folder takes, about: each row's text and conversation, in JSON Lines and Parquet."""
+    per_copy = sum(len(r["text"].encode("utf-8", "replace")) * 2 + 64 for r in result.rows + result.eval_rows)
+    return 2 * per_copy
+
+
+def _write_error(exc: OSError, out: Path, result: MixResult) -> DataError:
+    import errno
+
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        try:
+            free = shutil.disk_usage(out.parent).free
+        except OSError:
+            free = 0
+        mb = 1024 * 1024
+        return DataError(f"the disk is full: the mix needs about {estimated_size(result) / mb:,.1f} MB and "
+                         f"{free / mb:,.1f} MB are free in {out.parent}; nothing was written. Free some space "
+                         "or save the mix elsewhere.", "out", str(out))
+    return DataError(f"cannot write the mix folder: {exc.strerror or exc}"
+                     + (f" ({exc.filename})" if exc.filename else ""), "out", str(out))

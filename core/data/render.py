@@ -1,15 +1,18 @@
 """Conversation -> text (the tokenizer's own chat template) -> token ids + loss mask.
 
 The loss mask is computed here and only here: the trainer and the Data tab's preview both call
-:func:`render`. It works from the rendered text, not from ``{% generation %}`` tags, so it is right
-for real Qwen3 tokenizers (whose template has no such tags) as well as for the demo model:
-every ``<|im_start|>assistant\\n ... <|im_end|>`` span is a reply; the header is not trained, the
-reply and its closing ``<|im_end|>`` are. Tool responses (rendered as user turns) are never trained.
+:func:`render`. It does not rely on ``{% generation %}`` tags (real Qwen3 templates have none): the
+k-th ``<|im_start|>assistant\\n ... <|im_end|>`` span of the rendered text is the conversation's
+k-th assistant turn. Texts that quote those markers (a user asking about ChatML) are swapped for
+placeholders while the spans are located, so quoted markers never become trained tokens. The
+header is not trained; the reply and its closing ``<|im_end|>`` are, unless the turn is marked
+``loss=False``. Tool responses (rendered as user turns) are never trained.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 
 from core.data.conversation import Conversation
@@ -130,28 +133,182 @@ def count_tokens(texts: list[str], tokenizer) -> list[int]:
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def trained_char_spans(text: str, options: MaskOptions = MaskOptions()) -> list[tuple[int, int]]:
-    """Character ranges [start, end) of ``text`` whose tokens are trained."""
-    if not options.assistant_only:
-        return [(0, len(text))]
+_MARKERS = ("<|im_start|>", "<|im_end|>")
+_PH_OPEN, _PH_CLOSE = "\ue000", "\ue001"  # private-use code points: a placeholder no data is built from
+
+
+class MaskError(ValueError):
+    """The trained spans of a conversation cannot be told apart from its other text."""
+
+
+def _has_marker(value) -> bool:
+    if isinstance(value, str):
+        return any(m in value for m in _MARKERS)
+    if isinstance(value, dict):
+        return any(_has_marker(k) or _has_marker(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_marker(v) for v in value)
+    return False
+
+
+def _skeleton(conv: Conversation) -> tuple[Conversation, list[tuple[str, str, str]]] | None:
+    """A copy of ``conv`` whose texts that quote chat markers are replaced by unique placeholders,
+    so the rendered skeleton's markers are exactly the template's own. Returns (copy, [(placeholder,
+    text as rendered verbatim, text as rendered inside tojson)]), or None when nothing quotes a marker."""
+    import copy
+    import json
+
+    fields = []
+    for m in conv.messages:
+        fields += [m.content, m.reasoning or ""] + [t.arguments for t in m.tool_calls]
+    if not (_has_marker(fields) or _has_marker(conv.tools or [])):
+        return None
+    subs: list[tuple[str, str, str]] = []
+
+    def place(text: str) -> str:
+        if not isinstance(text, str) or not any(mk in text for mk in _MARKERS):
+            return text
+        # Keep the edges the template looks at (strip, startswith('<tool_response>')) unchanged.
+        core = text.strip()
+        lead = text[: len(text) - len(text.lstrip())]
+        trail = text[len(text.rstrip()):]
+        for tag in ("<tool_response>",):
+            if core.startswith(tag):
+                lead, core = lead + tag, core[len(tag):]
+        for tag in ("</tool_response>",):
+            if core.endswith(tag):
+                core, trail = core[: -len(tag)], tag + trail
+        ph = f"{_PH_OPEN}{len(subs)}{_PH_CLOSE}"
+        subs.append((ph, core, json.dumps(core, ensure_ascii=False)[1:-1]))
+        return lead + ph + trail
+
+    def walk(value):
+        if isinstance(value, str):
+            return place(value)
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    sk = copy.deepcopy(conv)
+    for m in sk.messages:
+        m.content = place(m.content)
+        if m.reasoning:
+            m.reasoning = place(m.reasoning)
+        for t in m.tool_calls:
+            t.arguments = walk(t.arguments)
+    if sk.tools:
+        sk.tools = walk(sk.tools)
+    return sk, subs
+
+
+_PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
+
+
+def _locate(skeleton_text: str, text: str, subs: list[tuple[str, str, str]]) -> list[tuple[int, int]]:
+    """(skeleton position, text position) anchors after each placeholder; raises MaskError when the
+    skeleton with the texts put back is not the rendered text."""
+    anchors = []
+    out = []
+    pos = 0
+    shift = 0
+    for m in _PLACEHOLDER.finditer(skeleton_text):
+        _ph, raw, as_json = subs[int(m.group(1))]
+        out.append(skeleton_text[pos:m.start()])
+        real = raw if text.startswith(raw, m.start() + shift) else as_json
+        out.append(real)
+        shift += len(real) - (m.end() - m.start())
+        pos = m.end()
+        anchors.append((pos, pos + shift))
+    out.append(skeleton_text[pos:])
+    if "".join(out) != text:
+        raise MaskError("the template changes text that quotes <|im_start|> or <|im_end|>, so the "
+                        "replies cannot be located safely")
+    return anchors
+
+
+def reply_spans(conv: Conversation, text: str, renderer=None) -> list[tuple[int, int, int]]:
+    """(header start, body start, end) in ``text`` of each assistant turn, in order: found from the
+    conversation's structure, so a user turn that quotes ``<|im_start|>assistant`` is never taken
+    for a reply. ``renderer`` renders a conversation (needed only when some text quotes a marker)."""
+    sk = _skeleton(conv)
+    if sk is None:
+        skel_text, anchors = text, []
+    else:
+        if renderer is None:
+            raise MaskError("a text quotes chat markers and no renderer was given")
+        skel_text = renderer(sk[0])
+        anchors = _locate(skel_text, text, sk[1])
+
+    def to_text(p: int) -> int:
+        shift = 0
+        for sp, tp in anchors:
+            if sp <= p:
+                shift = tp - sp
+            else:
+                break
+        return p + shift
+
     spans = []
     pos = 0
     while True:
-        start = text.find(ASSISTANT_HEADER, pos)
+        start = skel_text.find(ASSISTANT_HEADER, pos)
         if start < 0:
             break
         body = start + len(ASSISTANT_HEADER)
-        end = text.find(END, body)
+        end = skel_text.find(END, body)
         # A reply cut off by truncation still trains what is there.
-        stop = len(text) if end < 0 else end + len(END)
+        stop = len(skel_text) if end < 0 else end + len(END)
+        spans.append((to_text(start), to_text(body), to_text(stop) if end >= 0 else len(text)))
+        if end < 0:
+            break
+        pos = stop
+    n_replies = sum(1 for m in conv.messages if m.role == "assistant")
+    if len(spans) != n_replies:
+        raise MaskError(f"the rendered text has {len(spans)} assistant turns, the conversation {n_replies}")
+    return spans
+
+
+def trained_char_spans(text: str, options: MaskOptions = MaskOptions(), conv: Conversation | None = None,
+                       renderer=None) -> list[tuple[int, int]]:
+    """Character ranges [start, end) of ``text`` whose tokens are trained. With ``conv`` the replies
+    are located from its structure and turns marked ``loss=False`` are left out; without it (plain
+    text) every ``<|im_start|>assistant`` span counts."""
+    if not options.assistant_only:
+        return [(0, len(text))]
+    if conv is not None:
+        replies = [m for m in conv.messages if m.role == "assistant"]
+        located = reply_spans(conv, text, renderer)
+    else:
+        located = reply_spans_in_text(text)
+        replies = [None] * len(located)
+    spans = []
+    for msg, (_h, body, stop) in zip(replies, located):
+        if msg is not None and not msg.loss:
+            continue
         if not options.train_empty_think and text.startswith(EMPTY_THINK, body):
             body += len(EMPTY_THINK)
         if stop > body:
             spans.append((body, stop))
-        if end < 0:
-            break
-        pos = stop
     return spans
+
+
+def reply_spans_in_text(text: str) -> list[tuple[int, int, int]]:
+    """Assistant spans found by searching plain text (no conversation known)."""
+    out = []
+    pos = 0
+    while True:
+        start = text.find(ASSISTANT_HEADER, pos)
+        if start < 0:
+            return out
+        body = start + len(ASSISTANT_HEADER)
+        end = text.find(END, body)
+        stop = len(text) if end < 0 else end + len(END)
+        out.append((start, body, stop))
+        if end < 0:
+            return out
+        pos = stop
 
 
 def mask_from_offsets(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
@@ -178,9 +335,19 @@ def render_batch(convs: list[Conversation], tokenizer, *, max_len: int | None = 
     texts = render_texts(convs, tokenizer)
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     out = []
-    for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"]):
+
+    def renderer(conv: Conversation) -> str:
+        return render_texts([conv], tokenizer)[0]
+
+    for conv, text, ids, offsets in zip(convs, texts, enc["input_ids"], enc["offset_mapping"]):
         offsets = [tuple(o) for o in offsets]
-        mask = mask_from_offsets(offsets, trained_char_spans(text, options))
+        try:
+            spans = trained_char_spans(text, options, conv, renderer)
+        except MaskError:
+            # The mix drops such rows ("mask ambiguous"); one that gets here anyway trains nothing,
+            # and the trainer counts it among the rows with no target.
+            spans = []
+        mask = mask_from_offsets(offsets, spans)
         cut = bool(max_len and truncate and len(ids) > max_len)
         if cut:
             ids, mask, offsets = ids[:max_len], mask[:max_len], offsets[:max_len]
@@ -204,3 +371,61 @@ def masked_segments(rendered: Rendered) -> list[tuple[str, bool]]:
         else:
             segments.append((piece, bool(m)))
     return segments
+
+
+# ------------------------------------------------------------------------- multi-turn reasoning
+def _is_query(m) -> bool:
+    """A real user question, as Qwen3's template tells it apart from a tool result in a user turn."""
+    c = m.content
+    return m.role == "user" and not (c.startswith("<tool_response>") and c.endswith("</tool_response>"))
+
+
+def last_query_index(conv: Conversation) -> int:
+    """Index of the last real user turn (Qwen3's ``ns.last_query_index``); -1 when there is none."""
+    return next((i for i in range(len(conv.messages) - 1, -1, -1) if _is_query(conv.messages[i])), -1)
+
+
+def dropped_reasoning(conv: Conversation) -> list[int]:
+    """Indexes of assistant turns whose reasoning Qwen3's template leaves out: those before the last
+    user question. Rendered officially they train a reply with no think block."""
+    last = last_query_index(conv)
+    return [i for i, m in enumerate(conv.messages[:max(last, 0)]) if m.role == "assistant" and m.reasoning]
+
+
+def apply_reasoning_turns(conv: Conversation, mode: str) -> list[Conversation]:
+    """The training rows of one conversation under ``reasoning_turns`` (see docs/data.md):
+    ``last_only`` the conversation as the official template renders it; ``mask_earlier`` the same
+    text, with the turns that lose their reasoning left untrained; ``split`` the conversation cut
+    after each question whose replies carry reasoning, so those replies are the last turns of their
+    row (think block kept); each row trains only its own replies, so every reply is trained once."""
+    import copy
+
+    dropped = dropped_reasoning(conv)
+    if not dropped or mode == "last_only":
+        return [conv]
+    if mode == "mask_earlier":
+        out = copy.deepcopy(conv)
+        for i in dropped:
+            out.messages[i].loss = False
+        return [out]
+    if mode != "split":
+        raise ValueError(f"unknown reasoning_turns mode {mode!r}")
+    msgs = conv.messages
+    queries = [i for i, m in enumerate(msgs) if _is_query(m)]
+    cuts = []
+    for q, nxt in zip(queries, queries[1:]):
+        if any(i in dropped for i in range(q, nxt)):
+            cuts.append(nxt)
+    cuts.append(len(msgs))
+    rows = []
+    prev = 0
+    for k, cut in enumerate(cuts):
+        part = copy.deepcopy(conv)
+        part.messages = part.messages[:cut]
+        for m in part.messages[:prev]:
+            if m.role == "assistant":
+                m.loss = False
+        part.origin = f"{conv.origin}#{k + 1}"
+        rows.append(part)
+        prev = cut
+    return rows

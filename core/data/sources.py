@@ -13,11 +13,11 @@ import hashlib
 import json
 import os
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.net import http_get, probe  # noqa: F401  (tests replace http_get here)
 from core.settings import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -172,6 +172,24 @@ def _utf8_problem(raw: bytes, exc: UnicodeDecodeError) -> str:
     return f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is not valid UTF-8"
 
 
+# A JSON escape of a UTF-16 surrogate: json.loads turns a lone one into a str that cannot be encoded.
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+_SURROGATE_ESCAPE_TEXT = re.compile(r"\\[uU][dD][89a-fA-F]")
+
+
+def _loads_line(line: str):
+    """json.loads of one line, with the two failures json raises outside JSONDecodeError turned
+    into a reason: nesting past the recursion limit, and integers too long to convert."""
+    try:
+        return json.loads(line), None
+    except json.JSONDecodeError as exc:
+        return None, ("malformed JSON", f"{exc.msg} at column {exc.colno}")
+    except RecursionError:
+        return None, ("nested too deep", "the JSON is nested too deep to read")
+    except ValueError as exc:
+        return None, ("malformed JSON", str(exc))
+
+
 def read_jsonl(path: Path) -> Iterator[Row | Skip]:
     name = _display(path)
     with path.open("rb") as f:
@@ -186,13 +204,16 @@ def read_jsonl(path: Path) -> Iterator[Row | Skip]:
             except UnicodeDecodeError as exc:
                 yield Skip(origin, "broken UTF-8", _utf8_problem(raw, exc))
                 continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield Skip(origin, "malformed JSON", f"{exc.msg} at column {exc.colno}")
+            data, problem = _loads_line(line)
+            if problem:
+                yield Skip(origin, *problem)
                 continue
             if not isinstance(data, dict):
                 yield Skip(origin, "not a JSON object", f"the line holds a {type(data).__name__}")
+                continue
+            if _SURROGATE_ESCAPE.search(raw) and _has_surrogates(data):
+                yield Skip(origin, "broken UTF-8", "the line escapes a lone UTF-16 surrogate (\\ud800-\\udfff), "
+                                                   "which is not text")
                 continue
             yield Row(data, origin)
 
@@ -209,23 +230,45 @@ def _decode_file(path: Path) -> tuple[str, bool]:
 
 
 def _has_surrogates(value) -> bool:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_has_surrogates(k) or _has_surrogates(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_surrogates(v) for v in value)
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
+
+
+def _skip_value(text: str, pos: int) -> int:
+    """End of the JSON value starting at ``pos``, found without parsing it (for values too deep for
+    the parser): brackets are counted outside strings."""
+    depth = 0
+    token = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]|[^"\[\]{}]+')
+    for m in token.finditer(text, pos):
+        ch = m.group()
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+            if depth <= 0:
+                return m.end()
+        elif depth == 0 and m.start() > pos:
+            return m.start()
+    return len(text)
 
 
 def read_json(path: Path) -> Iterator[Row | Skip]:
     """A JSON array of objects (each row's origin is the line it starts on), an object holding one
     such array, or JSON Lines saved as .json."""
     text, broken = _decode_file(path)
+    broken = broken or bool(_SURROGATE_ESCAPE_TEXT.search(text))
     name = _display(path)
     stripped = text.lstrip()
     if not stripped:
@@ -238,6 +281,10 @@ def read_json(path: Path) -> Iterator[Row | Skip]:
                 yield from read_jsonl(path)
                 return
             raise DataError(f"malformed JSON: {exc.msg}", "", f"{name}:{exc.lineno}") from None
+        except RecursionError:
+            raise DataError("the JSON object is nested too deep to read", "", f"{name}:1") from None
+        except ValueError as exc:
+            raise DataError(f"malformed JSON: {exc}", "", f"{name}:1") from None
         lists = [k for k, v in whole.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
         if len(lists) != 1 or any(k in whole for k in ("messages", "conversations", "instruction", "problem")):
             # One conversation stored as a single object.
@@ -265,9 +312,16 @@ def read_json(path: Path) -> Iterator[Row | Skip]:
         try:
             item, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
-            raise DataError(f"malformed JSON: {exc.msg} (column {exc.colno}); the rest of the file "
-                            "cannot be read", "", f"{name}:{exc.lineno}") from None
-        yield _check_row(item, f"{name}:{line}", broken)
+            # The rows before stay usable; the break is counted with the line it is on.
+            yield Skip(f"{name}:{exc.lineno}", "malformed JSON", f"{exc.msg} (column {exc.colno}); the rest "
+                                                                 "of the file cannot be read")
+            return
+        except (RecursionError, ValueError) as exc:
+            # The row is well formed but too deep (or holds a number too long): skip just it.
+            end = _skip_value(text, pos)
+            item = Skip(f"{name}:{line}", "nested too deep", "the row is nested too deep to read") \
+                if isinstance(exc, RecursionError) else Skip(f"{name}:{line}", "malformed JSON", str(exc))
+        yield item if isinstance(item, Skip) else _check_row(item, f"{name}:{line}", broken)
         line += text.count("\n", pos, end)
         m = ws.match(text, end)
         line += text.count("\n", end, m.end())
@@ -277,7 +331,9 @@ def read_json(path: Path) -> Iterator[Row | Skip]:
             continue
         if pos < len(text) and text[pos] == "]":
             return
-        raise DataError("malformed JSON: expected ',' or ']' between rows", "", f"{name}:{line}")
+        yield Skip(f"{name}:{line}", "malformed JSON", "expected ',' or ']' between rows; the rest of the "
+                                                        "file cannot be read")
+        return
 
 
 def _check_row(item, origin: str, broken: bool) -> Row | Skip:
@@ -348,39 +404,6 @@ def read_file(path: Path) -> Iterator[Row | Skip]:
 
 
 # ----------------------------------------------------------------------------------------- hubs
-def http_get(url: str, timeout: float = HUB_TIMEOUT_S, headers: dict | None = None) -> tuple[int, bytes]:
-    """(status, body) of a GET request; status 0 and the reason as body when no answer came in time.
-    A TCP connection alone proves nothing (some networks accept every connection and then stay
-    silent), so this waits for a real HTTP answer. DNS look-ups can hang past socket timeouts, so
-    the request runs in a thread that is abandoned at the deadline."""
-    import urllib.error
-    import urllib.request
-
-    result: dict = {}
-
-    def attempt() -> None:
-        req = urllib.request.Request(url, headers={"User-Agent": "qwentune", **(headers or {})})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                result["answer"] = (resp.status, resp.read(1 << 20))
-        except urllib.error.HTTPError as exc:
-            result["answer"] = (exc.code, b"")
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            result["answer"] = (0, (str(reason) or type(exc).__name__).encode())
-
-    t = threading.Thread(target=attempt, daemon=True)
-    t.start()
-    t.join(timeout + 1.0)
-    return result.get("answer", (0, f"no answer within {timeout:g} s".encode()))
-
-
-def probe(url: str, timeout: float = HUB_TIMEOUT_S) -> str | None:
-    """None when ``url`` answers over HTTP (any status) within ``timeout``, else the reason."""
-    status, body = http_get(url, timeout)
-    return None if status else body.decode("utf-8", "replace")
-
-
 def hf_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 

@@ -17,8 +17,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.choices import EXPORT_FORMATS
 from core.config import ChatConfig, EvalConfig
-from core.train.export import FORMATS as EXPORT_FORMATS
 
 
 class Cancelled(Exception):

@@ -78,16 +78,20 @@ def find_servables(run_dir: str | Path) -> list[Servable]:
 def base_for_serving(name_or_path: str, base_path: str | None = None) -> str:
     """What vLLM should load as the base: the original 16-bit hub id of a catalog model, else the
     exact local folder or hub id the run used."""
-    from core.demo import is_demo
+    from core.models.errors import ModelError
+    from core.models.resolve import parse_ref, repo_id_for
 
-    if is_demo(name_or_path) and base_path:
-        return base_path
-    from core.models.resolve import catalog_entry, repo_id_for
-
-    if catalog_entry(name_or_path) is not None:
-        return repo_id_for(name_or_path, method="lora", quant="none", hub="hf")
-    folder = Path(name_or_path).expanduser()
-    return str(folder.resolve()) if folder.is_dir() else name_or_path
+    try:
+        ref = parse_ref(name_or_path)  # the trainer's resolution order: folder, catalog key, hub id
+    except ModelError:
+        return name_or_path
+    if ref.kind == "demo":
+        return base_path or name_or_path
+    if ref.kind == "folder":
+        return ref.text
+    if ref.kind == "catalog":
+        return repo_id_for(ref.key, method="lora", quant="none", hub="hf")
+    return name_or_path
 
 
 def _q(text: str) -> str:

@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from core.choices import CHECKPOINT_KINDS, HUBS
 from core.settings import ConfigError
 
 CATALOG_PATH = Path(__file__).resolve().parent.parent.parent / "presets" / "models.yaml"
-HUBS = ("hf", "modelscope")
-CHECKPOINT_KINDS = ("original", "dynamic4", "bnb4")
 
 
 @dataclass(frozen=True)

@@ -32,16 +32,15 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from core.choices import METHODS, QUANTS
 from core.config import ALL_LINEAR
 from core.hardware.catalog import Arch, ModelEntry, get_model, lora_param_count, param_counts
 from core.settings import ConfigError
 
 GIB = float(1 << 30)
 COEFFS_PATH = Path(__file__).with_name("vram_coefficients.json")
-METHODS = ("lora", "qlora")
 GRAD_CKPT = ("unsloth", "on", "off")
 BACKENDS = ("unsloth", "peft")
-QUANTS = ("auto", "dynamic4", "bnb4", "nf4")
 OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "adamw_torch")
 CATEGORIES = ("weights", "lora", "activations", "logits", "overhead")
 

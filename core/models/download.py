@@ -27,7 +27,7 @@ from pathlib import Path
 
 from core.models import hubs
 from core.models.errors import DownloadFailed, HubUnreachable, InvalidModelFolder, ModelError, NotEnoughDisk
-from core.models.resolve import MARKER
+from core.models.paths import MARKER
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 # Files a fine-tune never reads: other formats of the same weights, and Meta-style originals.

@@ -29,11 +29,11 @@ class CheckpointMissing(ModelError):
 class InvalidModelFolder(ModelError):
     """A local folder is not a usable Qwen3 causal LM; ``problems`` lists every reason."""
 
-    def __init__(self, path: str, problems: list[str]):
+    def __init__(self, path: str, problems: list[str], where: str = "model.name_or_path"):
         self.path = path
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{path} is not a usable Qwen3 model:\n{lines}")
+        super().__init__(f"{path} is not a usable Qwen3 model:\n{lines}", where=where)
 
 
 class NotDownloaded(ModelError):

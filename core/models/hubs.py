@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from core.choices import HUBS
 from core.models.errors import (
     DownloadFailed,
     HubUnreachable,
@@ -27,13 +28,12 @@ from core.models.errors import (
     RepoNotFound,
 )
 
-HUBS = ("hf", "modelscope")
 HUB_NAMES = {"hf": "Hugging Face", "modelscope": "ModelScope"}
 DEFAULT_ENDPOINTS = {"hf": "https://huggingface.co", "modelscope": "https://modelscope.cn"}
 HF_MIRROR = "https://hf-mirror.com"
 MODELSCOPE_PIN = "modelscope==1.40.2"
 
-# Seconds before a silent hub counts as unreachable. The connect probe answers in well under a
+# Seconds before a silent hub counts as unreachable. The probe (core.net) answers in well under a
 # second when DNS or the route fails; the metadata call is bounded as a whole, because ModelScope's
 # client retries a failed listing for up to half a minute on its own.
 PROBE_TIMEOUT_S = 8.0
@@ -48,7 +48,6 @@ CLIENT_TIMEOUT_ENV = {
     "MODELSCOPE_API_MAX_RETRIES": "2",
     "MODELSCOPE_REPO_TREE_PAGE_MAX_ATTEMPTS": "2",
 }
-PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
 
 
 @dataclass(frozen=True)
@@ -134,17 +133,13 @@ def offline_mode(hub: str) -> str | None:
 
 
 def probe(hub: str, timeout: float = PROBE_TIMEOUT_S) -> None:
-    """Fail fast with :class:`OSError` when the hub's host cannot be reached at all.
+    """Fail fast with :class:`ConnectionError` when the hub does not answer over HTTP at all
+    (core.net.probe, the same check dataset sources use; it goes through HTTPS_PROXY when set)."""
+    from core import net
 
-    Skipped behind a proxy (a direct connection would fail where the client's proxied one works).
-    """
-    if any(os.environ.get(v) for v in PROXY_ENV):
-        return
-    url = urlparse(endpoint(hub))
-    host = url.hostname or ""
-    port = url.port or (443 if url.scheme == "https" else 80)
-    with socket.create_connection((host, port), timeout=timeout):
-        pass
+    why = net.probe(endpoint(hub), timeout)
+    if why is not None:
+        raise ConnectionError(why)
 
 
 def _bounded(fn, timeout: float, what: str):

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from core.models.errors import InvalidModelFolder, ModelError
-from core.models.resolve import MARKER, models_dir
+from core.models.paths import DEMO_MARKER, MARKER, cache_root, models_dir, registry_path
 
 QWEN3_TYPES = {"qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
 # Near misses get a sentence of their own: they are what users most often pick by mistake.
@@ -31,7 +31,6 @@ NEAR_MISSES = {
     "qwen3_vl_moe": "Qwen3-VL, a vision-language model",
     "qwen2_5_vl": "Qwen2.5-VL, a vision-language model",
 }
-REGISTRY_NAME = "local_models.json"
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
@@ -315,12 +314,6 @@ def dir_size(folder: Path) -> int:
 
 
 # ------------------------------------------------------------------------------------- registry
-def registry_path() -> Path:
-    from core.demo import default_cache_root
-
-    return default_cache_root() / REGISTRY_NAME
-
-
 def read_registry(path: Path | None = None) -> list[dict]:
     path = path or registry_path()
     if not path.is_file():
@@ -509,10 +502,10 @@ def list_local_models(*, cache_dir: str | os.PathLike | None = None, registry: P
         models.append(model)
 
     if include_demo:
-        from core.demo import default_cache_root, recipe_hash
+        from core.demo import recipe_hash
 
-        demo = default_cache_root() / f"demo-model-{recipe_hash()}"
-        built = (demo / "qwentune_demo.json").is_file()
+        demo = cache_root() / f"demo-model-{recipe_hash()}"
+        built = (demo / DEMO_MARKER).is_file()
         add(LocalModel(name="demo", label="demo (tiny offline Qwen3, random weights)", path=str(demo),
                        source="demo", complete=built))
     for hub, repo_id, folder in _download_folders(models_dir(cache_dir)):

@@ -1,6 +1,15 @@
 """From what the user typed (``demo``, a catalog key, a folder, a hub id) to a local model folder.
 
-``resolve_model`` is what the trainer and the chat panes call. The catalog key + method + quant +
+``resolve_model`` is the one resolver: training, chat, evaluation and export all call it (directly or
+through ``core.train.backends.resolve_model_path``). The order is explicit, first match wins:
+
+    1. ``demo``                 the tiny offline model (built on first use)
+    2. an existing folder       used as it is, after checking it is a usable Qwen3 model
+    3. a catalog key            ``qwen3-1.7b`` (any case, or its display name ``Qwen3-1.7B``)
+    4. a hub id                 ``owner/name``
+    5. otherwise                an error naming the closest catalog key and listing them all
+
+A catalog key with a dot (``qwen3-0.6b``) is a name, never a file suffix. The catalog key + method + quant +
 hub pick the repository (:func:`repo_id_for`); the repository lives in the models folder as
 ``<models dir>/<hub>/<owner>/<name>`` (plain files, resumable). A complete copy from the other hub,
 or one already in Hugging Face's own cache, is used instead of downloading again.
@@ -13,38 +22,19 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.choices import DOWNLOAD_QUANTS, METHODS
 from core.models.errors import CheckpointMissing, InvalidModelFolder, ModelError, NotDownloaded, UnknownModel
 from core.models.hubs import HUB_NAMES, check_hub, other_hub
+from core.models.paths import DEMO_MARKER, MARKER, MODELS_DIR_HELP, cache_root, models_dir, repo_dir
 
-METHODS = ("lora", "qlora")
-QUANTS = ("auto", "dynamic4", "bnb4", "nf4", "none")
-MODELS_DIR_ENV = "QWENTUNE_MODELS_DIR"
-MODELS_DIR_HELP = (f"Folder that holds downloaded models (default: <cache>/models, where <cache> is "
-                   f"$QWENTUNE_CACHE or ~/.cache/qwentune; ${MODELS_DIR_ENV} overrides it).")
-MARKER = ".qwentune_download.json"
+__all__ = ["MARKER", "MODELS_DIR_HELP", "ModelRef", "catalog", "catalog_entry", "checkpoint_kind", "find_local",
+           "is_repo_id", "models_dir", "parse_ref", "repo_dir", "repo_id_for", "resolve_model"]
+
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
-def models_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The models folder: the argument, else $QWENTUNE_MODELS_DIR, else <cache root>/models."""
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(MODELS_DIR_ENV, "").strip()
-    if env:
-        return Path(env).expanduser()
-    from core.demo import default_cache_root
-
-    return default_cache_root() / "models"
 
 
 def is_repo_id(text: str) -> bool:
     return bool(_REPO_ID.match(text.strip())) and ".." not in text
-
-
-def repo_dir(repo_id: str, hub: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where ``repo_id`` from ``hub`` is (or will be) stored."""
-    owner, name = repo_id.split("/", 1)
-    return models_dir(cache_dir) / hub / owner / name
 
 
 def catalog():
@@ -69,8 +59,8 @@ def checkpoint_kind(entry, method: str, quant: str) -> str:
     """'original' | 'dynamic4' | 'bnb4': which checkpoint ``method`` + ``quant`` train from."""
     if method not in METHODS:
         raise ModelError(f"unknown method {method!r}; choose one of {list(METHODS)}", where="model.method")
-    if quant not in QUANTS:
-        raise ModelError(f"unknown quant {quant!r}; choose one of {list(QUANTS)}", where="model.quant")
+    if quant not in DOWNLOAD_QUANTS:
+        raise ModelError(f"unknown quant {quant!r}; choose one of {list(DOWNLOAD_QUANTS)}", where="model.quant")
     if method == "lora" or quant in ("nf4", "none"):
         return "original"  # LoRA trains on 16-bit weights; nf4 quantizes them while loading
     if quant == "auto":
@@ -159,10 +149,10 @@ def find_local(ref: ModelRef, cache_dir: str | os.PathLike | None = None) -> Pat
     if ref.kind == "folder":
         return Path(ref.text)
     if ref.kind == "demo":
-        from core.demo import default_cache_root, recipe_hash
+        from core.demo import recipe_hash
 
-        path = default_cache_root() / f"demo-model-{recipe_hash()}"
-        return path if (path / "qwentune_demo.json").is_file() else None
+        path = cache_root() / f"demo-model-{recipe_hash()}"
+        return path if (path / DEMO_MARKER).is_file() else None
     candidates = [(ref.repo_id, ref.hub)]
     other = other_hub(ref.hub)
     if ref.kind == "catalog":
@@ -229,7 +219,8 @@ def resolve_model(name_or_path: str, *, method: str = "qlora", quant: str = "aut
         if ref.kind == "catalog":
             flags += f" --method {method} --quant {quant}"
         raise NotDownloaded(f"{ref.repo_id} ({HUB_NAMES[ref.hub]}) is not downloaded yet.",
-                            f"Download it with: python -m core models get {ref.key or ref.repo_id}{flags}")
+                            f"Download it with: python -m core models get {ref.key or ref.repo_id}{flags}",
+                            where="model.name_or_path")
     from core.models.download import download_repo, stderr_reporter
 
     path = download_repo(ref.repo_id, ref.hub, repo_dir(ref.repo_id, ref.hub, cache_dir),

@@ -89,34 +89,19 @@ def activate(backend: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------- the model
-def resolve_model_path(model_cfg) -> Path:
-    """A local folder for ``model.name_or_path``: the demo model, a folder, or a catalog key / hub
-    id resolved (and downloaded if needed) by core.models."""
-    from core.demo import ensure_demo_model, is_demo
-
-    name = model_cfg.name_or_path.strip()
-    if not name:
-        raise ConfigError("choose a model", "model.name_or_path")
-    if is_demo(name):
-        return ensure_demo_model()
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"folder {path} has no config.json; it is not a model folder",
-                              "model.name_or_path")
-        return path.resolve()
-    if path.suffix or name.startswith((".", "/", "~")) or "\\" in name:
-        raise ConfigError(f"model folder {name!r} does not exist", "model.name_or_path")
+def resolve_model_path(model_cfg, *, download: bool = True) -> Path:
+    """A local folder for ``model.name_or_path``, through the one resolver (core.models.resolve):
+    the demo model, an existing folder, a catalog key (``qwen3-1.7b``), a hub id, else an error
+    naming what is known. Catalog keys and hub ids are downloaded when ``download`` allows."""
     from core.models import resolve_model
 
     try:
-        return Path(resolve_model(name, method=model_cfg.method, quant=model_cfg.quant, hub=model_cfg.hub))
+        return Path(resolve_model(model_cfg.name_or_path, method=model_cfg.method, quant=model_cfg.quant,
+                                  hub=model_cfg.hub, download=download))
     except ConfigError as exc:
         if exc.where:
             raise
         raise exc.at("model.name_or_path") from None  # keeps its kind (e.g. network) and its advice
-    except Exception as exc:  # network, auth, missing repo: report with the field it came from
-        raise ConfigError(f"cannot get model {name!r}: {exc}", "model.name_or_path") from exc
 
 
 def model_config_json(path: Path) -> dict:

@@ -64,17 +64,92 @@ def tokenize(convs, tokenizer, train_cfg) -> Tokenized:
     return out
 
 
+# Drop reasons (manifest.json's per-source ``drops``) that come from token counts: rows a mix
+# dropped for these were judged by the mix's tokenizer, and the mix folder no longer holds them.
+LENGTH_REASON_WORDS = ("tokens", "max_seq_len")
+
+
+def length_decisions(manifest: dict) -> dict[str, int]:
+    """How many rows the mix dropped or cut because of their token counts, per reason."""
+    out: dict[str, int] = {}
+    for source in manifest.get("sources") or []:
+        if not isinstance(source, dict):
+            continue
+        for reason, drop in (source.get("drops") or {}).items():
+            count = drop.get("count", 0) if isinstance(drop, dict) else 0
+            if count and any(word in reason for word in LENGTH_REASON_WORDS):
+                out[reason] = out.get(reason, 0) + int(count)
+        if source.get("truncated"):
+            out["truncated to max_seq_len"] = out.get("truncated to max_seq_len", 0) + int(source["truncated"])
+    return out
+
+
+def check_mix_tokenizer(manifest: dict, model_info: dict, mix_dir: Path, model_name: str) -> str:
+    """Compare the tokenizer a saved mix was measured with to the model's, before training.
+
+    Returns "same", "remeasure" (the trainer counts every row again with the model's tokenizer: the
+    mix made no decision by token count, or recorded no tokenizer) or raises ConfigError when the
+    mix dropped or cut rows by another tokenizer's counts: rows it dropped are not in the folder,
+    so re-measuring cannot bring back the ones that fit; the message says how to rebuild it."""
+    from core.data.tokenizer import describe, same_tokenizer, tokenizer_for_model
+
+    recorded = manifest.get("tokenizer") if isinstance(manifest.get("tokenizer"), dict) else None
+    if recorded and same_tokenizer(recorded, model_info):
+        return "same"
+    decided = length_decisions(manifest)
+    if not recorded or not decided:
+        return "remeasure"
+    spec = tokenizer_for_model(model_name)
+    reasons = ", ".join(f"{reason} x{count:,}" for reason, count in decided.items())
+    raise ConfigError(
+        f"the mix in {mix_dir} was measured with {describe(recorded)}, but {model_name} uses "
+        f"{describe(model_info)}; the mix dropped or cut rows by those token counts ({reasons}), and "
+        f"the mix folder cannot tell which of them fit this model. Rebuild the mix with the model's "
+        f"tokenizer: in the Data tab with this model selected, or `python -m core mix MIX.yaml --tokenizer "
+        f"{spec} --out {mix_dir} --force` (the mix's settings are under 'config' in "
+        f"{mix_dir / 'manifest.json'})", "data.mix_dir")
+
+
+def mix_tokenizer_notice(manifest: dict, tokenizer, train_tok: Tokenized, max_len: int):
+    """The status notice for a mix re-measured with the model's tokenizer, or None when the mix
+    was measured with the same tokenizer."""
+    from core.data.tokenizer import describe, same_tokenizer, tokenizer_info
+    from core.train.notices import Notice
+
+    info = tokenizer_info(tokenizer)
+    recorded = manifest.get("tokenizer") if isinstance(manifest.get("tokenizer"), dict) else None
+    if recorded and same_tokenizer(recorded, info):
+        return None
+    params = {"model_tokenizer": describe(info), "too_long": train_tok.too_long, "rows": train_tok.rows_in,
+              "max_len": max_len}
+    if not recorded:
+        return Notice("mix_unrecorded_tokenizer", **params)
+    return Notice("mix_remeasured", mix_tokenizer=describe(recorded), **params)
+
+
 def load_mix(cfg, run_dir: Path, tokenizer_path: Path, resume: bool, echo=print):
     """(train conversations, eval conversations, manifest, mix folder) for the run.
 
-    ``data.mix_dir`` is read as saved. An inline ``data.mix`` is built into ``<run>/mix`` with
-    core.data.mix.build_mix (once: a resumed run reuses it, so it trains on the same rows)."""
-    from core.data.mixdir import MANIFEST, read_mix_dir
+    ``data.mix_dir`` is read as saved, after :func:`check_mix_tokenizer` compared the tokenizer it
+    was measured with to the model's (``tokenizer_path``). An inline ``data.mix`` is built into
+    ``<run>/mix`` with core.data.mix.build_mix and the model's tokenizer (once: a resumed run reuses
+    it, so it trains on the same rows)."""
+    from core.data.mixdir import MANIFEST, read_manifest, read_mix_dir
 
     if cfg.data.mix_dir:
         mix_dir = Path(cfg.data.mix_dir).expanduser()
         if not mix_dir.is_dir():
             raise ConfigError(f"mix folder {mix_dir} does not exist", "data.mix_dir")
+        from core.data.tokenizer import describe, load_tokenizer, tokenizer_info
+
+        try:
+            model_info = tokenizer_info(load_tokenizer(str(tokenizer_path)))
+        except ConfigError as exc:  # the model's tokenizer is the model's problem, not a mix setting
+            raise ConfigError(exc.reason, "model.name_or_path") from None
+        manifest = read_manifest(mix_dir)
+        if check_mix_tokenizer(manifest, model_info, mix_dir, cfg.model.name_or_path) == "remeasure":
+            echo(f"the mix was measured with {describe(manifest.get('tokenizer'))}; the model uses "
+                 f"{describe(model_info)}: every row is re-measured with the model's tokenizer")
     else:
         mix_dir = run_dir / "mix"
         if not (resume and (mix_dir / MANIFEST).is_file()):

@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import QwenTuneError
+from core.choices import EXPORT_FORMATS, GGUF_QUANTS
 from core.settings import ConfigError, setting
 
-FORMATS = ("lora", "merged16", "merged4", "gguf")
-GGUF_QUANTS = ("q8_0", "f16", "bf16", "q4_k_m", "q5_k_m")
 CONVERTER_NAMES = ("convert_hf_to_gguf.py", "convert-hf-to-gguf.py")
 QUANTIZER_NAMES = ("llama-quantize", "quantize")
 
@@ -35,7 +34,7 @@ class ExportConfig:
     """What `python -m core export` and the Export panel take."""
 
     run: str = setting(help="The run folder to export (runs/<name>).")
-    format: str = setting("lora", choices=FORMATS,
+    format: str = setting("lora", choices=EXPORT_FORMATS,
                           help="lora: the adapter alone (small; PEFT / vLLM). merged16: base + adapter in "
                                "16-bit. merged4: merged and quantized to 4-bit (GPU). gguf: for llama.cpp, "
                                "Ollama, LM Studio (needs llama.cpp).")

@@ -25,6 +25,12 @@ TEXT = {
     "packing_off_full": "auto: rows fill {fill} of each micro-batch, padded batches (nothing to pack)",
     "packing_on_sparse": "auto: rows fill only {fill} of a micro-batch, batching rows of similar "
                          "length together (bucket)",
+    "mix_remeasured": "the mix was measured with {mix_tokenizer}, this model uses {model_tokenizer}: every row "
+                      "was re-measured with the model's tokenizer; {too_long} of {rows} train rows are now longer "
+                      "than train.max_seq_len={max_len} and left out",
+    "mix_unrecorded_tokenizer": "the mix does not record the tokenizer it was measured with: every row was "
+                                "re-measured with the model's ({model_tokenizer}); {too_long} of {rows} train "
+                                "rows are longer than train.max_seq_len={max_len} and left out",
     "packing_no_varlen": "packed rows without a variable-length attention kernel (torch {torch}, no flash-attn "
                          "or xformers): each packed segment gets its own attention call, which costs speed; "
                          "torch 2.12+ or flash-attn avoids it, and train.packing = bucket has no segments",

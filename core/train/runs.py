@@ -66,7 +66,9 @@ def run_summary(run_dir: str | Path) -> dict:
     ``failed`` and its ``error`` starts with "unreadable:" and says why."""
     folder = RunFolder(run_dir)
     status = folder.status()
-    created = parse_iso(status.queued or status.started)
+    # "created" is written once, when the run is first started; "queued" / "started" are rewritten by
+    # every resume (runs from before "created" existed fall back to them).
+    created = parse_iso(status.created or status.queued or status.started)
     if created is None:
         try:
             created = (folder.config if folder.config.exists() else folder.path).stat().st_mtime
@@ -288,7 +290,7 @@ def start_run(config, runs_dir: str | Path | None = None, name: str | None = Non
     run_dir = claim_run_dir(runs_root / cfg.name)
     folder = RunFolder(run_dir)
     dump_yaml(cfg, folder.config, header=config_header(run_dir))
-    folder.write_status(Status(state="queued", queued=now_iso(), step=0, total_steps=0,
+    folder.write_status(Status(state="queued", created=now_iso(), queued=now_iso(), step=0, total_steps=0,
                                model=cfg.model.name_or_path, method=cfg.model.method))
     _spawn(_worker_args(run_dir, resume=False), run_dir)
     return run_dir

@@ -447,7 +447,8 @@ def _run(cfg, run_dir: Path, resume: bool, reserve: FailureReserve) -> int:
                       finished=None, error=None, error_kind=None, advice=None, killed=False, lost=False,
                       oom=None, disk_full=None, resumable=False,
                       model=cfg.model.name_or_path, method=cfg.model.method, run=cfg.name, waiting_for=None,
-                      **({} if resume else {"step": 0, "total_steps": 0}))
+                      **({} if resume else {"step": 0, "total_steps": 0,
+                                            "created": runs.read_status(run_dir).get("created") or runs.now_iso()}))
     stop_signals = {"count": 0}
 
     def on_signal(signum, _frame):
@@ -488,10 +489,14 @@ def _run(cfg, run_dir: Path, resume: bool, reserve: FailureReserve) -> int:
         params = trainable_summary(loaded.model)
         log(f"model loaded in {time.perf_counter() - t_load:.1f}s: {params['trainable_params']:,} trainable of "
             f"{params['total_params']:,} parameters")
-        from core.train.data import tokenize
+        from core.train.data import mix_tokenizer_notice, tokenize
 
         train_tok = tokenize(train_convs, loaded.tokenizer, cfg.train)
         eval_tok = tokenize(eval_convs, loaded.tokenizer, cfg.train) if eval_convs else None
+        mix_note = mix_tokenizer_notice(manifest, loaded.tokenizer, train_tok, cfg.train.max_seq_len)
+        if mix_note:
+            log("note: " + mix_note)
+            notices.append(mix_note)
         _check_rows(cfg, train_tok, "train")
         log(f"data: {train_tok.summary()}" + (f"; eval: {eval_tok.summary()}" if eval_tok else ""))
         runs.write_status(run_dir, backend=backend, method=loaded.method, dtype=loaded.dtype,

@@ -49,11 +49,13 @@ def test_json_object_holding_rows_and_json_lines_named_json(tmp_path):
     assert len(collect(q)[0]) == 2
 
 
-def test_json_syntax_error_names_file_and_line(tmp_path):
+def test_json_syntax_error_keeps_the_rows_before_and_names_file_and_line(tmp_path):
     p = tmp_path / "bad.json"
     p.write_text('[\n {"a": 1},\n {"a": 2,,}\n]')
-    with pytest.raises(DataError, match=r"bad.json:3.*malformed JSON"):
-        collect(p)
+    items, _ = collect(p)
+    assert isinstance(items[0], Row) and items[0].data == {"a": 1}
+    assert isinstance(items[1], Skip) and items[1].reason == "malformed JSON"
+    assert items[1].origin.endswith("bad.json:3") and "rest of the file" in items[1].detail
 
 
 def test_json_broken_utf8_row_is_skipped(tmp_path):
@@ -243,6 +245,6 @@ def test_modelscope_offline_is_a_clear_error(monkeypatch):
     fake.MsDataset = MsDataset
     monkeypatch.setitem(sys.modules, "modelscope", types.ModuleType("modelscope"))
     monkeypatch.setitem(sys.modules, "modelscope.msdatasets", fake)
-    monkeypatch.setattr(sources, "http_get", lambda url, timeout=5, headers=None: (0, b"timed out"))
+    monkeypatch.setattr("core.net.http_get", lambda url, timeout=5, headers=None: (0, b"timed out"))
     with pytest.raises(DataError, match="ModelScope.*AI-ModelScope/alpaca-gpt4-data-zh.*offline"):
         collect("AI-ModelScope/alpaca-gpt4-data-zh", hub="modelscope")

@@ -178,13 +178,13 @@ def test_offline_modelscope_suggests_hugging_face(fake_hub):
 def test_unreachable_host_fails_fast_without_calling_the_client(monkeypatch):
     import huggingface_hub
 
-    def refuse(address, timeout=None):
-        raise OSError(101, "Network is unreachable")
+    def refuse(url, timeout=None, headers=None):
+        return 0, b"[Errno 101] Network is unreachable"
 
     def must_not_run(*a, **k):
         raise AssertionError("the client must not be called when the probe fails")
 
-    monkeypatch.setattr("core.models.hubs.socket.create_connection", refuse)
+    monkeypatch.setattr("core.net.http_get", refuse)
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", must_not_run)
     started = time.monotonic()
     with pytest.raises(HubUnreachable) as err:
@@ -345,3 +345,38 @@ def test_subprocess_environment_keeps_the_repo_root(isolated):
     cmd = job.command()
     assert cmd[:5] == [sys.executable, "-m", "core", "models", "get"]
     assert os.path.isdir(ROOT / "core")
+
+
+def test_the_probe_needs_an_http_answer_and_accepts_any_status(monkeypatch):
+    """One probe for models and datasets (core.net): a silent listener is unreachable, a 404 is not."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from core.models import hubs
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    started = time.monotonic()
+    with pytest.raises(ConnectionError):
+        hubs.probe("hf", timeout=0.5)
+    assert time.monotonic() - started < 3
+    silent.close()
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(404)
+
+        def log_message(self, *args):
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("MODELSCOPE_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        hubs.probe("modelscope", timeout=2)
+    finally:
+        server.shutdown()
+        server.server_close()
