@@ -82,8 +82,10 @@ class AppContext:
 
     def __post_init__(self):
         self.t = Strings(self.lang)
-        self.runs_dir = Path(self.runs_dir)
-        self.mixes_dir = Path(self.mixes_dir)
+        # Resolved once: every run and mix the page lists, starts or remembers is then named by one
+        # absolute path, whatever the folder was given as (``make run`` passes the relative runs/).
+        self.runs_dir = Path(self.runs_dir).expanduser().resolve()
+        self.mixes_dir = Path(self.mixes_dir).expanduser().resolve()
         self.presets_dir = Path(self.presets_dir)
 
 

@@ -41,7 +41,7 @@ def _fields() -> dict:
 
 def _help(ctx, name: str, fields: dict) -> str:
     """The setting's own help text (core.config); a translation where the page is not English."""
-    return fields[name].help if ctx.lang == "en" else ctx.t(f"models.help_{name}")
+    return ctx.t.setting_help("models", fields[name])
 
 
 def _size(n: int) -> str:
