@@ -17,7 +17,8 @@ from pathlib import Path
 COLUMNS = ("source", "formats", "read", "usable", "dropped", "share", "used", "repeated", "p50", "p95",
            "max", "over_max")
 SOURCE_COLUMNS = ("n", "name", "path", "format", "share")
-MIX_FIELDS = ("seed", "max_seq_len", "overlong", "upsample", "total", "eval_fraction", "shuffle")
+MIX_FIELDS = ("seed", "max_seq_len", "overlong", "upsample", "total", "eval_fraction", "shuffle",
+              "reasoning_turns", "dedupe")
 # The "add a source" form's widgets, in the order form_source() takes them.
 FORM_FIELDS = ("kind", "sample", "path", "hub_id", "hub", "split", "subset", "limit", "name", "format",
                "share_mode", "share", "columns", "instruction_in", "system_prompt", "min_tokens", "max_tokens")
@@ -87,11 +88,15 @@ def counts_table(t, result) -> list[list]:
 
 
 def drops_markdown(t, result) -> str:
+    """Every problem of every source, from core.data.report: dropped rows and rows kept with a warning."""
+    from core.data.report import problem_rows
+
     lines = []
-    for s in result.sources:
-        for reason, d in s.drops.items():
-            examples = "; ".join(html.escape(e) for e in d["examples"][:3])
-            lines.append(f"- **{html.escape(s.name)}** · {html.escape(reason)} × {d['count']} — {examples}")
+    for r in problem_rows(result):
+        examples = "; ".join(html.escape(e) for e in r["examples"])
+        action = t(f"data.action.{r['action'].replace(' ', '_')}")
+        lines.append(f"- **{html.escape(r['source'])}** · {html.escape(r['kind'])} × {r['count']} "
+                     f"({action}) — {examples}")
     return (f"**{t('data.drops')}**\n" + "\n".join(lines)) if lines else t("data.no_drops")
 
 
@@ -471,6 +476,12 @@ def build(ctx) -> None:
                                            info=_help(ctx, minfo["upsample"]), elem_id="data-upsample")
                     shuffle = gr.Checkbox(value=minfo["shuffle"].default, label=_label(ctx, "shuffle"),
                                           info=_help(ctx, minfo["shuffle"]), elem_id="data-shuffle")
+                    dedupe = gr.Checkbox(value=minfo["dedupe"].default, label=_label(ctx, "dedupe"),
+                                         info=_help(ctx, minfo["dedupe"]), elem_id="data-dedupe")
+                reasoning_turns = gr.Radio(choices=list(minfo["reasoning_turns"].choices),
+                                           value=minfo["reasoning_turns"].default, label=_label(ctx, "reasoning_turns"),
+                                           info=_help(ctx, minfo["reasoning_turns"]), elem_id="data-reasoning-turns")
+                with gr.Row():
                     tokenizer = gr.Textbox(value="demo", label=t("data.tokenizer"), info=t("data.tokenizer_help"),
                                            elem_id="data-tokenizer")
                 build_btn = gr.Button(t("data.build"), variant="primary", elem_id="data-build")
@@ -504,7 +515,7 @@ def build(ctx) -> None:
                 with gr.Accordion(t("data.yaml"), open=False):
                     yaml_view = gr.Code(language="yaml", interactive=False, elem_id="data-yaml")
 
-    settings_inputs = [seed, max_seq_len, overlong, upsample, total, eval_fraction, shuffle]
+    settings_inputs = [seed, max_seq_len, overlong, upsample, total, eval_fraction, shuffle, reasoning_turns, dedupe]
     form_inputs = [kind, sample, path, hub_id, hub, split, subset, limit, name, fmt, share_mode, share, columns,
                    instruction_in, system_prompt, min_tokens, max_tokens]
     mix_outputs = [status, counts, warning, drops, hist, result_state, cache_state, preview_source, yaml_view]
@@ -529,7 +540,7 @@ def build(ctx) -> None:
                             outputs=[sources_state, sources_table, pick, *settings_inputs, form_status]))
     (build_btn.click(bind(rebuild, ctx), inputs=rebuild_inputs, outputs=mix_outputs)
      .then(bind(show_preview, ctx), inputs=preview_inputs, outputs=[preview, preview_index]))
-    for widget in (overlong, upsample, shuffle):
+    for widget in (overlong, upsample, shuffle, reasoning_turns, dedupe):
         chain(widget.input(bind(no_op, ctx), inputs=None, outputs=None))
     for widget in (seed, max_seq_len, total):
         chain(widget.submit(bind(no_op, ctx), inputs=None, outputs=None))
