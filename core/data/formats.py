@@ -140,6 +140,16 @@ def _text(value, what: str, notes: list | None = None) -> str:
     raise RowError("wrong field type", f"{what} should be text, got {type(value).__name__}")
 
 
+def _optional_text(value, what: str, notes: list | None = None) -> str:
+    """An optional text field. NaN there is how pandas-made files (CSV, Parquet) write a missing
+    value, so it reads as empty, with a note."""
+    if isinstance(value, float) and math.isnan(value):
+        if notes is not None:
+            notes.append(("NaN read as empty", f"{what} is NaN; read as an empty (missing) field"))
+        return ""
+    return _text(value, what, notes)
+
+
 def _json_field(value, what: str):
     """Lists and objects stored as JSON text (CSV, ShareGPT tools) are parsed; '' means absent."""
     if isinstance(value, str):
@@ -280,9 +290,9 @@ def from_alpaca(data: dict, instruction_in: str = "user", notes: list | None = N
     """Fields are kept exactly as written (no stripping), joined the way LLaMA-Factory joins them:
     ``instruction + "\n" + input``; trailing spaces are part of what the model is shown."""
     instruction = _text(data.get("instruction"), "instruction", notes)
-    query = _text(data.get("input"), "input", notes)
+    query = _optional_text(data.get("input"), "input", notes)
     output = _text(data.get("output"), "output", notes)
-    system = _text(data.get("system"), "system", notes)
+    system = _optional_text(data.get("system"), "system", notes)
     if not instruction and not query:
         raise RowError("empty field", "instruction and input are both empty")
     if not output.strip():
@@ -330,7 +340,7 @@ def from_sharegpt(data: dict, columns: dict | None = None, notes: list | None = 
     if not isinstance(turns, list):
         raise RowError("invalid field", f"{key} should be a list of turns, got {_kind(turns)}")
     msgs: list[Message] = []
-    system = _text(data.get("system"), "system", notes)
+    system = _optional_text(data.get("system"), "system", notes)
     for i, turn in enumerate(turns):
         where = f"turn {i}"
         if not isinstance(turn, dict):
@@ -447,7 +457,7 @@ def from_reasoning(data: dict, notes: list | None = None) -> tuple[list[Message]
     _rk, reasoning = _first(data, REASONING_KEYS)
     reasoning, content = _reasoning_and_content(answer, reasoning)
     msgs = []
-    system = _text(data.get("system"), "system", notes)
+    system = _optional_text(data.get("system"), "system", notes)
     if system.strip():
         msgs.append(Message("system", system))
     msgs += [Message("user", prompt), Message("assistant", content, reasoning=reasoning)]
@@ -473,7 +483,7 @@ def from_openmath(data: dict, notes: list | None = None) -> tuple[list[Message],
     ``\\boxed{}`` (or ``expected_answer``) written as "The answer is $\\boxed{X}$."."""
     problem = _text(data.get("problem"), "problem", notes).strip()
     solution = _text(data.get("generated_solution"), "generated_solution", notes)
-    expected = _text(data.get("expected_answer"), "expected_answer", notes).strip()
+    expected = _optional_text(data.get("expected_answer"), "expected_answer", notes).strip()
     if not problem:
         raise RowError("empty field", "problem is empty")
     if not solution.strip():
@@ -637,6 +647,8 @@ def _to_conversation(data, origin, fmt, columns, instruction_in, system_prompt, 
     validate_messages(msgs, local)
     meta = {}
     expected = data.get("expected_answer")
+    if isinstance(expected, float) and not math.isfinite(expected):
+        expected = None
     if expected is not None and expected != "":
         meta["expected_answer"] = expected if isinstance(expected, (str, int, float)) else json.dumps(expected)
     conv = Conversation(messages=msgs, tools=tools, source=source, origin=origin, meta=meta)

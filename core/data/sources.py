@@ -350,6 +350,8 @@ def read_csv(path: Path) -> Iterator[Row | Skip]:
     name = _display(path)
     if not text.strip():
         return
+    # Reasoning traces outgrow csv's default 128 KiB field limit; the whole file is in memory anyway.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
@@ -544,18 +546,24 @@ def open_source(path: str, hub: str = "auto", split: str = "train", subset: str 
     else:
         files = local_files(Path(path.strip()).expanduser())
     loc = SourceLocation(kind, limit=limit)
-    loc.files = [FileInfo(_display(p), file_sha256(p)) for p in files]
+    try:
+        loc.files = [FileInfo(_display(p), file_sha256(p)) for p in files]
+    except OSError as exc:
+        raise DataError(f"cannot read the file: {exc.strerror or exc}", "", str(exc.filename or path)) from None
 
     def rows() -> Iterator[Row | Skip]:
         n = 0
         for p, info in zip(files, loc.files):
             before = n
-            for item in read_file(p):
-                if limit and n >= limit:
-                    return
-                n += 1
-                info.rows += 1
-                yield item
+            try:
+                for item in read_file(p):
+                    if limit and n >= limit:
+                        return
+                    n += 1
+                    info.rows += 1
+                    yield item
+            except OSError as exc:
+                raise DataError(f"cannot read the file: {exc.strerror or exc}", "", info.path) from None
             if n == before:
                 if len(files) == 1:
                     raise DataError("the file is empty (no rows)", "", info.path)

@@ -159,6 +159,12 @@ CASES = [
          names=["data.jsonl:3", "invalid tool call"], kept=2),
     Case("tools that are not schemas", {"data.jsonl": lines(*good(2), chat(7, tools="[1, 2]"))},
          names=["data.jsonl:3", "invalid tools"], kept=2),
+    Case("NaN where an optional field is missing", {"data.jsonl": lines(
+        *good(2, kind=alpaca), '{"instruction": "Say x", "input": NaN, "output": "x", "system": NaN}')},
+         names=["data.jsonl:3", "NaN read as empty", "kept"], kept=3),
+    Case("CSV field longer than csv's default limit", {"data.csv": 'instruction,input,output\n"Say a","","'
+                                                                   + "a" * 200_000 + '"\n"Say b","","b"\n'},
+         mix="sources:\n  - path: {d}/data.csv\nmax_seq_len: 1000000\n", kept=2),
     # --- kept, with a counted warning naming the line
     Case("sharegpt starting with the assistant", {"data.jsonl": lines(*good(2, kind=share), {"conversations": [
         {"from": "gpt", "value": "Welcome!"}, {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]})},
@@ -246,6 +252,32 @@ def test_hostile_input(case: Case, tmp_path, capsys, demo_model_path):
     for name in case.names:
         assert name in output, (name, output)
     assert_folder(out, rc, case.kept)
+
+
+def test_unreadable_file_is_a_clear_error(tmp_path, capsys, monkeypatch, demo_model_path):
+    import core.data.sources as sources
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(sources, "file_sha256", denied)
+    rc, output, out = run_mix(tmp_path, Case("denied", {"data.jsonl": lines(*good(2))}), capsys)
+    assert rc == 2 and "Traceback" not in output
+    assert "data.jsonl" in output and "cannot read the file: Permission denied" in output
+    assert_folder(out, rc, None)
+
+
+def test_inline_mix_in_a_run_config_names_the_full_setting_path(tmp_path):
+    from core.config import RunConfig
+    from core.settings import ConfigError, load_yaml
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("data:\n  mix:\n    sources:\n      - path: samples/chat_en\n        ratio: .nan\n",
+                   encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_yaml(RunConfig, cfg)
+    assert err.value.where == "data.mix.sources[0].ratio"
+    assert f"{cfg}:5" in str(err.value) and "finite" in str(err.value)
 
 
 def test_the_table_is_big_enough():
