@@ -279,13 +279,13 @@ def _render_each(convs: list[Conversation], tokenizer, skips: list[Skip]) -> tup
     """Render a chunk; when the chunk fails, render row by row so one row's failure drops only it."""
     try:
         return convs, render_texts(convs, tokenizer)
-    except Exception:  # noqa: BLE001 - narrowed below, row by row, into counted drops
+    except Exception:  # narrowed below, row by row, into counted drops
         pass
     kept, texts = [], []
     for conv in convs:
         try:
             texts.append(render_texts([conv], tokenizer)[0])
-        except Exception as exc:  # noqa: BLE001 - a row the template cannot render is dropped with the cause
+        except Exception as exc:  # a row the template cannot render is dropped with the cause
             skips.append(Skip(conv.origin, "cannot be rendered", f"{type(exc).__name__}: {exc}"))
             continue
         kept.append(conv)

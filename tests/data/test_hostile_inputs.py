@@ -267,6 +267,25 @@ def test_unreadable_file_is_a_clear_error(tmp_path, capsys, monkeypatch, demo_mo
     assert_folder(out, rc, None)
 
 
+def test_a_row_the_template_cannot_render_is_dropped_alone(tmp_path, capsys, monkeypatch, demo_model_path):
+    import core.data.mix as mix
+
+    real = mix.render_texts
+
+    def fussy(convs, tokenizer):
+        if any("boom" in m.content for c in convs for m in c.messages):
+            raise TypeError("the template failed")
+        return real(convs, tokenizer)
+
+    monkeypatch.setattr(mix, "render_texts", fussy)
+    rows = [*good(2), {"messages": [{"role": "user", "content": "boom"}, {"role": "assistant", "content": "x"}]},
+            *good(2, 2)]
+    rc, output, out = run_mix(tmp_path, Case("render", {"data.jsonl": lines(*rows)}), capsys)
+    assert rc == 0 and "Traceback" not in output
+    assert "cannot be rendered" in output and "data.jsonl:3" in output and "TypeError: the template failed" in output
+    assert_folder(out, rc, 4)
+
+
 def test_inline_mix_in_a_run_config_names_the_full_setting_path(tmp_path):
     from core.config import RunConfig
     from core.settings import ConfigError, load_yaml
