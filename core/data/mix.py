@@ -51,6 +51,7 @@ __all__ = ["build_mix", "MixResult", "SourceReport", "SourceCache", "plan_counts
 
 Progress = Callable[[float, str], None]
 EXAMPLES_PER_REASON = 5
+EXPLAIN_UNDETECTED = 1000  # rows of unknown format kept to be explained by the source's format
 CHUNK = 2000
 MANIFEST_VERSION = 1
 
@@ -292,6 +293,19 @@ def _render_each(convs: list[Conversation], tokenizer, skips: list[Skip]) -> tup
     return kept, texts
 
 
+def _explain_undetected(cfg: SourceConfig, name: str, formats: Counter, skips: list[Skip], undetected: list) -> None:
+    """A row whose columns fit no format is judged against the format the good rows of its source
+    have, so its reason names what it lacks ("needs a column 'output'") instead of "unknown"."""
+    fmt, n = formats.most_common(1)[0]
+    for index, item in undetected:
+        try:
+            to_conversation(item.data, item.origin, fmt=fmt, columns=cfg.columns, instruction_in=cfg.instruction_in,
+                            system_prompt=cfg.system_prompt, source=name)
+        except RowError as exc:
+            skips[index] = Skip(item.origin, exc.reason, f"{exc.detail} (read as {fmt}, the format of the "
+                                                         f"{n} good rows)")
+
+
 def load_source(cfg: SourceConfig, name: str, tokenizer, *, progress: Progress | None = None,
                 start: float = 0.0, span: float = 1.0, loaders: dict | None = None,
                 reasoning_turns: str = "last_only") -> LoadedSource:
@@ -308,6 +322,7 @@ def load_source(cfg: SourceConfig, name: str, tokenizer, *, progress: Progress |
     notices: list[Skip] = []
     formats: Counter = Counter()
     reasoning = {"mode": reasoning_turns, "rows": 0, "replies": 0, "extra_rows": 0}
+    undetected: list = []  # (skip index, row) of rows whose format could not be told
     read = 0
     if progress:
         progress(start, f"reading {name}")
@@ -360,6 +375,8 @@ def load_source(cfg: SourceConfig, name: str, tokenizer, *, progress: Progress |
                                             source=name, notes=notes)
             except RowError as exc:
                 skips.append(Skip(item.origin, exc.reason, exc.detail))
+                if exc.reason == "unknown format" and len(undetected) < EXPLAIN_UNDETECTED:
+                    undetected.append((len(skips) - 1, item))
                 continue
             notices += [Skip(item.origin, kind, detail) for kind, detail in notes]
             lost = dropped_reasoning(conv)
@@ -377,6 +394,8 @@ def load_source(cfg: SourceConfig, name: str, tokenizer, *, progress: Progress |
             flush()
         if pending is not None:
             lengths.extend(pending.result())
+    if undetected and formats:
+        _explain_undetected(cfg, name, formats, skips, undetected)
     if not convs:
         reasons = Counter(s.reason for s in skips)
         top = "; ".join(f"{r} x{c}" for r, c in reasons.most_common(3))

@@ -76,6 +76,9 @@ CASES = [
          names=["data.jsonl:3", "got int"], kept=4),
     Case("messages is an empty list", {"data.jsonl": lines({"messages": []}, *good(3))},
          names=["data.jsonl:1", "empty field"], kept=3),
+    Case("a row missing a column of its file's format", {"data.jsonl": lines(
+        {"instruction": "no output"}, *good(3, kind=alpaca))},
+         names=["data.jsonl:1", "needs a column 'output'", "read as alpaca, the format of the 3 good rows"], kept=3),
     Case("mixed formats in one file", {"data.jsonl": lines(*good(2), *good(2, 2, share), *good(2, 4, alpaca))},
          kept=6),
     Case("messages as JSON text", {"data.jsonl": lines({"messages": json.dumps(chat(1)["messages"])}, *good(2, 2))},
