@@ -8,14 +8,17 @@ dataset's columns to the names below first):
                (+ system, tools; tools may be a JSON string); role_tag, content_tag, user_tag,
                assistant_tag, system_tag, function_tag, observation_tag rename the inner keys/values
 * ``messages`` messages [{role, content}] (OpenAI), with tool_calls, tool turns and a tools list;
-               content may be a list of typed parts (text, thinking / reasoning)
+               content may be a list of typed parts as OpenAI and LLaMA-Factory write them (payload
+               in ``text`` or ``value``; text, reasoning / thinking, tool_call, tool_response parts)
 * ``reasoning`` prompt (or question/instruction/problem), reasoning (or thinking/reasoning_content/cot),
                answer (or response/output/solution)
 * ``openmath`` problem, generated_solution, expected_answer (OpenMathReasoning)
 
 Reasoning is taken from a ``reasoning_content`` / ``reasoning`` / ``thinking`` field or from text that
 holds ``<think>...</think>`` (split exactly the way Qwen3's template splits it). A row that cannot be
-converted without guessing is skipped with a reason (:class:`RowError`); nothing is silently changed.
+converted without guessing is skipped with a reason (:class:`RowError`); nothing is silently changed:
+problems of rows that are kept (a number where text belongs, unusual turn order) are returned as notes.
+Text fields are kept exactly as written (no stripping), as LLaMA-Factory hands them to the template.
 """
 
 from __future__ import annotations
