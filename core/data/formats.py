@@ -484,10 +484,10 @@ def from_openmath(data: dict, notes: list | None = None) -> tuple[list[Message],
     """OpenMathReasoning: ``generated_solution`` is the reasoning trace. With ``</think>`` the part
     after it is the answer; without, the whole solution is the trace and the answer is its last
     ``\\boxed{}`` (or ``expected_answer``) written as "The answer is $\\boxed{X}$."."""
-    problem = _text(data.get("problem"), "problem", notes).strip()
+    problem = _text(data.get("problem"), "problem", notes)
     solution = _text(data.get("generated_solution"), "generated_solution", notes)
     expected = _optional_text(data.get("expected_answer"), "expected_answer", notes).strip()
-    if not problem:
+    if not problem.strip():
         raise RowError("empty field", "problem is empty")
     if not solution.strip():
         raise RowError("empty field", "generated_solution is empty")
