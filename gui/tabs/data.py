@@ -20,7 +20,7 @@ from pathlib import Path
 # that every column fits beside the settings.
 COLUMNS = ("source", "formats", "read", "usable", "dropped", "share", "used", "repeated", "tokens", "over_max")
 # Shares of the table's width (Gradio otherwise sizes columns from the first rows and hides the last).
-COLUMN_WIDTHS = ["11%", "17%", "6%", "9%", "10%", "7%", "6%", "10%", "14%", "10%"]
+COLUMN_WIDTHS = ["12%", "14%", "7%", "9%", "10%", "7%", "6%", "10%", "15%", "10%"]
 SOURCE_COLUMN_WIDTHS = ["7%", "22%", "38%", "14%", "19%"]
 SOURCE_COLUMNS = ("n", "name", "path", "format", "share")
 MIX_FIELDS = ("seed", "max_seq_len", "overlong", "upsample", "total", "eval_fraction", "shuffle")
