@@ -82,6 +82,23 @@ def engine_for(ctx, state: dict):
     return models(ctx).get(ModelCache.key(spec, cfg))
 
 
+def training_note(ctx, spec) -> str:
+    """"still training, adapter from step N" when the loaded run is still training (its newest
+    checkpoint is what the fine-tuned pane answers with); "" otherwise."""
+    from pathlib import Path
+
+    from core.train import runs
+
+    if not spec.run_dir or not spec.adapter:
+        return ""
+    state = runs.read_status(spec.run_dir).get("state")
+    if state not in runs.ACTIVE:
+        return ""
+    name = Path(spec.adapter).name
+    step = name.split("-", 1)[1] if name.startswith("checkpoint-") else "?"
+    return ctx.t("chat.still_training", run=Path(spec.run_dir).name, step=step)
+
+
 def _resident(ctx) -> float:
     return 0.0 if ctx.demo else models(ctx).resident_gib()
 
@@ -192,7 +209,9 @@ def load(ctx, target, base, state):
         state["turns"] = []  # a different model: the old conversation does not belong to it
     state["target"], state["base_model"] = target, (base or "").strip()
     turns = state["turns"]
-    yield (_fmt_status(t, engine) + (f"  \nℹ️ {note}" if note else ""), state, render(ctx, turns, "base"),
+    training = training_note(ctx, spec)
+    status = _fmt_status(t, engine) + (f"  \n⏳ {training}" if training else "") + (f"  \nℹ️ {note}" if note else "")
+    yield (status, state, render(ctx, turns, "base"),
            render(ctx, turns, "tuned", has_pane="tuned" in engine.panes))
 
 

@@ -4,9 +4,11 @@ the mix into ``ctx.mixes_dir`` for the Train tab.
 
 Everything it computes comes from core.data (build_mix, render, preview, stats); this file only lays
 out widgets and wires events; the handlers are module-level functions ``fn(ctx, *values)`` (tests
-call them without a Blocks app). Per browser session it keeps the sources (a list of SourceConfig dicts),
-a SourceCache (so changing a ratio re-mixes at once) and the last MixResult. Tokenizers are loaded once
-per server process, in ``ctx.server["data.tokenizers"]``.
+call them without a Blocks app). The browser keeps the sources (a list of SourceConfig dicts, in a
+gr.BrowserState: they survive a page reload); per page session it keeps a SourceCache (so changing
+a ratio re-mixes at once) and the last MixResult. Tokenizers are loaded once per server process, in
+``ctx.server["data.tokenizers"]``. A saved mix can be opened again for editing: its manifest
+records the MixConfig it was built from.
 """
 
 # No `from __future__ import annotations`: Gradio inspects handler annotations at wiring time.
@@ -14,8 +16,12 @@ import html
 import threading
 from pathlib import Path
 
-COLUMNS = ("source", "formats", "read", "usable", "dropped", "share", "used", "repeated", "p50", "p95",
-           "max", "over_max")
+# The counts table's columns: core's table_rows() keys, the three token lengths in one column so
+# that every column fits beside the settings.
+COLUMNS = ("source", "formats", "read", "usable", "dropped", "share", "used", "repeated", "tokens", "over_max")
+# Shares of the table's width (Gradio otherwise sizes columns from the first rows and hides the last).
+COLUMN_WIDTHS = ["12%", "14%", "7%", "9%", "10%", "7%", "6%", "10%", "15%", "10%"]
+SOURCE_COLUMN_WIDTHS = ["7%", "22%", "38%", "14%", "19%"]
 SOURCE_COLUMNS = ("n", "name", "path", "format", "share")
 MIX_FIELDS = ("seed", "max_seq_len", "overlong", "upsample", "total", "eval_fraction", "shuffle",
               "reasoning_turns", "dedupe")
@@ -82,8 +88,13 @@ def mix_config(sources: list, settings: dict):
 
 
 def counts_table(t, result) -> list[list]:
-    rows = [[r[c] for c in COLUMNS] for r in result.table_rows()]
-    rows.append([t("data.total"), "", "", "", "", "", result.total, "", "", "", "", ""])
+    rows = []
+    for r in result.table_rows():
+        r = dict(r, tokens=f"{r['p50']:,} · {r['p95']:,} · {r['max']:,}")
+        rows.append([r[c] for c in COLUMNS])
+    total = [""] * len(COLUMNS)
+    total[0], total[COLUMNS.index("used")] = t("data.total"), result.total
+    rows.append(total)
     return rows
 
 
@@ -320,6 +331,72 @@ def load_preset(ctx, preset_name) -> list:
             "✓ " + ctx.t("data.preset_loaded", name=preset_name)]
 
 
+def saved_mixes(ctx) -> list[tuple[str, str]]:
+    """(name, folder) of every mix saved in ctx.mixes_dir, newest first."""
+    from gui.tabs.train import mix_choices
+
+    return mix_choices(ctx)
+
+
+def refresh_saved(ctx, current):
+    import gradio as gr
+
+    choices = saved_mixes(ctx)
+    values = [v for _n, v in choices]
+    return gr.update(choices=choices, value=current if current in values else (values[0] if values else None))
+
+
+def open_mix(ctx, mix_dir) -> list:
+    """A saved mix back in the form for editing: sources, table, pick dropdown, MIX_FIELDS values,
+    the save name (its own), form message. The settings come from the mix's manifest."""
+    import gradio as gr
+
+    from core.config import MixConfig
+    from core.data.mixdir import read_manifest
+    from core.settings import ConfigError, from_dict, to_dict
+
+    keep = [gr.update()] * (4 + len(MIX_FIELDS))
+    if not mix_dir:
+        return keep + ["✗ " + ctx.t("data.pick_saved_mix")]
+    try:
+        manifest = read_manifest(mix_dir)
+        config = manifest.get("config")
+        if not isinstance(config, dict):
+            raise ConfigError(ctx.t("data.mix_without_config"), "config", str(Path(mix_dir) / "manifest.json"))
+        cfg = from_dict(MixConfig, config, source=str(Path(mix_dir) / "manifest.json"))
+    except (ConfigError, OSError, ValueError) as exc:  # shown in the page
+        return keep + [_error_text(ctx, exc if isinstance(exc, ConfigError) else ConfigError(str(exc)))]
+    sources = [to_dict(s) for s in cfg.sources]
+    name = Path(mix_dir).name
+    return [sources, *sources_view(ctx, sources), *[getattr(cfg, f) for f in MIX_FIELDS], name,
+            "✓ " + ctx.t("data.mix_opened", name=name, replace=ctx.t("data.overwrite"))]
+
+
+def restore_sources(ctx, sources, done) -> tuple:
+    """On the tab's first opening: the sources this browser kept (a page reload loses nothing).
+    (sources, table, pick dropdown, form message, restored flag)."""
+    import gradio as gr
+
+    if done:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), True
+    kept = [s for s in (sources or []) if isinstance(s, dict) and s.get("path")]
+    if not kept:
+        return [], gr.skip(), gr.skip(), gr.skip(), True
+    try:
+        kept = [_checked_source(s) for s in kept]
+    except Exception:  # stored by an older version: start empty rather than break the page
+        return [], gr.skip(), gr.skip(), gr.skip(), True
+    table, pick = sources_view(ctx, kept)
+    return kept, table, pick, "ℹ " + ctx.t("data.restored", n=len(kept)), True
+
+
+def _checked_source(src: dict) -> dict:
+    from core.config import SourceConfig
+    from core.settings import from_dict, to_dict
+
+    return to_dict(from_dict(SourceConfig, src))
+
+
 def on_upload(ctx, file, name_v) -> tuple:
     """(path box, name box, form message) after a file upload: the stored copy's path."""
     import gradio as gr
@@ -371,6 +448,7 @@ def no_op(ctx) -> None:
 def build(ctx) -> None:
     import gradio as gr
 
+    from core.chat.session import browser_secret
     from core.config import FORMATS, MixConfig, SourceConfig
     from core.data.sources import MIX_PRESETS_DIR, list_samples
     from core.settings import field_info
@@ -388,19 +466,28 @@ def build(ctx) -> None:
 
     with gr.Tab(t("data.tab"), id="data", elem_id="tab-data") as tab:
         gr.Markdown(t("data.intro"))
-        sources_state = gr.State([])
+        # The sources live in the browser: a page reload (or a server restart) keeps them.
+        sources_state = gr.BrowserState([], storage_key="qwentune-data-sources", secret=browser_secret())
+        restored = gr.State(False)
         cache_state = gr.State(None)
         result_state = gr.State(None)
         with gr.Row():
             # ----------------------------------------------------------------- sources
-            with gr.Column(scale=2):
+            with gr.Column(scale=5):
                 gr.Markdown(f"### {t('data.sources')}")
                 with gr.Row():
                     preset = gr.Dropdown(choices=presets, value=presets[0] if presets else None,
                                          label=t("data.preset"), scale=3, elem_id="data-preset")
                     preset_load = gr.Button(t("data.preset_load"), scale=1, elem_id="data-preset-load")
+                with gr.Row():
+                    mixes_saved = saved_mixes(ctx)
+                    saved = gr.Dropdown(choices=mixes_saved, value=mixes_saved[0][1] if mixes_saved else None,
+                                        label=t("data.saved_mix"), info=t("data.saved_mix_info"), scale=3,
+                                        elem_id="data-saved-mix")
+                    saved_open = gr.Button(t("data.open_mix"), scale=1, elem_id="data-open-mix")
                 sources_table = gr.Dataframe(headers=[t(f"data.scol.{c}") for c in SOURCE_COLUMNS],
-                                             value=[], interactive=False, wrap=True, elem_id="data-sources")
+                                             value=[], interactive=False, wrap=True, elem_id="data-sources",
+                                             column_widths=SOURCE_COLUMN_WIDTHS, elem_classes=["qt-table"])
                 with gr.Row():
                     pick = gr.Dropdown(choices=[], label=t("data.pick"), scale=3, elem_id="data-pick")
                     edit_btn = gr.Button(t("data.edit"), size="sm", scale=1, elem_id="data-edit")
@@ -457,7 +544,7 @@ def build(ctx) -> None:
                         update_btn = gr.Button(t("data.update"), elem_id="data-update")
                     form_status = gr.Markdown(elem_id="data-form-status")
             # ----------------------------------------------------------------- mix
-            with gr.Column(scale=3):
+            with gr.Column(scale=8):
                 gr.Markdown(f"### {t('data.mix')}")
                 with gr.Row():
                     seed = num("seed", minfo["seed"], precision=0)
@@ -487,7 +574,8 @@ def build(ctx) -> None:
                 build_btn = gr.Button(t("data.build"), variant="primary", elem_id="data-build")
                 status = gr.Markdown(t("data.start"), elem_id="data-status")
                 counts = gr.Dataframe(headers=[t(f"data.col.{c}") for c in COLUMNS], value=[], interactive=False,
-                                      wrap=True, elem_id="data-counts")
+                                      column_widths=COLUMN_WIDTHS,
+                                      wrap=True, elem_id="data-counts", elem_classes=["qt-table"])
                 warning = gr.Markdown(elem_id="data-warning")
                 drops = gr.Markdown(elem_id="data-drops")
                 hist = gr.Plot(label=t("data.hist"), elem_id="data-hist")
@@ -551,7 +639,13 @@ def build(ctx) -> None:
     preview_index.submit(bind(show_preview, ctx), inputs=preview_inputs, outputs=[preview, preview_index])
     prev_btn.click(bind(preview_prev, ctx), inputs=preview_inputs, outputs=[preview, preview_index])
     next_btn.click(bind(preview_next, ctx), inputs=preview_inputs, outputs=[preview, preview_index])
+    chain(saved_open.click(bind(open_mix, ctx), inputs=[saved],
+                           outputs=[sources_state, sources_table, pick, *settings_inputs, save_name, form_status]))
+    # Restore when the tab is first opened: Gradio reads a tab's BrowserState only once it is shown.
+    tab.select(bind(restore_sources, ctx), inputs=[sources_state, restored],
+               outputs=[sources_state, sources_table, pick, form_status, restored])
+    tab.select(bind(refresh_saved, ctx), inputs=saved, outputs=saved)
     save_btn.click(bind(save, ctx),
                    inputs=[sources_state, cache_state, tokenizer, save_name, overwrite, *settings_inputs],
-                   outputs=[save_status, cache_state])
+                   outputs=[save_status, cache_state]).then(bind(refresh_saved, ctx), inputs=saved, outputs=saved)
     ctx.shared["data.tab"] = tab

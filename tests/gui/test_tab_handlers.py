@@ -191,3 +191,58 @@ def test_eval_shows_a_runs_saved_results(ctx, tmp_path):
     assert "2026-01-01" in details and progress == ""
     selected = evaluate.select(ctx, str(run), True, 8000)
     assert selected[-1] == {"target": str(run)}
+
+
+# ------------------------------------------------------------------------------- demo mode
+def test_use_this_model_in_demo_mode_says_it_leaves_demo_mode(ctx):
+    from gui.app import AppContext, banner_for_model
+    from gui.tabs import hardware
+
+    row = {"model": "qwen3-8b", "method": "qlora", "seq_len": 2048, "micro_batch": 4, "rank": 16,
+           "display": "Qwen3-8B", "est_gib": 9.3, "vram_gib": 24.0, "card": "simulated"}
+    choice, message = hardware.use(ctx, row)
+    assert choice["model"] == "qwen3-8b" and choice["method"] == "qlora" and choice["micro_batch"] == 4
+    assert "This leaves demo mode" in message and "24 GB" in message and "9.3 GiB" in message
+    gpu = AppContext(runs_dir=ctx.runs_dir, demo=False, gpu_names=["NVIDIA RTX 4090 (24 GiB)"])
+    assert "demo" not in hardware.use(gpu, row)[1].lower()
+    # The banner follows the form's model: no "demo model is selected" while qwen3-8b is in it.
+    assert banner_for_model(ctx, "qwen3-8b") == ctx.t("app.mode_demo_real", model="qwen3-8b")
+    assert banner_for_model(ctx, "demo") == ctx.t("app.mode_demo")
+    assert banner_for_model(gpu, "qwen3-8b") == ctx.t("app.mode_gpu", gpus="NVIDIA RTX 4090 (24 GiB)")
+
+
+def test_chat_on_a_run_still_training_names_the_adapters_step(ctx):
+    from core.chat.loader import LoadSpec
+    from gui.tabs import chat
+
+    run = ctx.runs_dir / "r1"
+    (run / "checkpoints" / "checkpoint-30").mkdir(parents=True)
+    write_json_atomic(run / "status.json", {"state": "running", "step": 34})
+    spec = LoadSpec(kind="run", target=str(run), label="r1", base="demo",
+                    adapter=str(run / "checkpoints" / "checkpoint-30"), run_dir=str(run))
+    assert chat.training_note(ctx, spec) == ctx.t("chat.still_training", run="r1", step="30")
+    write_json_atomic(run / "status.json", {"state": "done"})
+    assert chat.training_note(ctx, spec) == ""
+
+
+def test_a_saved_mix_opens_again_for_editing_and_kept_sources_come_back(ctx):
+    from gui.tabs import data
+
+    sources = data.add_source(ctx, [], *form(sample="samples/math_reasoning", share=3))[0]
+    sources = data.add_source(ctx, sources, *form(sample="samples/chat_zh", share=1))[0]
+    settings = [11, 1024, "drop", False, 0, 0.2, True]
+    assert data.save(ctx, sources, None, "demo", "edit-me", False, *settings)[0].startswith("✓")
+    (name, folder), = data.saved_mixes(ctx)
+    assert name == "edit-me"
+    out = data.open_mix(ctx, folder)
+    opened, table, pick, *values, save_name, message = out
+    assert [s["path"] for s in opened] == ["samples/math_reasoning", "samples/chat_zh"]
+    assert opened[0]["ratio"] == 3 and len(table) == 2 and pick["value"] == 1
+    assert values == settings and save_name == "edit-me" and message.startswith("✓")
+    assert data.open_mix(ctx, "")[-1] == "✗ " + ctx.t("data.pick_saved_mix")
+    assert data.open_mix(ctx, str(ctx.mixes_dir / "nope"))[-1].startswith("✗")
+    # What the browser kept is shown again when the tab opens after a reload (once per page).
+    kept, table, pick, message, done = data.restore_sources(ctx, opened, False)
+    assert kept == opened and len(table) == 2 and done is True and "2" in message
+    assert data.restore_sources(ctx, opened, True)[0].__class__ is not list  # later visits: untouched
+    assert data.restore_sources(ctx, [{"path": "x", "ratio": "lots"}], False)[0] == []  # damaged: start empty

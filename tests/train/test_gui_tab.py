@@ -151,7 +151,7 @@ def test_start_with_the_default_relative_runs_folder_selects_the_new_run(tmp_pat
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(runs, "_spawn", lambda cmd, run_dir: None)  # no worker: the folder is enough
     (tmp_path / "mixes" / "m1").mkdir(parents=True)
-    write_json_atomic(tmp_path / "mixes" / "m1" / "manifest.json", {"train_rows": 4, "max_seq_len": 512})
+    write_json_atomic(tmp_path / "mixes" / "m1" / "manifest.json", {"train_rows": 40, "max_seq_len": 512})
     old = tmp_path / "runs" / "old-run"
     old.mkdir(parents=True)
     write_json_atomic(old / "status.json", {"state": "done", "queued": "2020-01-01T00:00:00"})
@@ -160,7 +160,7 @@ def test_start_with_the_default_relative_runs_folder_selects_the_new_run(tmp_pat
         train.build(ctx)
     fields = ctx.shared[train.TRAIN_FIELDS]
     values = {p: w.value for p, w in fields.items()}
-    values.update({"name": "new-run", "model.name_or_path": "demo", "train.max_steps": 2})
+    values.update({"name": "new-run", "model.name_or_path": "demo", "train.max_steps": 10})
     message, dropdown = train.on_start(ctx, *[values[p] for p in train.field_paths(ctx)])
     assert "new-run" in message and not message.startswith("✗")
     choices = [value for _label, value in dropdown["choices"]]
