@@ -168,6 +168,10 @@ CASES = [
     Case("CSV field longer than csv's default limit", {"data.csv": 'instruction,input,output\n"Say a","","'
                                                                    + "a" * 200_000 + '"\n"Say b","","b"\n'},
          mix="sources:\n  - path: {d}/data.csv\nmax_seq_len: 1000000\n", kept=2),
+    Case("pretty-printed JSON array saved as .jsonl", {"data.jsonl": json.dumps(good(3), indent=2)}, kept=3),
+    Case("one UTF-16 file in a folder", {"dir/a.jsonl": lines(*good(3)),
+                                         "dir/b.jsonl": lines(*good(2, 5)).encode("utf-16")},
+         mix="sources:\n  - path: {d}/dir\n", names=["b.jsonl", "UTF-16", "file skipped"], kept=3),
     # --- kept, with a counted warning naming the line
     Case("sharegpt starting with the assistant", {"data.jsonl": lines(*good(2, kind=share), {"conversations": [
         {"from": "gpt", "value": "Welcome!"}, {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]})},
@@ -197,6 +201,10 @@ CASES = [
          names=["source 'data'", "no usable rows", "e.g."]),
     Case("empty file", {"data.jsonl": ""}, rc=2, names=["data.jsonl", "empty"]),
     Case("missing file", {}, rc=2, names=["data.jsonl", "not found"]),
+    Case("UTF-16 file", {"data.jsonl": lines(*good(2)).encode("utf-16")}, rc=2,
+         names=["data.jsonl", "UTF-16", "save it as UTF-8"]),
+    Case("absurd total", {"data.jsonl": lines(*good(2))}, rc=2, mix=ONE + "upsample: true\ntotal: 1000000000000\n",
+         names=["total", "at most"]),
     Case("ratio nan", {"data.jsonl": lines(*good(2))}, rc=2,
          mix="sources:\n  - path: {d}/data.jsonl\n    ratio: .nan\n",
          names=["sources[0].ratio", "mix.yaml:3", "finite"]),
@@ -221,6 +229,7 @@ def run_mix(tmp_path: Path, case: Case, capsys, extra: list | None = None) -> tu
     d.mkdir(exist_ok=True)
     for name, body in case.files.items():
         p = d / name
+        p.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(body, bytes):
             p.write_bytes(body)
         else:
