@@ -146,6 +146,8 @@ class MixResult:
         return length_stats([r["n_tokens"] for r in self.rows + self.eval_rows], self.config.max_seq_len)
 
     def manifest(self) -> dict:
+        from core.data.report import problem_rows
+
         return {
             "format": "qwentune-mix", "version": MANIFEST_VERSION,
             "sources": [dict(s.summary(), config=s.config) for s in self.sources],
@@ -154,7 +156,7 @@ class MixResult:
             "reasoning_turns": self.config.reasoning_turns, "dedupe": self.config.dedupe,
             "max_seq_len": self.config.max_seq_len, "overlong": self.config.overlong,
             "tokenizer": self.tokenizer,
-            "counts": self.counts, "drops": self.drops, "total": self.total,
+            "counts": self.counts, "drops": self.drops, "problems": problem_rows(self), "total": self.total,
             "lengths": self.mix_length_stats(), "warnings": self.warnings,
             "config": to_dict(self.config),
         }
