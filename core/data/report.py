@@ -26,7 +26,8 @@ def problem_rows(result) -> list[dict]:
             action = {"last_only": "kept", "split": "split", "mask_earlier": "no loss"}.get(lost.get("mode"), "kept")
             rows.append({"source": s.name, "kind": "reasoning of earlier turns left out by the template",
                          "action": action, "count": lost["rows"],
-                         "examples": [f"{lost['replies']} replies; reasoning_turns: {lost.get('mode')}"]})
+                         "examples": [f"{lost['replies']} replies in {lost['rows']} rows "
+                                      f"(reasoning_turns: {lost.get('mode')}; see docs/data.md)"]})
     return rows
 
 
