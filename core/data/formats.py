@@ -562,7 +562,10 @@ def _undetected(data: dict) -> RowError:
         if key in data:
             value = data[key]
             if isinstance(value, str):
-                return RowError("invalid JSON field", f"{key} is text but not valid JSON")
+                try:
+                    value = json.loads(value)
+                except (ValueError, RecursionError):
+                    return RowError("invalid JSON field", f"{key} is text but not valid JSON")
             return RowError("invalid field", f"{key} should be a list of turns, got {_kind(value)}")
     return RowError("unknown format", f"cannot tell the format from columns {sorted(map(str, data))}; "
                                       "set format: and columns: for this source")
