@@ -124,3 +124,11 @@ def test_train_tab_shows_every_problem_before_starting(tmp_path, monkeypatch):
         assert words in message and "`train.epochs`" in message and "`train.learning_rate`" in message
         assert message.count("\n- ") == 2 and started == []
         assert ctx.t.setting_label("train", "train.learning_rate") in message
+
+
+def test_micro_batch_auto_counts_two_rows_per_accumulation_step_and_skips_the_memory_check(tmp_path):
+    cfg = cfg_with(tmp_path, rows=100, warmup_steps=20)
+    cfg.train.micro_batch = "auto"  # the trainer picks the micro-batch; the effective batch stays 2 x 4
+    assert total_steps(cfg, 100) == 13
+    problems = check_run(cfg, card=Card("NVIDIA GeForce RTX 3060", 12.0))
+    assert [p.setting for p in problems] == ["train.warmup_steps"]
