@@ -4,7 +4,13 @@ Each field is already checked on its own when the config is read (types, choices
 core.settings). What only shows when settings meet - no step to train, a warmup longer than the run,
 a sequence longer than the model's context, a micro-batch the card cannot hold - is checked here.
 Every rule runs and every problem is collected, so the user fixes them all in one go instead of
-meeting them one per start (torchtune's config validation does the same). The GUI shows the list in
+meeting them one per start (torchtune's config validation does the same).
+
+An error is a setting the run cannot train with (nothing to train, no learning rate, rows longer
+than the model can attend to, an accumulation no recipe uses); the run does not start. A warning is
+a setting it trains with, though probably not as meant (a warmup the run never finishes, one step
+bigger than the whole mix, a micro-batch the card will not hold): the run starts and the user is
+told, with the numbers - a 2-step smoke test of a preset is a fine thing to run. The GUI shows the list in
 the Train tab before it starts a run; ``python -m core train`` prints it and exits.
 
 ``Problem.code`` + ``params`` let the GUI show the text in the page's language; ``message`` is the
@@ -173,13 +179,14 @@ def check_run(cfg, *, train_rows: int | None = None, card: Card | None = None) -
                            f"one optimizer step takes train.micro_batch x train.grad_accum = "
                            f"{rows_per_step(cfg)} rows, but the mix has {train_rows} training rows; "
                            "lower train.grad_accum",
-                           params={"rows_per_step": rows_per_step(cfg), "rows": train_rows}))
+                           level="warning", params={"rows_per_step": rows_per_step(cfg), "rows": train_rows}))
     steps = total_steps(cfg, train_rows)
     if steps is not None and steps > 0 and t.warmup_steps >= steps:
         out.append(Problem("train.warmup_steps", "warmup_too_long",
                            f"{t.warmup_steps} warmup steps but the run has only {steps} steps: the learning "
                            f"rate never reaches train.learning_rate; use fewer than {steps} (about "
                            f"{max(steps // 10, 0)} is common)",
+                           level="warning",
                            params={"warmup": t.warmup_steps, "steps": steps, "suggest": max(steps // 10, 0)}))
     if card is not None and fixed_micro_batch(cfg) is not None:  # "auto" picks what fits itself
         out += _memory(cfg, card)
