@@ -43,7 +43,19 @@ def good(n: int, start: int = 0, kind=chat) -> list:
     return [kind(i) for i in range(start, start + n)]
 
 
+def parquet(columns: dict) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table(columns), buf)
+    return buf.getvalue()
+
+
 ONE = "sources:\n  - path: {d}/data.jsonl\n    name: data\n"
+PARQUET = "sources:\n  - path: {d}/data.parquet\n"
 TOOLS = [{"name": "f", "parameters": {"type": "object", "properties": {}}}]
 
 
@@ -172,6 +184,15 @@ CASES = [
     Case("one UTF-16 file in a folder", {"dir/a.jsonl": lines(*good(3)),
                                          "dir/b.jsonl": lines(*good(2, 5)).encode("utf-16")},
          mix="sources:\n  - path: {d}/dir\n", names=["b.jsonl", "UTF-16", "file skipped"], kept=3),
+    Case("Parquet: an all-NaN input column and a missing output (pandas' missing values)", {
+        "data.parquet": parquet({"instruction": ["a", "b", "c", "d"], "input": [float("nan")] * 4,
+                                 "output": ["A", None, "C", "D"]})}, mix=PARQUET,
+         names=["data.parquet[0]", "NaN read as empty", "data.parquet[1]", "output is empty"], kept=3),
+    Case("Parquet: numbers and NaN as answers", {
+        "data.parquet": parquet({"question": ["1+1.5?", "0/0?", "2+2?"], "answer": [2.5, float("nan"), 4.0]})},
+         mix=PARQUET, names=["data.parquet[0]", "number as text", "data.parquet[1]", "NaN or Infinity"], kept=2),
+    Case("not a Parquet file", {"data.parquet": b"PAR1 this is not parquet"}, rc=2, mix=PARQUET,
+         names=["data.parquet", "not a readable Parquet file"]),
     # --- kept, with a counted warning naming the line
     Case("sharegpt starting with the assistant", {"data.jsonl": lines(*good(2, kind=share), {"conversations": [
         {"from": "gpt", "value": "Welcome!"}, {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]})},
