@@ -37,9 +37,8 @@ $(VENV)/.runtime-ok: $(VENV)/.python-ok $(RUN_REQS)
 	  echo "error: a GPU was found but requirements-gpu.txt is missing; restore it with: git checkout requirements-gpu.txt"; exit 1; fi
 	@echo "Installing $(strip $(RUN_REQS)) into $(VENV). The first time downloads torch, transformers and gradio"
 	@echo "(a few GB, several minutes); pip lists each package as it goes."
-	@set -e; n=0; for req in $(RUN_REQS); do n=$$((n + 1)); \
-	  echo "[$$n/$(words $(RUN_REQS))] pip install -r $$req"; \
-	  $(PIP_INSTALL) -r $$req; done
+	@# One pip call for every file: pip resolves the CPU and GPU pins together.
+	$(PIP_INSTALL) $(addprefix -r ,$(RUN_REQS))
 	@touch $@
 
 $(VENV)/.dev-ok: $(VENV)/.runtime-ok requirements-dev.txt

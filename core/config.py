@@ -15,6 +15,7 @@ from core.settings import ConfigError, load_yaml, setting
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FORMATS = ("auto", "alpaca", "sharegpt", "messages", "reasoning", "openmath")
 REASONING_TURNS = ("last_only", "split", "mask_earlier")
+MAX_MIX_ROWS = 100_000_000  # a mix is held in memory; far beyond any fine-tuning set
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -40,7 +41,8 @@ class SourceConfig:
     system_prompt: str = setting("", help="System prompt added to rows that have none.")
     ratio: float | None = setting(None, minimum=0.0,
                                   help="Share of the mix (ratios are normalised over sources).")
-    count: int | None = setting(None, minimum=0, help="Absolute number of rows (instead of a ratio).")
+    count: int | None = setting(None, minimum=0, maximum=MAX_MIX_ROWS,
+                                help="Absolute number of rows (instead of a ratio).")
     min_tokens: int = setting(0, minimum=0, help="Drop rows shorter than this many tokens.")
     max_tokens: int = setting(0, minimum=0, help="Drop rows longer than this (0 = use max_seq_len).")
 
@@ -61,7 +63,8 @@ class MixConfig:
     seed: int = setting(3407, help="Seed for sampling and shuffling; the same seed gives the same mix.")
     upsample: bool = setting(False, help="Allow repeating rows of a scarce source to reach its ratio. "
                                          "Off: the mix shrinks to fit the scarcest source.")
-    total: int = setting(0, minimum=0, help="Target number of rows (0 = as many as the ratios allow).")
+    total: int = setting(0, minimum=0, maximum=MAX_MIX_ROWS,
+                         help="Target number of rows (0 = as many as the ratios allow).")
     max_seq_len: int = setting(2048, minimum=16, help="Longest row in tokens, as in training.")
     overlong: str = setting("drop", choices=("drop", "truncate"),
                             help="Rows over max_seq_len: drop them (safe) or truncate them "

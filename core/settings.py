@@ -138,6 +138,10 @@ def _coerce(value: Any, tp: Any, where: str, lines: dict[str, int], source: str)
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        others = [a for a in args if a is not type(None)]
+        if len(others) == 1:
+            # An optional setting: the one type's own error names the field inside (sources[0].ratio).
+            return _coerce(value, others[0], where, lines, source)
         errors = []
         for arg in args:
             if arg is type(None):

@@ -35,9 +35,6 @@ def all_strings() -> dict[str, dict[str, str]]:
                 raise ValueError(f"{path.name}: string {key!r} is defined twice")
             if not isinstance(langs, dict):
                 raise ValueError(f"{path.name}: string {key!r} must map languages to text")
-            if is_help_key(str(key)) and "en" in langs:
-                raise ValueError(f"{path.name}: {key!r} is a setting's help: its English text belongs in "
-                                 "core/config.py (the setting's help), not here")
             out[str(key)] = {str(lang): str(text) for lang, text in langs.items()}
     return out
 

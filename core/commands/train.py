@@ -66,7 +66,9 @@ def run(args) -> int:
 
     cfg = resolve_config(args)
     check_run_name(cfg.name)
-    if not args.resume:  # a resumed run keeps the settings it was started with
+    # A resumed run keeps the settings it started with; a name already in use is the worker's
+    # error to report.
+    if not args.resume and not _taken(cfg):
         check_settings(cfg)
     if args.dry_run:
         sys.stdout.write(dump_yaml(cfg))
@@ -74,6 +76,18 @@ def run(args) -> int:
     from core.train.worker import run as train
 
     return train(cfg, resume=args.resume)
+
+
+def _taken(cfg) -> bool:
+    """The run folder exists and is not the queued one the GUI prepared for this start."""
+    from pathlib import Path
+
+    from core.train import runs
+
+    run_dir = Path(cfg.runs_dir) / cfg.name
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return False
+    return runs.read_status(run_dir).get("state") != "queued"
 
 
 def check_settings(cfg) -> None:

@@ -8,14 +8,17 @@ dataset's columns to the names below first):
                (+ system, tools; tools may be a JSON string); role_tag, content_tag, user_tag,
                assistant_tag, system_tag, function_tag, observation_tag rename the inner keys/values
 * ``messages`` messages [{role, content}] (OpenAI), with tool_calls, tool turns and a tools list;
-               content may be a list of typed parts (text, thinking / reasoning)
+               content may be a list of typed parts as OpenAI and LLaMA-Factory write them (payload
+               in ``text`` or ``value``; text, reasoning / thinking, tool_call, tool_response parts)
 * ``reasoning`` prompt (or question/instruction/problem), reasoning (or thinking/reasoning_content/cot),
                answer (or response/output/solution)
 * ``openmath`` problem, generated_solution, expected_answer (OpenMathReasoning)
 
 Reasoning is taken from a ``reasoning_content`` / ``reasoning`` / ``thinking`` field or from text that
 holds ``<think>...</think>`` (split exactly the way Qwen3's template splits it). A row that cannot be
-converted without guessing is skipped with a reason (:class:`RowError`); nothing is silently changed.
+converted without guessing is skipped with a reason (:class:`RowError`); nothing is silently changed:
+problems of rows that are kept (a number where text belongs, unusual turn order) are returned as notes.
+Text fields are kept exactly as written (no stripping), as LLaMA-Factory hands them to the template.
 """
 
 from __future__ import annotations
@@ -138,6 +141,16 @@ def _text(value, what: str, notes: list | None = None) -> str:
             notes.append(("number as text", f"{what} is the number {value}; trained as the text {str(value)!r}"))
         return str(value)
     raise RowError("wrong field type", f"{what} should be text, got {type(value).__name__}")
+
+
+def _optional_text(value, what: str, notes: list | None = None) -> str:
+    """An optional text field. NaN there is how pandas-made files (CSV, Parquet) write a missing
+    value, so it reads as empty, with a note."""
+    if isinstance(value, float) and math.isnan(value):
+        if notes is not None:
+            notes.append(("NaN read as empty", f"{what} is NaN; read as an empty (missing) field"))
+        return ""
+    return _text(value, what, notes)
 
 
 def _json_field(value, what: str):
@@ -280,9 +293,9 @@ def from_alpaca(data: dict, instruction_in: str = "user", notes: list | None = N
     """Fields are kept exactly as written (no stripping), joined the way LLaMA-Factory joins them:
     ``instruction + "\n" + input``; trailing spaces are part of what the model is shown."""
     instruction = _text(data.get("instruction"), "instruction", notes)
-    query = _text(data.get("input"), "input", notes)
+    query = _optional_text(data.get("input"), "input", notes)
     output = _text(data.get("output"), "output", notes)
-    system = _text(data.get("system"), "system", notes)
+    system = _optional_text(data.get("system"), "system", notes)
     if not instruction and not query:
         raise RowError("empty field", "instruction and input are both empty")
     if not output.strip():
@@ -330,7 +343,7 @@ def from_sharegpt(data: dict, columns: dict | None = None, notes: list | None = 
     if not isinstance(turns, list):
         raise RowError("invalid field", f"{key} should be a list of turns, got {_kind(turns)}")
     msgs: list[Message] = []
-    system = _text(data.get("system"), "system", notes)
+    system = _optional_text(data.get("system"), "system", notes)
     for i, turn in enumerate(turns):
         where = f"turn {i}"
         if not isinstance(turn, dict):
@@ -447,7 +460,7 @@ def from_reasoning(data: dict, notes: list | None = None) -> tuple[list[Message]
     _rk, reasoning = _first(data, REASONING_KEYS)
     reasoning, content = _reasoning_and_content(answer, reasoning)
     msgs = []
-    system = _text(data.get("system"), "system", notes)
+    system = _optional_text(data.get("system"), "system", notes)
     if system.strip():
         msgs.append(Message("system", system))
     msgs += [Message("user", prompt), Message("assistant", content, reasoning=reasoning)]
@@ -471,10 +484,10 @@ def from_openmath(data: dict, notes: list | None = None) -> tuple[list[Message],
     """OpenMathReasoning: ``generated_solution`` is the reasoning trace. With ``</think>`` the part
     after it is the answer; without, the whole solution is the trace and the answer is its last
     ``\\boxed{}`` (or ``expected_answer``) written as "The answer is $\\boxed{X}$."."""
-    problem = _text(data.get("problem"), "problem", notes).strip()
+    problem = _text(data.get("problem"), "problem", notes)
     solution = _text(data.get("generated_solution"), "generated_solution", notes)
-    expected = _text(data.get("expected_answer"), "expected_answer", notes).strip()
-    if not problem:
+    expected = _optional_text(data.get("expected_answer"), "expected_answer", notes).strip()
+    if not problem.strip():
         raise RowError("empty field", "problem is empty")
     if not solution.strip():
         raise RowError("empty field", "generated_solution is empty")
@@ -549,7 +562,10 @@ def _undetected(data: dict) -> RowError:
         if key in data:
             value = data[key]
             if isinstance(value, str):
-                return RowError("invalid JSON field", f"{key} is text but not valid JSON")
+                try:
+                    value = json.loads(value)
+                except (ValueError, RecursionError):
+                    return RowError("invalid JSON field", f"{key} is text but not valid JSON")
             return RowError("invalid field", f"{key} should be a list of turns, got {_kind(value)}")
     return RowError("unknown format", f"cannot tell the format from columns {sorted(map(str, data))}; "
                                       "set format: and columns: for this source")
@@ -637,6 +653,8 @@ def _to_conversation(data, origin, fmt, columns, instruction_in, system_prompt, 
     validate_messages(msgs, local)
     meta = {}
     expected = data.get("expected_answer")
+    if isinstance(expected, float) and not math.isfinite(expected):
+        expected = None
     if expected is not None and expected != "":
         meta["expected_answer"] = expected if isinstance(expected, (str, int, float)) else json.dumps(expected)
     conv = Conversation(messages=msgs, tools=tools, source=source, origin=origin, meta=meta)

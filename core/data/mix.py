@@ -52,6 +52,7 @@ __all__ = ["build_mix", "MixResult", "SourceReport", "SourceCache", "plan_counts
 
 Progress = Callable[[float, str], None]
 EXAMPLES_PER_REASON = 5
+EXPLAIN_UNDETECTED = 1000  # rows of unknown format kept to be explained by the source's format
 CHUNK = 2000
 MANIFEST_VERSION = 1
 
@@ -146,6 +147,8 @@ class MixResult:
         return length_stats([r["n_tokens"] for r in self.rows + self.eval_rows], self.config.max_seq_len)
 
     def manifest(self) -> dict:
+        from core.data.report import problem_rows
+
         return {
             "format": "qwentune-mix", "version": MANIFEST_VERSION,
             "sources": [dict(s.summary(), config=s.config) for s in self.sources],
@@ -154,7 +157,7 @@ class MixResult:
             "reasoning_turns": self.config.reasoning_turns, "dedupe": self.config.dedupe,
             "max_seq_len": self.config.max_seq_len, "overlong": self.config.overlong,
             "tokenizer": self.tokenizer,
-            "counts": self.counts, "drops": self.drops, "total": self.total,
+            "counts": self.counts, "drops": self.drops, "problems": problem_rows(self), "total": self.total,
             "lengths": self.mix_length_stats(), "warnings": self.warnings,
             "config": to_dict(self.config),
         }
@@ -280,17 +283,30 @@ def _render_each(convs: list[Conversation], tokenizer, skips: list[Skip]) -> tup
     """Render a chunk; when the chunk fails, render row by row so one row's failure drops only it."""
     try:
         return convs, render_texts(convs, tokenizer)
-    except Exception:  # noqa: BLE001 - narrowed below, row by row, into counted drops
+    except Exception:  # narrowed below, row by row, into counted drops
         pass
     kept, texts = [], []
     for conv in convs:
         try:
             texts.append(render_texts([conv], tokenizer)[0])
-        except Exception as exc:  # noqa: BLE001 - a row the template cannot render is dropped with the cause
+        except Exception as exc:  # a row the template cannot render is dropped with the cause
             skips.append(Skip(conv.origin, "cannot be rendered", f"{type(exc).__name__}: {exc}"))
             continue
         kept.append(conv)
     return kept, texts
+
+
+def _explain_undetected(cfg: SourceConfig, name: str, formats: Counter, skips: list[Skip], undetected: list) -> None:
+    """A row whose columns fit no format is judged against the format the good rows of its source
+    have, so its reason names what it lacks ("needs a column 'output'") instead of "unknown"."""
+    fmt, n = formats.most_common(1)[0]
+    for index, item in undetected:
+        try:
+            to_conversation(item.data, item.origin, fmt=fmt, columns=cfg.columns, instruction_in=cfg.instruction_in,
+                            system_prompt=cfg.system_prompt, source=name)
+        except RowError as exc:
+            skips[index] = Skip(item.origin, exc.reason, f"{exc.detail} (read as {fmt}, the format of the "
+                                                         f"{n} good rows)")
 
 
 def load_source(cfg: SourceConfig, name: str, tokenizer, *, progress: Progress | None = None,
@@ -309,6 +325,7 @@ def load_source(cfg: SourceConfig, name: str, tokenizer, *, progress: Progress |
     notices: list[Skip] = []
     formats: Counter = Counter()
     reasoning = {"mode": reasoning_turns, "rows": 0, "replies": 0, "extra_rows": 0}
+    undetected: list = []  # (skip index, row) of rows whose format could not be told
     read = 0
     if progress:
         progress(start, f"reading {name}")
@@ -361,6 +378,8 @@ def load_source(cfg: SourceConfig, name: str, tokenizer, *, progress: Progress |
                                             source=name, notes=notes)
             except RowError as exc:
                 skips.append(Skip(item.origin, exc.reason, exc.detail))
+                if exc.reason == "unknown format" and len(undetected) < EXPLAIN_UNDETECTED:
+                    undetected.append((len(skips) - 1, item))
                 continue
             notices += [Skip(item.origin, kind, detail) for kind, detail in notes]
             lost = dropped_reasoning(conv)
@@ -378,6 +397,8 @@ def load_source(cfg: SourceConfig, name: str, tokenizer, *, progress: Progress |
             flush()
         if pending is not None:
             lengths.extend(pending.result())
+    if undetected and formats:
+        _explain_undetected(cfg, name, formats, skips, undetected)
     if not convs:
         reasons = Counter(s.reason for s in skips)
         top = "; ".join(f"{r} x{c}" for r, c in reasons.most_common(3))

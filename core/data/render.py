@@ -143,7 +143,7 @@ class MaskError(ValueError):
 
 def _has_marker(value) -> bool:
     if isinstance(value, str):
-        return any(m in value for m in _MARKERS)
+        return "<|im_" in value and any(m in value for m in _MARKERS)
     if isinstance(value, dict):
         return any(_has_marker(k) or _has_marker(v) for k, v in value.items())
     if isinstance(value, list):
@@ -158,10 +158,9 @@ def _skeleton(conv: Conversation) -> tuple[Conversation, list[tuple[str, str, st
     import copy
     import json
 
-    fields = []
-    for m in conv.messages:
-        fields += [m.content, m.reasoning or ""] + [t.arguments for t in m.tool_calls]
-    if not (_has_marker(fields) or _has_marker(conv.tools or [])):
+    if not any(_has_marker(m.content) or _has_marker(m.reasoning) or
+               (m.tool_calls and _has_marker([t.arguments for t in m.tool_calls])) for m in conv.messages) \
+            and not (conv.tools and _has_marker(conv.tools)):
         return None
     subs: list[tuple[str, str, str]] = []
 
@@ -233,38 +232,24 @@ def reply_spans(conv: Conversation, text: str, renderer=None) -> list[tuple[int,
     conversation's structure, so a user turn that quotes ``<|im_start|>assistant`` is never taken
     for a reply. ``renderer`` renders a conversation (needed only when some text quotes a marker)."""
     sk = _skeleton(conv)
+    n_replies = sum(1 for m in conv.messages if m.role == "assistant")
     if sk is None:
-        skel_text, anchors = text, []
+        spans = reply_spans_in_text(text)
     else:
         if renderer is None:
             raise MaskError("a text quotes chat markers and no renderer was given")
         skel_text = renderer(sk[0])
         anchors = _locate(skel_text, text, sk[1])
 
-    def to_text(p: int) -> int:
-        shift = 0
-        for sp, tp in anchors:
-            if sp <= p:
+        def to_text(p: int) -> int:
+            shift = 0
+            for sp, tp in anchors:
+                if sp > p:
+                    break
                 shift = tp - sp
-            else:
-                break
-        return p + shift
+            return p + shift
 
-    spans = []
-    pos = 0
-    while True:
-        start = skel_text.find(ASSISTANT_HEADER, pos)
-        if start < 0:
-            break
-        body = start + len(ASSISTANT_HEADER)
-        end = skel_text.find(END, body)
-        # A reply cut off by truncation still trains what is there.
-        stop = len(skel_text) if end < 0 else end + len(END)
-        spans.append((to_text(start), to_text(body), to_text(stop) if end >= 0 else len(text)))
-        if end < 0:
-            break
-        pos = stop
-    n_replies = sum(1 for m in conv.messages if m.role == "assistant")
+        spans = [(to_text(h), to_text(b), to_text(e)) for h, b, e in reply_spans_in_text(skel_text)]
     if len(spans) != n_replies:
         raise MaskError(f"the rendered text has {len(spans)} assistant turns, the conversation {n_replies}")
     return spans

@@ -19,12 +19,15 @@ def problem_rows(result) -> list[dict]:
             for kind, entry in sorted(table.items(), key=lambda kv: -kv[1]["count"]):
                 rows.append({"source": s.name, "kind": kind, "action": action, "count": entry["count"],
                              "examples": list(entry["examples"][:EXAMPLES_SHOWN])})
+        for w in s.warnings:
+            rows.append({"source": s.name, "kind": "file problem", "action": "skipped", "count": 1, "examples": [w]})
         lost = s.reasoning or {}
         if lost.get("rows"):
             action = {"last_only": "kept", "split": "split", "mask_earlier": "no loss"}.get(lost.get("mode"), "kept")
             rows.append({"source": s.name, "kind": "reasoning of earlier turns left out by the template",
                          "action": action, "count": lost["rows"],
-                         "examples": [f"{lost['replies']} replies; reasoning_turns: {lost.get('mode')}"]})
+                         "examples": [f"{lost['replies']} replies in {lost['rows']} rows "
+                                      f"(reasoning_turns: {lost.get('mode')}; see docs/data.md)"]})
     return rows
 
 
@@ -32,7 +35,8 @@ def problems_text(result) -> str:
     """Plain-text report for the CLI ('' when there is nothing to report)."""
     lines = []
     for r in problem_rows(result):
-        verb = {"dropped": "dropped", "kept": "kept, warning"}.get(r["action"], r["action"])
+        verb = {"dropped": "dropped", "kept": "kept, warning", "skipped": "file skipped"}.get(r["action"],
+                                                                                              r["action"])
         lines.append(f"  {r['source']}: {r['kind']} x{r['count']} ({verb})")
         lines += [f"      {e}" for e in r["examples"]]
     return ("problems found in the data:\n" + "\n".join(lines)) if lines else ""

@@ -190,7 +190,38 @@ def _loads_line(line: str):
         return None, ("malformed JSON", str(exc))
 
 
+def _check_encoding(path: Path) -> None:
+    """A UTF-16 file (a common Windows export) is refused as a whole, with the fix, instead of every
+    line being reported as broken UTF-8."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError("the file is UTF-16 encoded; save it as UTF-8 (most editors offer it under "
+                        "'Save with encoding')", "", _display(path))
+
+
+def _is_pretty_array(path: Path) -> bool:
+    """A .jsonl that really holds one pretty-printed JSON array (its first line opens it)."""
+    with path.open("rb") as f:
+        for raw in f:
+            line = raw.lstrip(b"\xef\xbb\xbf").strip()
+            if not line:
+                continue
+            if not line.startswith(b"["):
+                return False
+            try:
+                json.loads(line)
+            except (ValueError, RecursionError):
+                return True
+            return False
+    return False
+
+
 def read_jsonl(path: Path) -> Iterator[Row | Skip]:
+    _check_encoding(path)
+    if _is_pretty_array(path):
+        yield from read_json(path)
+        return
     name = _display(path)
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -267,6 +298,7 @@ def _skip_value(text: str, pos: int) -> int:
 def read_json(path: Path) -> Iterator[Row | Skip]:
     """A JSON array of objects (each row's origin is the line it starts on), an object holding one
     such array, or JSON Lines saved as .json."""
+    _check_encoding(path)
     text, broken = _decode_file(path)
     broken = broken or bool(_SURROGATE_ESCAPE_TEXT.search(text))
     name = _display(path)
@@ -348,10 +380,13 @@ def read_csv(path: Path) -> Iterator[Row | Skip]:
     import csv
     import io
 
+    _check_encoding(path)
     text, broken = _decode_file(path)
     name = _display(path)
     if not text.strip():
         return
+    # Reasoning traces outgrow csv's default 128 KiB field limit; the whole file is in memory anyway.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
@@ -513,18 +548,30 @@ def open_source(path: str, hub: str = "auto", split: str = "train", subset: str 
     else:
         files = local_files(Path(path.strip()).expanduser())
     loc = SourceLocation(kind, limit=limit)
-    loc.files = [FileInfo(_display(p), file_sha256(p)) for p in files]
+    try:
+        loc.files = [FileInfo(_display(p), file_sha256(p)) for p in files]
+    except OSError as exc:
+        raise DataError(f"cannot read the file: {exc.strerror or exc}", "", str(exc.filename or path)) from None
 
     def rows() -> Iterator[Row | Skip]:
         n = 0
         for p, info in zip(files, loc.files):
             before = n
-            for item in read_file(p):
-                if limit and n >= limit:
-                    return
-                n += 1
-                info.rows += 1
-                yield item
+            try:
+                for item in read_file(p):
+                    if limit and n >= limit:
+                        return
+                    n += 1
+                    info.rows += 1
+                    yield item
+            except OSError as exc:
+                raise DataError(f"cannot read the file: {exc.strerror or exc}", "", info.path) from None
+            except DataError as exc:
+                if len(files) == 1:
+                    raise
+                # One unreadable file of a folder does not cost the other files their rows.
+                loc.warnings.append(f"{info.path}: {exc.reason}; file skipped")
+                continue
             if n == before:
                 if len(files) == 1:
                     raise DataError("the file is empty (no rows)", "", info.path)

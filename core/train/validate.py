@@ -4,7 +4,13 @@ Each field is already checked on its own when the config is read (types, choices
 core.settings). What only shows when settings meet - no step to train, a warmup longer than the run,
 a sequence longer than the model's context, a micro-batch the card cannot hold - is checked here.
 Every rule runs and every problem is collected, so the user fixes them all in one go instead of
-meeting them one per start (torchtune's config validation does the same). The GUI shows the list in
+meeting them one per start (torchtune's config validation does the same).
+
+An error is a setting the run cannot train with (nothing to train, no learning rate, rows longer
+than the model can attend to, an accumulation no recipe uses); the run does not start. A warning is
+a setting it trains with, though probably not as meant (a warmup the run never finishes, one step
+bigger than the whole mix, a micro-batch the card will not hold): the run starts and the user is
+told, with the numbers - a 2-step smoke test of a preset is a fine thing to run. The GUI shows the list in
 the Train tab before it starts a run; ``python -m core train`` prints it and exits.
 
 ``Problem.code`` + ``params`` let the GUI show the text in the page's language; ``message`` is the
@@ -23,6 +29,7 @@ from core.settings import ConfigError
 # Above this many micro-batches per optimizer step, a step takes so long that the run looks hung and
 # the loss curve has a handful of points; nobody means it (Unsloth's recipe uses 4).
 GRAD_ACCUM_MAX = 256
+AUTO_ROWS_PER_ACCUM = 2  # micro_batch "auto": the effective batch stays 2 x grad_accum rows
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,18 @@ def mix_rows(mix_dir: str) -> int | None:
     return rows if isinstance(rows, int) and rows >= 0 else None
 
 
+def fixed_micro_batch(cfg) -> int | None:
+    """The micro-batch the settings name, or None when the trainer chooses it ("auto")."""
+    mb = cfg.train.micro_batch
+    return mb if isinstance(mb, int) and not isinstance(mb, bool) else None
+
+
+def rows_per_step(cfg) -> int:
+    """Rows one optimizer step takes. With micro_batch auto the trainer keeps the effective batch at
+    AUTO_ROWS_PER_ACCUM x grad_accum rows, whatever micro-batch it picks."""
+    return (fixed_micro_batch(cfg) or AUTO_ROWS_PER_ACCUM) * cfg.train.grad_accum
+
+
 def total_steps(cfg, train_rows: int | None) -> int | None:
     """Optimizer steps the run will take: max_steps, else epochs over the rows (None: unknown)."""
     t = cfg.train
@@ -110,7 +129,7 @@ def total_steps(cfg, train_rows: int | None) -> int | None:
         return t.max_steps
     if train_rows is None:
         return None
-    per_epoch = math.ceil(train_rows / (t.micro_batch * t.grad_accum)) if train_rows else 0
+    per_epoch = math.ceil(train_rows / rows_per_step(cfg)) if train_rows else 0
     return math.ceil(per_epoch * t.epochs)
 
 
@@ -155,20 +174,21 @@ def check_run(cfg, *, train_rows: int | None = None, card: Card | None = None) -
                            f"{GRAD_ACCUM_MAX}; Unsloth's uses 4): each step would take minutes and the loss "
                            "curve would have a handful of points",
                            params={"n": t.grad_accum, "max": GRAD_ACCUM_MAX}))
-    elif train_rows is not None and 0 < train_rows < t.micro_batch * t.grad_accum:
+    elif train_rows is not None and 0 < train_rows < rows_per_step(cfg):
         out.append(Problem("train.grad_accum", "step_bigger_than_data",
                            f"one optimizer step takes train.micro_batch x train.grad_accum = "
-                           f"{t.micro_batch * t.grad_accum} rows, but the mix has {train_rows} training rows; "
+                           f"{rows_per_step(cfg)} rows, but the mix has {train_rows} training rows; "
                            "lower train.grad_accum",
-                           params={"rows_per_step": t.micro_batch * t.grad_accum, "rows": train_rows}))
+                           level="warning", params={"rows_per_step": rows_per_step(cfg), "rows": train_rows}))
     steps = total_steps(cfg, train_rows)
     if steps is not None and steps > 0 and t.warmup_steps >= steps:
         out.append(Problem("train.warmup_steps", "warmup_too_long",
                            f"{t.warmup_steps} warmup steps but the run has only {steps} steps: the learning "
                            f"rate never reaches train.learning_rate; use fewer than {steps} (about "
                            f"{max(steps // 10, 0)} is common)",
+                           level="warning",
                            params={"warmup": t.warmup_steps, "steps": steps, "suggest": max(steps // 10, 0)}))
-    if card is not None:
+    if card is not None and fixed_micro_batch(cfg) is not None:  # "auto" picks what fits itself
         out += _memory(cfg, card)
     return sorted(out, key=lambda p: p.level != "error")
 

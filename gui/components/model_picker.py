@@ -203,7 +203,7 @@ def build(ctx, method=None) -> dict:
                            scale=1, elem_id="model-hub")
             quant = gr.Dropdown([(t(f"models.quant_{q}"), q) for q in fields["quant"].choices],
                                 value=fields["quant"].default, label=t("models.quant"),
-                                info=_help(ctx, "quant", fields), scale=1, min_width=240, elem_id="model-quant")
+                                info=_help(ctx, "quant", fields), scale=2, min_width=300, elem_id="model-quant")
             own_method = method is None
             if own_method:
                 method = gr.Radio([(t(f"models.method_{m}"), m) for m in fields["method"].choices],

@@ -20,10 +20,11 @@ from pathlib import Path
 # that every column fits beside the settings.
 COLUMNS = ("source", "formats", "read", "usable", "dropped", "share", "used", "repeated", "tokens", "over_max")
 # Shares of the table's width (Gradio otherwise sizes columns from the first rows and hides the last).
-COLUMN_WIDTHS = ["11%", "17%", "6%", "9%", "10%", "7%", "6%", "10%", "14%", "10%"]
+COLUMN_WIDTHS = ["12%", "14%", "7%", "9%", "10%", "7%", "6%", "10%", "15%", "10%"]
 SOURCE_COLUMN_WIDTHS = ["7%", "22%", "38%", "14%", "19%"]
 SOURCE_COLUMNS = ("n", "name", "path", "format", "share")
-MIX_FIELDS = ("seed", "max_seq_len", "overlong", "upsample", "total", "eval_fraction", "shuffle")
+MIX_FIELDS = ("seed", "max_seq_len", "overlong", "upsample", "total", "eval_fraction", "shuffle",
+              "reasoning_turns", "dedupe")
 # The "add a source" form's widgets, in the order form_source() takes them.
 FORM_FIELDS = ("kind", "sample", "path", "hub_id", "hub", "split", "subset", "limit", "name", "format",
                "share_mode", "share", "columns", "instruction_in", "system_prompt", "min_tokens", "max_tokens")
@@ -106,11 +107,15 @@ def counts_table(t, result) -> list[list]:
 
 
 def drops_markdown(t, result) -> str:
+    """Every problem of every source, from core.data.report: dropped rows and rows kept with a warning."""
+    from core.data.report import problem_rows
+
     lines = []
-    for s in result.sources:
-        for reason, d in s.drops.items():
-            examples = "; ".join(html.escape(e) for e in d["examples"][:3])
-            lines.append(f"- **{html.escape(s.name)}** · {html.escape(reason)} × {d['count']} — {examples}")
+    for r in problem_rows(result):
+        examples = "; ".join(html.escape(e) for e in r["examples"])
+        action = t(f"data.action.{r['action'].replace(' ', '_')}")
+        lines.append(f"- **{html.escape(r['source'])}** · {html.escape(r['kind'])} × {r['count']} "
+                     f"({action}) — {examples}")
     return (f"**{t('data.drops')}**\n" + "\n".join(lines)) if lines else t("data.no_drops")
 
 
@@ -566,6 +571,12 @@ def build(ctx) -> None:
                                            info=_help(ctx, minfo["upsample"]), elem_id="data-upsample")
                     shuffle = gr.Checkbox(value=minfo["shuffle"].default, label=_label(ctx, "shuffle"),
                                           info=_help(ctx, minfo["shuffle"]), elem_id="data-shuffle")
+                    dedupe = gr.Checkbox(value=minfo["dedupe"].default, label=_label(ctx, "dedupe"),
+                                         info=_help(ctx, minfo["dedupe"]), elem_id="data-dedupe")
+                reasoning_turns = gr.Radio(choices=list(minfo["reasoning_turns"].choices),
+                                           value=minfo["reasoning_turns"].default, label=_label(ctx, "reasoning_turns"),
+                                           info=_help(ctx, minfo["reasoning_turns"]), elem_id="data-reasoning-turns")
+                with gr.Row():
                     tokenizer = gr.Textbox(value=tokenizer_for_choice(ctx, "demo" if ctx.demo else ""),
                                            label=_label(ctx, "tokenizer"), info=_help(ctx, minfo["tokenizer"]),
                                            elem_id="data-tokenizer")
@@ -601,7 +612,7 @@ def build(ctx) -> None:
                 with gr.Accordion(t("data.yaml"), open=False):
                     yaml_view = gr.Code(language="yaml", interactive=False, elem_id="data-yaml")
 
-    settings_inputs = [seed, max_seq_len, overlong, upsample, total, eval_fraction, shuffle]
+    settings_inputs = [seed, max_seq_len, overlong, upsample, total, eval_fraction, shuffle, reasoning_turns, dedupe]
     form_inputs = [kind, sample, path, hub_id, hub, split, subset, limit, name, fmt, share_mode, share, columns,
                    instruction_in, system_prompt, min_tokens, max_tokens]
     mix_outputs = [status, counts, warning, drops, hist, result_state, cache_state, preview_source, yaml_view]
@@ -626,7 +637,7 @@ def build(ctx) -> None:
                             outputs=[sources_state, sources_table, pick, *settings_inputs, form_status]))
     (build_btn.click(bind(rebuild, ctx), inputs=rebuild_inputs, outputs=mix_outputs)
      .then(bind(show_preview, ctx), inputs=preview_inputs, outputs=[preview, preview_index]))
-    for widget in (overlong, upsample, shuffle):
+    for widget in (overlong, upsample, shuffle, reasoning_turns, dedupe):
         chain(widget.input(bind(no_op, ctx), inputs=None, outputs=None))
     for widget in (seed, max_seq_len, total):
         chain(widget.submit(bind(no_op, ctx), inputs=None, outputs=None))

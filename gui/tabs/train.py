@@ -2,9 +2,15 @@
 and live progress of a run: progress bar with ETA, loss / eval loss / learning rate / grad norm chart,
 GPU memory and utilisation, the log.
 
-Layout and wiring only. The web server never trains: Start calls core.train.runs.start_run, which
-starts `python -m core train` as a detached process; a timer then reads the run folder. Everything
-shown comes from the run folders, so the tab reattaches after a page reload or a server restart.
+Layout and wiring only. The web server never trains: Start checks the settings all at once
+(core.train.validate: every error and warning listed in the message area, naming each setting), then
+calls core.train.runs.start_run, which starts `python -m core train` as a detached process; a timer
+then reads the run folder. Everything shown comes from the run folders, so the tab reattaches after
+a page reload or a server restart. A run is named by its resolved folder (run_id) in the run choice
+and the page's state, whatever form the runs folder was given in.
+
+Handlers are module-level ``fn(ctx, *values)`` (gui.tabs.bind); the settings widgets' values arrive
+in the order of ``ctx.shared["train.fields"]``.
 
 Shared: ``ctx.shared["train.fields"]`` = {dotted RunConfig path: widget} (the presets section and the
 Hardware tab's "Use this model" fill these widgets).

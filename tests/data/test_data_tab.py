@@ -45,8 +45,26 @@ def test_counts_table_drops_and_warnings(result):
     rows = counts_table(ctx.t, result)
     assert len(rows) == 3 and all(len(r) == len(COLUMNS) for r in rows)
     assert rows[-1][0] == "合计" and rows[-1][6] == result.total
-    assert drops_markdown(ctx.t, result) == "没有丢弃任何行。"
+    assert drops_markdown(ctx.t, result) == "数据中未发现问题：没有丢弃任何行，也没有警告。"
     assert "截断" in warnings_markdown(ctx.t, result, "truncate")
+
+
+def test_the_problem_report_lists_drops_and_kept_warnings_with_file_and_line(tmp_path, demo_tokenizer):
+    from gui.tabs.data import drops_markdown
+
+    rows = [{"messages": None},
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 7}]},
+            {"messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]}]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    res = build_mix(MixConfig(sources=[SourceConfig(path=str(path), name="d")]), demo_tokenizer)
+    for lang, dropped, kept in (("en", "(dropped)", "(kept, warning)"), ("zh", "（已丢弃）", "（已保留，警告）")):
+        text = drops_markdown(Ctx(lang).t, res)
+        line_1 = next(line for line in text.splitlines() if "invalid field" in line)
+        line_2 = next(line for line in text.splitlines() if "number as text" in line)
+        assert "d.jsonl:1" in line_1 and "d.jsonl:2" in line_2
+        assert (dropped in line_1 or dropped.replace("（", "(").replace("）", ")") in line_1)
+        assert (kept in line_2 or kept.replace("（", "(").replace("）", ")") in line_2)
 
 
 def test_preview_page_uses_the_training_mask(result, demo_tokenizer):

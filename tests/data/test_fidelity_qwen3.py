@@ -260,3 +260,40 @@ def test_loss_weight_zero_from_llamafactory_is_context_only(qwen3):
     assert trained_text(qwen3, r) == "<think>\n\n</think>\n\nGoodbye<|im_end|>"
     # The flag survives the mix folder round trip the trainer reads.
     assert Conversation.from_json(json.loads(conv.dumps())).messages[1].loss is False
+
+
+def llamafactory_hf_messages(messages: list[dict]) -> list[dict]:
+    """LLaMA-Factory's own hand-over of typed parts to `apply_chat_template`: text parts joined,
+    reasoning parts as reasoning_content, tool_call parts (JSON values) as tool_calls."""
+    out = []
+    for m in messages:
+        text, reasoning, calls = "", "", []
+        for part in m["content"]:
+            if part["type"] == "reasoning":
+                reasoning += part["value"]
+            elif part["type"] == "tool_call":
+                call = json.loads(part["value"])
+                calls.append({"type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}})
+            else:
+                text += part["value"]
+        msg = {"role": m["role"], "content": text}
+        if calls:
+            msg["tool_calls"] = calls
+        if reasoning:
+            msg["reasoning_content"] = reasoning
+        out.append(msg)
+    return out
+
+
+def test_the_shipped_reasoning_tool_use_sample_renders_like_llamafactory_hands_it_over(qwen3):
+    from core.data.sources import Row, open_source
+
+    rows, _ = open_source("samples/reasoning_tool_use")
+    n = 0
+    for item in rows:
+        assert isinstance(item, Row)
+        conv = to_conversation(item.data, item.origin)[0]
+        expected = official(qwen3, llamafactory_hf_messages(item.data["messages"]), json.loads(item.data["tools"]))
+        assert render_texts([conv], qwen3)[0] == expected, item.origin
+        n += 1
+    assert n == 8

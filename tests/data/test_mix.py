@@ -282,3 +282,31 @@ def test_hub_source_through_the_mocked_boundary(demo_tokenizer):
     hub = result.manifest()["sources"][1]
     assert hub["name"] == "FineTome-100k" and hub["source"]["revision"] == "0123abcd"
     assert hub["rows_read"] == 20 and result.counts["FineTome-100k"] == 13
+
+
+# ------------------------------------------------------------------- reasoning turns, the trainer
+MULTI_TURN = {"messages": [
+    {"role": "user", "content": "Q1"}, {"role": "assistant", "reasoning_content": "r1", "content": "A1"},
+    {"role": "user", "content": "Q2"}, {"role": "assistant", "reasoning_content": "r2", "content": "A2"}]}
+
+
+@pytest.mark.parametrize("mode,rows", [("last_only", 1), ("split", 2), ("mask_earlier", 1)])
+def test_reasoning_turns_reach_the_trainer_through_the_mix_folder(tmp_path, demo_tokenizer, mode, rows):
+    from core.config import TrainConfig
+    from core.train.data import tokenize
+
+    src = tmp_path / "multi.jsonl"
+    src.write_text(json.dumps(MULTI_TURN) + "\n", encoding="utf-8")
+    cfg = MixConfig(sources=[SourceConfig(path=str(src))], reasoning_turns=mode)
+    build_mix(cfg, demo_tokenizer, tmp_path / "mix")
+    train, _evals, manifest = read_mix_dir(tmp_path / "mix")
+    assert len(train) == rows and manifest["reasoning_turns"] == mode
+    tok = tokenize(train, demo_tokenizer, TrainConfig())
+    trained = sorted(demo_tokenizer.decode([i for i, m in zip(ids, mask) if m])
+                     for ids, mask in zip(tok.input_ids, tok.masks))
+    expected = {
+        "last_only": ["A1<|im_end|><think>\nr2\n</think>\n\nA2<|im_end|>"],
+        "split": ["<think>\nr1\n</think>\n\nA1<|im_end|>", "<think>\nr2\n</think>\n\nA2<|im_end|>"],
+        "mask_earlier": ["<think>\nr2\n</think>\n\nA2<|im_end|>"],
+    }[mode]
+    assert trained == expected

@@ -235,7 +235,7 @@ def test_app_flow(app_server, page):
     choose(page, "data-saved-mix", MIX_NAME)  # the saved mix opens again for editing
     page.click("#data-open-mix")
     expect(page.locator("#data-form-status")).to_contain_text(MIX_NAME, timeout=30_000)
-    expect(page.locator("#data-save-name input")).to_have_value(MIX_NAME)
+    expect(page.locator("#data-save-name textarea, #data-save-name input").first).to_have_value(MIX_NAME)
     expect(page.locator("#data-counts")).to_contain_text("chat_zh", timeout=120_000)
     shot(page, "09-data-reopened")
 

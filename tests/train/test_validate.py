@@ -52,6 +52,7 @@ def test_warmup_against_the_steps_the_run_will_take(tmp_path):
     assert total_steps(cfg, 100) == 13
     (problem,) = check_run(cfg)
     assert problem.setting == "train.warmup_steps" and problem.params["steps"] == 13
+    assert problem.level == "warning"  # it trains: the rate just never reaches its peak
     assert check_run(cfg_with(tmp_path, rows=100, warmup_steps=12)) == []
     cfg = cfg_with(tmp_path, max_steps=10, warmup_steps=10)  # max_steps decides the length
     assert [p.setting for p in check_run(cfg)] == ["train.warmup_steps"]
@@ -61,6 +62,7 @@ def test_one_step_needing_more_rows_than_the_mix_has(tmp_path):
     cfg = cfg_with(tmp_path, rows=20, micro_batch=4, grad_accum=8, warmup_steps=0)
     (problem,) = check_run(cfg)
     assert problem.code == "step_bigger_than_data" and problem.params == {"rows_per_step": 32, "rows": 20}
+    assert problem.level == "warning"
 
 
 def test_micro_batch_over_the_card_is_a_warning_with_the_estimate(tmp_path):
@@ -124,3 +126,11 @@ def test_train_tab_shows_every_problem_before_starting(tmp_path, monkeypatch):
         assert words in message and "`train.epochs`" in message and "`train.learning_rate`" in message
         assert message.count("\n- ") == 2 and started == []
         assert ctx.t.setting_label("train", "train.learning_rate") in message
+
+
+def test_micro_batch_auto_counts_two_rows_per_accumulation_step_and_skips_the_memory_check(tmp_path):
+    cfg = cfg_with(tmp_path, rows=100, warmup_steps=20)
+    cfg.train.micro_batch = "auto"  # the trainer picks the micro-batch; the effective batch stays 2 x 4
+    assert total_steps(cfg, 100) == 13
+    problems = check_run(cfg, card=Card("NVIDIA GeForce RTX 3060", 12.0))
+    assert [p.setting for p in problems] == ["train.warmup_steps"]
