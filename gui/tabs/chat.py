@@ -341,6 +341,8 @@ def build(ctx) -> None:
     models(ctx)  # created with the page, so the Evaluate tab finds the same cache
     fi = {f.name: f for f in field_info(SamplingConfig)}
     ci = {f.name: f for f in field_info(ChatConfig)}
+    # Each setting's help: its own English text (core.config), chat.h.<name> on other pages.
+    helps = {name: t.setting_help("chat", info) for name, info in {**fi, **ci}.items()}
 
     # ----------------------------------------------------------------------------------- layout
     with gr.Tab(t("chat.tab"), id="chat", elem_id="tab-chat") as tab:
@@ -351,37 +353,37 @@ def build(ctx) -> None:
             refresh_btn = gr.Button(t("chat.refresh"), scale=0, min_width=100, elem_id="chat-refresh")
             load_btn = gr.Button(t("chat.load"), variant="primary", scale=0, min_width=120, elem_id="chat-load")
         with gr.Accordion(t("chat.advanced"), open=False):
-            base_model = gr.Textbox(label=t("chat.base_model"), info=ci["base_model"].help, elem_id="chat-base-model")
+            base_model = gr.Textbox(label=t("chat.base_model"), info=helps["base_model"], elem_id="chat-base-model")
             system = gr.Textbox(label=t("chat.system"), lines=2, placeholder=t("chat.system_placeholder"),
                                 elem_id="chat-system")
         status = gr.Markdown(t("chat.pick_and_load"), elem_id="chat-status")
         with gr.Row():
-            thinking = gr.Checkbox(value=True, label=t("chat.thinking"), info=fi["thinking"].help,
+            thinking = gr.Checkbox(value=True, label=t("chat.thinking"), info=helps["thinking"],
                                    elem_id="chat-thinking", scale=2)
             seed = gr.Number(value=0, precision=0, minimum=fi["seed"].minimum, label=t("chat.seed"),
-                             info=fi["seed"].help, elem_id="chat-seed", scale=1)
+                             info=helps["seed"], elem_id="chat-seed", scale=1)
             max_new = gr.Number(value=fi["max_new_tokens"].default, precision=0, minimum=fi["max_new_tokens"].minimum,
                                 maximum=fi["max_new_tokens"].maximum, label=t("chat.max_new_tokens"),
-                                info=fi["max_new_tokens"].help, elem_id="chat-max-new", scale=1)
+                                info=helps["max_new_tokens"], elem_id="chat-max-new", scale=1)
         with gr.Accordion(t("chat.sampling"), open=False):
             gr.Markdown(t("chat.sampling_note"))
             p = preset(True)
             with gr.Row():
                 temperature = gr.Slider(fi["temperature"].minimum, fi["temperature"].maximum, value=p["temperature"],
-                                        step=0.05, label=t("chat.temperature"), info=fi["temperature"].help,
+                                        step=0.05, label=t("chat.temperature"), info=helps["temperature"],
                                         elem_id="chat-temperature")
                 top_p = gr.Slider(fi["top_p"].minimum, fi["top_p"].maximum, value=p["top_p"], step=0.01,
-                                  label=t("chat.top_p"), info=fi["top_p"].help, elem_id="chat-top-p")
+                                  label=t("chat.top_p"), info=helps["top_p"], elem_id="chat-top-p")
             with gr.Row():
-                top_k = gr.Slider(0, 200, value=p["top_k"], step=1, label=t("chat.top_k"), info=fi["top_k"].help,
+                top_k = gr.Slider(0, 200, value=p["top_k"], step=1, label=t("chat.top_k"), info=helps["top_k"],
                                   elem_id="chat-top-k")
                 min_p = gr.Slider(fi["min_p"].minimum, fi["min_p"].maximum, value=p["min_p"], step=0.01,
-                                  label=t("chat.min_p"), info=fi["min_p"].help, elem_id="chat-min-p")
+                                  label=t("chat.min_p"), info=helps["min_p"], elem_id="chat-min-p")
             with gr.Row():
                 presence = gr.Slider(fi["presence_penalty"].minimum, fi["presence_penalty"].maximum, value=0.0,
-                                     step=0.1, label=t("chat.presence_penalty"), info=fi["presence_penalty"].help,
+                                     step=0.1, label=t("chat.presence_penalty"), info=helps["presence_penalty"],
                                      elem_id="chat-presence")
-                greedy = gr.Checkbox(value=False, label=t("chat.greedy"), info=fi["greedy"].help,
+                greedy = gr.Checkbox(value=False, label=t("chat.greedy"), info=helps["greedy"],
                                      elem_id="chat-greedy")
         with gr.Row(equal_height=True):
             with gr.Column():

@@ -8,7 +8,8 @@ from gui.i18n import LANGS, Strings, all_strings, is_help_key
 from tests.conftest import ROOT
 
 # The area of each help key -> the settings class whose help it translates.
-HELP_AREAS = {"train": "RunConfig", "data": ("MixConfig", "SourceConfig"), "models": "ModelConfig"}
+HELP_AREAS = {"train": "RunConfig", "data": ("MixConfig", "SourceConfig"), "models": "ModelConfig",
+              "chat": ("SamplingConfig", "ChatConfig")}
 
 
 def test_every_string_has_every_language():
@@ -61,3 +62,19 @@ def test_every_key_used_in_gui_code_is_defined():
 
 def test_lookup_formats_values():
     assert Strings("zh")("app.mode_gpu", gpus="RTX 3060") == "**GPU 模式**：RTX 3060"
+
+
+def test_chat_tab_shows_the_sampling_help_in_the_pages_language(tmp_path):
+    import gradio as gr
+
+    from core.config import SamplingConfig
+    from core.settings import field_info
+    from gui.app import AppContext
+    from gui.tabs import chat
+
+    english = next(f for f in field_info(SamplingConfig) if f.name == "top_p").help
+    for lang in ("en", "zh"):
+        with gr.Blocks() as page:
+            chat.build(AppContext(runs_dir=tmp_path, demo=True, lang=lang))
+        top_p = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "chat-top-p")
+        assert (top_p.info == english) == (lang == "en") and top_p.info
