@@ -21,8 +21,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import QwenTuneError
 from core.choices import EXPORT_FORMATS, GGUF_QUANTS
+from core.errors import QwenTuneError
 from core.settings import ConfigError, setting
 
 CONVERTER_NAMES = ("convert_hf_to_gguf.py", "convert-hf-to-gguf.py")
