@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
 from core.data.conversation import Conversation, Message, ToolCall
+from core.eval.answers import last_boxed
 from core.settings import ConfigError
 
 FORMAT_NAMES = ("alpaca", "sharegpt", "messages", "reasoning", "openmath")
@@ -62,7 +62,6 @@ MESSAGE_ROLES = {"system": "system", "developer": "system", "user": "user", "hum
                  "assistant": "assistant", "gpt": "assistant", "model": "assistant",
                  "tool": "tool", "function": "tool", "ipython": "tool"}
 
-_BOXED = re.compile(r"\\boxed\s*\{")
 
 
 class RowError(ValueError):
@@ -465,19 +464,6 @@ def from_reasoning(data: dict, notes: list | None = None) -> tuple[list[Message]
         msgs.append(Message("system", system))
     msgs += [Message("user", prompt), Message("assistant", content, reasoning=reasoning)]
     return msgs, None
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` in ``text`` (braces balanced), or None."""
-    found = None
-    for m in _BOXED.finditer(text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            found = text[m.end(): i - 1]
-    return found
 
 
 def from_openmath(data: dict, notes: list | None = None) -> tuple[list[Message], list[dict] | None]:

@@ -13,22 +13,20 @@ import re
 
 from core.data.conversation import Conversation
 
-_BOXED = ("\\boxed", "\\fbox")
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 _ANSWER_LINE = re.compile(r"(?:final answer|answer)\s*(?:is|:|：|=)\s*(.+)", re.IGNORECASE)
 
 
 def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` (braces balanced), or None."""
-    best = None
-    for marker in _BOXED:
-        start = text.rfind(marker + "{")
-        if start > (best[0] if best else -1):
-            best = (start, marker)
-    if best is None or best[0] < 0:
+    """The content of the last ``\\boxed{...}`` or ``\\fbox{...}`` (braces balanced, spaces allowed
+    before the brace), or None. An unbalanced last box means the reply was cut off inside it: None,
+    not an earlier box, since the model's final answer is the one it did not finish."""
+    starts = list(_BOXED.finditer(text))
+    if not starts:
         return None
-    i = best[0] + len(best[1]) + 1
-    depth, out = 1, []
+    i = starts[-1].end()
+    depth, begin = 1, i
     while i < len(text):
         ch = text[i]
         if ch == "{":
@@ -36,10 +34,9 @@ def last_boxed(text: str) -> str | None:
         elif ch == "}":
             depth -= 1
             if depth == 0:
-                return "".join(out).strip()
-        out.append(ch)
+                return text[begin:i].strip()
         i += 1
-    return None  # unbalanced: the reply was cut off inside the box
+    return None
 
 
 def expected_answer(conv: Conversation) -> str | None:

@@ -44,3 +44,12 @@ def test_equivalent_answers_match(a, b):
 @pytest.mark.parametrize("a,b", [("41", "42"), ("(a)", "(b)"), (None, "1"), ("1/3", "0.33")])
 def test_different_answers_do_not(a, b):
     assert not answers_match(a, b)
+
+
+def test_last_boxed_is_one_rule_for_data_and_eval():
+    # The data loader (OpenMathReasoning answers) and the evaluation read boxes the same way.
+    from core.data import formats
+
+    assert formats.last_boxed is last_boxed
+    assert last_boxed(r"\boxed {3} and \fbox{4}") == "4"
+    assert last_boxed(r"\boxed{1} then cut \boxed{2") is None
