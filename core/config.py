@@ -234,6 +234,10 @@ class EvalConfig:
                               "(a memorisation check).")
     loss_rows: int = setting(200, minimum=0, help="Rows for held-out loss and perplexity (0 = all).")
     batch_size: int = setting(4, minimum=1, maximum=256, help="Rows per forward pass for the loss.")
+    generate_batch: int = setting(16, minimum=1, maximum=512,
+                                  help="Prompts generated together in the thinking and answer checks, "
+                                       "each with both panes in the same batch (more: faster on a GPU, "
+                                       "more memory for the KV cache).")
     control_prompts: int = setting(8, minimum=0, help="Prompts for the thinking-mode check, each "
                                                       "answered with thinking on and off (0 = skip).")
     control_max_new_tokens: int = setting(256, minimum=8,

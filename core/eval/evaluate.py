@@ -155,46 +155,62 @@ def control_prompts(convs: list[Conversation], n: int, seed: int) -> list[list[M
     return prompts[:n]
 
 
-def _has_reasoning_now(gen) -> bool:
-    return gen.split(partial=True).has_reasoning
+def _split_system(msgs: list[Message]) -> tuple[str, list[Message]]:
+    system = msgs[0].content if msgs and msgs[0].role == "system" else ""
+    return system, [m for m in msgs if m.role != "system"]
+
+
+def _reasoning_seen(text: str, started_in_think: bool) -> bool:
+    from core.chat.thinking import split_reasoning
+
+    return split_reasoning(text, started_in_think=started_in_think, partial=True).has_reasoning
 
 
 def eval_thinking(engine, prompts: list[list[Message]], cfg: EvalConfig, *, progress: Progress = _noop,
                   keep_samples: int = 4) -> dict:
-    """Per model: share of replies without reasoning when thinking is off, with it when on."""
+    """Per model: share of replies without reasoning when thinking is off, with it when on.
+
+    All prompts of one mode are generated in batches of ``cfg.generate_batch`` prompts, each with
+    both panes in the same batch (same seed per prompt, so the panes differ only by model)."""
+    from core.chat.engine import BatchRequest
     from core.chat.sampling import resolve
+    from core.chat.thinking import prompt_opens_think
 
     panes = engine.panes
     total = len(prompts) * 2 * len(panes)
     counts = {pane: {"off_ok": 0, "on_ok": 0, "n": len(prompts)} for pane in panes}
     samples = []
-    done = 0
-    for i, msgs in enumerate(prompts):
-        system = msgs[0].content if msgs and msgs[0].role == "system" else ""
-        body = [m for m in msgs if m.role != "system"]
-        for thinking in (False, True):
+    done_before = 0
+    for thinking in (False, True):
+        reqs = []
+        for i, msgs in enumerate(prompts):
+            system, body = _split_system(msgs)
             s = resolve(thinking=thinking, greedy=cfg.greedy, seed=cfg.seed + i,
                         max_new_tokens=cfg.control_max_new_tokens)
+            opens = prompt_opens_think(engine.prompt(body, thinking=thinking, system=system))
             for pane in panes:
-                gen = engine.stream(pane, body, s, system=system)
                 # Stop as soon as the answer is known: reasoning seen decides both modes.
-                gen.until = lambda _text, g=gen: _has_reasoning_now(g)
-                reply = gen.run()
-                reasoned = reply.split.has_reasoning
-                ok = reasoned if thinking else not reasoned
-                counts[pane]["on_ok" if thinking else "off_ok"] += int(ok)
-                if i < keep_samples:
-                    samples.append({"prompt": body[-1].content[:300], "thinking": thinking, "pane": pane,
-                                    "ok": ok, "reasoning": reply.reasoning[:300], "answer": reply.answer[:300]})
-                done += 1
-                progress("thinking", done, total)
+                reqs.append(BatchRequest(pane, body, s, group=i, system=system,
+                                         until=lambda text, o=opens: _reasoning_seen(text, o)))
+        replies = engine.generate_batch(reqs, batch_size=cfg.generate_batch,
+                                        progress=lambda d, _t, base=done_before: progress("thinking", base + d, total))
+        done_before += len(reqs)
+        for req, reply in zip(reqs, replies):
+            reasoned = reply.split.has_reasoning
+            ok = reasoned if thinking else not reasoned
+            counts[req.pane]["on_ok" if thinking else "off_ok"] += int(ok)
+            if req.group < keep_samples:
+                samples.append((req.group, thinking, {
+                    "prompt": req.messages[-1].content[:300], "thinking": thinking, "pane": req.pane, "ok": ok,
+                    "reasoning": reply.reasoning[:300], "answer": reply.answer[:300]}))
+    samples.sort(key=lambda x: x[:2])  # per prompt: off then on, panes in order (the sort is stable)
     out: dict = {}
     for pane, c in counts.items():
         n = c["n"]
         out[pane] = {"off_rate": round(c["off_ok"] / n, 4) if n else None,
                      "on_rate": round(c["on_ok"] / n, 4) if n else None,
                      "off_ok": c["off_ok"], "on_ok": c["on_ok"], "n": n}
-    out["samples"] = samples
+    out["samples"] = [x[2] for x in samples]
     return out
 
 
@@ -218,6 +234,8 @@ def answer_rows(convs: list[Conversation]) -> list[tuple[list[Message], str, boo
 
 def eval_accuracy(engine, rows: list[tuple[list[Message], str, bool]], cfg: EvalConfig, *,
                   progress: Progress = _noop, keep_samples: int = 6) -> dict:
+    """Share of rows whose final answer matches, per model; generated in batches like the thinking check."""
+    from core.chat.engine import BatchRequest
     from core.chat.sampling import resolve
     from core.eval.answers import answers_match, extract_answer
 
@@ -225,26 +243,27 @@ def eval_accuracy(engine, rows: list[tuple[list[Message], str, bool]], cfg: Eval
     correct = {pane: 0 for pane in panes}
     ran_out = {pane: 0 for pane in panes}
     samples = []
-    total = len(rows) * len(panes)
-    done = 0
+    reqs, expected_of, thinking_of = [], {}, {}
     for i, (prompt, expected, reasoned) in enumerate(rows):
         thinking = {"on": True, "off": False}.get(cfg.accuracy_thinking, reasoned)
         s = resolve(thinking=thinking, greedy=cfg.greedy, seed=cfg.seed + i,
                     max_new_tokens=cfg.answer_max_new_tokens)
-        system = prompt[0].content if prompt[0].role == "system" else ""
-        body = [m for m in prompt if m.role != "system"]
+        system, body = _split_system(prompt)
+        expected_of[i], thinking_of[i] = expected, thinking
         for pane in panes:
-            reply = engine.generate(pane, body, s, system=system)
-            predicted = extract_answer(reply.answer)
-            ok = answers_match(predicted, expected)
-            correct[pane] += int(ok)
-            if reply.finish_reason == "length" and reply.split.in_reasoning:
-                ran_out[pane] += 1
-            if i < keep_samples:
-                samples.append({"prompt": body[-1].content[:300], "pane": pane, "expected": expected,
-                                "predicted": predicted, "ok": ok, "thinking": thinking})
-            done += 1
-            progress("accuracy", done, total)
+            reqs.append(BatchRequest(pane, body, s, group=i, system=system))
+    replies = engine.generate_batch(reqs, batch_size=cfg.generate_batch,
+                                    progress=lambda d, t: progress("accuracy", d, t))
+    for req, reply in zip(reqs, replies):
+        i = req.group
+        predicted = extract_answer(reply.answer)
+        ok = answers_match(predicted, expected_of[i])
+        correct[req.pane] += int(ok)
+        if reply.finish_reason == "length" and reply.split.in_reasoning:
+            ran_out[req.pane] += 1
+        if i < keep_samples:
+            samples.append({"prompt": req.messages[-1].content[:300], "pane": req.pane, "expected": expected_of[i],
+                            "predicted": predicted, "ok": ok, "thinking": thinking_of[i]})
     out: dict = {}
     for pane in panes:
         n = len(rows)
