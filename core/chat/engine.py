@@ -416,8 +416,12 @@ class ChatEngine:
             batching = f"base rows in a second forward pass with the adapter off: {self._split_reason}"
         else:
             batching = "one model"
-        graphs = "off" if not self.cuda_graphs else ("failed, eager: " + self._graph_error if self._graph_error
-                                                    else "on (CUDA)")
+        if self.device().type != "cuda":
+            graphs = "off (not a CUDA device)"
+        elif not self.cuda_graphs:
+            graphs = "off"
+        else:
+            graphs = "failed, eager: " + self._graph_error if self._graph_error else "on"
         return {"batching": batching, "cuda_graphs": graphs}
 
     def check_pane(self, pane: str) -> None:
