@@ -341,8 +341,7 @@ def evaluate(target: str | Path, cfg: EvalConfig | None = None, chat_cfg: ChatCo
     if cfg.evalscope_datasets:
         from core.eval.evalscope_hook import run_evalscope
 
-        result["evalscope"] = run_evalscope(engine, cfg.evalscope_datasets, cfg.evalscope_limit,
-                                            work_dir=run_dir / "evalscope", progress=progress)
+        result["evalscope"] = run_evalscope(engine, cfg, work_dir=run_dir / "evalscope", progress=progress)
     result["seconds"] = round(time.time() - started, 1)
     if save:
         path = result_path(target)
@@ -384,6 +383,23 @@ def results_table(result: dict) -> list[dict]:
         better = None if change is None or change == 0 else ((change > 0) == higher)
         rows.append({"metric": key, "label": label, "base": base, "tuned": tuned, "change": change,
                      "better": better})
+    rows.extend(benchmark_rows(result))
+    return rows
+
+
+def benchmark_rows(result: dict) -> list[dict]:
+    """EvalScope scores as table rows: one per benchmark and thinking mode, base vs fine-tuned."""
+    es = result.get("evalscope") or {}
+    rows = []
+    for mode, panes in (es.get("scores") or {}).items():
+        benches = sorted({b for scores in panes.values() for b in scores})
+        for bench in benches:
+            base = (panes.get("base") or {}).get(bench)
+            tuned = (panes.get("tuned") or {}).get(bench)
+            change = None if base is None or tuned is None else round(tuned - base, 4)
+            rows.append({"metric": f"evalscope:{bench}:{mode}", "label": f"{bench} (thinking {mode})",
+                         "base": base, "tuned": tuned, "change": change,
+                         "better": None if not change else change > 0})
     return rows
 
 
@@ -408,7 +424,8 @@ def results_figure(result: dict, labels: dict[str, str] | None = None, pane_name
     labels = labels or {}
     pane_names = pane_names or {"base": "base", "tuned": "fine-tuned"}
     rows = results_table(result)
-    rates = [r for r in rows if r["metric"] in ("think_off", "think_on", "accuracy")]
+    rates = [r for r in rows if r["metric"] in ("think_off", "think_on", "accuracy")
+             or r["metric"].startswith("evalscope:")]
     losses = [r for r in rows if r["metric"] == "loss"]
     fig = make_subplots(rows=1, cols=2, column_widths=[0.7, 0.3], horizontal_spacing=0.12,
                         subplot_titles=(labels.get("title_rates", "Rates (higher is better)"),

@@ -52,10 +52,11 @@ def _messages(body: dict) -> tuple[list[dict], str]:
 class OpenAIServer:
     """``with OpenAIServer(engine) as server: ... server.url ...`` (port 0 picks a free port)."""
 
-    def __init__(self, engine, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, engine, host: str = "127.0.0.1", port: int = 0, on_request=None):
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the evaluation endpoint only binds to this machine (127.0.0.1)")
         self.engine = engine
+        self.on_request = on_request  # called with the pane of each answered chat request
         self._httpd = ThreadingHTTPServer((host, port), self._handler())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -64,6 +65,10 @@ class OpenAIServer:
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}/v1"
+
+    def _answered(self, pane: str) -> None:
+        if self.on_request is not None:
+            self.on_request(pane)
 
     def model_ids(self) -> list[str]:
         return list(self.engine.panes)
@@ -110,8 +115,10 @@ class OpenAIServer:
                 rid = f"chatcmpl-{uuid.uuid4().hex[:16]}"
                 if body.get("stream"):
                     self._stream(gen, rid, pane)
+                    server._answered(pane)
                     return
                 reply = gen.run()
+                server._answered(pane)
                 self._json(200, {
                     "id": rid, "object": "chat.completion", "created": int(time.time()), "model": pane,
                     "choices": [{"index": 0, "finish_reason": "stop" if reply.finish_reason == "stop" else "length",
