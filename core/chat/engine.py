@@ -636,7 +636,9 @@ class ChatEngine:
             try:
                 with self._lock, self._lane_state(lane):
                     torch.cuda.synchronize()
-                    with torch.cuda.graph(graph):
+                    # thread_local: another thread's CUDA call (the GPU queue asking for free memory)
+                    # must not invalidate this capture, nor fail because of it.
+                    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                         lane.graph_logits = lane.model(**kwargs).logits[:, -1]
             except Exception as exc:  # noqa: BLE001 - any capture failure: decode eagerly, say why
                 self._graph_error = f"{type(exc).__name__}: {exc}"[:300]
