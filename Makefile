@@ -11,6 +11,9 @@ PYTEST_ARGS ?=
 # The GPU file is installed only on Linux x86_64 where nvidia-smi lists a GPU.
 GPU := $(shell [ "$$(uname -sm)" = "Linux x86_64" ] && nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo 1)
 RUN_REQS := requirements.txt $(if $(GPU),requirements-gpu.txt)
+# Not -q: a first install takes minutes, and pip's "Collecting / Downloading / Installing" lines show
+# it is moving (the progress bar is drawn when the output is a terminal).
+PIP_INSTALL = $(PY) -m pip install --disable-pip-version-check --progress-bar on
 
 .PHONY: run test lint demo-model bench-data clean help venv
 
@@ -31,12 +34,16 @@ $(VENV)/.python-ok:
 $(VENV)/.runtime-ok: $(VENV)/.python-ok $(RUN_REQS)
 	@if [ -n "$(GPU)" ] && [ ! -f requirements-gpu.txt ]; then \
 	  echo "error: a GPU was found but requirements-gpu.txt is missing; restore it with: git checkout requirements-gpu.txt"; exit 1; fi
-	@echo "installing $(RUN_REQS) into $(VENV) ..."
-	$(PY) -m pip install -q --disable-pip-version-check $(addprefix -r ,$(RUN_REQS))
+	@echo "Installing $(strip $(RUN_REQS)) into $(VENV). The first time downloads torch, transformers and gradio"
+	@echo "(a few GB, several minutes); pip lists each package as it goes."
+	@set -e; n=0; for req in $(RUN_REQS); do n=$$((n + 1)); \
+	  echo "[$$n/$(words $(RUN_REQS))] pip install -r $$req"; \
+	  $(PIP_INSTALL) -r $$req; done
 	@touch $@
 
 $(VENV)/.dev-ok: $(VENV)/.runtime-ok requirements-dev.txt
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@echo "Installing requirements-dev.txt (test and lint tools) into $(VENV) ..."
+	$(PIP_INSTALL) -r requirements-dev.txt
 	@touch $@
 
 venv: $(VENV)/.runtime-ok

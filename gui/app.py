@@ -29,6 +29,16 @@ CSS = """
 #lang-switch a { margin-left: .8em; text-decoration: none; }
 #lang-switch a.current { font-weight: 600; text-decoration: underline; }
 #mode-banner { padding: .4em .8em; border-radius: 6px; background: var(--block-background-fill); }
+/* Wide tables (Data counts and sources, Runs): every column visible, header words whole. Gradio's
+   cells break words anywhere ("Dr/op/pe/d") once a column is narrow; compact sans-serif cells and
+   whole-word headers let the columns take the width their words need. */
+.qt-table table { font-size: 13px; }
+.qt-table td, .qt-table th, .qt-table td *, .qt-table th * { font-family: var(--font) !important; }
+.qt-table .cell-wrap { padding: 4px 6px; }
+.qt-table th .cell-wrap, .qt-table th .cell-wrap * { word-break: normal !important; overflow-wrap: normal !important;
+  hyphens: none; }
+.qt-table td .cell-wrap, .qt-table td .cell-wrap * { word-break: normal !important;
+  overflow-wrap: break-word !important; }
 """
 
 # Switching language keeps the open tab: the language link carries it as #<tab id>, and the new
@@ -50,6 +60,12 @@ KEEP_TAB_JS = """
     else if (tries > 0) setTimeout(() => open(tries - 1), 200);
   };
   open(50);
+  // A chart drawn while its tab was hidden (or before the window was resized) keeps a wrong width:
+  // when a tab is shown, tell the charts the window changed so they fit their box again.
+  document.addEventListener("click", (event) => {
+    if (!event.target.closest("#main-tabs [role=tab]")) return;
+    for (const delay of [50, 400]) setTimeout(() => window.dispatchEvent(new Event("resize")), delay);
+  }, true);
 }
 """
 
@@ -82,8 +98,10 @@ class AppContext:
 
     def __post_init__(self):
         self.t = Strings(self.lang)
-        self.runs_dir = Path(self.runs_dir)
-        self.mixes_dir = Path(self.mixes_dir)
+        # Resolved once: every run and mix the page lists, starts or remembers is then named by one
+        # absolute path, whatever the folder was given as (``make run`` passes the relative runs/).
+        self.runs_dir = Path(self.runs_dir).expanduser().resolve()
+        self.mixes_dir = Path(self.mixes_dir).expanduser().resolve()
         self.presets_dir = Path(self.presets_dir)
 
 
@@ -96,12 +114,32 @@ def _lang_links(lang: str) -> str:
     return "".join(links)
 
 
-def mode_text(ctx: AppContext) -> str:
+def mode_text(ctx: AppContext, model: str | None = None) -> str:
+    """The header's mode line. In demo mode it follows the Train tab's model: once a real model is
+    in the form (e.g. from the Hardware tab's "Use this model") the banner says so, instead of
+    claiming the demo model is selected."""
     t = ctx.t
     if ctx.demo:
+        from core.demo import is_demo
+
+        if model and not is_demo(model.strip()):
+            return t("app.mode_demo_real", model=model.strip())
         return t("app.mode_demo")
     names = ", ".join(ctx.gpu_names) if ctx.gpu_names else t("app.gpu_unknown")
     return t("app.mode_gpu", gpus=names)
+
+
+def banner_for_model(ctx: AppContext, model) -> str:
+    """Handler: the mode line after the Train tab's model changed."""
+    return mode_text(ctx, model or "")
+
+
+def _wire_banner(ctx: AppContext, banner) -> None:
+    from gui.tabs import bind
+
+    field = (ctx.shared.get("train.fields") or {}).get("model.name_or_path")
+    if field is not None and ctx.demo:
+        field.change(bind(banner_for_model, ctx), inputs=field, outputs=banner, show_progress="hidden")
 
 
 def build_app(runs_dir: str | Path = "runs", demo: bool = True, lang: str = "en",
@@ -127,12 +165,14 @@ def build_app(runs_dir: str | Path = "runs", demo: bool = True, lang: str = "en"
                 gr.Markdown(f"# {t('app.title')}\n{t('app.subtitle')}")
             with gr.Column(scale=1, min_width=200):
                 gr.HTML(_lang_links(lang), elem_id="lang-switch")
-        gr.Markdown(mode_text(ctx), elem_id="mode-banner")
+        banner = gr.Markdown(mode_text(ctx), elem_id="mode-banner")
+        ctx.shared["app.banner"] = banner
         presets_section = presets_ui.build_section(ctx)
         with gr.Tabs(elem_id="main-tabs"):
             for name in TABS:
                 importlib.import_module(f"gui.tabs.{name}").build(ctx)
         presets_ui.wire(ctx, presets_section)
+        _wire_banner(ctx, banner)
         for hook in ctx.after_build:
             hook()
     app.qt_ctx = ctx  # for tests and the server: which tabs were built, what was shared

@@ -56,9 +56,35 @@ def run(args) -> int:
 
     cfg = resolve_config(args)
     check_run_name(cfg.name)
+    if not args.resume:  # a resumed run keeps the settings it was started with
+        check_settings(cfg)
     if args.dry_run:
         sys.stdout.write(dump_yaml(cfg))
         return 0
     from core.train.worker import run as train
 
     return train(cfg, resume=args.resume)
+
+
+def check_settings(cfg) -> None:
+    """The settings checked against each other, the data and the GPU (core.train.validate), as the
+    Train tab checks them: warnings printed, every error raised at once. A run folder the GUI
+    prepared for this config is marked failed with the same list, so it does not wait forever."""
+    import sys
+    from pathlib import Path
+
+    from core.train import runs
+    from core.train.validate import SettingsProblems, check_run, detected_card, errors, warnings
+
+    problems = check_run(cfg, card=detected_card())
+    for p in warnings(problems):
+        print(f"warning: {p}", file=sys.stderr)
+    bad = errors(problems)
+    if not bad:
+        return
+    exc = SettingsProblems(bad)
+    status = Path(cfg.runs_dir) / cfg.name / runs.STATUS
+    if status.is_file() and runs.read_status(status.parent).get("state") == "queued":
+        runs.write_status(status.parent, state="failed", error=str(exc), resumable=False,
+                          finished=runs.now_iso(), advice="Change the settings named above and start a new run.")
+    raise exc

@@ -190,7 +190,9 @@ def is_run_dir(path: Path) -> bool:
 def run_summary(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     status = read_status(run_dir)
-    created = parse_iso(status.get("queued") or status.get("started"))
+    # "created" is written once, when the run is first started; "queued" / "started" are rewritten by
+    # every resume (runs from before "created" existed fall back to them).
+    created = parse_iso(status.get("created") or status.get("queued") or status.get("started"))
     if created is None:
         created = (run_dir / CONFIG).stat().st_mtime if (run_dir / CONFIG).exists() else run_dir.stat().st_mtime
     return {
@@ -335,7 +337,7 @@ def start_run(config, runs_dir: str | Path | None = None, name: str | None = Non
     dump_yaml(cfg, run_dir / CONFIG, header="QwenTune run config (resolved). Resume with:\n"
                                             f"  python -m core train {run_dir / CONFIG} --resume")
     write_json_atomic(run_dir / STATUS, {
-        "state": "queued", "pid": None, "queued": now_iso(), "updated": now_iso(), "step": 0,
+        "state": "queued", "pid": None, "created": now_iso(), "queued": now_iso(), "updated": now_iso(), "step": 0,
         "total_steps": 0, "model": cfg.model.name_or_path, "method": cfg.model.method,
     })
     _spawn(_worker_cmd(run_dir / CONFIG, cfg.name, runs_root, resume=False), run_dir)

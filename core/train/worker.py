@@ -317,7 +317,8 @@ def _run(cfg, run_dir: Path, resume: bool) -> int:
     runs.write_status(run_dir, state="running", phase="starting", pid=os.getpid(), started=runs.now_iso(),
                       finished=None, error=None, advice=None, killed=False, lost=False, resumable=False,
                       model=cfg.model.name_or_path, method=cfg.model.method, run=cfg.name, waiting_for=None,
-                      **({} if resume else {"step": 0, "total_steps": 0}))
+                      **({} if resume else {"step": 0, "total_steps": 0,
+                                            "created": runs.read_status(run_dir).get("created") or runs.now_iso()}))
     stop_signals = {"count": 0}
 
     def on_signal(signum, _frame):

@@ -41,7 +41,7 @@ def _fields() -> dict:
 
 def _help(ctx, name: str, fields: dict) -> str:
     """The setting's own help text (core.config); a translation where the page is not English."""
-    return fields[name].help if ctx.lang == "en" else ctx.t(f"models.help_{name}")
+    return ctx.t.setting_help("models", fields[name])
 
 
 def _size(n: int) -> str:
@@ -192,16 +192,18 @@ def build(ctx, method=None) -> dict:
     jobs_lock = ctx.server.setdefault(JOBS_LOCK_KEY, threading.Lock())
     default = _default_choice(ctx, fields)
     with gr.Group(elem_id="model-picker"):
+        # The model's own row: its labels ("⬇ Qwen3-30B-A3B (qwen3-30b-a3b) · 30.5B · MoE") need the
+        # width; hub, quantization and method share the row below, wide enough for their labels.
+        choice = gr.Dropdown(choices=choices(ctx), value=default, allow_custom_value=True,
+                             label=t("models.choice"), info=_help(ctx, "name_or_path", fields),
+                             elem_id="model-choice")
         with gr.Row(equal_height=True):
-            choice = gr.Dropdown(choices=choices(ctx), value=default, allow_custom_value=True, scale=3,
-                                 label=t("models.choice"), info=_help(ctx, "name_or_path", fields),
-                                 elem_id="model-choice")
             hub = gr.Radio([(t("models.hub_hf"), "hf"), (t("models.hub_modelscope"), "modelscope")],
                            value=fields["hub"].default, label=t("models.hub"), info=_help(ctx, "hub", fields),
                            scale=1, elem_id="model-hub")
             quant = gr.Dropdown([(t(f"models.quant_{q}"), q) for q in fields["quant"].choices],
                                 value=fields["quant"].default, label=t("models.quant"),
-                                info=_help(ctx, "quant", fields), scale=1, elem_id="model-quant")
+                                info=_help(ctx, "quant", fields), scale=1, min_width=240, elem_id="model-quant")
             own_method = method is None
             if own_method:
                 method = gr.Radio([(t(f"models.method_{m}"), m) for m in fields["method"].choices],

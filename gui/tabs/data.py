@@ -3,19 +3,30 @@ preview the rendered rows with the trained tokens highlighted, the token-length 
 the mix into ``ctx.mixes_dir`` for the Train tab.
 
 Everything it computes comes from core.data (build_mix, render, preview, stats); this file only lays
-out widgets and wires events. Per browser session it keeps the sources (a list of SourceConfig dicts),
-a SourceCache (so changing a ratio re-mixes at once) and the last MixResult. Tokenizers are loaded once
-per server process, in ``ctx.server["data.tokenizers"]``.
+out widgets and wires events; the handlers are module-level functions ``fn(ctx, *values)`` (tests
+call them without a Blocks app). The browser keeps the sources (a list of SourceConfig dicts, in a
+gr.BrowserState: they survive a page reload); per page session it keeps a SourceCache (so changing
+a ratio re-mixes at once) and the last MixResult. Tokenizers are loaded once per server process, in
+``ctx.server["data.tokenizers"]``. A saved mix can be opened again for editing: its manifest
+records the MixConfig it was built from.
 """
 
 # No `from __future__ import annotations`: Gradio inspects handler annotations at wiring time.
 import html
 import threading
+from pathlib import Path
 
-COLUMNS = ("source", "formats", "read", "usable", "dropped", "share", "used", "repeated", "p50", "p95",
-           "max", "over_max")
+# The counts table's columns: core's table_rows() keys, the three token lengths in one column so
+# that every column fits beside the settings.
+COLUMNS = ("source", "formats", "read", "usable", "dropped", "share", "used", "repeated", "tokens", "over_max")
+# Shares of the table's width (Gradio otherwise sizes columns from the first rows and hides the last).
+COLUMN_WIDTHS = ["11%", "17%", "6%", "9%", "10%", "7%", "6%", "10%", "14%", "10%"]
+SOURCE_COLUMN_WIDTHS = ["7%", "22%", "38%", "14%", "19%"]
 SOURCE_COLUMNS = ("n", "name", "path", "format", "share")
 MIX_FIELDS = ("seed", "max_seq_len", "overlong", "upsample", "total", "eval_fraction", "shuffle")
+# The "add a source" form's widgets, in the order form_source() takes them.
+FORM_FIELDS = ("kind", "sample", "path", "hub_id", "hub", "split", "subset", "limit", "name", "format",
+               "share_mode", "share", "columns", "instruction_in", "system_prompt", "min_tokens", "max_tokens")
 
 
 def _label(ctx, path) -> str:
@@ -76,8 +87,13 @@ def mix_config(sources: list, settings: dict):
 
 
 def counts_table(t, result) -> list[list]:
-    rows = [[r[c] for c in COLUMNS] for r in result.table_rows()]
-    rows.append([t("data.total"), "", "", "", "", "", result.total, "", "", "", "", ""])
+    rows = []
+    for r in result.table_rows():
+        r = dict(r, tokens=f"{r['p50']:,} · {r['p95']:,} · {r['max']:,}")
+        rows.append([r[c] for c in COLUMNS])
+    total = [""] * len(COLUMNS)
+    total[0], total[COLUMNS.index("used")] = t("data.total"), result.total
+    rows.append(total)
     return rows
 
 
@@ -134,19 +150,309 @@ def histogram(ctx, result):
                             line_label="max_seq_len")
 
 
+# ------------------------------------------------------------------------------------ handlers
+# Event handlers: ``fn(ctx, *values) -> updates``, wired with functools.partial in build(). They
+# return plain values and gr.update(...) objects, so tests call them without a Blocks app.
+def settings_dict(*values) -> dict:
+    """The mix settings widgets' values (in MIX_FIELDS order) as a dict."""
+    return dict(zip(MIX_FIELDS, values))
+
+
+def form_source(ctx, kind_v, sample_v, path_v, hub_id_v, hub_v, split_v, subset_v, limit_v, name_v, fmt_v,
+                mode_v, share_v, columns_v, instr_v, system_v, min_v, max_v) -> dict:
+    """The "add a source" form (FORM_FIELDS order) as a checked SourceConfig dict."""
+    from core.config import SourceConfig
+    from core.data.formats import parse_columns
+    from core.settings import ConfigError, from_dict, to_dict
+
+    if kind_v == "sample":
+        src = {"path": sample_v or "", "hub": "auto"}
+    elif kind_v == "file":
+        src = {"path": (path_v or "").strip(), "hub": "local"}
+    else:
+        src = {"path": (hub_id_v or "").strip(), "hub": hub_v, "split": (split_v or "train").strip(),
+               "subset": (subset_v or "").strip(), "limit": int(limit_v or 0)}
+    if not src["path"]:
+        raise ConfigError(ctx.t("data.need_path"), "path")
+    src.update(name=(name_v or "").strip(), format=fmt_v or "auto", columns=parse_columns(columns_v),
+               instruction_in=instr_v or "user", system_prompt=system_v or "",
+               min_tokens=int(min_v or 0), max_tokens=int(max_v or 0))
+    if mode_v == "ratio":
+        src["ratio"] = float(share_v if share_v is not None else 1)
+    elif mode_v == "count":
+        src["count"] = int(share_v or 0)
+    return to_dict(from_dict(SourceConfig, src))
+
+
+def sources_view(ctx, sources: list) -> tuple:
+    """(sources table rows, update of the "pick a source" dropdown: the last one picked)."""
+    import gradio as gr
+
+    choices = [(f"{i + 1}. {s.get('name') or s['path']}", i) for i, s in enumerate(sources)]
+    return ([source_row(i, s) for i, s in enumerate(sources)],
+            gr.update(choices=choices, value=choices[-1][1] if choices else None))
+
+
+def _preview_sources(ctx, names=()) -> dict:
+    return {"choices": [(ctx.t("data.all_sources"), "*")] + [(n, n) for n in names]}
+
+
+def rebuild(ctx, sources, cache, tok_spec, *settings, progress=None) -> tuple:
+    """Re-mix with the cached sources; every output of the mix panel (MIX_OUTPUTS order)."""
+    import gradio as gr
+
+    from core.data.mix import SourceCache, build_mix
+    from core.settings import dump_yaml
+
+    t = ctx.t
+    cfg_yaml = ""
+    if not sources:
+        return (t("data.start"), [], "", "", None, None, cache, gr.update(**_preview_sources(ctx), value="*"), "")
+    try:
+        cfg = mix_config(sources, settings_dict(*settings))
+        cfg_yaml = dump_yaml(cfg)
+        tok = _tokenizer(ctx, tok_spec)
+        cache = cache or SourceCache()
+        result = build_mix(cfg, tok, progress=_progress_fn(progress), cache=cache)
+    except Exception as exc:  # shown in the page: bad input must never break the app
+        return (_error_text(ctx, exc), [], "", "", None, None, cache, gr.update(), cfg_yaml)
+    done = t("data.built", total=result.total, train=len(result.rows), eval=len(result.eval_rows))
+    return (done, counts_table(t, result), warnings_markdown(t, result, cfg.overlong), drops_markdown(t, result),
+            histogram(ctx, result), result, cache, gr.update(**_preview_sources(ctx, [s.name for s in result.sources])),
+            cfg_yaml)
+
+
+def _progress_fn(progress):
+    """core.data's progress callback (fraction, message) -> a gr.Progress, or nothing."""
+    if progress is None:
+        return None
+    return lambda fraction, message: progress(fraction, desc=message)
+
+
+def show_preview(ctx, result, tok_spec, source, index, assistant_only, empty_think) -> tuple:
+    """(preview HTML, the 1-based row number shown) for row ``index`` (1-based) of ``source``."""
+    import gradio as gr
+
+    if result is None:
+        return f"<p>{html.escape(ctx.t('data.preview_empty'))}</p>", gr.update()
+    try:
+        page, i = preview_page(ctx, result, _tokenizer(ctx, tok_spec), source, int(index or 1) - 1,
+                               assistant_only, empty_think)
+    except Exception as exc:  # shown in the page
+        return f"<p>{html.escape(_error_text(ctx, exc))}</p>", gr.update()
+    return page, i + 1
+
+
+def preview_prev(ctx, result, tok_spec, source, index, assistant_only, empty_think) -> tuple:
+    return show_preview(ctx, result, tok_spec, source, int(index or 1) - 1, assistant_only, empty_think)
+
+
+def preview_next(ctx, result, tok_spec, source, index, assistant_only, empty_think) -> tuple:
+    return show_preview(ctx, result, tok_spec, source, int(index or 1) + 1, assistant_only, empty_think)
+
+
+def _valid_index(sources, index) -> bool:
+    return index is not None and 0 <= int(index) < len(sources)
+
+
+def add_source(ctx, sources, *form) -> tuple:
+    """(sources, table, pick dropdown, form message) after adding the form's source."""
+    try:
+        src = form_source(ctx, *form)
+    except Exception as exc:  # shown beside the form; the sources stay as they were
+        return sources, *sources_view(ctx, sources), _error_text(ctx, exc)
+    sources = list(sources or []) + [src]
+    return sources, *sources_view(ctx, sources), "✓ " + ctx.t("data.added", path=src["path"])
+
+
+def update_source(ctx, sources, index, *form) -> tuple:
+    import gradio as gr
+
+    sources = list(sources or [])
+    if not _valid_index(sources, index):
+        return sources, *sources_view(ctx, sources), "✗ " + ctx.t("data.pick_first")
+    try:
+        src = form_source(ctx, *form)
+    except Exception as exc:  # shown beside the form
+        return sources, *sources_view(ctx, sources), _error_text(ctx, exc)
+    sources[int(index)] = src
+    table, pick_update = sources_view(ctx, sources)
+    return sources, table, gr.update(choices=pick_update["choices"], value=int(index)), "✓ " + ctx.t("data.updated")
+
+
+def remove_source(ctx, sources, index) -> tuple:
+    sources = list(sources or [])
+    if not _valid_index(sources, index):
+        return sources, *sources_view(ctx, sources), "✗ " + ctx.t("data.pick_first")
+    sources = [s for i, s in enumerate(sources) if i != int(index)]
+    return sources, *sources_view(ctx, sources), "✓ " + ctx.t("data.removed")
+
+
+def edit_source(ctx, sources, index) -> list:
+    """Load the picked source into the form: FORM_FIELDS, the three kind boxes' visibility, message."""
+    import gradio as gr
+
+    sources = list(sources or [])
+    if not _valid_index(sources, index):
+        return [gr.update()] * (len(FORM_FIELDS) + 3) + ["✗ " + ctx.t("data.pick_first")]
+    s = sources[int(index)]
+    is_hub = s["hub"] in ("hf", "modelscope")
+    is_sample = s["path"].startswith("samples/")
+    k = "hub" if is_hub else "sample" if is_sample else "file"
+    mode = "count" if s.get("count") is not None else "ratio" if s.get("ratio") is not None else "all"
+    value = s.get("count") if mode == "count" else s.get("ratio") if mode == "ratio" else 1
+    cols = "\n".join(f"{a}: {b}" for a, b in (s.get("columns") or {}).items())
+    return [k, s["path"] if is_sample else gr.update(), s["path"] if k == "file" else "",
+            s["path"] if is_hub else "", s["hub"] if is_hub else "hf", s.get("split", "train"),
+            s.get("subset", ""), s.get("limit", 0), s.get("name", ""), s.get("format", "auto"), mode, value,
+            cols, s.get("instruction_in", "user"), s.get("system_prompt", ""), s.get("min_tokens", 0),
+            s.get("max_tokens", 0), *kind_visibility(ctx, k), ""]
+
+
+def load_preset(ctx, preset_name) -> list:
+    """A shipped mix preset: sources, table, pick dropdown, MIX_FIELDS values, form message."""
+    import gradio as gr
+
+    from core.config import load_mix_config
+    from core.data.sources import MIX_PRESETS_DIR
+    from core.settings import to_dict
+
+    try:
+        cfg = load_mix_config(MIX_PRESETS_DIR / f"{preset_name}.yaml")
+    except Exception as exc:  # shown in the page
+        return [gr.update()] * (3 + len(MIX_FIELDS)) + [_error_text(ctx, exc)]
+    sources = [to_dict(s) for s in cfg.sources]
+    return [sources, *sources_view(ctx, sources), *[getattr(cfg, f) for f in MIX_FIELDS],
+            "✓ " + ctx.t("data.preset_loaded", name=preset_name)]
+
+
+def saved_mixes(ctx) -> list[tuple[str, str]]:
+    """(name, folder) of every mix saved in ctx.mixes_dir, newest first."""
+    from gui.tabs.train import mix_choices
+
+    return mix_choices(ctx)
+
+
+def refresh_saved(ctx, current):
+    import gradio as gr
+
+    choices = saved_mixes(ctx)
+    values = [v for _n, v in choices]
+    return gr.update(choices=choices, value=current if current in values else (values[0] if values else None))
+
+
+def open_mix(ctx, mix_dir) -> list:
+    """A saved mix back in the form for editing: sources, table, pick dropdown, MIX_FIELDS values,
+    the save name (its own), form message. The settings come from the mix's manifest."""
+    import gradio as gr
+
+    from core.config import MixConfig
+    from core.data.mixdir import read_manifest
+    from core.settings import ConfigError, from_dict, to_dict
+
+    keep = [gr.update()] * (4 + len(MIX_FIELDS))
+    if not mix_dir:
+        return keep + ["✗ " + ctx.t("data.pick_saved_mix")]
+    try:
+        manifest = read_manifest(mix_dir)
+        config = manifest.get("config")
+        if not isinstance(config, dict):
+            raise ConfigError(ctx.t("data.mix_without_config"), "config", str(Path(mix_dir) / "manifest.json"))
+        cfg = from_dict(MixConfig, config, source=str(Path(mix_dir) / "manifest.json"))
+    except (ConfigError, OSError, ValueError) as exc:  # shown in the page
+        return keep + [_error_text(ctx, exc if isinstance(exc, ConfigError) else ConfigError(str(exc)))]
+    sources = [to_dict(s) for s in cfg.sources]
+    name = Path(mix_dir).name
+    return [sources, *sources_view(ctx, sources), *[getattr(cfg, f) for f in MIX_FIELDS], name,
+            "✓ " + ctx.t("data.mix_opened", name=name, replace=ctx.t("data.overwrite"))]
+
+
+def restore_sources(ctx, sources, done) -> tuple:
+    """On the tab's first opening: the sources this browser kept (a page reload loses nothing).
+    (sources, table, pick dropdown, form message, restored flag)."""
+    import gradio as gr
+
+    if done:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), True
+    kept = [s for s in (sources or []) if isinstance(s, dict) and s.get("path")]
+    if not kept:
+        return [], gr.skip(), gr.skip(), gr.skip(), True
+    try:
+        kept = [_checked_source(s) for s in kept]
+    except Exception:  # stored by an older version: start empty rather than break the page
+        return [], gr.skip(), gr.skip(), gr.skip(), True
+    table, pick = sources_view(ctx, kept)
+    return kept, table, pick, "ℹ " + ctx.t("data.restored", n=len(kept)), True
+
+
+def _checked_source(src: dict) -> dict:
+    from core.config import SourceConfig
+    from core.settings import from_dict, to_dict
+
+    return to_dict(from_dict(SourceConfig, src))
+
+
+def on_upload(ctx, file, name_v) -> tuple:
+    """(path box, name box, form message) after a file upload: the stored copy's path."""
+    import gradio as gr
+
+    from core.data.sources import store_upload
+
+    if not file:
+        return gr.update(), gr.update(), ""
+    src = file if isinstance(file, str) else getattr(file, "name", None) or file.get("path")
+    try:
+        stored = store_upload(src, ctx.mixes_dir / ".uploads")
+    except Exception as exc:  # shown in the page
+        return gr.update(), gr.update(), _error_text(ctx, exc)
+    # The stored copy carries a hash prefix; the report should show the file's own name.
+    return str(stored), name_v or Path(src).stem, "✓ " + ctx.t("data.uploaded", path=str(stored))
+
+
+def save(ctx, sources, cache, tok_spec, save_name_v, overwrite_v, *settings, progress=None) -> tuple:
+    """(save message, source cache): build the mix and write it to ctx.mixes_dir/<name>."""
+    from core.data.mix import SourceCache, build_mix, check_mix_name, save_mix
+
+    t = ctx.t
+    if not sources:
+        return "✗ " + t("data.need_sources"), cache
+    try:
+        mix_name = check_mix_name(save_name_v)
+        cfg = mix_config(sources, settings_dict(*settings))
+        cache = cache or SourceCache()
+        result = build_mix(cfg, _tokenizer(ctx, tok_spec), progress=_progress_fn(progress), cache=cache)
+        out = save_mix(result, ctx.mixes_dir / mix_name, overwrite=bool(overwrite_v))
+    except Exception as exc:  # shown in the page
+        return _error_text(ctx, exc), cache
+    return "✓ " + t("data.saved", name=mix_name, path=str(out), total=result.total), cache
+
+
+def kind_visibility(ctx, kind_v) -> tuple:
+    """Visibility of the sample / file / hub boxes for the chosen kind of source."""
+    import gradio as gr
+
+    return tuple(gr.update(visible=kind_v == k) for k in ("sample", "file", "hub"))
+
+
+def no_op(ctx) -> None:
+    """The first step of a chain whose work is all in the .then() steps."""
+    return None
+
+
 # -------------------------------------------------------------------------------------- build
 def build(ctx) -> None:
     import gradio as gr
 
+    from core.chat.session import browser_secret
     from core.config import FORMATS, MixConfig, SourceConfig
     from core.data.sources import MIX_PRESETS_DIR, list_samples
     from core.settings import field_info
+    from gui.tabs import bind
 
     t = ctx.t
     minfo = {f.path: f for f in field_info(MixConfig)}
     sinfo = {f.path: f for f in field_info(SourceConfig)}
-    presets_dir = MIX_PRESETS_DIR
-    presets = sorted(p.stem for p in presets_dir.glob("*.yaml")) if presets_dir.is_dir() else []
+    presets = sorted(p.stem for p in MIX_PRESETS_DIR.glob("*.yaml")) if MIX_PRESETS_DIR.is_dir() else []
     samples = list_samples()
 
     def num(path, info, **kw):
@@ -155,19 +461,28 @@ def build(ctx) -> None:
 
     with gr.Tab(t("data.tab"), id="data", elem_id="tab-data") as tab:
         gr.Markdown(t("data.intro"))
-        sources_state = gr.State([])
+        # The sources live in the browser: a page reload (or a server restart) keeps them.
+        sources_state = gr.BrowserState([], storage_key="qwentune-data-sources", secret=browser_secret())
+        restored = gr.State(False)
         cache_state = gr.State(None)
         result_state = gr.State(None)
         with gr.Row():
             # ----------------------------------------------------------------- sources
-            with gr.Column(scale=2):
+            with gr.Column(scale=5):
                 gr.Markdown(f"### {t('data.sources')}")
                 with gr.Row():
                     preset = gr.Dropdown(choices=presets, value=presets[0] if presets else None,
                                          label=t("data.preset"), scale=3, elem_id="data-preset")
                     preset_load = gr.Button(t("data.preset_load"), scale=1, elem_id="data-preset-load")
+                with gr.Row():
+                    mixes_saved = saved_mixes(ctx)
+                    saved = gr.Dropdown(choices=mixes_saved, value=mixes_saved[0][1] if mixes_saved else None,
+                                        label=t("data.saved_mix"), info=t("data.saved_mix_info"), scale=3,
+                                        elem_id="data-saved-mix")
+                    saved_open = gr.Button(t("data.open_mix"), scale=1, elem_id="data-open-mix")
                 sources_table = gr.Dataframe(headers=[t(f"data.scol.{c}") for c in SOURCE_COLUMNS],
-                                             value=[], interactive=False, wrap=True, elem_id="data-sources")
+                                             value=[], interactive=False, wrap=True, elem_id="data-sources",
+                                             column_widths=SOURCE_COLUMN_WIDTHS, elem_classes=["qt-table"])
                 with gr.Row():
                     pick = gr.Dropdown(choices=[], label=t("data.pick"), scale=3, elem_id="data-pick")
                     edit_btn = gr.Button(t("data.edit"), size="sm", scale=1, elem_id="data-edit")
@@ -224,7 +539,7 @@ def build(ctx) -> None:
                         update_btn = gr.Button(t("data.update"), elem_id="data-update")
                     form_status = gr.Markdown(elem_id="data-form-status")
             # ----------------------------------------------------------------- mix
-            with gr.Column(scale=3):
+            with gr.Column(scale=8):
                 gr.Markdown(f"### {t('data.mix')}")
                 with gr.Row():
                     seed = num("seed", minfo["seed"], precision=0)
@@ -248,7 +563,8 @@ def build(ctx) -> None:
                 build_btn = gr.Button(t("data.build"), variant="primary", elem_id="data-build")
                 status = gr.Markdown(t("data.start"), elem_id="data-status")
                 counts = gr.Dataframe(headers=[t(f"data.col.{c}") for c in COLUMNS], value=[], interactive=False,
-                                      wrap=True, elem_id="data-counts")
+                                      column_widths=COLUMN_WIDTHS,
+                                      wrap=True, elem_id="data-counts", elem_classes=["qt-table"])
                 warning = gr.Markdown(elem_id="data-warning")
                 drops = gr.Markdown(elem_id="data-drops")
                 hist = gr.Plot(label=t("data.hist"), elem_id="data-hist")
@@ -279,204 +595,46 @@ def build(ctx) -> None:
     settings_inputs = [seed, max_seq_len, overlong, upsample, total, eval_fraction, shuffle]
     form_inputs = [kind, sample, path, hub_id, hub, split, subset, limit, name, fmt, share_mode, share, columns,
                    instruction_in, system_prompt, min_tokens, max_tokens]
-
-    # ------------------------------------------------------------------------------ handlers
-    def settings_dict(*values) -> dict:
-        return dict(zip(MIX_FIELDS, values))
-
-    def form_source(kind_v, sample_v, path_v, hub_id_v, hub_v, split_v, subset_v, limit_v, name_v, fmt_v,
-                    mode_v, share_v, columns_v, instr_v, system_v, min_v, max_v) -> dict:
-        from core.data.formats import parse_columns
-        from core.settings import ConfigError, from_dict, to_dict
-
-        if kind_v == "sample":
-            src = {"path": sample_v or "", "hub": "auto"}
-        elif kind_v == "file":
-            src = {"path": (path_v or "").strip(), "hub": "local"}
-        else:
-            src = {"path": (hub_id_v or "").strip(), "hub": hub_v, "split": (split_v or "train").strip(),
-                   "subset": (subset_v or "").strip(), "limit": int(limit_v or 0)}
-        if not src["path"]:
-            raise ConfigError(t("data.need_path"), "path")
-        src.update(name=(name_v or "").strip(), format=fmt_v or "auto", columns=parse_columns(columns_v),
-                   instruction_in=instr_v or "user", system_prompt=system_v or "",
-                   min_tokens=int(min_v or 0), max_tokens=int(max_v or 0))
-        if mode_v == "ratio":
-            src["ratio"] = float(share_v if share_v is not None else 1)
-        elif mode_v == "count":
-            src["count"] = int(share_v or 0)
-        return to_dict(from_dict(SourceConfig, src))
-
-    def sources_view(sources):
-        choices = [(f"{i + 1}. {s.get('name') or s['path']}", i) for i, s in enumerate(sources)]
-        return ([source_row(i, s) for i, s in enumerate(sources)],
-                gr.update(choices=choices, value=choices[-1][1] if choices else None))
-
-    def rebuild(sources, cache, tok_spec, *settings, progress=gr.Progress()):
-        """Re-mix with the cached sources; returns every output of the mix panel."""
-        from core.data.mix import SourceCache, build_mix
-        from core.settings import dump_yaml
-
-        cfg_yaml = ""
-        if not sources:
-            return (t("data.start"), [], "", "", None, None, cache,
-                    gr.update(choices=[(t("data.all_sources"), "*")], value="*"), "")
-        try:
-            cfg = mix_config(sources, settings_dict(*settings))
-            cfg_yaml = dump_yaml(cfg)
-            tok = _tokenizer(ctx, tok_spec)
-            cache = cache or SourceCache()
-            result = build_mix(cfg, tok, progress=lambda f, m: progress(f, desc=m), cache=cache)
-        except Exception as exc:  # shown in the page: bad input must never break the app
-            return (_error_text(ctx, exc), [], "", "", None, None, cache, gr.update(), cfg_yaml)
-        names = [(t("data.all_sources"), "*")] + [(s.name, s.name) for s in result.sources]
-        done = t("data.built", total=result.total, train=len(result.rows), eval=len(result.eval_rows))
-        return (done, counts_table(t, result), warnings_markdown(t, result, cfg.overlong), drops_markdown(t, result),
-                histogram(ctx, result), result, cache, gr.update(choices=names), cfg_yaml)
-
     mix_outputs = [status, counts, warning, drops, hist, result_state, cache_state, preview_source, yaml_view]
-
-    def show_preview(result, tok_spec, source, index, assistant_only, empty_think):
-        if result is None:
-            return f"<p>{html.escape(t('data.preview_empty'))}</p>", gr.update()
-        try:
-            page, i = preview_page(ctx, result, _tokenizer(ctx, tok_spec), source, int(index or 1) - 1,
-                                   assistant_only, empty_think)
-        except Exception as exc:  # shown in the page
-            return f"<p>{html.escape(_error_text(ctx, exc))}</p>", gr.update()
-        return page, i + 1
-
     preview_inputs = [result_state, tokenizer, preview_source, preview_index, mask_assistant, mask_think]
-
-    def add_source(sources, *form):
-        try:
-            src = form_source(*form)
-        except Exception as exc:
-            return sources, *sources_view(sources), _error_text(ctx, exc)
-        sources = list(sources) + [src]
-        return sources, *sources_view(sources), "✓ " + t("data.added", path=src["path"])
-
-    def update_source(sources, index, *form):
-        if index is None or not (0 <= int(index) < len(sources)):
-            return sources, *sources_view(sources), "✗ " + t("data.pick_first")
-        try:
-            src = form_source(*form)
-        except Exception as exc:
-            return sources, *sources_view(sources), _error_text(ctx, exc)
-        sources = list(sources)
-        sources[int(index)] = src
-        table, pick_update = sources_view(sources)
-        return sources, table, gr.update(choices=pick_update["choices"], value=int(index)), "✓ " + t("data.updated")
-
-    def remove_source(sources, index):
-        if index is None or not (0 <= int(index) < len(sources)):
-            return sources, *sources_view(sources), "✗ " + t("data.pick_first")
-        sources = [s for i, s in enumerate(sources) if i != int(index)]
-        return sources, *sources_view(sources), "✓ " + t("data.removed")
-
-    def edit_source(sources, index):
-        """Load the picked source into the form."""
-        if index is None or not (0 <= int(index) < len(sources)):
-            return [gr.update()] * (len(form_inputs) + 3) + ["✗ " + t("data.pick_first")]
-        s = sources[int(index)]
-        is_hub = s["hub"] in ("hf", "modelscope")
-        is_sample = s["path"].startswith("samples/")
-        k = "hub" if is_hub else "sample" if is_sample else "file"
-        mode = "count" if s.get("count") is not None else "ratio" if s.get("ratio") is not None else "all"
-        value = s.get("count") if mode == "count" else s.get("ratio") if mode == "ratio" else 1
-        cols = "\n".join(f"{a}: {b}" for a, b in (s.get("columns") or {}).items())
-        return [k, s["path"] if is_sample else gr.update(), s["path"] if k == "file" else "",
-                s["path"] if is_hub else "", s["hub"] if is_hub else "hf", s.get("split", "train"),
-                s.get("subset", ""), s.get("limit", 0), s.get("name", ""), s.get("format", "auto"), mode, value,
-                cols, s.get("instruction_in", "user"), s.get("system_prompt", ""), s.get("min_tokens", 0),
-                s.get("max_tokens", 0), gr.update(visible=k == "sample"), gr.update(visible=k == "file"),
-                gr.update(visible=k == "hub"), ""]
-
-    def load_preset(preset_name, *_):
-        from core.config import load_mix_config
-        from core.settings import to_dict
-
-        try:
-            cfg = load_mix_config(presets_dir / f"{preset_name}.yaml")
-        except Exception as exc:
-            return [gr.update()] * (3 + len(settings_inputs)) + [_error_text(ctx, exc)]
-        sources = [to_dict(s) for s in cfg.sources]
-        return [sources, *sources_view(sources), *[getattr(cfg, f) for f in MIX_FIELDS],
-                "✓ " + t("data.preset_loaded", name=preset_name)]
-
-    def on_upload(file, name_v):
-        from pathlib import Path
-
-        from core.data.sources import store_upload
-
-        if not file:
-            return gr.update(), gr.update(), ""
-        src = file if isinstance(file, str) else getattr(file, "name", None) or file.get("path")
-        try:
-            stored = store_upload(src, ctx.mixes_dir / ".uploads")
-        except Exception as exc:  # shown in the page
-            return gr.update(), gr.update(), _error_text(ctx, exc)
-        # The stored copy carries a hash prefix; the report should show the file's own name.
-        return str(stored), name_v or Path(src).stem, "✓ " + t("data.uploaded", path=str(stored))
-
-    def save(sources, cache, tok_spec, save_name_v, overwrite_v, *settings, progress=gr.Progress()):
-        from core.data.mix import SourceCache, build_mix, check_mix_name, save_mix
-
-        if not sources:
-            return "✗ " + t("data.need_sources"), cache
-        try:
-            mix_name = check_mix_name(save_name_v)
-            cfg = mix_config(sources, settings_dict(*settings))
-            cache = cache or SourceCache()
-            result = build_mix(cfg, _tokenizer(ctx, tok_spec), progress=lambda f, m: progress(f, desc=m), cache=cache)
-            out = save_mix(result, ctx.mixes_dir / mix_name, overwrite=bool(overwrite_v))
-        except Exception as exc:  # shown in the page
-            return _error_text(ctx, exc), cache
-        return "✓ " + t("data.saved", name=mix_name, path=str(out), total=result.total), cache
+    rebuild_inputs = [sources_state, cache_state, tokenizer, *settings_inputs]
+    list_outputs = [sources_state, sources_table, pick, form_status]
 
     # ------------------------------------------------------------------------------ wiring
-    def kind_visibility(k):
-        return gr.update(visible=k == "sample"), gr.update(visible=k == "file"), gr.update(visible=k == "hub")
-
-    kind.change(kind_visibility, inputs=kind, outputs=[sample_box, file_box, hub_box])
-    upload.upload(on_upload, inputs=[upload, name], outputs=[path, name, form_status])
-
-    rebuild_inputs = [sources_state, cache_state, tokenizer, *settings_inputs]
-
     def chain(event):
         """After the sources or settings change: re-mix, then refresh the preview."""
-        return (event.then(rebuild, inputs=rebuild_inputs, outputs=mix_outputs, trigger_mode="always_last")
-                .then(show_preview, inputs=preview_inputs, outputs=[preview, preview_index]))
+        return (event.then(bind(rebuild, ctx), inputs=rebuild_inputs, outputs=mix_outputs, trigger_mode="always_last")
+                .then(bind(show_preview, ctx), inputs=preview_inputs, outputs=[preview, preview_index]))
 
-    chain(add_btn.click(add_source, inputs=[sources_state, *form_inputs],
-                        outputs=[sources_state, sources_table, pick, form_status]))
-    chain(update_btn.click(update_source, inputs=[sources_state, pick, *form_inputs],
-                           outputs=[sources_state, sources_table, pick, form_status]))
-    chain(remove_btn.click(remove_source, inputs=[sources_state, pick],
-                           outputs=[sources_state, sources_table, pick, form_status]))
-    edit_btn.click(edit_source, inputs=[sources_state, pick],
+    kind.change(bind(kind_visibility, ctx), inputs=kind, outputs=[sample_box, file_box, hub_box])
+    upload.upload(bind(on_upload, ctx), inputs=[upload, name], outputs=[path, name, form_status])
+    chain(add_btn.click(bind(add_source, ctx), inputs=[sources_state, *form_inputs], outputs=list_outputs))
+    chain(update_btn.click(bind(update_source, ctx), inputs=[sources_state, pick, *form_inputs], outputs=list_outputs))
+    chain(remove_btn.click(bind(remove_source, ctx), inputs=[sources_state, pick], outputs=list_outputs))
+    edit_btn.click(bind(edit_source, ctx), inputs=[sources_state, pick],
                    outputs=[*form_inputs, sample_box, file_box, hub_box, form_status])
-    chain(preset_load.click(load_preset, inputs=[preset],
+    chain(preset_load.click(bind(load_preset, ctx), inputs=[preset],
                             outputs=[sources_state, sources_table, pick, *settings_inputs, form_status]))
-    (build_btn.click(rebuild, inputs=rebuild_inputs, outputs=mix_outputs)
-     .then(show_preview, inputs=preview_inputs, outputs=[preview, preview_index]))
+    (build_btn.click(bind(rebuild, ctx), inputs=rebuild_inputs, outputs=mix_outputs)
+     .then(bind(show_preview, ctx), inputs=preview_inputs, outputs=[preview, preview_index]))
     for widget in (overlong, upsample, shuffle):
-        chain(widget.input(lambda: None, inputs=None, outputs=None))
+        chain(widget.input(bind(no_op, ctx), inputs=None, outputs=None))
     for widget in (seed, max_seq_len, total):
-        chain(widget.submit(lambda: None, inputs=None, outputs=None))
-        chain(widget.blur(lambda: None, inputs=None, outputs=None))
-    chain(eval_fraction.release(lambda: None, inputs=None, outputs=None))
+        chain(widget.submit(bind(no_op, ctx), inputs=None, outputs=None))
+        chain(widget.blur(bind(no_op, ctx), inputs=None, outputs=None))
+    chain(eval_fraction.release(bind(no_op, ctx), inputs=None, outputs=None))
     for widget in (preview_source, mask_assistant, mask_think):
-        widget.input(show_preview, inputs=preview_inputs, outputs=[preview, preview_index])
-    preview_index.submit(show_preview, inputs=preview_inputs, outputs=[preview, preview_index])
-
-    def step(delta):
-        def move(result, tok_spec, source, index, assistant_only, empty_think):
-            return show_preview(result, tok_spec, source, int(index or 1) + delta, assistant_only, empty_think)
-        return move
-
-    prev_btn.click(step(-1), inputs=preview_inputs, outputs=[preview, preview_index])
-    next_btn.click(step(1), inputs=preview_inputs, outputs=[preview, preview_index])
-    save_btn.click(save, inputs=[sources_state, cache_state, tokenizer, save_name, overwrite, *settings_inputs],
-                   outputs=[save_status, cache_state])
+        widget.input(bind(show_preview, ctx), inputs=preview_inputs, outputs=[preview, preview_index])
+    preview_index.submit(bind(show_preview, ctx), inputs=preview_inputs, outputs=[preview, preview_index])
+    prev_btn.click(bind(preview_prev, ctx), inputs=preview_inputs, outputs=[preview, preview_index])
+    next_btn.click(bind(preview_next, ctx), inputs=preview_inputs, outputs=[preview, preview_index])
+    chain(saved_open.click(bind(open_mix, ctx), inputs=[saved],
+                           outputs=[sources_state, sources_table, pick, *settings_inputs, save_name, form_status]))
+    # Restore when the tab is first opened: Gradio reads a tab's BrowserState only once it is shown.
+    tab.select(bind(restore_sources, ctx), inputs=[sources_state, restored],
+               outputs=[sources_state, sources_table, pick, form_status, restored])
+    tab.select(bind(refresh_saved, ctx), inputs=saved, outputs=saved)
+    save_btn.click(bind(save, ctx),
+                   inputs=[sources_state, cache_state, tokenizer, save_name, overwrite, *settings_inputs],
+                   outputs=[save_status, cache_state]).then(bind(refresh_saved, ctx), inputs=saved, outputs=saved)
     ctx.shared["data.tab"] = tab

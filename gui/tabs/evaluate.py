@@ -17,138 +17,332 @@ from core.fmt import number
 POLL_SECONDS = 1.0
 
 
+STAGES = ("load", "loss", "thinking", "accuracy", "evalscope")
+# The settings widgets, in the order eval_config() takes them (EvalConfig field names).
+SETTINGS_FIELDS = ("split", "loss_rows", "batch_size", "control_prompts", "control_max_new_tokens", "accuracy_rows",
+                   "answer_max_new_tokens", "accuracy_thinking", "greedy", "seed", "evalscope_datasets",
+                   "evalscope_limit")
+INT_FIELDS = ("loss_rows", "batch_size", "control_prompts", "control_max_new_tokens", "accuracy_rows",
+              "answer_max_new_tokens", "seed", "evalscope_limit")
+
+
 def _fmt(value) -> str:
     return number(value, none="–")
 
 
-def build(ctx) -> None:
+# ------------------------------------------------------------------------ server-wide objects
+def models(ctx):
+    """The server's one ModelCache, shared with the Chat tab (one model in memory)."""
+    from gui.tabs.chat import models as chat_models
+
+    return chat_models(ctx)
+
+
+def jobs(ctx):
+    """The server's evaluation jobs (every language's page sees the same)."""
+    from core.eval.jobs import EvalJobs
+
+    return ctx.server.setdefault("evaluate.jobs", EvalJobs(models(ctx)))
+
+
+def exports(ctx):
+    from core.eval.jobs import ExportJobs
+
+    return ctx.server.setdefault("evaluate.exports", ExportJobs())
+
+
+def default_config(ctx):
+    """The settings shown at first: on the CPU the demo model (random weights) rarely stops by
+    itself, so replies are kept short there."""
+    from core.config import EvalConfig
+
+    if ctx.demo:
+        return EvalConfig(control_max_new_tokens=64, answer_max_new_tokens=128, accuracy_rows=8)
+    return EvalConfig()
+
+
+def target_choices(ctx) -> list[tuple[str, str]]:
+    from core.chat.loader import list_targets
+
+    return [(r["label"] if r["kind"] == "run" else "   ↳ " + r["label"], r["path"])
+            for r in list_targets(ctx.runs_dir)]
+
+
+# ------------------------------------------------------------------------------------ results
+def table_rows(ctx, result: dict | None) -> list[list]:
+    from core.eval.evaluate import results_table
+
+    if not result:
+        return []
+    rows = []
+    for r in results_table(result):
+        mark = {True: " ✅", False: " ⚠️", None: ""}[r["better"]]
+        change = "–" if r["change"] is None else f"{r['change']:+.4g}{mark}"
+        rows.append([ctx.t(f"evaluate.metric.{r['metric']}"), _fmt(r["base"]), _fmt(r["tuned"]), change])
+    return rows
+
+
+def figure(ctx, result: dict | None):
+    from core.eval.evaluate import results_figure
+
+    t = ctx.t
+    if not result:
+        return None
+    labels = {k: t(f"evaluate.metric.{k}") for k in ("loss", "ppl", "think_off", "think_on", "accuracy")}
+    labels.update(title_rates=t("evaluate.chart.rates"), title_loss=t("evaluate.chart.loss"))
+    return results_figure(result, labels=labels, pane_names={"base": t("evaluate.base"), "tuned": t("evaluate.tuned")})
+
+
+def details(ctx, result: dict | None) -> str:
+    t = ctx.t
+    if not result:
+        return t("evaluate.no_results")
+    lines = [t("evaluate.result_meta", created=result.get("created", "?"), split=result.get("split", "?"),
+               seconds=result.get("seconds", "?"), mix=result.get("mix_dir", "?"))]
+    dropped = result.get("loss_rows") or {}
+    if dropped.get("too_long") or dropped.get("no_target"):
+        lines.append(t("evaluate.dropped", too_long=dropped.get("too_long", 0), no_target=dropped.get("no_target", 0)))
+    acc = result.get("accuracy") or {}
+    if acc.get("note"):
+        lines.append(t("evaluate.no_answer_rows"))
+    for pane in ("base", "tuned"):
+        n = (acc.get(pane) or {}).get("ran_out_while_reasoning")
+        if n:
+            lines.append(t("evaluate.ran_out", n=n, pane=t(f"evaluate.{pane}")))
+    es = result.get("evalscope")
+    if es:
+        lines.append(t("evaluate.evalscope_skipped", why=es["skipped"]) if es.get("skipped") else
+                     "**EvalScope**\n```json\n" + _json(es) + "\n```")
+    samples = (result.get("thinking") or {}).get("samples", []) + (acc.get("samples") or [])
+    if samples:
+        lines.append(f"**{t('evaluate.samples')}**")
+        for s in samples[:12]:
+            pane = t(f"evaluate.{s['pane']}")
+            ok = "✅" if s.get("ok") else "❌"
+            if "expected" in s:
+                lines.append(f"- {ok} {pane} · {s['prompt'][:80]!r} → `{s.get('predicted')}` "
+                             f"({t('evaluate.expected')} `{s['expected']}`)")
+            else:
+                mode = t("evaluate.mode_on") if s["thinking"] else t("evaluate.mode_off")
+                lines.append(f"- {ok} {pane} · {mode} · {s['prompt'][:80]!r} → "
+                             f"{t('evaluate.reasoned') if s['reasoning'] else t('evaluate.no_reasoning')}")
+    return "\n\n".join(lines)
+
+
+def _json(data) -> str:
+    import json
+
+    return json.dumps(data, indent=2, ensure_ascii=False)[:4000]
+
+
+def progress_text(ctx, job) -> str:
+    t = ctx.t
+    if job is None:
+        return ""
+    if job.state == "running":
+        stage = job.stage.split(":")[0]
+        pct = int(100 * job.fraction)
+        bar = "█" * (pct // 5) + "░" * (20 - pct // 5)
+        return t("evaluate.running", stage=t(f"evaluate.stage.{stage}") if stage in STAGES else stage,
+                 done=job.done, total=job.total, bar=bar)
+    if job.state == "failed":
+        return t("evaluate.failed", error=job.error)
+    if job.state == "cancelled":
+        return t("evaluate.cancelled")
+    return t("evaluate.finished", seconds=round((job.finished or job.started) - job.started, 1))
+
+
+def export_text(ctx, job) -> str:
+    from core.eval.jobs import export_available
+
+    if job is None:
+        return "" if export_available() else ctx.t("evaluate.export_missing")
+    if job.error:
+        return ctx.t("evaluate.export_error", error=job.error)
+    return ctx.t(f"evaluate.export_state.{job.state}", fmt=job.fmt)
+
+
+def eval_config(values):
+    """The settings widgets' values (SETTINGS_FIELDS order) as a checked EvalConfig."""
+    from core.config import EvalConfig
+    from core.settings import from_dict
+
+    data = dict(zip(SETTINGS_FIELDS, values))
+    for k in INT_FIELDS:
+        data[k] = int(data[k] or 0)
+    data["evalscope_datasets"] = [d.strip() for d in (data["evalscope_datasets"] or "").split(",") if d.strip()]
+    return from_dict(EvalConfig, data)
+
+
+# ------------------------------------------------------------------------------------ serving
+def serving_view(ctx, target: str | None, thinking: bool, port) -> tuple:
+    """(servable dropdown update, serve command, client snippet) for a run."""
     import gradio as gr
 
-    from core.chat.loader import ModelCache, gpu_work_args, list_targets, resolve_target
-    from core.chat.session import browser_secret
-    from core.config import EvalConfig
-    from core.eval.evaluate import load_results, results_figure, results_table, run_dir_of
-    from core.eval.jobs import EXPORT_FORMATS, EvalJobs, ExportJobs, export_available
+    from core.eval.evaluate import run_dir_of
     from core.eval.serving import client_snippet, serving_for_run
-    from core.settings import ConfigError, field_info, from_dict
+    from core.settings import ConfigError
+
+    if not target:
+        return gr.update(choices=[], value=None), "", client_snippet(thinking=bool(thinking))
+    try:
+        items = serving_for_run(run_dir_of(target), port=int(port or 8000), thinking=bool(thinking))
+    except ConfigError:
+        items = []
+    choices = [(f"{i['kind']} · {i['label']}", i["path"]) for i in items]
+    value = choices[0][1] if choices else None
+    command = items[0]["command"] if items else ctx.t("evaluate.nothing_to_serve")
+    return gr.update(choices=choices, value=value), command, client_snippet(
+        name=run_dir_of(target).name, port=int(port or 8000), thinking=bool(thinking))
+
+
+# ------------------------------------------------------------------------------------ handlers
+# Event handlers: ``fn(ctx, *values) -> updates``, wired with gui.tabs.bind in build().
+def serving_command(ctx, target, path, thinking, port) -> str:
+    from core.eval.evaluate import run_dir_of
+    from core.eval.serving import serving_for_run
+
+    if not target or not path:
+        return ctx.t("evaluate.nothing_to_serve")
+    for item in serving_for_run(run_dir_of(target), port=int(port or 8000), thinking=bool(thinking)):
+        if item["path"] == path:
+            return item["command"]
+    return ctx.t("evaluate.nothing_to_serve")
+
+
+def serving_update(ctx, target, thinking, port) -> tuple:
+    """(serve command, client snippet) after the port or the thinking switch changed."""
+    return serving_view(ctx, target, thinking, port)[1:]
+
+
+def show(ctx, target, thinking, port_value) -> tuple:
+    """Everything about a run (SHOW_OUTPUTS order): saved results, a running job, exports, serving."""
+    import gradio as gr
+
+    from core.eval.evaluate import load_results, run_dir_of
+
+    result = load_results(target) if target else None
+    job = jobs(ctx).get(target) if target else None
+    export_job = exports(ctx).get(run_dir_of(target)) if target else None
+    serve_choices, cmd, code = serving_view(ctx, target, thinking, port_value)
+    active = bool((job and job.running) or (export_job and export_job.state == "running"))
+    return (table_rows(ctx, result), figure(ctx, result), details(ctx, result), progress_text(ctx, job),
+            export_text(ctx, export_job), export_job.log_tail() if export_job else "",
+            serve_choices, cmd, code, gr.Timer(active=active))
+
+
+def poll(ctx, target, thinking, port_value) -> tuple:
+    return show(ctx, target, thinking, port_value)
+
+
+def select(ctx, target, thinking, port_value) -> tuple:
+    """show() plus the browser state that remembers the choice."""
+    import gradio as gr
+
+    from core.settings import ConfigError
+
+    try:
+        return (*show(ctx, target, thinking, port_value), {"target": target or ""})
+    except ConfigError as exc:
+        return (*[gr.skip()] * 2, ctx.t("evaluate.bad_run", error=str(exc)), *[gr.skip()] * 7, gr.skip())
+
+
+def start(ctx, target, *values) -> tuple:
+    """(progress text, timer): start an evaluation of ``target`` unless one runs or the GPU is busy."""
+    import gradio as gr
+
+    from core.chat.loader import gpu_work_args, resolve_target
+    from core.config import ChatConfig
+    from core.eval.evaluate import run_dir_of
+    from core.settings import ConfigError
     from gui.gpu_gate import gpu_gate
 
     t = ctx.t
+    if not target:
+        return t("evaluate.pick_first"), gr.skip()
+    chat_cfg = ChatConfig(device="cpu" if ctx.demo else "auto")
+    running = jobs(ctx).get(target)
+    if running is not None and running.running:  # already going: show it, start nothing new
+        return progress_text(ctx, running), gr.Timer(active=True)
+    try:
+        cfg = eval_config(values)
+        run_dir_of(target)
+        spec = resolve_target(target, chat_cfg, runs_dir=ctx.runs_dir)
+    except ConfigError as exc:
+        return t("evaluate.bad_setting", error=str(exc)), gr.skip()
+    # A loaded model (the chat's, or the one this loads in its place) is counted once.
+    ok, note = gpu_gate(ctx, "eval", **gpu_work_args(spec, chat_cfg),
+                        resident_gib=0.0 if ctx.demo else models(ctx).resident_gib())
+    if not ok:
+        return "⏳ " + note, gr.skip()
+    job = jobs(ctx).start(target, cfg, chat_cfg, runs_dir=ctx.runs_dir)
+    return progress_text(ctx, job) + (f"  \nℹ️ {note}" if note else ""), gr.Timer(active=True)
+
+
+def cancel(ctx, target):
+    import gradio as gr
+
+    job = jobs(ctx).get(target) if target else None
+    if job is not None and job.running:
+        job.cancel()
+        return ctx.t("evaluate.cancelling")
+    return gr.skip()
+
+
+def export(ctx, target, fmt_value) -> tuple:
+    """(export status, export log, timer): start exporting the run in ``fmt_value``."""
+    import gradio as gr
+
+    from core.eval.evaluate import run_dir_of
+
+    if not target:
+        return ctx.t("evaluate.pick_first"), gr.skip(), gr.skip()
+    job = exports(ctx).start(run_dir_of(target), fmt_value)
+    return export_text(ctx, job), job.log_tail(), gr.Timer(active=job.state == "running")
+
+
+def refresh(ctx, current):
+    import gradio as gr
+
+    return gr.update(choices=target_choices(ctx), value=current)
+
+
+def restore(ctx, state, done, current) -> tuple:
+    """(run dropdown, restored flag) when the tab opens: the browser's choice the first time."""
+    import gradio as gr
+
+    choices = target_choices(ctx)
+    if done:  # later visits: refresh the list, keep the selection
+        return gr.update(choices=choices, value=current), True
+    target = (state or {}).get("target") or None
+    if target is None and choices:
+        target = choices[0][1]
+    return gr.update(choices=choices, value=target), True
+
+
+# ---------------------------------------------------------------------------------------- build
+def build(ctx) -> None:
+    import gradio as gr
+
+    from core.chat.session import browser_secret
+    from core.config import EvalConfig
+    from core.eval.jobs import EXPORT_FORMATS, export_available
+    from core.eval.serving import client_snippet
+    from core.settings import field_info
+    from gui.tabs import bind
+
+    t = ctx.t
     # Once per server process (every language's page): one model in memory, one set of jobs.
-    models = ctx.server.setdefault("chat.models", ModelCache())
-    jobs: EvalJobs = ctx.server.setdefault("evaluate.jobs", EvalJobs(models))
-    exports: ExportJobs = ctx.server.setdefault("evaluate.exports", ExportJobs())
+    jobs(ctx)
+    exports(ctx)
     fi = {f.name: f for f in field_info(EvalConfig)}
-    defaults = EvalConfig()
-    if ctx.demo:
-        # On the CPU the demo model (random weights) rarely stops by itself: keep replies short.
-        defaults = EvalConfig(control_max_new_tokens=64, answer_max_new_tokens=128, accuracy_rows=8)
-
-    def target_choices() -> list[tuple[str, str]]:
-        return [(r["label"] if r["kind"] == "run" else "   ↳ " + r["label"], r["path"])
-                for r in list_targets(ctx.runs_dir)]
-
-    # ------------------------------------------------------------------------------- results
-    def table_rows(result: dict | None) -> list[list]:
-        if not result:
-            return []
-        rows = []
-        for r in results_table(result):
-            mark = {True: " ✅", False: " ⚠️", None: ""}[r["better"]]
-            change = "–" if r["change"] is None else f"{r['change']:+.4g}{mark}"
-            rows.append([t(f"evaluate.metric.{r['metric']}"), _fmt(r["base"]), _fmt(r["tuned"]), change])
-        return rows
-
-    def figure(result: dict | None):
-        if not result:
-            return None
-        labels = {k: t(f"evaluate.metric.{k}") for k in ("loss", "ppl", "think_off", "think_on", "accuracy")}
-        labels.update(title_rates=t("evaluate.chart.rates"), title_loss=t("evaluate.chart.loss"))
-        return results_figure(result, labels=labels,
-                              pane_names={"base": t("evaluate.base"), "tuned": t("evaluate.tuned")})
-
-    def details(result: dict | None) -> str:
-        if not result:
-            return t("evaluate.no_results")
-        lines = [t("evaluate.result_meta", created=result.get("created", "?"), split=result.get("split", "?"),
-                   seconds=result.get("seconds", "?"), mix=result.get("mix_dir", "?"))]
-        dropped = result.get("loss_rows") or {}
-        if dropped.get("too_long") or dropped.get("no_target"):
-            lines.append(t("evaluate.dropped", too_long=dropped.get("too_long", 0),
-                           no_target=dropped.get("no_target", 0)))
-        acc = result.get("accuracy") or {}
-        if acc.get("note"):
-            lines.append(t("evaluate.no_answer_rows"))
-        for pane in ("base", "tuned"):
-            n = (acc.get(pane) or {}).get("ran_out_while_reasoning")
-            if n:
-                lines.append(t("evaluate.ran_out", n=n, pane=t(f"evaluate.{pane}")))
-        es = result.get("evalscope")
-        if es:
-            lines.append(t("evaluate.evalscope_skipped", why=es["skipped"]) if es.get("skipped") else
-                         "**EvalScope**\n```json\n" + _json(es) + "\n```")
-        samples = (result.get("thinking") or {}).get("samples", []) + (acc.get("samples") or [])
-        if samples:
-            lines.append(f"**{t('evaluate.samples')}**")
-            for s in samples[:12]:
-                pane = t(f"evaluate.{s['pane']}")
-                ok = "✅" if s.get("ok") else "❌"
-                if "expected" in s:
-                    lines.append(f"- {ok} {pane} · {s['prompt'][:80]!r} → `{s.get('predicted')}` "
-                                 f"({t('evaluate.expected')} `{s['expected']}`)")
-                else:
-                    mode = t("evaluate.mode_on") if s["thinking"] else t("evaluate.mode_off")
-                    lines.append(f"- {ok} {pane} · {mode} · {s['prompt'][:80]!r} → "
-                                 f"{t('evaluate.reasoned') if s['reasoning'] else t('evaluate.no_reasoning')}")
-        return "\n\n".join(lines)
-
-    def _json(data) -> str:
-        import json
-
-        return json.dumps(data, indent=2, ensure_ascii=False)[:4000]
-
-    def progress_text(job) -> str:
-        if job is None:
-            return ""
-        if job.state == "running":
-            stage = job.stage.split(":")[0]
-            pct = int(100 * job.fraction)
-            bar = "█" * (pct // 5) + "░" * (20 - pct // 5)
-            return t("evaluate.running", stage=t(f"evaluate.stage.{stage}") if stage in STAGES else stage,
-                     done=job.done, total=job.total, bar=bar)
-        if job.state == "failed":
-            return t("evaluate.failed", error=job.error)
-        if job.state == "cancelled":
-            return t("evaluate.cancelled")
-        return t("evaluate.finished", seconds=round((job.finished or job.started) - job.started, 1))
-
-    # ------------------------------------------------------------------------------- serving
-    def serving_view(target: str | None, thinking: bool, port):
-        if not target:
-            return gr.update(choices=[], value=None), "", client_snippet(thinking=bool(thinking))
-        try:
-            items = serving_for_run(run_dir_of(target), port=int(port or 8000), thinking=bool(thinking))
-        except ConfigError:
-            items = []
-        choices = [(f"{i['kind']} · {i['label']}", i["path"]) for i in items]
-        value = choices[0][1] if choices else None
-        command = items[0]["command"] if items else t("evaluate.nothing_to_serve")
-        return gr.update(choices=choices, value=value), command, client_snippet(
-            name=run_dir_of(target).name, port=int(port or 8000), thinking=bool(thinking))
-
-    def serving_command(target, path, thinking, port):
-        if not target or not path:
-            return t("evaluate.nothing_to_serve")
-        for item in serving_for_run(run_dir_of(target), port=int(port or 8000), thinking=bool(thinking)):
-            if item["path"] == path:
-                return item["command"]
-        return t("evaluate.nothing_to_serve")
+    defaults = default_config(ctx)
 
     # -------------------------------------------------------------------------------- layout
     with gr.Tab(t("evaluate.tab"), id="evaluate", elem_id="tab-evaluate") as tab:
         gr.Markdown(t("evaluate.intro"))
         with gr.Row(equal_height=True):
-            run = gr.Dropdown(choices=target_choices(), value=None, label=t("evaluate.run"), scale=4,
+            run = gr.Dropdown(choices=target_choices(ctx), value=None, label=t("evaluate.run"), scale=4,
                               allow_custom_value=True, elem_id="eval-run")
             refresh_btn = gr.Button(t("evaluate.refresh"), scale=0, min_width=100, elem_id="eval-refresh")
         with gr.Accordion(t("evaluate.settings"), open=False):
@@ -226,106 +420,17 @@ def build(ctx) -> None:
 
     settings_inputs = [split, loss_rows, batch_size, control_prompts, control_tokens, accuracy_rows, answer_tokens,
                        accuracy_thinking, greedy, seed, evalscope, evalscope_limit]
-
-    # ------------------------------------------------------------------------------ handlers
-    def show(target, thinking, port_value):
-        """Everything about a run: saved results, a running job, exports, serving."""
-        result = load_results(target) if target else None
-        job = jobs.get(target) if target else None
-        export_job = exports.get(run_dir_of(target)) if target else None
-        serve_choices, cmd, code = serving_view(target, thinking, port_value)
-        active = bool((job and job.running) or (export_job and export_job.state == "running"))
-        return (table_rows(result), figure(result), details(result), progress_text(job),
-                export_text(export_job), export_job.log_tail() if export_job else "",
-                serve_choices, cmd, code, gr.Timer(active=active))
-
     show_outputs = [table, chart, info, progress, export_status, export_log, servable, command, snippet, timer]
 
-    def select(target, thinking, port_value):
-        try:
-            return (*show(target, thinking, port_value), {"target": target or ""})
-        except ConfigError as exc:
-            return (*[gr.skip()] * 2, t("evaluate.bad_run", error=str(exc)), *[gr.skip()] * 7, gr.skip())
-
-    def export_text(job) -> str:
-        if job is None:
-            return "" if export_available() else t("evaluate.export_missing")
-        if job.error:
-            return t("evaluate.export_error", error=job.error)
-        return t(f"evaluate.export_state.{job.state}", fmt=job.fmt)
-
-    def eval_config(values) -> EvalConfig:
-        names = ["split", "loss_rows", "batch_size", "control_prompts", "control_max_new_tokens", "accuracy_rows",
-                 "answer_max_new_tokens", "accuracy_thinking", "greedy", "seed", "evalscope_datasets",
-                 "evalscope_limit"]
-        data = dict(zip(names, values))
-        for k in ("loss_rows", "batch_size", "control_prompts", "control_max_new_tokens", "accuracy_rows",
-                  "answer_max_new_tokens", "seed", "evalscope_limit"):
-            data[k] = int(data[k] or 0)
-        data["evalscope_datasets"] = [d.strip() for d in (data["evalscope_datasets"] or "").split(",") if d.strip()]
-        return from_dict(EvalConfig, data)
-
-    def start(target, *values):
-        from core.config import ChatConfig
-
-        if not target:
-            return t("evaluate.pick_first"), gr.skip()
-        chat_cfg = ChatConfig(device="cpu" if ctx.demo else "auto")
-        running = jobs.get(target)
-        if running is not None and running.running:  # already going: show it, start nothing new
-            return progress_text(running), gr.Timer(active=True)
-        try:
-            cfg = eval_config(values)
-            run_dir_of(target)
-            spec = resolve_target(target, chat_cfg, runs_dir=ctx.runs_dir)
-        except ConfigError as exc:
-            return t("evaluate.bad_setting", error=str(exc)), gr.skip()
-        # A loaded model (the chat's, or the one this loads in its place) is counted once.
-        ok, note = gpu_gate(ctx, "eval", **gpu_work_args(spec, chat_cfg),
-                            resident_gib=0.0 if ctx.demo else models.resident_gib())
-        if not ok:
-            return "⏳ " + note, gr.skip()
-        job = jobs.start(target, cfg, chat_cfg, runs_dir=ctx.runs_dir)
-        return progress_text(job) + (f"  \nℹ️ {note}" if note else ""), gr.Timer(active=True)
-
-    def cancel(target):
-        job = jobs.get(target) if target else None
-        if job is not None and job.running:
-            job.cancel()
-            return t("evaluate.cancelling")
-        return gr.skip()
-
-    def export(target, fmt_value):
-        if not target:
-            return t("evaluate.pick_first"), gr.skip(), gr.skip()
-        job = exports.start(run_dir_of(target), fmt_value)
-        return export_text(job), job.log_tail(), gr.Timer(active=job.state == "running")
-
-    def poll(target, thinking, port_value):
-        return show(target, thinking, port_value)
-
-    def restore(state, done, current):
-        choices = target_choices()
-        if done:  # later visits: refresh the list, keep the selection
-            return gr.update(choices=choices, value=current), True
-        target = (state or {}).get("target") or None
-        if target is None and choices:
-            target = choices[0][1]
-        return gr.update(choices=choices, value=target), True
-
-    refresh_btn.click(lambda cur: gr.update(choices=target_choices(), value=cur), inputs=run, outputs=run)
-    run.change(select, inputs=[run, snippet_thinking, port], outputs=[*show_outputs, browser])
-    start_btn.click(start, inputs=[run, *settings_inputs], outputs=[progress, timer])
-    cancel_btn.click(cancel, inputs=run, outputs=progress)
-    export_btn.click(export, inputs=[run, fmt], outputs=[export_status, export_log, timer])
-    timer.tick(poll, inputs=[run, snippet_thinking, port], outputs=show_outputs, show_progress="hidden")
-    servable.change(serving_command, inputs=[run, servable, snippet_thinking, port], outputs=command)
+    refresh_btn.click(bind(refresh, ctx), inputs=run, outputs=run)
+    run.change(bind(select, ctx), inputs=[run, snippet_thinking, port], outputs=[*show_outputs, browser])
+    start_btn.click(bind(start, ctx), inputs=[run, *settings_inputs], outputs=[progress, timer])
+    cancel_btn.click(bind(cancel, ctx), inputs=run, outputs=progress)
+    export_btn.click(bind(export, ctx), inputs=[run, fmt], outputs=[export_status, export_log, timer])
+    timer.tick(bind(poll, ctx), inputs=[run, snippet_thinking, port], outputs=show_outputs, show_progress="hidden")
+    servable.change(bind(serving_command, ctx), inputs=[run, servable, snippet_thinking, port], outputs=command)
     for widget in (snippet_thinking, port):
-        widget.change(lambda target, th, p: serving_view(target, th, p)[1:], inputs=[run, snippet_thinking, port],
-                      outputs=[command, snippet])
+        widget.change(bind(serving_update, ctx), inputs=[run, snippet_thinking, port], outputs=[command, snippet])
 
     # Restore when the tab is first opened: Gradio reads a tab's BrowserState only once the tab is shown.
-    tab.select(restore, inputs=[browser, restored, run], outputs=[run, restored])
-
-
-STAGES = ("load", "loss", "thinking", "accuracy", "evalscope")
+    tab.select(bind(restore, ctx), inputs=[browser, restored, run], outputs=[run, restored])

@@ -164,8 +164,28 @@ def train_updates(choice: dict | None, paths: list[str]) -> list:
     return [gr.update(value=choice[TRAIN_FIELD_OF[p]]) for p in paths]
 
 
+def use(ctx, row) -> tuple:
+    """(selected model state, message): "Use this model" with the row's card context - model, method,
+    length and the micro-batch the estimator fits on that card. In demo mode (no GPU: the card is
+    simulated) the message says that this leaves demo mode, since the CPU cannot train that model."""
+    import gradio as gr
+
+    t = ctx.t
+    if not row:
+        return gr.update(), t("hardware.pick_first")
+    choice = selection_for(row)
+    values = dict(model=choice["display"], method=t(f"hardware.method.{choice['method']}"),
+                  seq_len=choice["seq_len"], batch=choice["micro_batch"])
+    if not ctx.demo:
+        return choice, t("hardware.used", **values)
+    card = t("hardware.simulated_card", gib=f"{row.get('vram_gib') or 0:g}")
+    return choice, t("hardware.used_demo", **values, est=f"{choice['est_gib']:.1f}", card=card)
+
+
 def build(ctx) -> None:
     import gradio as gr
+
+    from gui.tabs import bind
 
     t = ctx.t
     headers = [t(f"hardware.col.{c}") for c in ("best", "model", "method", "est", "verdict", "max_seq", "batch")]
@@ -191,14 +211,6 @@ def build(ctx) -> None:
         index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         row = rows[index] if rows and index is not None and 0 <= index < len(rows) else None
         return row, breakdown_figure(t, row), gr.update(interactive=row is not None)
-
-    def use(row):
-        if not row:
-            return gr.update(), t("hardware.pick_first")
-        choice = selection_for(row)
-        return choice, t("hardware.used", model=choice["display"],
-                         method=t(f"hardware.method.{choice['method']}"), seq_len=choice["seq_len"],
-                         batch=choice["micro_batch"])
 
     with gr.Tab(t("hardware.tab"), id="hardware", elem_id="tab-hardware") as tab:
         gr.Markdown(t("hardware.intro"))
@@ -241,7 +253,7 @@ def build(ctx) -> None:
     live.change(lambda on: gr.Timer(active=bool(on)), inputs=live, outputs=timer)
     timer.tick(cards_only, inputs=sim, outputs=cards)
     table.select(pick, inputs=rows_state, outputs=[row_state, plot, use_btn])
-    use_btn.click(use, inputs=row_state, outputs=[selected_model, used_msg])
+    use_btn.click(bind(use, ctx), inputs=row_state, outputs=[selected_model, used_msg])
     def fill_train_tab():
         # Runs once every tab exists: the Train tab is built after this one.
         fields = ctx.shared.get("train.fields") or {}

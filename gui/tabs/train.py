@@ -102,7 +102,7 @@ def run_choices(ctx) -> list[tuple[str, str]]:
     out = []
     for r in list_runs(ctx.runs_dir):
         state = r["state"] or "?"
-        out.append((f"{STATE_ICON.get(state, '?')} {r['name']} · {_state(ctx, state)}", r["path"]))
+        out.append((f"{STATE_ICON.get(state, '?')} {r['name']} · {_state(ctx, state)}", run_id(r["path"])))
     return out
 
 
@@ -227,14 +227,211 @@ def figure(ctx, metrics: list[dict]):
     return fig
 
 
+# ------------------------------------------------------------------------------------ handlers
+# Event handlers: ``fn(ctx, *values) -> updates``, wired with gui.tabs.bind in build(). The settings
+# widgets' values arrive in the order of ctx.shared[TRAIN_FIELDS] (a dict: dotted path -> widget).
+def run_id(run_dir) -> str:
+    """A run's one identity in every dropdown and state of the page: its resolved folder. start_run
+    returns a resolved path while a relative ``runs/`` lists relative ones; both become this."""
+    return str(Path(run_dir).resolve()) if run_dir else ""
+
+
+def field_paths(ctx) -> list[str]:
+    return list(ctx.shared.get(TRAIN_FIELDS) or {})
+
+
+def config_from(ctx, values: list):
+    """The form's values as a RunConfig (ConfigError names the setting of a bad value)."""
+    from core.config import RunConfig
+    from core.presets import unflatten
+    from core.settings import ConfigError, field_info, from_dict
+
+    infos = {f.path: f for f in field_info(RunConfig)}
+    flat = dict(zip(field_paths(ctx), values))
+    flat["runs_dir"] = str(ctx.runs_dir)
+    for p, v in list(flat.items()):
+        if isinstance(v, str):
+            flat[p] = v.strip()
+        if v is None and p in infos and infos[p].default is not None:
+            raise ConfigError("a value is needed", p)
+    if not flat.get("data.mix_dir"):
+        raise ConfigError(ctx.t("train.need_mix"), "data.mix_dir")
+    return from_dict(RunConfig, unflatten(flat))
+
+
+def problem_text(ctx, problem) -> str:
+    """One problem of core.train.validate as a line naming the setting, in the page's language."""
+    t = ctx.t
+    try:
+        text = t(f"train.check.{problem.code}", **problem.params)
+    except KeyError:  # a rule this version has no string for: the English text names the setting
+        text = problem.message
+    return t("train.check.line", label=html.escape(t.setting_label("train", problem.setting)),
+             path=problem.setting, text=html.escape(text))
+
+
+def problems_md(ctx, problems) -> str:
+    """Every error, then every warning, as Markdown lists (empty when there is none)."""
+    from core.train.validate import errors, warnings
+
+    parts = []
+    bad, warn = errors(problems), warnings(problems)
+    if bad:
+        parts.append("✗ " + ctx.t("train.check.errors", n=len(bad)) + "\n"
+                     + "\n".join("- " + problem_text(ctx, p) for p in bad))
+    if warn:
+        parts.append("⚠ " + ctx.t("train.check.warnings") + "\n"
+                     + "\n".join("- " + problem_text(ctx, p) for p in warn))
+    return "\n\n".join(parts)
+
+
+def check_card(ctx):
+    """The GPU the settings are checked against: none in demo mode (the CPU trains the demo model)."""
+    if ctx.demo:
+        return None
+    from core.train.validate import detected_card
+
+    return detected_card()
+
+
+def on_start(ctx, *values) -> tuple:
+    """(message, run dropdown): check the form's settings all at once (core.train.validate), then
+    start the run unless one is an error. Warnings are shown beside the started message."""
+    import gradio as gr
+
+    from core.settings import ConfigError
+    from core.train import runs
+    from core.train.validate import check_run, errors
+
+    try:
+        cfg = config_from(ctx, list(values))
+    except ConfigError as exc:
+        return "✗ " + html.escape(str(exc)), gr.skip()
+    problems = check_run(cfg, card=check_card(ctx))
+    if errors(problems):
+        return problems_md(ctx, problems), gr.skip()
+    try:
+        run_dir = runs.start_run(cfg, ctx.runs_dir, cfg.name or None)
+    except (ConfigError, runs.RunError) as exc:
+        return "✗ " + html.escape(str(exc)), gr.skip()
+    message = ctx.t("train.started", name=Path(run_dir).name)
+    if problems:
+        message += "\n\n" + problems_md(ctx, problems)
+    return message, gr.update(choices=run_choices(ctx), value=run_id(run_dir))
+
+
+def _act(ctx, fn, ok_key: str, run_dir) -> str:
+    from core.settings import ConfigError
+    from core.train import runs
+
+    if not run_dir:
+        return ctx.t("train.pick_run")
+    try:
+        fn(run_dir)
+    except (runs.RunError, ConfigError, OSError) as exc:
+        return "✗ " + html.escape(str(exc))
+    return ctx.t(ok_key, name=Path(run_dir).name)
+
+
+def on_stop(ctx, run_dir) -> str:
+    from core.train import runs
+
+    return _act(ctx, runs.request_stop, "train.stop_sent", run_dir)
+
+
+def on_kill(ctx, run_dir) -> str:
+    from core.train import runs
+
+    return _act(ctx, runs.kill_run, "train.killed", run_dir)
+
+
+def on_resume(ctx, run_dir) -> str:
+    from core.train import runs
+
+    return _act(ctx, runs.resume_run, "train.resumed", run_dir)
+
+
+def render(ctx, run_dir, seen_state, force: bool = False) -> tuple:
+    """Everything the run panel shows (PANEL order); the chart only when new metrics arrived.
+    ``seen_state`` remembers what the page shows, so an unchanged poll sends almost nothing."""
+    import gradio as gr
+
+    from core.train import runs
+
+    t = ctx.t
+    choices = run_choices(ctx)
+    names = [c[1] for c in choices]
+    seen_state = dict(seen_state or {})
+    run_update = gr.skip()
+    if names != seen_state.get("runs"):
+        run_update = gr.update(choices=choices)
+        seen_state["runs"] = names
+    if not run_dir or not Path(run_dir).is_dir():
+        return (run_update, "", t("train.no_run"), gr.skip(), gr.skip(),
+                gr.update(interactive=False), gr.update(interactive=False), gr.update(interactive=False),
+                seen_state)
+    run_dir = run_id(run_dir)
+    st = runs.read_status(run_dir)
+    metrics = runs.read_metrics(run_dir)
+    state = st.get("state")
+    changed = force or seen_state.get("run") != run_dir or seen_state.get("n") != len(metrics) \
+        or seen_state.get("state") != state
+    fig = figure(ctx, metrics) if changed else gr.skip()
+    log_text = runs.read_log_tail(run_dir) if changed or state in runs.ACTIVE else gr.skip()
+    if seen_state.get("state") != state and seen_state.get("run") == run_dir:
+        run_update = gr.update(choices=choices)  # the labels carry the state
+    seen_state.update(run=run_dir, n=len(metrics), state=state)
+    active = state in runs.ACTIVE
+    resumable = state in ("stopped", "failed") and st.get("resumable", True)
+    return (run_update, progress_html(ctx, st, metrics), status_md(ctx, run_dir, st, metrics), fig, log_text,
+            gr.update(interactive=active and state != "stopping"), gr.update(interactive=active),
+            gr.update(interactive=resumable), seen_state)
+
+
+def show_run(ctx, run_dir, seen_state) -> tuple:
+    """render() with every part redrawn: after Start / Stop / Resume or picking a run."""
+    return render(ctx, run_dir, seen_state, force=True)
+
+
+def poll(ctx, run_dir, seen_state) -> tuple:
+    return render(ctx, run_dir, seen_state)
+
+
+def initial(ctx, seen_state) -> tuple:
+    """On page load: reattach to the newest active run, else the newest run."""
+    import gradio as gr
+
+    from core.train import runs
+
+    found = runs.list_runs(ctx.runs_dir)
+    active = [r for r in found if r["state"] in runs.ACTIVE]
+    pick = (active or found or [None])[0]
+    run_dir = run_id(pick["path"]) if pick else None
+    out = list(render(ctx, run_dir, {}, force=True))
+    out[0] = gr.update(choices=run_choices(ctx), value=run_dir)
+    return tuple(out)
+
+
+def show_mix(ctx, mix_dir) -> str:
+    return mix_info(ctx, mix_dir)
+
+
+def refresh_mixes(ctx, current) -> tuple:
+    """(mix dropdown, mix summary): the saved mixes again, keeping the choice."""
+    import gradio as gr
+
+    choices = mix_choices(ctx)
+    value = current if current else (choices[0][1] if choices else None)
+    return gr.update(choices=choices, value=value), mix_info(ctx, value or "")
+
+
 # ---------------------------------------------------------------------------------------- build
 def build(ctx) -> None:
     import gradio as gr
 
     from core.config import RunConfig
-    from core.presets import unflatten
-    from core.settings import ConfigError, field_info, from_dict
-    from core.train import runs
+    from core.settings import field_info
+    from gui.tabs import bind
 
     t = ctx.t
     infos = {f.path: f for f in field_info(RunConfig)}
@@ -297,100 +494,21 @@ def build(ctx) -> None:
         seen = gr.State({"run": None, "n": -1, "state": None, "runs": None})
 
     ctx.shared[TRAIN_FIELDS] = fields
-    paths = list(fields)
-    components = [fields[p] for p in paths]
-
-    # ------------------------------------------------------------------------ handlers
-    def config_from(values: list) -> RunConfig:
-        flat = {p: v for p, v in zip(paths, values)}
-        flat["runs_dir"] = str(ctx.runs_dir)
-        for p, v in list(flat.items()):
-            if isinstance(v, str):
-                flat[p] = v.strip()
-            if v is None and infos[p].default is not None:
-                raise ConfigError("a value is needed", p)
-        if not flat.get("data.mix_dir"):
-            raise ConfigError(t("train.need_mix"), "data.mix_dir")
-        return from_dict(RunConfig, unflatten(flat))
-
-    def on_start(*values):
-        try:
-            cfg = config_from(list(values))
-            run_dir = runs.start_run(cfg, ctx.runs_dir, cfg.name or None)
-        except (ConfigError, runs.RunError) as exc:
-            return "✗ " + html.escape(str(exc)), gr.skip()
-        return (t("train.started", name=run_dir.name),
-                gr.update(choices=run_choices(ctx), value=str(run_dir)))
-
-    def act(fn, ok_key):
-        def handler(run_dir):
-            if not run_dir:
-                return t("train.pick_run")
-            try:
-                fn(run_dir)
-            except (runs.RunError, ConfigError, OSError) as exc:
-                return "✗ " + html.escape(str(exc))
-            return t(ok_key, name=Path(run_dir).name)
-        return handler
-
-    def render(run_dir, seen_state, force=False):
-        """Everything the run panel shows; the chart only when new metrics arrived."""
-        names = [c[1] for c in run_choices(ctx)]
-        seen_state = dict(seen_state or {})
-        run_update = gr.skip()
-        if names != seen_state.get("runs"):
-            run_update = gr.update(choices=run_choices(ctx))
-            seen_state["runs"] = names
-        if not run_dir or not Path(run_dir).is_dir():
-            return (run_update, "", t("train.no_run"), gr.skip(), gr.skip(),
-                    gr.update(interactive=False), gr.update(interactive=False), gr.update(interactive=False),
-                    seen_state)
-        st = runs.read_status(run_dir)
-        metrics = runs.read_metrics(run_dir)
-        state = st.get("state")
-        changed = force or seen_state.get("run") != run_dir or seen_state.get("n") != len(metrics) \
-            or seen_state.get("state") != state
-        fig = figure(ctx, metrics) if changed else gr.skip()
-        log_text = runs.read_log_tail(run_dir) if changed or state in runs.ACTIVE else gr.skip()
-        if seen_state.get("state") != state and seen_state.get("run") == run_dir:
-            run_update = gr.update(choices=run_choices(ctx))
-        seen_state.update(run=run_dir, n=len(metrics), state=state)
-        active = state in runs.ACTIVE
-        resumable = state in ("stopped", "failed") and st.get("resumable", True)
-        return (run_update, progress_html(ctx, st, metrics), status_md(ctx, run_dir, st, metrics), fig, log_text,
-                gr.update(interactive=active and state != "stopping"), gr.update(interactive=active),
-                gr.update(interactive=resumable), seen_state)
+    components = list(fields.values())  # in field_paths(ctx) order: what config_from() reads
 
     panel = [run_sel, progress, status, chart, log, stop, kill, resume, seen]
-
-    def initial(seen_state):
-        """On page load: reattach to the newest active run, else the newest run."""
-        found = runs.list_runs(ctx.runs_dir)
-        active = [r for r in found if r["state"] in runs.ACTIVE]
-        pick = (active or found or [None])[0]
-        run_dir = pick["path"] if pick else None
-        out = list(render(run_dir, {}, force=True))
-        out[0] = gr.update(choices=run_choices(ctx), value=run_dir)
-        return tuple(out)
-
-    start.click(on_start, inputs=components, outputs=[message, run_sel]).then(
-        lambda r, s: render(r, s, force=True), inputs=[run_sel, seen], outputs=panel)
-    stop.click(act(runs.request_stop, "train.stop_sent"), inputs=run_sel, outputs=message)
-    kill.click(act(runs.kill_run, "train.killed"), inputs=run_sel, outputs=message).then(
-        lambda r, s: render(r, s, force=True), inputs=[run_sel, seen], outputs=panel)
-    resume.click(act(runs.resume_run, "train.resumed"), inputs=run_sel, outputs=message).then(
-        lambda r, s: render(r, s, force=True), inputs=[run_sel, seen], outputs=panel)
-    run_sel.change(lambda r, s: render(r, s, force=True), inputs=[run_sel, seen], outputs=panel)
-    run_refresh.click(lambda r, s: render(r, s, force=True), inputs=[run_sel, seen], outputs=panel)
-    timer.tick(render, inputs=[run_sel, seen], outputs=panel, show_progress="hidden")
-    mix.change(lambda m: mix_info(ctx, m), inputs=mix, outputs=mix_about)
-
-    def refresh_mixes(current):
-        choices = mix_choices(ctx)
-        value = current if current else (choices[0][1] if choices else None)
-        return gr.update(choices=choices, value=value), mix_info(ctx, value or "")
-
-    mix_refresh.click(refresh_mixes, inputs=mix, outputs=[mix, mix_about])
-    tab.select(refresh_mixes, inputs=mix, outputs=[mix, mix_about])
+    start.click(bind(on_start, ctx), inputs=components, outputs=[message, run_sel]).then(
+        bind(show_run, ctx), inputs=[run_sel, seen], outputs=panel)
+    stop.click(bind(on_stop, ctx), inputs=run_sel, outputs=message)
+    kill.click(bind(on_kill, ctx), inputs=run_sel, outputs=message).then(
+        bind(show_run, ctx), inputs=[run_sel, seen], outputs=panel)
+    resume.click(bind(on_resume, ctx), inputs=run_sel, outputs=message).then(
+        bind(show_run, ctx), inputs=[run_sel, seen], outputs=panel)
+    run_sel.change(bind(show_run, ctx), inputs=[run_sel, seen], outputs=panel)
+    run_refresh.click(bind(show_run, ctx), inputs=[run_sel, seen], outputs=panel)
+    timer.tick(bind(poll, ctx), inputs=[run_sel, seen], outputs=panel, show_progress="hidden")
+    mix.change(bind(show_mix, ctx), inputs=mix, outputs=mix_about)
+    mix_refresh.click(bind(refresh_mixes, ctx), inputs=mix, outputs=[mix, mix_about])
+    tab.select(bind(refresh_mixes, ctx), inputs=mix, outputs=[mix, mix_about])
     if ctx.blocks is not None:
-        ctx.blocks.load(initial, inputs=seen, outputs=panel)
+        ctx.blocks.load(bind(initial, ctx), inputs=seen, outputs=panel)

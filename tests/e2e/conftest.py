@@ -24,6 +24,24 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 ARTIFACTS = ROOT / "test-artifacts" / "app-flow"
+TOAST_RECORDER = """
+window.qtToasts = [];
+new MutationObserver((changes) => {
+  for (const change of changes) for (const node of change.addedNodes) {
+    if (!(node instanceof Element)) continue;
+    const toasts = node.matches(".toast-body") ? [node] : [...node.querySelectorAll(".toast-body")];
+    for (const t of toasts) {
+      const type = [...t.classList].find((c) => ["error", "warning", "info", "success"].includes(c)) || "";
+      window.qtToasts.push({type, text: t.innerText});
+    }
+  }
+}).observe(document, {childList: true, subtree: true});
+"""
+
+
+def toasts(page, kind: str = "error") -> list[str]:
+    """The texts of every toast of ``kind`` the page has shown so far."""
+    return [t["text"] for t in page.evaluate("window.qtToasts || []") if t["type"] == kind]
 
 
 def in_ci() -> bool:
@@ -60,8 +78,9 @@ class AppServer:
 
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory, demo_model_path):
-    """`python launch.py --demo` on a free port with empty runs/mixes folders. The demo model comes
-    from the usual cache (QWENTUNE_CACHE), built once by the demo_model_path fixture."""
+    """`python launch.py --demo` on a free port, started in an empty folder so that its default
+    runs/ and mixes/ are new. The demo model comes from the usual cache (QWENTUNE_CACHE), built once
+    by the demo_model_path fixture."""
     require_chromium()
     tmp = tmp_path_factory.mktemp("app")
     # A copy of the shipped presets (train/ and the mix presets beside it): saving one in the test
@@ -75,11 +94,13 @@ def app_server(tmp_path_factory, demo_model_path):
     log = tmp / "server.log"
     env = dict(os.environ, QWENTUNE_CACHE=str(demo_model_path.parent), HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    # The runs and mixes folders are the defaults `make run` uses: the relative runs/ and mixes/ of
+    # the working directory (here the test's folder, so the checkout stays clean). An absolute
+    # --runs-dir would hide the path mix-ups a relative one causes.
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "launch.py", "--demo", "--port", str(port), "--runs-dir", str(tmp / "runs"),
-             "--mixes-dir", str(tmp / "mixes"), "--presets-dir", str(presets)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+            [sys.executable, str(ROOT / "launch.py"), "--demo", "--port", str(port), "--presets-dir", str(presets)],
+            cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = AppServer(f"http://127.0.0.1:{port}", tmp / "runs", tmp / "mixes", presets, log, proc)
     try:
         deadline = time.time() + 120
@@ -140,6 +161,9 @@ def page(browser, request, app_server):
     """A fresh page that records every request leaving 127.0.0.1 (there must be none). On failure
     it leaves a screenshot and the server's log in test-artifacts/app-flow/."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000}, locale="en-US")
+    # Every toast (Gradio's error / warning pop-ups) the page shows is recorded, also those that
+    # vanish before a test looks: window.qtToasts = [{type, text}].
+    context.add_init_script(TOAST_RECORDER)
     pg = context.new_page()
     pg.external_requests = []
     pg.on("request", lambda r: pg.external_requests.append(r.url)

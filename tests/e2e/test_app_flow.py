@@ -1,8 +1,11 @@
 """The whole app in a real browser (Debian's Chromium through Playwright), in demo mode:
 
 open every tab, build a mix from the shipped samples and save it, load the demo preset and train the
-demo model on that mix while the loss chart grows, load the run in Chat and get two answers, see the
-run in the Runs tab, and switch to Chinese. Screenshots of every tab, filled with what the test did,
+demo model on that mix while the loss chart grows (the app runs with the default relative runs/ and
+mixes/ folders, as `make run` starts it, and the page must follow the run it started with no error
+toast), load the run in Chat and get two answers, see the
+run in the Runs tab, switch to Chinese, reload and find the Data tab's sources kept and the saved mix
+open for editing again. Screenshots of every tab, filled with what the test did,
 go to test-artifacts/app-flow/. No request may leave 127.0.0.1.
 """
 
@@ -16,7 +19,7 @@ import pytest
 
 from core.config import load_run_config
 from gui.i18n import Strings
-from tests.e2e.conftest import ARTIFACTS
+from tests.e2e.conftest import ARTIFACTS, toasts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -134,6 +137,14 @@ def test_app_flow(app_server, page):
     page.click("#train-start")
     run_dir = app_server.runs_dir / "e2e-run"
     wait_until(lambda: (run_dir / "status.json").exists(), 60, "the run folder")
+    # The page follows the run it started (the app runs with the default, relative runs/): the run
+    # choice shows it, the panel is about it, and no "not in the list of choices" toast appears.
+    expect(page.locator("#train-run input")).to_have_value(re.compile("e2e-run"), timeout=30_000)
+    expect(page.locator("#train-status")).to_contain_text("e2e-run", timeout=30_000)
+    expect(page.locator("#train-message")).to_contain_text("e2e-run")
+    state = page.locator("#train-progress-box").get_attribute("data-state")
+    assert state in ("queued", "running", "done"), state
+    assert toasts(page) == [], toasts(page)
     # The chart grows while the run trains: seen with few points, then with more.
     first = wait_until(lambda: plot_points(page, "train-chart"), TRAIN_TIMEOUT_S, "the first loss points")
     wait_until(lambda: plot_points(page, "train-chart") > first or run_state(run_dir) in ("done", "failed"),
@@ -216,4 +227,17 @@ def test_app_flow(app_server, page):
     expect(page.locator("#tab-train")).to_contain_text("e2e-run", timeout=30_000)
     shot(page, "08-train-zh")
 
+    # ------------------------------------------------------------------ Reload: the Data tab keeps its sources
+    page.goto(app_server.url + "/en/")
+    open_tab(page, "data")
+    expect(page.locator("#data-sources")).to_contain_text("samples/chat_zh", timeout=30_000)
+    expect(page.locator("#data-form-status")).to_contain_text("3")
+    choose(page, "data-saved-mix", MIX_NAME)  # the saved mix opens again for editing
+    page.click("#data-open-mix")
+    expect(page.locator("#data-form-status")).to_contain_text(MIX_NAME, timeout=30_000)
+    expect(page.locator("#data-save-name input")).to_have_value(MIX_NAME)
+    expect(page.locator("#data-counts")).to_contain_text("chat_zh", timeout=120_000)
+    shot(page, "09-data-reopened")
+
+    assert toasts(page) == [], f"error toasts: {toasts(page)}"
     assert page.external_requests == [], f"requests left the machine: {page.external_requests}"

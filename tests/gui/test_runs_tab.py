@@ -91,3 +91,23 @@ def test_tab_table_figure_and_details_are_translated(tmp_path):
     text = _details(ctx, rows, "r1")
     assert "config.yaml" in text and "```yaml" in text and "name: r1" in text
     assert _details(ctx, rows, None) == ctx.t("runs.details_hint")
+
+
+def test_runs_tab_handlers_show_live_states_and_creation_time(tmp_path):
+    import gradio as gr
+
+    from core.train.runs import write_status
+    from gui.app import AppContext
+    from gui.tabs import runs as tab
+
+    ctx = AppContext(runs_dir=tmp_path / "runs", demo=True)
+    run = make_run(ctx.runs_dir, "r1", "stopped", [2.0, 1.8], queued="2026-01-01T10:00:00+00:00")
+    write_status(run, created="2026-01-01T10:00:00+00:00")
+    _summary, _table, dropdown, _fig, seen = tab.refresh(ctx, [])
+    assert dropdown["choices"] == [(f"■ r1 · {ctx.t('runs.state.stopped')}", "r1")] and dropdown["value"] == ["r1"]
+    assert tab.poll(ctx, ["r1"], seen) == (gr.skip(),) * 5  # nothing moved: nothing is sent
+    # A resume rewrites "queued"; the run keeps its creation time, and the label follows its state.
+    write_status(run, state="done", queued="2026-03-05T09:00:00+00:00", step=10)
+    _summary, table, dropdown, _fig, seen2 = tab.poll(ctx, ["r1"], seen)
+    assert dropdown["choices"][0][0] == f"✓ r1 · {ctx.t('runs.state.done')}" and seen2 != seen
+    assert table[0][COLUMNS.index("created")].startswith("2026-01-01")

@@ -4,14 +4,43 @@ from __future__ import annotations
 
 import re
 
-from gui.i18n import LANGS, Strings, all_strings
+from gui.i18n import LANGS, Strings, all_strings, is_help_key
 from tests.conftest import ROOT
+
+# The area of each help key -> the settings class whose help it translates.
+HELP_AREAS = {"train": "RunConfig", "data": ("MixConfig", "SourceConfig"), "models": "ModelConfig"}
 
 
 def test_every_string_has_every_language():
     missing = [(key, lang) for key, langs in all_strings().items() for lang in LANGS
-               if not str(langs.get(lang, "")).strip()]
+               if not is_help_key(key) and not str(langs.get(lang, "")).strip()]
     assert not missing, missing
+
+
+def test_help_keys_translate_a_real_setting_and_carry_no_english_copy():
+    import core.config as config
+    from core.settings import field_info
+
+    paths = {}
+    for area, classes in HELP_AREAS.items():
+        classes = (classes,) if isinstance(classes, str) else classes
+        paths[area] = {f.path for c in classes for f in field_info(getattr(config, c))}
+    helps = {k: v for k, v in all_strings().items() if is_help_key(k)}
+    assert len(helps) > 40
+    for key, langs in helps.items():
+        area, path = key.split(".h.", 1)
+        assert path in paths[area], key
+        assert "en" not in langs and set(langs) == set(LANGS) - {"en"}, key
+
+
+def test_setting_help_is_the_settings_own_text_in_english():
+    from core.config import RunConfig
+    from core.settings import field_info
+
+    info = next(f for f in field_info(RunConfig) if f.path == "train.micro_batch")
+    assert Strings("en").setting_help("train", info) == info.help
+    zh = Strings("zh").setting_help("train", info)
+    assert zh != info.help and "显存" in zh
 
 
 def test_placeholders_agree_across_languages():

@@ -137,3 +137,38 @@ def test_every_notice_code_has_a_string_with_the_same_english_text():
 
     for code, english in TEXT.items():
         assert all_strings()[f"train.notice.{code}"]["en"] == english, code
+
+
+def test_start_with_the_default_relative_runs_folder_selects_the_new_run(tmp_path, monkeypatch):
+    """``make run`` passes the relative runs/: the started run must be one of the dropdown's choices
+    (not an absolute path beside relative ones) and the panel must show it, not the previous run."""
+    import gradio as gr
+
+    from core.train import runs
+    from gui.app import AppContext
+    from gui.tabs import train
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runs, "_spawn", lambda cmd, run_dir: None)  # no worker: the folder is enough
+    (tmp_path / "mixes" / "m1").mkdir(parents=True)
+    write_json_atomic(tmp_path / "mixes" / "m1" / "manifest.json", {"train_rows": 40, "max_seq_len": 512})
+    old = tmp_path / "runs" / "old-run"
+    old.mkdir(parents=True)
+    write_json_atomic(old / "status.json", {"state": "done", "queued": "2020-01-01T00:00:00"})
+    ctx = AppContext(runs_dir="runs", demo=True, mixes_dir="mixes")
+    with gr.Blocks():
+        train.build(ctx)
+    fields = ctx.shared[train.TRAIN_FIELDS]
+    values = {p: w.value for p, w in fields.items()}
+    values.update({"name": "new-run", "model.name_or_path": "demo", "train.max_steps": 10})
+    message, dropdown = train.on_start(ctx, *[values[p] for p in train.field_paths(ctx)])
+    assert "new-run" in message and not message.startswith("✗")
+    choices = [value for _label, value in dropdown["choices"]]
+    assert dropdown["value"] in choices and dropdown["value"] == str(tmp_path / "runs" / "new-run")
+    panel = train.show_run(ctx, dropdown["value"], {})
+    assert "new-run" in panel[2] and 'data-state="queued"' in panel[1]
+    # Polls keep the same identity: the list does not change under the selection.
+    again = train.poll(ctx, dropdown["value"], panel[-1])
+    assert again[-1]["run"] == dropdown["value"] and again[-1]["runs"] == choices
+    first = train.initial(ctx, {})
+    assert first[0]["value"] in [value for _label, value in first[0]["choices"]]

@@ -1,0 +1,215 @@
+"""Checks of a run's settings against each other, the data and the card, before anything starts.
+
+Each field is already checked on its own when the config is read (types, choices, bounds: see
+core.settings). What only shows when settings meet - no step to train, a warmup longer than the run,
+a sequence longer than the model's context, a micro-batch the card cannot hold - is checked here.
+Every rule runs and every problem is collected, so the user fixes them all in one go instead of
+meeting them one per start (torchtune's config validation does the same). The GUI shows the list in
+the Train tab before it starts a run; ``python -m core train`` prints it and exits.
+
+``Problem.code`` + ``params`` let the GUI show the text in the page's language; ``message`` is the
+English text (CLI, log).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.settings import ConfigError
+
+# Above this many micro-batches per optimizer step, a step takes so long that the run looks hung and
+# the loss curve has a handful of points; nobody means it (Unsloth's recipe uses 4).
+GRAD_ACCUM_MAX = 256
+
+
+@dataclass(frozen=True)
+class Problem:
+    setting: str  # dotted RunConfig path, e.g. "train.warmup_steps"
+    code: str  # stable id (GUI strings: train.check.<code>)
+    message: str  # English, names the setting and the numbers
+    level: str = "error"  # error: the run does not start | warning: it starts, the user is told
+    params: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.setting}: {self.message}"
+
+
+class SettingsProblems(ConfigError):
+    """Raised with every error found (``problems``); the message lists them one per line."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        lines = [f"  - {p}" for p in self.problems]
+        super().__init__(f"{len(self.problems)} setting(s) must change before the run can start:\n"
+                         + "\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Card:
+    """The GPU a run would use, for the memory check."""
+
+    name: str
+    total_gib: float
+
+
+def errors(problems: list[Problem]) -> list[Problem]:
+    return [p for p in problems if p.level == "error"]
+
+
+def warnings(problems: list[Problem]) -> list[Problem]:
+    return [p for p in problems if p.level == "warning"]
+
+
+# ---------------------------------------------------------------------------------- facts
+def model_context(name_or_path: str) -> int | None:
+    """The model's context length in tokens: a model folder's config.json, else the catalog (key or
+    hub id). None when it cannot be known offline (a hub id not downloaded, the demo model)."""
+    from core.demo import is_demo
+
+    text = (name_or_path or "").strip()
+    if not text or is_demo(text):
+        return None
+    folder = Path(text).expanduser()
+    if (folder / "config.json").is_file():
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # the model check reports a broken folder with its own message
+        config = config.get("text_config", config) if "max_position_embeddings" not in config else config
+        value = config.get("max_position_embeddings")
+        return int(value) if isinstance(value, int) and value > 0 else None
+    try:
+        from core.hardware.catalog import load_catalog
+        from core.hardware.estimate import catalog_entry_for_repo
+
+        entry = load_catalog().get(text.lower()) or catalog_entry_for_repo(text)
+    except (ConfigError, OSError, ValueError):
+        return None
+    return entry.context_len if entry else None
+
+
+def mix_rows(mix_dir: str) -> int | None:
+    """Training rows of a saved mix (its manifest), or None when there is no readable manifest."""
+    if not mix_dir:
+        return None
+    try:
+        manifest = json.loads((Path(mix_dir).expanduser() / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    rows = manifest.get("train_rows") if isinstance(manifest, dict) else None
+    return rows if isinstance(rows, int) and rows >= 0 else None
+
+
+def total_steps(cfg, train_rows: int | None) -> int | None:
+    """Optimizer steps the run will take: max_steps, else epochs over the rows (None: unknown)."""
+    t = cfg.train
+    if t.max_steps > 0:
+        return t.max_steps
+    if train_rows is None:
+        return None
+    per_epoch = math.ceil(train_rows / (t.micro_batch * t.grad_accum)) if train_rows else 0
+    return math.ceil(per_epoch * t.epochs)
+
+
+def _estimate(cfg, micro_batch: int) -> float:
+    from core.hardware.estimate import estimate_training
+
+    backend = cfg.model.backend if cfg.model.backend in ("unsloth", "peft") else "unsloth"
+    optimizer = cfg.train.optimizer if cfg.train.optimizer != "auto" else "adamw_8bit"
+    return estimate_training(cfg.model.name_or_path, method=cfg.model.method, seq_len=cfg.train.max_seq_len,
+                             micro_batch=micro_batch, rank=cfg.lora.r, target_modules=list(cfg.lora.target_modules),
+                             grad_ckpt=cfg.train.gradient_checkpointing, backend=backend,
+                             quant=cfg.model.quant, optimizer=optimizer).total_gib
+
+
+# ---------------------------------------------------------------------------------- the rules
+def check_run(cfg, *, train_rows: int | None = None, card: Card | None = None) -> list[Problem]:
+    """Every problem of ``cfg`` (a RunConfig), errors first. ``train_rows``: rows of the training
+    data (default: read from the mix folder's manifest). ``card``: the GPU to check the micro-batch
+    against (None: no memory check, e.g. on the CPU)."""
+    t = cfg.train
+    if train_rows is None:
+        train_rows = mix_rows(cfg.data.mix_dir)
+    out: list[Problem] = []
+
+    if t.learning_rate <= 0:
+        out.append(Problem("train.learning_rate", "lr_not_positive",
+                           f"must be above 0 (got {t.learning_rate:g}): with it the weights never change",
+                           params={"lr": f"{t.learning_rate:g}"}))
+    if t.epochs <= 0 and t.max_steps <= 0:
+        out.append(Problem("train.epochs", "nothing_to_train",
+                           "0 epochs with train.max_steps 0 trains nothing: set train.epochs above 0 "
+                           "or train.max_steps to the number of steps"))
+    context = model_context(cfg.model.name_or_path)
+    if context is not None and t.max_seq_len > context:
+        out.append(Problem("train.max_seq_len", "longer_than_context",
+                           f"{t.max_seq_len} is longer than {cfg.model.name_or_path}'s context of {context} "
+                           f"tokens; use at most {context}",
+                           params={"max_len": t.max_seq_len, "model": cfg.model.name_or_path, "context": context}))
+    if t.grad_accum > GRAD_ACCUM_MAX:
+        out.append(Problem("train.grad_accum", "grad_accum_too_large",
+                           f"{t.grad_accum} micro-batches per optimizer step is far beyond any recipe (at most "
+                           f"{GRAD_ACCUM_MAX}; Unsloth's uses 4): each step would take minutes and the loss "
+                           "curve would have a handful of points",
+                           params={"n": t.grad_accum, "max": GRAD_ACCUM_MAX}))
+    elif train_rows is not None and 0 < train_rows < t.micro_batch * t.grad_accum:
+        out.append(Problem("train.grad_accum", "step_bigger_than_data",
+                           f"one optimizer step takes train.micro_batch x train.grad_accum = "
+                           f"{t.micro_batch * t.grad_accum} rows, but the mix has {train_rows} training rows; "
+                           "lower train.grad_accum",
+                           params={"rows_per_step": t.micro_batch * t.grad_accum, "rows": train_rows}))
+    steps = total_steps(cfg, train_rows)
+    if steps is not None and steps > 0 and t.warmup_steps >= steps:
+        out.append(Problem("train.warmup_steps", "warmup_too_long",
+                           f"{t.warmup_steps} warmup steps but the run has only {steps} steps: the learning "
+                           f"rate never reaches train.learning_rate; use fewer than {steps} (about "
+                           f"{max(steps // 10, 0)} is common)",
+                           params={"warmup": t.warmup_steps, "steps": steps, "suggest": max(steps // 10, 0)}))
+    if card is not None:
+        out += _memory(cfg, card)
+    return sorted(out, key=lambda p: p.level != "error")
+
+
+def _memory(cfg, card: Card) -> list[Problem]:
+    from core.hardware.recommend import HEADROOM
+
+    budget = card.total_gib * (1 - HEADROOM)
+    mb = cfg.train.micro_batch
+    try:
+        need = _estimate(cfg, mb)
+    except (ConfigError, KeyError, ValueError, OSError):
+        return []  # a model whose shape is not known offline: no estimate, no warning
+    if need <= budget:
+        return []
+    fits = 0
+    for smaller in range(mb - 1, 0, -1):
+        if _estimate(cfg, smaller) <= budget:
+            fits = smaller
+            break
+    if fits:
+        advice = f"train.micro_batch {fits} fits (about {_estimate(cfg, fits):.1f} GiB)"
+    else:
+        advice = "even 1 does not fit: use QLoRA, a shorter train.max_seq_len or a smaller model"
+    return [Problem("train.micro_batch", "micro_batch_over_card" if fits else "micro_batch_none_fits",
+                    f"{mb} needs about {need:.1f} GiB by the estimate, more than {card.name} holds "
+                    f"({card.total_gib:.0f} GiB, {budget:.1f} GiB usable); {advice}",
+                    level="warning",
+                    params={"mb": mb, "need": f"{need:.1f}", "card": card.name, "total": f"{card.total_gib:.0f}",
+                            **({"fits": fits, "fits_need": f"{_estimate(cfg, fits):.1f}"} if fits else {})})]
+
+
+def detected_card() -> Card | None:
+    """The first GPU NVML reports, or None (no GPU: nothing to check the memory against)."""
+    from core.hardware.detect import detect
+
+    gpus = detect().gpus
+    return Card(gpus[0].name, gpus[0].total_gib) if gpus else None
+
+
+def raise_for_errors(problems: list[Problem]) -> None:
+    bad = errors(problems)
+    if bad:
+        raise SettingsProblems(bad)
