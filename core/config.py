@@ -234,7 +234,7 @@ class EvalConfig:
                               "(a memorisation check).")
     loss_rows: int = setting(200, minimum=0, help="Rows for held-out loss and perplexity (0 = all).")
     batch_size: int = setting(4, minimum=1, maximum=256, help="Rows per forward pass for the loss.")
-    generate_batch: int = setting(16, minimum=1, maximum=512,
+    generate_batch: int = setting(8, minimum=1, maximum=512,
                                   help="Prompts generated together in the thinking and answer checks, "
                                        "each with both panes in the same batch (more: faster on a GPU, "
                                        "more memory for the KV cache).")
