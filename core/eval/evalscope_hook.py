@@ -160,10 +160,15 @@ def run_evalscope(engine, cfg, *, work_dir: Path, progress=None) -> dict:
     subsets = sum(len(a.get("subset_list") or [None]) for a in args.values()) or len(benchmarks)
     expected = cfg.evalscope_limit * subsets * len(engine.panes) * len(modes)
 
+    stop: dict = {}
+
     def on_request(_pane: str) -> None:
         served["n"] += 1
-        if progress:
-            progress("evalscope", min(served["n"], expected), expected)
+        if progress and not stop:
+            try:
+                progress("evalscope", min(served["n"], expected), expected)
+            except BaseException as exc:  # a cancel: stopped below, in the thread that waits for EvalScope
+                stop["exc"] = exc
 
     with OpenAIServer(engine, on_request=on_request) as server:
         tasks = []
@@ -179,8 +184,19 @@ def run_evalscope(engine, cfg, *, work_dir: Path, progress=None) -> dict:
         log = work_dir / "evalscope.log"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with log.open("w", encoding="utf-8") as f:
-            proc = subprocess.run([python, "-c", RUNNER, str(job)], stdout=f, stderr=subprocess.STDOUT,
-                                  cwd=work_dir, env=env)
+            proc = subprocess.Popen([python, "-c", RUNNER, str(job)], stdout=f, stderr=subprocess.STDOUT,
+                                    cwd=work_dir, env=env)
+            while proc.poll() is None:
+                if stop:
+                    proc.terminate()
+                    proc.wait(timeout=30)
+                    break
+                try:
+                    proc.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    pass
+    if stop:
+        raise stop["exc"]
     if proc.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace")[-1500:]
         out["error"] = f"EvalScope stopped with exit status {proc.returncode}; its log: {log}\n{tail}"

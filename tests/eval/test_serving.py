@@ -160,3 +160,24 @@ def test_evalscope_hook_skips_cleanly_and_drives_a_fake_evalscope(monkeypatch, t
     assert "error" not in out, out.get("error")
     assert out["scores"]["off"] == {"base": {"gsm8k": 0.05}, "tuned": {"gsm8k": 0.06}}  # "Four.", "tuned!"
     assert out["scores"]["on"] == out["scores"]["off"] and out["requests"] == 4
+
+
+def test_a_cancel_during_evalscope_stops_its_process(monkeypatch, tmp_path):
+    from core.config import EvalConfig
+    from core.eval.evalscope_hook import run_evalscope
+
+    class Stop(Exception):
+        pass
+
+    def progress(stage, done, total):
+        raise Stop()
+
+    fake = tmp_path / "fake"
+    (fake / "evalscope").mkdir(parents=True)
+    (fake / "evalscope" / "__init__.py").write_text(FAKE_EVALSCOPE, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(fake))
+    monkeypatch.setenv("PYTHONPATH", str(fake))
+    engine = ChatEngine(ScriptLM(_script), ByteTokenizer(), tuned_model=ScriptLM(lambda p: "tuned!"))
+    with pytest.raises(Stop):
+        run_evalscope(engine, EvalConfig(evalscope_datasets=["gsm8k"], evalscope_limit=1), work_dir=tmp_path / "w",
+                      progress=progress)
