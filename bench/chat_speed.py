@@ -206,17 +206,28 @@ def phase_engine(args) -> dict:
             ttfts.append(time.perf_counter() - start)
             break
     res["ttft_s"] = round(statistics.median(ttfts), 4)
-    gens = [engine.stream(p, _messages(), s) for p in engine.panes]
+    short = resolve(thinking=False, max_new_tokens=min(args.new_tokens, 64), seed=0)
+    gens = [engine.stream(p, _messages(), short) for p in engine.panes]
     profiled = CompareStream(gens, profile=True)
     for _ in profiled:
         pass
     res["split"] = profiled.batch.times.to_json()
+    greedy = resolve(thinking=False, greedy=True, max_new_tokens=min(args.new_tokens, 32))
+    fast = engine.compare(_messages(), greedy)
+    alone = engine.generate("base", _messages(), greedy)
     if cuda and engine.cuda_graphs:
         engine.cuda_graphs = False
-        replies, secs = timed(lambda: engine.compare(_messages(), s))
+        replies, secs = timed(lambda: engine.compare(_messages(), short))
+        eager = engine.compare(_messages(), greedy)
         engine.cuda_graphs = True
         tokens = sum(r.new_tokens for r in replies.values())
         res["compare_eager"] = {"tokens": tokens, "seconds": round(secs, 3), "tokens_per_s": round(tokens / secs, 2)}
+        # Leading greedy tokens the CUDA-graph decode shares with the eager one (random weights give
+        # near-uniform logits, so rounding can flip a token later on; a wrong graph differs at once).
+        res["graph_vs_eager_same_prefix"] = {p: _same_prefix(fast[p].token_ids, eager[p].token_ids) for p in fast}
+    # The base row of the shared batch against the base pane decoded alone (the leak check on this card).
+    res["base_row_vs_alone_same_prefix"] = _same_prefix(fast["base"].token_ids, alone.token_ids)
+    res["tuned_differs_from_base"] = fast["tuned"].token_ids != fast["base"].token_ids
     res["decode"] = engine.decode_info  # after the runs: says whether the CUDA graph was captured
     # The thinking-mode check of the evaluation: N prompts x 2 panes x 2 modes.
     prompts = [[_msg(EVAL_QUESTIONS[i % len(EVAL_QUESTIONS)].format(a=17 + i, b=23 + 2 * i))]
@@ -247,6 +258,11 @@ def phase_engine(args) -> dict:
     per_prompt = (time.perf_counter() - start) / max(n, 1)
     res["legacy_eval"] = {"prompts_timed": n, "seconds_extrapolated": round(per_prompt * args.eval_prompts, 1)}
     return res
+
+
+def _same_prefix(a: list[int], b: list[int]) -> str:
+    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return f"{n}/{max(len(a), len(b))}"
 
 
 def _msg(text: str):
@@ -366,7 +382,7 @@ def main(argv=None) -> int:
     p.add_argument("--eval-tokens", type=int, default=64, help="Token budget per reply in the eval phase.")
     p.add_argument("--legacy-tokens", type=int, default=64,
                    help="Tokens per pane for the earlier engine (its rate does not depend on the length much).")
-    p.add_argument("--legacy-eval-prompts", type=int, default=2)
+    p.add_argument("--legacy-eval-prompts", type=int, default=1)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--tokenizer", default=None, help="Folder with Qwen3's tokenizer files.")
     p.add_argument("--no-unsloth", action="store_true", help="Skip the Unsloth phase.")

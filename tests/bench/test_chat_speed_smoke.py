@@ -32,5 +32,6 @@ def test_chat_speed_runs_every_phase_and_records_one_line(tmp_path):
     assert eng["eval"]["prompts"] == 3 and eng["eval"]["seconds"] > 0
     assert eng["legacy_compare"]["tokens_per_s"] > 0 and eng["legacy_eval"]["seconds_extrapolated"] > 0
     assert line["unsloth"] == {"skipped": "no CUDA GPU (Unsloth needs one)"}
+    assert eng["tuned_differs_from_base"] is True and eng["base_row_vs_alone_same_prefix"].startswith("6/")
     assert line["ratios"]["compare_vs_legacy"] > 0
     assert line["targets"]["compare_vs_unsloth_batch2>=1.0"] is None  # not measured: null, not false
