@@ -209,10 +209,10 @@ class Batch:
                 if s.presence_penalty and seen is None:
                     seen = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
                 tokens = sample_rows(logits, s, gens, groups, seen)
-                is_stop = torch.isin(tokens, stop)
+                both = torch.stack([tokens, torch.isin(tokens, stop).long()])
             self._sync(device)
             t2 = time.perf_counter()
-            host_tokens, host_stop = tokens.tolist(), is_stop.tolist()  # the step's one copy to the host
+            host_tokens, host_stop = both.tolist()  # the step's one copy to the host: B ids and B stop flags
             events = []
             for r, (tok, stopped) in enumerate(zip(host_tokens, host_stop)):
                 if self.done[r]:
