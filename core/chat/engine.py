@@ -393,8 +393,6 @@ class ChatEngine:
             if self._split_reason is None:
                 self._install_hooks()
                 self.mixed_batch = True
-        config = getattr(model, "config", None)
-        self.vocab_size = getattr(config, "vocab_size", None) or getattr(model, "vocab", None)
 
     # ------------------------------------------------------------------------------- what is there
     @property
