@@ -105,7 +105,7 @@ class IncrementalDecoder:
         return self._decode(self.ids)
 
 
-def _sampling_key(s: Sampling) -> Sampling:
+def sampling_key(s: Sampling) -> Sampling:
     """What rows of one batch must share: everything but the seed."""
     return replace(s, seed=0)
 
@@ -318,10 +318,10 @@ class CompareStream:
         if not gens:
             return
         engine = gens[0].engine
-        key = _sampling_key(gens[0].sampling)
+        key = sampling_key(gens[0].sampling)
         seeds: dict[int, int] = {}
         for g, grp in zip(gens, self.groups):
-            if _sampling_key(g.sampling) != key:
+            if sampling_key(g.sampling) != key:
                 raise ValueError("generations of one batch must share their sampling settings (all but the seed)")
             if seeds.setdefault(grp, g.sampling.seed) != g.sampling.seed:
                 raise ValueError("generations of one group must share their seed")
@@ -703,7 +703,7 @@ class ChatEngine:
         replies: list[Reply | None] = [None] * len(requests)
         order: dict[tuple, list[int]] = {}
         for i, req in enumerate(requests):
-            order.setdefault((_sampling_key(req.sampling),), []).append(i)
+            order.setdefault((sampling_key(req.sampling),), []).append(i)
         done = 0
         total = len(requests)
         for idx in order.values():

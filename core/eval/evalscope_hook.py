@@ -178,7 +178,7 @@ def run_evalscope(engine, cfg, *, work_dir: Path, progress=None) -> dict:
                               "datasets": benchmarks, "dataset_args": args, "limit": cfg.evalscope_limit,
                               "generation_config": generation_config(cfg, mode == "on"), "seed": cfg.seed,
                               "work_dir": str(work_dir / mode / pane), "no_timestamp": True,
-                              "eval_batch_size": 1})
+                              "eval_batch_size": cfg.generate_batch})
         job = work_dir / "job.json"
         job.write_text(json.dumps({"tasks": tasks}, ensure_ascii=False, indent=2), encoding="utf-8")
         log = work_dir / "evalscope.log"

@@ -181,3 +181,32 @@ def test_a_cancel_during_evalscope_stops_its_process(monkeypatch, tmp_path):
     with pytest.raises(Stop):
         run_evalscope(engine, EvalConfig(evalscope_datasets=["gsm8k"], evalscope_limit=1), work_dir=tmp_path / "w",
                       progress=progress)
+
+
+def test_requests_sent_together_are_decoded_in_one_batch():
+    import threading
+
+    from core.eval.openai_server import OpenAIServer
+
+    calls = []
+
+    class Recording(ScriptLM):
+        def __call__(self, input_ids, *a, **k):
+            calls.append(input_ids.shape[0])
+            return super().__call__(input_ids, *a, **k)
+
+    engine = ChatEngine(Recording(lambda p: "answer " + p.rsplit("question ", 1)[-1][:1]), ByteTokenizer())
+    replies = {}
+    with OpenAIServer(engine) as server:
+        def ask(i):
+            body = {"model": "base", "messages": [{"role": "user", "content": f"question {i}"}], "temperature": 0,
+                    "seed": i}
+            replies[i] = json.loads(_post(server.url + "/chat/completions", body))["choices"][0]["message"]["content"]
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert max(calls) > 1  # at least two requests shared a forward pass
+    assert replies == {i: f"answer {i}" for i in range(4)}  # each row got its own reply
