@@ -261,6 +261,10 @@ class EvalConfig:
                               "(a memorisation check).")
     loss_rows: int = setting(200, minimum=0, help="Rows for held-out loss and perplexity (0 = all).")
     batch_size: int = setting(4, minimum=1, maximum=256, help="Rows per forward pass for the loss.")
+    generate_batch: int = setting(8, minimum=1, maximum=512,
+                                  help="Prompts generated together in the thinking and answer checks, "
+                                       "each with both panes in the same batch (more: faster on a GPU, "
+                                       "more memory for the KV cache).")
     control_prompts: int = setting(8, minimum=0, help="Prompts for the thinking-mode check, each "
                                                       "answered with thinking on and off (0 = skip).")
     control_max_new_tokens: int = setting(256, minimum=8,
@@ -281,6 +285,18 @@ class EvalConfig:
                                                  "through a local OpenAI-compatible endpoint; needs "
                                                  "`pip install evalscope`. Empty: none.")
     evalscope_limit: int = setting(20, minimum=1, help="Questions per EvalScope benchmark.")
+    evalscope_data_dir: str = setting("", help="Folder with the benchmarks' files on disk, one subfolder "
+                                               "per benchmark (gsm8k/, ceval/, cmmlu/, ...) in "
+                                               "EvalScope's own layout. Empty: EvalScope downloads them "
+                                               "from ModelScope (needs the network).")
+    evalscope_thinking: str = setting("both", choices=("both", "off", "on"),
+                                      help="Thinking mode of the EvalScope benchmarks: both runs each "
+                                           "benchmark twice, with enable_thinking off and on.")
+    evalscope_max_tokens: int = setting(2048, minimum=16,
+                                        help="Token budget per EvalScope answer, reasoning included.")
+    evalscope_python: str = setting("", help="Python interpreter of an environment with EvalScope "
+                                             "(pip install -r requirements-eval.txt), when it is not "
+                                             "installed beside QwenTune. Empty: this one.")
 
 
 def load_run_config(path) -> RunConfig:

@@ -5,8 +5,10 @@ temperature 0.7, top-p 0.8, top-k 20, min-p 0 without, and advise against greedy
 thinking mode (it can repeat endlessly). Settings left empty in :class:`core.config.SamplingConfig`
 take these values; anything set explicitly wins.
 
-The sampler runs on the CPU in float32 with a ``torch.Generator`` seeded per request: the same seed
-then draws the same random numbers in both panes, on any device, so the panes differ only by model.
+The sampler runs where the logits are (the GPU in chat), on every row of a batch at once, in float32:
+no full row of logits is copied to the host. Each prompt has a ``torch.Generator`` seeded from the
+request, and the base and the fine-tuned row of that prompt draw the same random numbers from it,
+so the panes differ only by model.
 """
 
 from __future__ import annotations
@@ -63,50 +65,98 @@ def resolve(cfg: SamplingConfig | None = None, **overrides) -> Sampling:
     )
 
 
-def make_generator(seed: int):
+def make_generator(seed: int, device="cpu"):
+    """A ``torch.Generator`` on ``device`` seeded with ``seed`` (one per prompt: both panes share it)."""
     import torch
 
-    gen = torch.Generator(device="cpu")
+    gen = torch.Generator(device=torch.device(device))
     gen.manual_seed(int(seed))
     return gen
 
 
-def filter_logits(logits, s: Sampling, seen: set[int] | None = None):
-    """Apply presence penalty, temperature, top-k, top-p and min-p to one row of logits (float32, CPU).
-
-    Returns the processed logits; removed tokens are ``-inf``. The order matches vLLM and
-    transformers: penalties, temperature, then the three truncations."""
+def _penalise(logits, s: Sampling, seen):
+    """Presence penalty: ``seen`` is a (rows, vocab) bool mask of tokens already generated, or a set."""
     import torch
 
-    logits = logits.float().clone()
-    if seen and s.presence_penalty:
-        idx = torch.tensor(sorted(seen), dtype=torch.long)
-        logits[idx] -= s.presence_penalty
-    if s.greedy:
+    if not s.presence_penalty or seen is None:
         return logits
+    if isinstance(seen, (set, list, tuple)):
+        if not seen:
+            return logits
+        mask = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        mask[torch.tensor(sorted(seen), dtype=torch.long, device=logits.device)] = True
+        seen = mask.expand_as(logits)
+    return logits - seen.to(logits.dtype) * s.presence_penalty
+
+
+def candidates(logits, s: Sampling, seen=None):
+    """The tokens sampling may pick, per row: ``(values, ids)``, both (rows, K), best first.
+
+    ``values`` are the processed logits (presence penalty, temperature) with the tokens that top-k,
+    top-p or min-p remove set to ``-inf``; K is top_k when it limits, else the whole vocabulary. The
+    order matches vLLM and transformers: penalties, temperature, then the three truncations. Works on
+    any device, on a batch of rows at once, with no copy to the host."""
+    import torch
+
+    logits = _penalise(logits.float(), s, seen)
     logits = logits / max(s.temperature, 1e-5)
     vocab = logits.shape[-1]
     if 0 < s.top_k < vocab:
-        kth = torch.topk(logits, s.top_k).values[-1]
-        logits[logits < kth] = float("-inf")
+        values, ids = torch.topk(logits, s.top_k, dim=-1)
+    else:
+        values, ids = torch.sort(logits, dim=-1, descending=True)
     if 0.0 < s.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        probs = torch.softmax(values, dim=-1)
         # Keep a token while the mass before it is below top_p, so the top token always stays.
-        drop_sorted = (cum - torch.softmax(sorted_logits, dim=-1)) >= s.top_p
-        logits[order[drop_sorted]] = float("-inf")
+        drop = (probs.cumsum(-1) - probs) >= s.top_p
+        values = values.masked_fill(drop, float("-inf"))
     if s.min_p > 0.0:
-        probs = torch.softmax(logits, dim=-1)
-        logits[probs < s.min_p * probs.max()] = float("-inf")
-    return logits
+        probs = torch.softmax(values, dim=-1)
+        values = values.masked_fill(probs < s.min_p * probs[..., :1], float("-inf"))
+    return values, ids
+
+
+def filter_logits(logits, s: Sampling, seen=None):
+    """One row (or a batch) of logits with the removed tokens at ``-inf`` (greedy: penalised only)."""
+    import torch
+
+    logits = logits.float()
+    if s.greedy:
+        return _penalise(logits, s, seen)
+    values, ids = candidates(logits, s, seen)
+    return torch.full_like(logits, float("-inf")).scatter(-1, ids, values)
+
+
+def draw(values, ids, noise):
+    """Sample one token per row from ``candidates`` with the exponential race: argmax p_i / E_i with
+    E_i ~ Exp(1) picks token i with probability p_i. ``noise`` (rows, K) holds the E_i; rows that share
+    noise (the two panes of one prompt) pick the same token wherever their distributions agree."""
+    import torch
+
+    probs = torch.softmax(values, dim=-1)
+    pick = torch.argmax(probs / noise, dim=-1, keepdim=True)
+    return ids.gather(-1, pick).squeeze(-1)
+
+
+def sample_rows(logits, s: Sampling, generators: list, groups: list[int] | None = None, seen=None):
+    """Next token of every row of ``logits`` (rows, vocab), as a device tensor of ids.
+
+    ``generators``: one per group of rows (made by :func:`make_generator` on the logits' device);
+    ``groups[r]``: the group of row r (default: row r is group r). Each step draws one noise vector
+    per group, so the base and the fine-tuned row of one prompt use the same random numbers."""
+    import torch
+
+    if s.greedy:
+        return torch.argmax(_penalise(logits.float(), s, seen), dim=-1)
+    values, ids = candidates(logits, s, seen)
+    k = values.shape[-1]
+    per_group = [torch.empty(k, device=values.device).exponential_(generator=g) for g in generators]
+    noise = torch.stack(per_group)
+    if groups is not None and list(groups) != list(range(len(generators))):
+        noise = noise[torch.tensor(groups, device=values.device)]
+    return draw(values, ids, noise)
 
 
 def sample_next(logits, s: Sampling, generator, seen: set[int] | None = None) -> int:
-    """Pick the next token id from one row of logits."""
-    import torch
-
-    logits = filter_logits(logits.detach().to("cpu"), s, seen)
-    if s.greedy:
-        return int(torch.argmax(logits).item())
-    probs = torch.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+    """Pick the next token id from one row of logits (a host-side convenience over sample_rows)."""
+    return int(sample_rows(logits.reshape(1, -1), s, [generator], seen=seen).item())

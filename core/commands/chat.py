@@ -81,17 +81,32 @@ def run(args) -> int:
     titles = {"base": f"base model: {engine.info.get('base')}",
               "tuned": f"fine-tuned: {engine.info.get('label')}"}
     mode = "thinking on" if sampling.thinking else "thinking off"
-    for pane in engine.panes:
-        print(f"=== {titles[pane]} ({mode}, seed {sampling.seed}) ===", flush=True)
-        gen = engine.stream(pane, messages, sampling, system=args.system)
-        for piece in gen:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        reply = gen.reply
+    # Both panes decode together (one batch); the first pane streams live, the others print as soon
+    # as they are done, so the terminal never mixes two replies.
+    stream = engine.compare_stream({pane: messages for pane in engine.panes}, sampling, system=args.system)
+    live = engine.panes[0]
+    print(f"=== {titles[live]} ({mode}, seed {sampling.seed}) ===", flush=True)
+    printed: set[str] = set()
+
+    def footer(pane: str) -> None:
+        reply = stream.generations[pane].reply
         st = reply.stats()
         print(f"\n--- {st['new_tokens']} tokens, {st['tokens_per_s']} tokens/s, {st['finish_reason']}", flush=True)
         if reply.finish_reason == "length" and reply.split.in_reasoning:
             print("--- the reply ran out of tokens while reasoning: raise --max-new-tokens", flush=True)
+
+    for pane, piece in stream:
+        if pane == live and piece:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        elif not piece and stream.generations[pane].reply is not None and pane not in printed:
+            printed.add(pane)
+            if pane == live:
+                footer(pane)
+    for pane in engine.panes[1:]:
+        print(f"=== {titles[pane]} ({mode}, seed {sampling.seed}) ===", flush=True)
+        sys.stdout.write(stream.generations[pane].reply.text)
+        footer(pane)
     if "tuned" not in engine.panes:
         print("(no fine-tuned pane: load a run, checkpoint or adapter to compare)", flush=True)
     return 0

@@ -55,6 +55,8 @@ def print_table(result: dict) -> None:
     es = result.get("evalscope") or {}
     if es.get("skipped"):
         print(f"evalscope: {es['skipped']}")
+    if es.get("error"):
+        print(f"evalscope: {es['error']}")
     if result.get("saved_to"):
         print(f"saved: {result['saved_to']}")
 

@@ -159,46 +159,62 @@ def control_prompts(convs: list[Conversation], n: int, seed: int) -> list[list[M
     return prompts[:n]
 
 
-def _has_reasoning_now(gen) -> bool:
-    return gen.split(partial=True).has_reasoning
+def _split_system(msgs: list[Message]) -> tuple[str, list[Message]]:
+    system = msgs[0].content if msgs and msgs[0].role == "system" else ""
+    return system, [m for m in msgs if m.role != "system"]
+
+
+def _reasoning_seen(text: str, started_in_think: bool) -> bool:
+    from core.chat.thinking import split_reasoning
+
+    return split_reasoning(text, started_in_think=started_in_think, partial=True).has_reasoning
 
 
 def eval_thinking(engine, prompts: list[list[Message]], cfg: EvalConfig, *, progress: Progress = _noop,
                   keep_samples: int = 4) -> dict:
-    """Per model: share of replies without reasoning when thinking is off, with it when on."""
+    """Per model: share of replies without reasoning when thinking is off, with it when on.
+
+    All prompts of one mode are generated in batches of ``cfg.generate_batch`` prompts, each with
+    both panes in the same batch (same seed per prompt, so the panes differ only by model)."""
+    from core.chat.engine import BatchRequest
     from core.chat.sampling import resolve
+    from core.chat.thinking import prompt_opens_think
 
     panes = engine.panes
     total = len(prompts) * 2 * len(panes)
     counts = {pane: {"off_ok": 0, "on_ok": 0, "n": len(prompts)} for pane in panes}
     samples = []
-    done = 0
-    for i, msgs in enumerate(prompts):
-        system = msgs[0].content if msgs and msgs[0].role == "system" else ""
-        body = [m for m in msgs if m.role != "system"]
-        for thinking in (False, True):
+    done_before = 0
+    for thinking in (False, True):
+        reqs = []
+        for i, msgs in enumerate(prompts):
+            system, body = _split_system(msgs)
             s = resolve(thinking=thinking, greedy=cfg.greedy, seed=cfg.seed + i,
                         max_new_tokens=cfg.control_max_new_tokens)
+            opens = prompt_opens_think(engine.prompt(body, thinking=thinking, system=system))
             for pane in panes:
-                gen = engine.stream(pane, body, s, system=system)
                 # Stop as soon as the answer is known: reasoning seen decides both modes.
-                gen.until = lambda _text, g=gen: _has_reasoning_now(g)
-                reply = gen.run()
-                reasoned = reply.split.has_reasoning
-                ok = reasoned if thinking else not reasoned
-                counts[pane]["on_ok" if thinking else "off_ok"] += int(ok)
-                if i < keep_samples:
-                    samples.append({"prompt": body[-1].content[:300], "thinking": thinking, "pane": pane,
-                                    "ok": ok, "reasoning": reply.reasoning[:300], "answer": reply.answer[:300]})
-                done += 1
-                progress("thinking", done, total)
+                reqs.append(BatchRequest(pane, body, s, group=i, system=system,
+                                         until=lambda text, o=opens: _reasoning_seen(text, o)))
+        replies = engine.generate_batch(reqs, batch_size=cfg.generate_batch,
+                                        progress=lambda d, _t, base=done_before: progress("thinking", base + d, total))
+        done_before += len(reqs)
+        for req, reply in zip(reqs, replies):
+            reasoned = reply.split.has_reasoning
+            ok = reasoned if thinking else not reasoned
+            counts[req.pane]["on_ok" if thinking else "off_ok"] += int(ok)
+            if req.group < keep_samples:
+                samples.append((req.group, thinking, {
+                    "prompt": req.messages[-1].content[:300], "thinking": thinking, "pane": req.pane, "ok": ok,
+                    "reasoning": reply.reasoning[:300], "answer": reply.answer[:300]}))
+    samples.sort(key=lambda x: x[:2])  # per prompt: off then on, panes in order (the sort is stable)
     out: dict = {}
     for pane, c in counts.items():
         n = c["n"]
         out[pane] = {"off_rate": round(c["off_ok"] / n, 4) if n else None,
                      "on_rate": round(c["on_ok"] / n, 4) if n else None,
                      "off_ok": c["off_ok"], "on_ok": c["on_ok"], "n": n}
-    out["samples"] = samples
+    out["samples"] = [x[2] for x in samples]
     return out
 
 
@@ -222,6 +238,8 @@ def answer_rows(convs: list[Conversation]) -> list[tuple[list[Message], str, boo
 
 def eval_accuracy(engine, rows: list[tuple[list[Message], str, bool]], cfg: EvalConfig, *,
                   progress: Progress = _noop, keep_samples: int = 6) -> dict:
+    """Share of rows whose final answer matches, per model; generated in batches like the thinking check."""
+    from core.chat.engine import BatchRequest
     from core.chat.sampling import resolve
     from core.eval.answers import answers_match, extract_answer
 
@@ -229,26 +247,27 @@ def eval_accuracy(engine, rows: list[tuple[list[Message], str, bool]], cfg: Eval
     correct = {pane: 0 for pane in panes}
     ran_out = {pane: 0 for pane in panes}
     samples = []
-    total = len(rows) * len(panes)
-    done = 0
+    reqs, expected_of, thinking_of = [], {}, {}
     for i, (prompt, expected, reasoned) in enumerate(rows):
         thinking = {"on": True, "off": False}.get(cfg.accuracy_thinking, reasoned)
         s = resolve(thinking=thinking, greedy=cfg.greedy, seed=cfg.seed + i,
                     max_new_tokens=cfg.answer_max_new_tokens)
-        system = prompt[0].content if prompt[0].role == "system" else ""
-        body = [m for m in prompt if m.role != "system"]
+        system, body = _split_system(prompt)
+        expected_of[i], thinking_of[i] = expected, thinking
         for pane in panes:
-            reply = engine.generate(pane, body, s, system=system)
-            predicted = extract_answer(reply.answer)
-            ok = answers_match(predicted, expected)
-            correct[pane] += int(ok)
-            if reply.finish_reason == "length" and reply.split.in_reasoning:
-                ran_out[pane] += 1
-            if i < keep_samples:
-                samples.append({"prompt": body[-1].content[:300], "pane": pane, "expected": expected,
-                                "predicted": predicted, "ok": ok, "thinking": thinking})
-            done += 1
-            progress("accuracy", done, total)
+            reqs.append(BatchRequest(pane, body, s, group=i, system=system))
+    replies = engine.generate_batch(reqs, batch_size=cfg.generate_batch,
+                                    progress=lambda d, t: progress("accuracy", d, t))
+    for req, reply in zip(reqs, replies):
+        i = req.group
+        predicted = extract_answer(reply.answer)
+        ok = answers_match(predicted, expected_of[i])
+        correct[req.pane] += int(ok)
+        if reply.finish_reason == "length" and reply.split.in_reasoning:
+            ran_out[req.pane] += 1
+        if i < keep_samples:
+            samples.append({"prompt": req.messages[-1].content[:300], "pane": req.pane, "expected": expected_of[i],
+                            "predicted": predicted, "ok": ok, "thinking": thinking_of[i]})
     out: dict = {}
     for pane in panes:
         n = len(rows)
@@ -324,8 +343,7 @@ def evaluate(target: str | Path, cfg: EvalConfig | None = None, chat_cfg: ChatCo
     if cfg.evalscope_datasets:
         from core.eval.evalscope_hook import run_evalscope
 
-        result["evalscope"] = run_evalscope(engine, cfg.evalscope_datasets, cfg.evalscope_limit,
-                                            work_dir=run_dir / "evalscope", progress=progress)
+        result["evalscope"] = run_evalscope(engine, cfg, work_dir=run_dir / "evalscope", progress=progress)
     result["seconds"] = round(time.time() - started, 1)
     if save:
         path = result_path(target)
@@ -370,6 +388,23 @@ def results_table(result: dict) -> list[dict]:
         better = None if change is None or change == 0 else ((change > 0) == higher)
         rows.append({"metric": key, "label": label, "base": base, "tuned": tuned, "change": change,
                      "better": better})
+    rows.extend(benchmark_rows(result))
+    return rows
+
+
+def benchmark_rows(result: dict) -> list[dict]:
+    """EvalScope scores as table rows: one per benchmark and thinking mode, base vs fine-tuned."""
+    es = result.get("evalscope") or {}
+    rows = []
+    for mode, panes in (es.get("scores") or {}).items():
+        benches = sorted({b for scores in panes.values() for b in scores})
+        for bench in benches:
+            base = (panes.get("base") or {}).get(bench)
+            tuned = (panes.get("tuned") or {}).get(bench)
+            change = None if base is None or tuned is None else round(tuned - base, 4)
+            rows.append({"metric": f"evalscope:{bench}:{mode}", "label": f"{bench} (thinking {mode})",
+                         "base": base, "tuned": tuned, "change": change,
+                         "better": None if not change else change > 0})
     return rows
 
 
@@ -394,7 +429,8 @@ def results_figure(result: dict, labels: dict[str, str] | None = None, pane_name
     labels = labels or {}
     pane_names = pane_names or {"base": "base", "tuned": "fine-tuned"}
     rows = results_table(result)
-    rates = [r for r in rows if r["metric"] in ("think_off", "think_on", "accuracy")]
+    rates = [r for r in rows if r["metric"] in ("think_off", "think_on", "accuracy")
+             or r["metric"].startswith("evalscope:")]
     losses = [r for r in rows if r["metric"] == "loss"]
     fig = make_subplots(rows=1, cols=2, column_widths=[0.7, 0.3], horizontal_spacing=0.12,
                         subplot_titles=(labels.get("title_rates", "Rates (higher is better)"),

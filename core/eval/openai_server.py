@@ -4,8 +4,9 @@ It lets OpenAI-API tools (EvalScope, scripts, the `openai` client) talk to both 
 without vLLM: model ``base`` is the base model (adapter off), model ``tuned`` the fine-tuned one.
 ``chat_template_kwargs.enable_thinking`` works as in vLLM; replies carry the answer in ``content``
 and the reasoning in ``reasoning_content`` (vLLM's layout with ``--reasoning-parser qwen3``).
-Streaming (``"stream": true``) sends server-sent events. Requests share the engine's lock, so they
-take turns on the model.
+Streaming (``"stream": true``) sends server-sent events. Requests that arrive together (a client
+sending several at once, as EvalScope does with ``eval_batch_size``) are decoded in one batch when
+they share their sampling settings; each keeps its own seed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from core.chat.engine import CompareStream, sampling_key
 from core.config import SamplingConfig
 
 
@@ -49,13 +51,69 @@ def _messages(body: dict) -> tuple[list[dict], str]:
     return msgs, system
 
 
+class _Coalescer:
+    """Collects generations that arrive within ``window`` seconds and decodes them in one batch."""
+
+    def __init__(self, max_batch: int = 16, window: float = 0.02):
+        self.max_batch, self.window = max_batch, window
+        self._cv = threading.Condition()
+        self._pending: list[dict] = []
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="qwentune-openai-batch")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        self._thread.join(timeout=5)
+
+    def submit(self, gen):
+        """Decode ``gen`` (with whatever else is waiting) and return its reply."""
+        item = {"gen": gen, "done": threading.Event(), "error": None}
+        with self._cv:
+            self._pending.append(item)
+            self._cv.notify()
+        item["done"].wait()
+        if item["error"] is not None:
+            raise item["error"]
+        return gen.reply
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._stopping:
+                    self._cv.wait()
+                if not self._pending:
+                    return
+            time.sleep(self.window)  # requests sent together arrive a few ms apart
+            with self._cv:
+                key = sampling_key(self._pending[0]["gen"].sampling)
+                batch = [i for i in self._pending if sampling_key(i["gen"].sampling) == key][:self.max_batch]
+                for item in batch:
+                    self._pending.remove(item)
+            try:
+                for _ in CompareStream([i["gen"] for i in batch], groups=list(range(len(batch)))):
+                    pass
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting request, which raises it
+                for item in batch:
+                    item["error"] = exc
+            finally:
+                for item in batch:
+                    item["done"].set()
+
+
 class OpenAIServer:
     """``with OpenAIServer(engine) as server: ... server.url ...`` (port 0 picks a free port)."""
 
-    def __init__(self, engine, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, engine, host: str = "127.0.0.1", port: int = 0, on_request=None):
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the evaluation endpoint only binds to this machine (127.0.0.1)")
         self.engine = engine
+        self.on_request = on_request  # called with the pane of each answered chat request
+        self._batcher = _Coalescer()
         self._httpd = ThreadingHTTPServer((host, port), self._handler())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -64,6 +122,10 @@ class OpenAIServer:
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}/v1"
+
+    def _answered(self, pane: str) -> None:
+        if self.on_request is not None:
+            self.on_request(pane)
 
     def model_ids(self) -> list[str]:
         return list(self.engine.panes)
@@ -110,8 +172,10 @@ class OpenAIServer:
                 rid = f"chatcmpl-{uuid.uuid4().hex[:16]}"
                 if body.get("stream"):
                     self._stream(gen, rid, pane)
+                    server._answered(pane)
                     return
-                reply = gen.run()
+                reply = server._batcher.submit(gen)
+                server._answered(pane)
                 self._json(200, {
                     "id": rid, "object": "chat.completion", "created": int(time.time()), "model": pane,
                     "choices": [{"index": 0, "finish_reason": "stop" if reply.finish_reason == "stop" else "length",
@@ -153,6 +217,7 @@ class OpenAIServer:
         return Handler
 
     def start(self) -> OpenAIServer:
+        self._batcher.start()
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True, name="qwentune-openai")
         self._thread.start()
         return self
@@ -160,6 +225,7 @@ class OpenAIServer:
     def stop(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+        self._batcher.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
 

@@ -21,9 +21,9 @@ STAGES = ("load", "loss", "thinking", "accuracy", "evalscope")
 # The settings widgets, in the order eval_config() takes them (EvalConfig field names).
 SETTINGS_FIELDS = ("split", "loss_rows", "batch_size", "control_prompts", "control_max_new_tokens", "accuracy_rows",
                    "answer_max_new_tokens", "accuracy_thinking", "greedy", "seed", "evalscope_datasets",
-                   "evalscope_limit")
+                   "evalscope_limit", "generate_batch", "evalscope_data_dir", "evalscope_thinking")
 INT_FIELDS = ("loss_rows", "batch_size", "control_prompts", "control_max_new_tokens", "accuracy_rows",
-              "answer_max_new_tokens", "seed", "evalscope_limit")
+              "answer_max_new_tokens", "seed", "evalscope_limit", "generate_batch")
 
 
 def _fmt(value) -> str:
@@ -78,8 +78,16 @@ def table_rows(ctx, result: dict | None) -> list[list]:
     for r in results_table(result):
         mark = {True: " ✅", False: " ⚠️", None: ""}[r["better"]]
         change = "–" if r["change"] is None else f"{r['change']:+.4g}{mark}"
-        rows.append([ctx.t(f"evaluate.metric.{r['metric']}"), _fmt(r["base"]), _fmt(r["tuned"]), change])
+        rows.append([metric_label(ctx, r["metric"]), _fmt(r["base"]), _fmt(r["tuned"]), change])
     return rows
+
+
+def metric_label(ctx, metric: str) -> str:
+    """A row's name: the metric's string, or "gsm8k · thinking on" for an EvalScope benchmark."""
+    if metric.startswith("evalscope:"):
+        _, bench, mode = metric.split(":", 2)
+        return ctx.t("evaluate.metric.benchmark", name=bench, mode=ctx.t(f"evaluate.mode_{mode}"))
+    return ctx.t(f"evaluate.metric.{metric}")
 
 
 def figure(ctx, result: dict | None):
@@ -88,7 +96,10 @@ def figure(ctx, result: dict | None):
     t = ctx.t
     if not result:
         return None
+    from core.eval.evaluate import benchmark_rows
+
     labels = {k: t(f"evaluate.metric.{k}") for k in ("loss", "ppl", "think_off", "think_on", "accuracy")}
+    labels.update({r["metric"]: metric_label(ctx, r["metric"]) for r in benchmark_rows(result)})
     labels.update(title_rates=t("evaluate.chart.rates"), title_loss=t("evaluate.chart.loss"))
     return results_figure(result, labels=labels, pane_names={"base": t("evaluate.base"), "tuned": t("evaluate.tuned")})
 
@@ -380,6 +391,16 @@ def build(ctx) -> None:
                                        placeholder="gsm8k, math_500")
                 evalscope_limit = gr.Number(defaults.evalscope_limit, precision=0, minimum=1,
                                             label=t("evaluate.evalscope_limit"), info=fi["evalscope_limit"].help)
+                evalscope_thinking = gr.Radio(list(fi["evalscope_thinking"].choices),
+                                              value=defaults.evalscope_thinking,
+                                              label=t("evaluate.evalscope_thinking"),
+                                              info=fi["evalscope_thinking"].help)
+            with gr.Row():
+                evalscope_data_dir = gr.Textbox(defaults.evalscope_data_dir, label=t("evaluate.evalscope_data_dir"),
+                                                info=fi["evalscope_data_dir"].help, elem_id="eval-evalscope-dir")
+                generate_batch = gr.Number(defaults.generate_batch, precision=0, minimum=1,
+                                           maximum=fi["generate_batch"].maximum, label=t("evaluate.generate_batch"),
+                                           info=fi["generate_batch"].help)
         with gr.Row():
             start_btn = gr.Button(t("evaluate.start"), variant="primary", elem_id="eval-start")
             cancel_btn = gr.Button(t("evaluate.cancel"), elem_id="eval-cancel")
@@ -419,7 +440,8 @@ def build(ctx) -> None:
         restored = gr.State(False)
 
     settings_inputs = [split, loss_rows, batch_size, control_prompts, control_tokens, accuracy_rows, answer_tokens,
-                       accuracy_thinking, greedy, seed, evalscope, evalscope_limit]
+                       accuracy_thinking, greedy, seed, evalscope, evalscope_limit, generate_batch, evalscope_data_dir,
+                       evalscope_thinking]
     show_outputs = [table, chart, info, progress, export_status, export_log, servable, command, snippet, timer]
 
     refresh_btn.click(bind(refresh, ctx), inputs=run, outputs=run)

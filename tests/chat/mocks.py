@@ -121,17 +121,20 @@ class ScriptLM(UniformLM):
         self.script = script
         self.cheat = cheat
         self.tok = ByteTokenizer()
-        self.queue: list[int] = []
+        self.queues: list[list[int]] = []  # one scripted reply per row of the batch
 
     def logits(self, input_ids, seen):
         import torch
 
         b, t = input_ids.shape
         out = torch.zeros(b, t, self.vocab)
-        if seen == 0 and b == 1 and self.generating:
-            self.queue = self.tok(self.script(self.tok.decode(input_ids[0].tolist())))["input_ids"] + [IM_END]
+        if seen == 0 and self.generating:  # a prefill: script each row (left padding decodes to nothing)
+            self.queues = [self.tok(self.script(self.tok.decode(row.tolist())))["input_ids"] + [IM_END]
+                           for row in input_ids]
         if self.generating:
-            out[0, -1, self.queue.pop(0) if self.queue else IM_END] = 1e4
+            for r in range(b):
+                queue = self.queues[r]
+                out[r, -1, queue.pop(0) if queue else IM_END] = 1e4
         elif self.cheat:
             for p in range(t - 1):
                 out[:, p].scatter_(1, input_ids[:, p + 1:p + 2], self.cheat)

@@ -132,3 +132,10 @@ def test_token_nll_matches_closed_form_with_padding():
     assert res[0] == (pytest.approx(8 * per_token, rel=1e-5), 8)
     assert res[1] == (pytest.approx(per_token, rel=1e-5), 1)
     assert res[2] == (0.0, 0)
+
+
+def test_presence_penalty_on_the_device_lowers_tokens_already_generated():
+    e = engine(UniformLM())
+    s = resolve(greedy=True, presence_penalty=2.0, max_new_tokens=5)
+    assert e.generate_ids("base", PROMPT, s) == [0, 1, 2, 3, 4]  # each token, once seen, loses to the next
+    assert e.generate_ids("base", PROMPT, resolve(greedy=True, max_new_tokens=3)) == [0, 0, 0]

@@ -16,7 +16,8 @@ from core.hardware.detect import GpuInfo, HardwareReport
 from core.settings import dump_yaml
 
 SAMPLING = [True, 0.6, 0.95, 20, 0.0, 0.0, False, 8, 0]  # the chat tab's sampling widgets, in order
-EVAL_SETTINGS = ["eval", 4, 1, 0, 16, 0, 16, "auto", True, 0, "", 10]  # the evaluate tab's settings widgets
+# the evaluate tab's settings widgets, in SETTINGS_FIELDS order
+EVAL_SETTINGS = ["eval", 4, 1, 0, 16, 0, 16, "auto", True, 0, "", 10, 8, "", "both"]
 
 
 def _card(total: float, free: float) -> HardwareReport:

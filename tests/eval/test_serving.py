@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-import types
 import urllib.request
 
 import pytest
@@ -118,34 +116,97 @@ def test_endpoint_refuses_other_hosts():
         OpenAIServer(object(), host="0.0.0.0")
 
 
+FAKE_EVALSCOPE = """
+import json, os, urllib.request
+
+class TaskConfig:
+    def __init__(self, **kw):
+        self.kw = kw
+
+def run_task(task_cfg):
+    kw = task_cfg.kw
+    # the endpoint is live while EvalScope runs: ask it as EvalScope would, with the task's settings
+    body = {"model": kw["model"], "messages": [{"role": "user", "content": "2+2?"}],
+            "max_tokens": kw["generation_config"]["max_tokens"], **kw["generation_config"]["extra_body"]}
+    req = urllib.request.Request(kw["api_url"] + "/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    reply = json.loads(urllib.request.urlopen(req, timeout=30).read())
+    text = reply["choices"][0]["message"]["content"]
+    for name in kw["datasets"]:
+        folder = os.path.join(kw["work_dir"], "reports", kw["model"])
+        os.makedirs(folder, exist_ok=True)
+        report = {"dataset_name": name, "metrics": [{"identity": {"name": "acc"}, "score": len(text) / 100}],
+                  "primary_metric_identity": {"name": "acc"}, "seen": text}
+        json.dump(report, open(os.path.join(folder, name + ".json"), "w"))
+"""
+
+
 def test_evalscope_hook_skips_cleanly_and_drives_a_fake_evalscope(monkeypatch, tmp_path):
-    import core.eval.evalscope_hook as hook
+    """EvalScope's process talks to the live endpoint for each pane and mode; its reports become scores."""
+    from core.config import EvalConfig
+    from core.eval.evalscope_hook import run_evalscope
 
     engine = ChatEngine(ScriptLM(_script), ByteTokenizer(), tuned_model=ScriptLM(lambda p: "tuned!"))
-    monkeypatch.setattr(hook, "evalscope_available", lambda: False)
-    assert "pip install evalscope" in hook.run_evalscope(engine, ["gsm8k"], 5, work_dir=tmp_path)["skipped"]
+    cfg = EvalConfig(evalscope_datasets=["gsm8k"], evalscope_limit=1, evalscope_python=str(tmp_path / "none"))
+    assert "requirements-eval.txt" in run_evalscope(engine, cfg, work_dir=tmp_path / "w0")["skipped"]
 
-    seen = []
+    fake = tmp_path / "fake"
+    (fake / "evalscope").mkdir(parents=True)
+    (fake / "evalscope" / "__init__.py").write_text(FAKE_EVALSCOPE, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(fake))
+    monkeypatch.setenv("PYTHONPATH", str(fake))
+    cfg = EvalConfig(evalscope_datasets=["gsm8k"], evalscope_limit=1, evalscope_thinking="both")
+    out = run_evalscope(engine, cfg, work_dir=tmp_path / "w1")
+    assert "error" not in out, out.get("error")
+    assert out["scores"]["off"] == {"base": {"gsm8k": 0.05}, "tuned": {"gsm8k": 0.06}}  # "Four.", "tuned!"
+    assert out["scores"]["on"] == out["scores"]["off"] and out["requests"] == 4
 
-    class TaskConfig:
-        def __init__(self, **kw):
-            self.kw = kw
 
-    def run_task(task_cfg):
-        kw = task_cfg.kw
-        # the endpoint is live while EvalScope runs: ask it like EvalScope would
-        body = {"model": kw["model"], "messages": [{"role": "user", "content": "2+2?"}]}
-        reply = json.loads(_post(kw["api_url"] + "/chat/completions", body))
-        seen.append((kw["model"], reply["choices"][0]["message"]["content"]))
-        return {"gsm8k": {"score": 0.5}}
+def test_a_cancel_during_evalscope_stops_its_process(monkeypatch, tmp_path):
+    from core.config import EvalConfig
+    from core.eval.evalscope_hook import run_evalscope
 
-    fake = types.ModuleType("evalscope")
-    fake.TaskConfig, fake.run_task = TaskConfig, run_task
-    consts = types.ModuleType("evalscope.constants")
-    consts.EvalType = types.SimpleNamespace(OPENAI_API="openai_api", SERVICE="service")
-    monkeypatch.setitem(sys.modules, "evalscope", fake)
-    monkeypatch.setitem(sys.modules, "evalscope.constants", consts)
-    monkeypatch.setattr(hook, "evalscope_available", lambda: True)
-    out = hook.run_evalscope(engine, ["gsm8k"], 5, work_dir=tmp_path)
-    assert seen == [("base", "Four."), ("tuned", "tuned!")]
-    assert out["base"] == {"gsm8k": {"score": 0.5}} and out["datasets"] == ["gsm8k"]
+    class Stop(Exception):
+        pass
+
+    def progress(stage, done, total):
+        raise Stop()
+
+    fake = tmp_path / "fake"
+    (fake / "evalscope").mkdir(parents=True)
+    (fake / "evalscope" / "__init__.py").write_text(FAKE_EVALSCOPE, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(fake))
+    monkeypatch.setenv("PYTHONPATH", str(fake))
+    engine = ChatEngine(ScriptLM(_script), ByteTokenizer(), tuned_model=ScriptLM(lambda p: "tuned!"))
+    with pytest.raises(Stop):
+        run_evalscope(engine, EvalConfig(evalscope_datasets=["gsm8k"], evalscope_limit=1), work_dir=tmp_path / "w",
+                      progress=progress)
+
+
+def test_requests_sent_together_are_decoded_in_one_batch():
+    import threading
+
+    from core.eval.openai_server import OpenAIServer
+
+    calls = []
+
+    class Recording(ScriptLM):
+        def __call__(self, input_ids, *a, **k):
+            calls.append(input_ids.shape[0])
+            return super().__call__(input_ids, *a, **k)
+
+    engine = ChatEngine(Recording(lambda p: "answer " + p.rsplit("question ", 1)[-1][:1]), ByteTokenizer())
+    replies = {}
+    with OpenAIServer(engine) as server:
+        def ask(i):
+            body = {"model": "base", "messages": [{"role": "user", "content": f"question {i}"}], "temperature": 0,
+                    "seed": i}
+            replies[i] = json.loads(_post(server.url + "/chat/completions", body))["choices"][0]["message"]["content"]
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert max(calls) > 1  # at least two requests shared a forward pass
+    assert replies == {i: f"answer {i}" for i in range(4)}  # each row got its own reply

@@ -153,7 +153,8 @@ def test_chat_render_and_restore(ctx):
 
 
 # ------------------------------------------------------------------------------------ evaluate
-EVAL_SETTINGS = ["eval", 8, 4, 2, 16, 2, 16, "on", True, 0, "gsm8k, math_500", 10]  # SETTINGS_FIELDS order
+# SETTINGS_FIELDS order
+EVAL_SETTINGS = ["eval", 8, 4, 2, 16, 2, 16, "on", True, 0, "gsm8k, math_500", 10, 8, "", "both"]
 
 
 def test_eval_settings_and_empty_choices(ctx):
@@ -266,3 +267,18 @@ def test_a_saved_mix_opens_again_for_editing_and_kept_sources_come_back(ctx):
     assert kept == opened and len(table) == 2 and done is True and "2" in message
     assert data.restore_sources(ctx, opened, True)[0].__class__ is not list  # later visits: untouched
     assert data.restore_sources(ctx, [{"path": "x", "ratio": "lots"}], False)[0] == []  # damaged: start empty
+
+
+def test_eval_table_and_chart_show_benchmarks_per_thinking_mode(ctx):
+    from gui.tabs import evaluate
+
+    result = {"loss": {"base": {"loss": 2.0, "ppl": 7.4}, "tuned": {"loss": 1.5, "ppl": 4.5}},
+              "evalscope": {"scores": {"off": {"base": {"gsm8k": 0.2, "ceval": 0.5}, "tuned": {"gsm8k": 0.4}},
+                                       "on": {"base": {"gsm8k": 0.3}, "tuned": {"gsm8k": 0.6}}}}}
+    rows = {r[0]: r for r in evaluate.table_rows(ctx, result)}
+    off, on = ctx.t("evaluate.mode_off"), ctx.t("evaluate.mode_on")
+    assert rows[f"gsm8k · {off}"][1:3] == ["0.2", "0.4"] and rows[f"gsm8k · {on}"][3].startswith("+0.3")
+    assert rows[f"ceval · {off}"][2] == "–"  # the fine-tuned pane has no ceval score in this result
+    fig = evaluate.figure(ctx, result)
+    xs = {x for tr in fig.data for x in tr.x}
+    assert any("gsm8k" in x for x in xs) and any("ceval" in x for x in xs)
