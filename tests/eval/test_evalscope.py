@@ -20,7 +20,9 @@ from tests.chat.mocks import ByteTokenizer, ScriptLM
 from tests.eval.benchmark_files import answer_key, write_benchmarks
 
 PYTHON = os.environ.get("QWENTUNE_EVALSCOPE_PYTHON") or sys.executable
-needs_evalscope = pytest.mark.skipif(not evalscope_available(PYTHON), reason="EvalScope is not installed "
+# CI installs EvalScope (.ci/run), so there a missing EvalScope fails these tests instead of skipping them.
+needs_evalscope = pytest.mark.skipif(not os.environ.get("CI") and not evalscope_available(PYTHON),
+                                     reason="EvalScope is not installed "
                                      "(pip install -r requirements-eval.txt, or set QWENTUNE_EVALSCOPE_PYTHON)")
 
 
