@@ -536,7 +536,10 @@ def _train(cfg, run_dir: Path, loaded, train_tok, eval_tok, resume: bool) -> int
     runs.write_status(run_dir, state="running", phase="training", resumed_from=ckpt.name if ckpt else None)
     settle_heap()
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    finally:  # the log writer's queue lands before any status below (or the failure's)
+        progress.flush()
     train_s = time.perf_counter() - t0
     stopped = progress.stop_requested
     final_eval = None
