@@ -347,8 +347,9 @@ def _run(cfg, run_dir: Path, resume: bool) -> int:
         model_path = _resolve_model(cfg)
         runs.write_status(run_dir, backend=backend, model_path=str(model_path))
         train_convs, eval_convs, manifest, mix_dir = _load_data(cfg, run_dir, model_path, resume)
-        from core.train import backends
+        from core.train import autobatch, backends
 
+        autobatch.resolve(cfg, run_dir, model_path, backend, echo=log)  # micro_batch auto -> a number
         log(f"loading {model_path} with {backend} ({cfg.model.method})")
         t_load = time.perf_counter()
         loaded = backends.load(cfg, model_path, backend)
