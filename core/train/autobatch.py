@@ -140,7 +140,11 @@ def apply_memory_cap() -> float | None:
     total = torch.cuda.get_device_properties(dev).total_memory / GIB
     if cap <= 0 or cap > total:
         raise ConfigError(f"{CAP_ENV}={cap:g} must be between 0 and this GPU's {total:.1f} GiB", CAP_ENV)
-    torch.cuda.set_per_process_memory_fraction(cap / total, dev)
+    from core.hardware.estimate import load_coefficients
+
+    # A real card of that size also holds this process's CUDA context outside the allocator.
+    context = load_coefficients().get("cuda_context_gib")
+    torch.cuda.set_per_process_memory_fraction(max(cap - context, 0.5) / total, dev)
     return cap
 
 
@@ -158,7 +162,9 @@ def card_gib(device: str) -> tuple[float | None, str]:
     dev = torch.cuda.current_device()
     free, total = (x / GIB for x in torch.cuda.mem_get_info(dev))
     card = cap if cap is not None else total
-    usable = min(card, free + load_coefficients().get("cuda_context_gib"))
+    # What this process already holds (a model loaded before the choice) is in the estimate too.
+    own = load_coefficients().get("cuda_context_gib") + torch.cuda.memory_reserved(dev) / GIB
+    usable = min(card, free + own)
     name = torch.cuda.get_device_name(dev)
     where = f"{name}, {card:.1f} GiB" + (" (emulated)" if cap is not None else "")
     if usable < card - 0.5:

@@ -83,6 +83,7 @@ class GpuSampler:
         if not self.cuda:
             return {}
         return {"peak_alloc_gib": round(self.torch.cuda.max_memory_allocated(self.device) / GIB, 3),
+                "peak_reserved_gib": round(self.torch.cuda.max_memory_reserved(self.device) / GIB, 3),
                 "nvml_used_gib": round(self.nvml_peak_gib, 3), "gpu_name": self.name}
 
 
