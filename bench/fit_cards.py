@@ -11,9 +11,9 @@ card, in <out>/fit_cards.jsonl as soon as it is measured: the pick, the micro-ba
 why, the state (done / failed, out of memory or not), the peaks (allocated, reserved by the
 allocator, NVML) and whether the reserved peak plus the CUDA context stayed under the cap.
 
-Checkpoints are random-weight models of the pick's real shape (bf16, built once under --work and
-shared with bench/train_grid.py). A pick whose checkpoint is larger than --max-checkpoint-gib (the
-disk) or that is MoE is replaced by the next recommendation that fits the card, and the row says so.
+Checkpoints have the pick's real shape with zero weights in a sparse file (bench/vram_sweep.py's
+build_shape: no disk used, even for Qwen3-32B; memory does not depend on the values). A MoE pick,
+which that builder cannot make, is replaced by the next recommendation that fits, and the row says so.
 """
 
 from __future__ import annotations
@@ -32,68 +32,43 @@ for p in (ROOT, ROOT / "bench"):
         sys.path.insert(0, str(p))
 
 from train_grid import build_uniform  # noqa: E402
-from train_speed import SHAPES, build_model, log  # noqa: E402
-
-SHAPE_OF = {"qwen3-0.6b": "0.6b", "qwen3-4b": "4b", "qwen3-8b": "8b", "qwen3-14b": "14b"}
-
-
-def shape_of(arch) -> dict:
-    return dict(hidden_size=arch.hidden, intermediate_size=arch.intermediate, num_hidden_layers=arch.layers,
-                num_attention_heads=arch.heads, num_key_value_heads=arch.kv_heads, head_dim=arch.head_dim,
-                vocab_size=arch.vocab, tie_word_embeddings=arch.tied_embeddings)
+from train_speed import log  # noqa: E402
+from vram_sweep import SMOKE_MODEL, build_shape, smoke_point  # noqa: E402
 
 
-def pick_for(cap: float, seq: int, max_ckpt_gib: float, catalog=None) -> tuple[object, str]:
-    """The recommendation for a card of ``cap`` GiB that this script can build; and a note when it
-    is not the tab's first pick."""
-    from core.hardware.catalog import param_count
+def pick_for(cap: float, seq: int) -> tuple[object, str]:
+    """The recommendation for a card of ``cap`` GiB that this script can build (dense shapes), and a
+    note when it is not the tab's first pick."""
+    from core.hardware.catalog import load_catalog
     from core.hardware.recommend import best_pick, recommend_for_vram
 
-    recs = recommend_for_vram(cap, seq_len=seq, catalog=catalog)
+    entries = load_catalog()
+    recs = recommend_for_vram(cap, seq_len=seq, catalog=entries)
     best = best_pick(recs)
     if best is None:
         raise SystemExit(f"nothing fits a {cap:g} GiB card at {seq} tokens")
-    from core.hardware.catalog import load_catalog
-
-    entries = catalog if catalog is not None else load_catalog()
-    ordered = [best] + [r for r in recs if r.verdict == "fits" and r is not best]
-    for r in ordered:
-        arch = entries[r.model].arch
-        ckpt = param_count(arch) * 2 / 2**30
-        if arch.is_moe or ckpt > max_ckpt_gib:
+    for r in [best] + [r for r in recs if r.verdict == "fits" and r is not best]:
+        if entries[r.model].arch.is_moe:
             continue
-        note = "" if r is best else (f"the tab's pick is {best.model} {best.method}; its random checkpoint "
-                                     f"({param_count(entries[best.model].arch) * 2 / 2**30:.0f} GiB bf16"
-                                     f"{', MoE' if entries[best.model].arch.is_moe else ''}) cannot be built "
-                                     f"here, so the next fitting pick")
+        note = "" if r is best else (f"the tab's pick is {best.model} {best.method}, a MoE shape this script "
+                                     "cannot build; the next fitting pick instead")
         return r, note
-    raise SystemExit(f"no recommendation for {cap:g} GiB can be built within {max_ckpt_gib:g} GiB")
+    raise SystemExit(f"no dense recommendation for {cap:g} GiB")
 
 
 def run_card(args, cap: float) -> dict:
     import yaml
+    from transformers import AutoTokenizer
 
     from core.hardware.catalog import load_catalog
 
     work = Path(args.work)
-    rec, note = pick_for(cap, args.seq, args.max_checkpoint_gib)
+    rec, note = pick_for(cap, args.seq)
     arch = load_catalog()[rec.model].arch
-    shape = SHAPE_OF.get(rec.model) or rec.model
-    if args.shape:  # CPU smoke tests: a tiny stand-in for the pick
-        shape, note = args.shape, (note + "; " if note else "") + f"stand-in shape {args.shape}"
-    else:
-        SHAPES.setdefault(shape, shape_of(arch))
-    model_dir = work / f"model-{shape}"
-    build_model(shape, model_dir)
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()  # the training process gets the card (this one keeps only its context)
-    from transformers import AutoTokenizer
-
+    if args.stand_in:  # CPU smoke tests: the demo model's shape stands in for the pick
+        _point, arch = smoke_point()
+        note = (note + "; " if note else "") + "stand-in: the demo model's shape"
+    model_dir = build_shape(rec.model if not args.stand_in else SMOKE_MODEL, work, arch)
     seq = rec.seq_len
     mix = work / f"cards-mix-{seq}"
     build_uniform(mix, AutoTokenizer.from_pretrained(model_dir), seq, args.steps * 8 + 8, seed=seq)
@@ -143,13 +118,12 @@ def main(argv=None) -> int:
     p.add_argument("--seq", type=int, default=2048, help="Sequence length the tab recommends for.")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--backend", default="unsloth", choices=("unsloth", "peft", "auto"))
-    p.add_argument("--max-checkpoint-gib", type=float, default=40.0,
-                   help="Largest random bf16 checkpoint to build (the disk).")
     p.add_argument("--work", default="/tmp/qwentune-bench")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--call", default="")
     p.add_argument("--run-timeout", type=int, default=420)
-    p.add_argument("--shape", help="Train this bench shape instead of the pick's (CPU smoke tests).")
+    p.add_argument("--stand-in", action="store_true",
+                   help="Train the demo model's shape instead of the pick's (CPU smoke tests).")
     p.add_argument("--no-cap", action="store_true", help="Do not cap the process (CPU smoke tests).")
     args = p.parse_args(argv)
     args.call = args.call or time.strftime("%Y%m%d-%H%M%S")
