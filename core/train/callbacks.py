@@ -28,6 +28,9 @@ from core.train import runs
 
 GIB = 2**30
 TPS_WINDOW = 5  # logging intervals averaged for tokens/s
+# status.json holds the latest values only and the GUI polls it every 1.5 s: writing it more often
+# than this would only spend the writer thread's time (and the GIL the training thread needs).
+STATUS_INTERVAL_S = 0.5
 
 
 class GpuSampler:
@@ -91,19 +94,23 @@ class LogWriter:
     """A thread that writes metrics lines, status updates and console lines in the order they were
     submitted. ``submit`` never blocks; ``flush`` waits until everything submitted so far is written.
 
-    Pending status updates are merged into one write (status.json holds the latest values only);
-    metrics lines are all written, then flushed to the file once per batch. ``gpu`` (a GpuSampler)
+    Status updates are merged and written at most every ``status_interval_s`` (and at every flush);
+    metrics lines are all written, each batch flushed to the file at once. ``gpu`` (a GpuSampler)
     fills in the memory and utilisation of each row as it is written, off the training thread.
     ``write_status`` and ``open_metrics`` can be replaced (tests inject a slow disk). An error in the
     thread is re-raised by the next ``flush`` so a broken disk is reported, not hidden."""
 
-    def __init__(self, run_dir: str | Path, gpu=None, echo=print, write_status=None, open_metrics=None):
+    def __init__(self, run_dir: str | Path, gpu=None, echo=print, write_status=None, open_metrics=None,
+                 status_interval_s: float = STATUS_INTERVAL_S):
         self.run_dir = Path(run_dir)
         self.gpu = gpu
         self.echo = echo
         self.write_status = write_status or (lambda **kw: runs.write_status(self.run_dir, **kw))
         self.open_metrics = open_metrics or (lambda: (self.run_dir / runs.METRICS).open("a", encoding="utf-8"))
         self.queue: queue.Queue = queue.Queue()
+        self.status_interval_s = status_interval_s
+        self.pending_status: dict = {}
+        self.last_status = 0.0
         self.error: BaseException | None = None
         self.file = None
         self.thread: threading.Thread | None = None
@@ -121,6 +128,7 @@ class LogWriter:
     def flush(self) -> None:
         """Block until every submitted item is written; re-raise the thread's error, if any."""
         if self.thread is not None and self.thread.is_alive():
+            self.queue.put(("flush", None, None))
             self.queue.join()
         if self.error is not None:
             exc, self.error = self.error, None
@@ -142,33 +150,43 @@ class LogWriter:
     # -- the writer thread
     def _loop(self) -> None:
         while True:
-            item = self.queue.get()
-            if item is None:
-                self.queue.task_done()
-                return
-            batch = [item]
+            timeout = None  # with a status update waiting, wake up when it is due
+            if self.pending_status:
+                timeout = max(0.0, self.last_status + self.status_interval_s - time.monotonic())
+            try:
+                batch = [self.queue.get(timeout=timeout)]
+            except queue.Empty:
+                batch = []
             while True:  # take what else is waiting, so a slow disk costs one write per batch
                 try:
-                    nxt = self.queue.get_nowait()
+                    batch.append(self.queue.get_nowait())
                 except queue.Empty:
                     break
-                if nxt is None:
-                    self.queue.put(None)  # handled after this batch
-                    self.queue.task_done()
-                    break
-                batch.append(nxt)
+            stop = any(item is None for item in batch)
+            force = stop or any(item is not None and item[0] == "flush" for item in batch)
             try:
-                self._write(batch)
+                self._write([item for item in batch if item is not None and item[0] != "flush"])
+                if self.pending_status and (force or time.monotonic() - self.last_status >= self.status_interval_s):
+                    self._write_status()
             except BaseException as exc:  # kept and raised by flush(): the trainer must hear of it
                 if self.error is None:
                     self.error = exc
+                self.pending_status = {}
             finally:
                 for _ in batch:
                     self.queue.task_done()
+            if stop:
+                return
+
+    def _write_status(self) -> None:
+        status, self.pending_status = self.pending_status, {}
+        if self.gpu is not None:
+            status.update(self.gpu.peaks())
+        self.last_status = time.monotonic()
+        self.write_status(**status)
 
     def _write(self, batch: list) -> None:
         lines: list[str] = []
-        status: dict = {}
         for kind, payload, line in batch:
             if kind == "row":
                 row = dict(payload)
@@ -180,7 +198,7 @@ class LogWriter:
                     lines = []
                     self.echo(line(row))
             elif kind == "status":
-                status.update(payload)
+                self.pending_status.update(payload)
             elif kind == "echo":
                 self._write_lines(lines)
                 lines = []
@@ -188,10 +206,6 @@ class LogWriter:
             else:
                 raise ValueError(f"unknown log item {kind!r}")
         self._write_lines(lines)
-        if status:
-            if self.gpu is not None:
-                status.update(self.gpu.peaks())
-            self.write_status(**status)
 
     def _write_lines(self, lines: list[str]) -> None:
         if not lines:
