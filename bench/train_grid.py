@@ -176,6 +176,11 @@ def run_trainer(loaded, args, cfg_dict: dict) -> dict:
         rc = worker.run(cfg)
     finally:
         backends.load = original
+        import gc
+
+        # The worker froze the heap (settle_heap), its trainer included: let the next run collect it.
+        gc.unfreeze()
+        gc.collect()
     status = json.loads((run_dir / "status.json").read_text())
     if rc != 0 or status.get("state") != "done":
         tail = (run_dir / "train.log").read_text(errors="replace")[-3000:] if (run_dir / "train.log").exists() else ""
