@@ -26,7 +26,10 @@ auto x grad_accum 4 (the same 8 rows per optimizer step). ``--packings`` adds tr
 train.packing modes (e.g. padding_free) beside auto's choice on these uniform rows.
 
 Models are random-weight checkpoints with Qwen3's real shapes (bench/train_speed.py builds them;
-no download). The tiny shape with --backend peft runs the whole script on a CPU (tests/bench).
+no download), or with --weights sparse zero-weight sparse files of the same shapes (no disk). The
+bare loop shares the project's loaded model, so the ratio isolates the trainer (same weights, same
+kernels); bench/train_speed.py's bare phase loads its own FastLanguageModel for an independent check.
+The tiny shape with --backend peft runs the whole script on a CPU (tests/bench).
 """
 
 from __future__ import annotations
@@ -88,12 +91,23 @@ def mix_path(work: Path, seq: int) -> Path:
     return work / f"grid-mix-{seq}"
 
 
+# --weights sparse: bench/vram_sweep.py's zero-weight checkpoints of the catalog shapes (no disk,
+# nothing to write; the matmuls cost the same whatever the values)
+SPARSE_KEYS = {"0.6b": "qwen3-0.6b", "4b": "qwen3-4b", "8b": "qwen3-8b", "14b": "qwen3-14b"}
+
+
+def model_dir(args, shape: str) -> Path:
+    if args.weights == "sparse":
+        return Path(args.work) / "shapes" / SPARSE_KEYS[shape]
+    return Path(args.work) / f"model-{shape}"
+
+
 # -------------------------------------------------------------------------------- the child
 def base_config(args, shape: str, method: str, seq: int, mb, accum: int, packing: str, name: str) -> dict:
     work = Path(args.work)
     return {
         "name": name, "runs_dir": str(work / "grid-runs"),
-        "model": {"name_or_path": str(work / f"model-{shape}"), "method": method,
+        "model": {"name_or_path": str(model_dir(args, shape)), "method": method,
                   "quant": "nf4" if method == "qlora" else "auto", "backend": args.backend},
         "lora": {"r": args.rank, "alpha": args.rank, "dropout": 0.0},
         "train": {"max_steps": args.steps, "micro_batch": mb, "grad_accum": accum, "max_seq_len": seq,
@@ -143,19 +157,28 @@ def run_bare(loaded, args, seq: int, mb: int) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t_start, tokens = None, 0
+    autocast = args.bare_autocast == "on" and cuda
     for step in range(args.steps):
         if step == args.warmup:
             if cuda:
                 torch.cuda.synchronize()
             t_start, tokens = time.perf_counter(), 0
-        n, _loss = bare_step(loaded.model, opt, params, batches[step * args.accum:(step + 1) * args.accum],
-                             device=loaded.device)
+        micro = batches[step * args.accum:(step + 1) * args.accum]
+        try:
+            n, _loss = bare_step(loaded.model, opt, params, micro, device=loaded.device, autocast=autocast)
+        except RuntimeError as exc:  # fp32 LoRA weights against bf16 activations without autocast
+            if args.bare_autocast != "auto" or autocast or "dtype" not in str(exc).lower() or step:
+                raise
+            log(f"bare loop: {str(exc).splitlines()[0][:200]}; retrying with bf16 autocast")
+            autocast = True
+            opt.zero_grad(set_to_none=True)
+            n, _loss = bare_step(loaded.model, opt, params, micro, device=loaded.device, autocast=autocast)
         tokens += n
     if cuda:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t_start
     del opt
-    return {"tokens_per_s": tokens / elapsed, "step_s": elapsed / (args.steps - args.warmup),
+    return {"tokens_per_s": tokens / elapsed, "step_s": elapsed / (args.steps - args.warmup), "autocast": autocast,
             "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
 
 
@@ -202,7 +225,7 @@ def run_trainer(loaded, args, cfg_dict: dict) -> dict:
 def child(args) -> int:
     shape, method = args.child.split(":")
     points = parse_seqs(args.seqs)
-    work, out = Path(args.work), Path(args.out)
+    out = Path(args.out)
     from core.config import RunConfig
     from core.settings import from_dict
     from core.train import backends
@@ -214,7 +237,7 @@ def child(args) -> int:
     longest = max(s for s, _ in points)
     cfg0 = from_dict(RunConfig, base_config(args, shape, method, longest, 1, 1, "off", "load"))
     t0 = time.time()
-    loaded = backends.load(cfg0, work / f"model-{shape}", backend)
+    loaded = backends.load(cfg0, model_dir(args, shape), backend)
     load_s = time.time() - t0
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     peak = peak_tflops(device)
@@ -261,6 +284,7 @@ def child(args) -> int:
                     row["bare_peak_alloc_gib"] = b.get("peak_alloc_gib")
                     row["bare_step_s"] = b.get("step_s")
                     row["bare_error"] = b.get("error")
+                    row["bare_autocast"] = b.get("autocast")
                     row.update({f"bare_{k}": v for k, v in mfu(seq, b.get("tokens_per_s")).items()})
                     row["ratio"] = (res["tokens_per_s"] / b["tokens_per_s"]) if b.get("tokens_per_s") else None
                 log(f"{kind} {shape} {method} {seq}x{m}: {res['tokens_per_s']:.0f} tok/s"
@@ -310,6 +334,11 @@ def main(argv=None) -> int:
     p.add_argument("--packings", default="auto", help="train.packing modes per point (auto always runs).")
     p.add_argument("--auto-compare", action="store_true",
                    help="Also micro_batch 2 x accum 4 vs micro_batch auto x accum 4 at each point's length.")
+    p.add_argument("--weights", default="random", choices=("random", "sparse"),
+                   help="random: bf16 checkpoints with random weights (written to --work; 28 GB for 14B). "
+                        "sparse: zero weights in sparse files (no disk, instant), same shapes.")
+    p.add_argument("--bare-autocast", default="auto", choices=("auto", "on", "off"),
+                   help="bf16 autocast in the bare loop; auto: off, on where the model's dtypes need it.")
     p.add_argument("--work", default="/tmp/qwentune-bench", help="Scratch folder (models, data, runs).")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="Folder of train_grid.jsonl.")
     p.add_argument("--call", default="", help="A label stored with every row (e.g. the call number).")
@@ -337,7 +366,12 @@ def main(argv=None) -> int:
     rows_needed = args.steps * max(args.accum, 4 if args.auto_compare else 1) * most_mb + 8
     for shape in shapes:
         t = time.time()
-        build_model(shape, work / f"model-{shape}")
+        if args.weights == "sparse":
+            from vram_sweep import build_shape
+
+            build_shape(SPARSE_KEYS[shape], work)
+        else:
+            build_model(shape, model_dir(args, shape))
         log(f"model {shape} ready ({time.time() - t:.0f}s)")
     import gc
 
@@ -346,7 +380,7 @@ def main(argv=None) -> int:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the children get the whole card
-    tok = AutoTokenizer.from_pretrained(work / f"model-{shapes[0]}")
+    tok = AutoTokenizer.from_pretrained(model_dir(args, shapes[0]))
     for seq, _ in points:
         build_uniform(mix_path(work, seq), tok, seq, rows_needed, seed=seq)
     for shape in shapes:
