@@ -12,11 +12,12 @@ PYTEST_ARGS ?=
 GPU := $(shell [ "$$(uname -sm)" = "Linux x86_64" ] && nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo 1)
 RUN_REQS := requirements.txt $(if $(GPU),requirements-gpu.txt)
 
-.PHONY: run test lint demo-model bench-data clean help venv
+.PHONY: run test test-fast lint demo-model bench-data clean help venv
 
 help:
 	@echo "make run    - install (first time) and start the GUI on http://$(HOST):$(PORT)"
-	@echo "make test   - install dev tools (first time), then ruff check and pytest"
+	@echo "make test   - install dev tools (first time), then ruff check and pytest (the full suite, as CI)"
+	@echo "make test-fast - ruff check and every test not marked slow (about a minute: the edit loop)"
 	@echo "make clean  - remove .venv and caches"
 
 $(VENV)/.python-ok:
@@ -50,6 +51,10 @@ lint: $(VENV)/.dev-ok
 test: $(VENV)/.dev-ok
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.dev-ok
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo-model: $(VENV)/.runtime-ok
 	$(PY) -m core demo-model

@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+SHUTDOWN_GRACE_S = 3
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="QwenTune web app (Gradio). Serves on this machine only "
@@ -54,7 +56,11 @@ def serve(server, host: str, port: int, share: bool, lang: str, demo: bool) -> i
 
     url_host = f"[{host}]" if ":" in host else host
     mode = "demo mode" if demo else "GPU mode"
-    config = uvicorn.Config(server, host=host, port=port, log_level="warning")
+    # An open browser tab holds a never-ending event stream (Gradio's heartbeat): on SIGTERM or Ctrl-C,
+    # give requests a moment to finish, then close such streams instead of waiting for them forever.
+    # Training runs are detached processes and keep going; the next server finds them in runs/.
+    config = uvicorn.Config(server, host=host, port=port, log_level="warning",
+                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
     runner = uvicorn.Server(config)
     if not share:
         other = "zh" if lang == "en" else "en"

@@ -50,18 +50,33 @@ def print_json(data) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.settings import ConfigError
+    from core import procs
+
+    procs.start_record()  # a job started by core.procs.spawn_core: say it is alive
+    code, error = 1, ""
+    try:
+        code, error = _main(argv)
+    except SystemExit as exc:  # argparse's own exit (bad flags, --help)
+        code = exc.code if isinstance(exc.code, int) else 2
+        raise
+    finally:
+        procs.finish_record(code, error)
+    return code
+
+
+def _main(argv: list[str] | None) -> tuple[int, str]:
+    from core.errors import QwenTuneError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
-        return 2
+        return 2, ""
     try:
-        return int(args._module.run(args) or 0)
-    except ConfigError as exc:
+        return int(args._module.run(args) or 0), ""
+    except QwenTuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 2, str(exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return 130, "interrupted"

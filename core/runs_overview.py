@@ -51,18 +51,19 @@ def _last(rows: list[dict], key: str):
 
 def _row(summary: dict) -> RunRow:
     from core.config import load_run_config
+    from core.runfolder import RunFolder, Status
     from core.settings import ConfigError
     from core.train.runs import read_metrics
 
     run_dir = Path(summary["path"])
-    status = summary.get("status") or {}
-    error = status.get("error") or ""
+    status = summary.get("status") or Status()
+    error = status.error or ""
     model = summary.get("model") or ""
     method = summary.get("method") or ""
     rank = lr = seq = None
     data = ""
     try:
-        cfg = load_run_config(run_dir / "config.yaml")
+        cfg = load_run_config(RunFolder(run_dir).config)
     except ConfigError as exc:
         error = error or f"config: {exc}"
     else:
@@ -75,8 +76,8 @@ def _row(summary: dict) -> RunRow:
     if final_loss is None and isinstance(summary.get("loss"), (int, float)):
         final_loss = summary["loss"]
     eval_loss = _last(metrics, "eval_loss")
-    if eval_loss is None and isinstance(status.get("eval_loss"), (int, float)):
-        eval_loss = status["eval_loss"]
+    if eval_loss is None and isinstance(status.eval_loss, (int, float)):
+        eval_loss = status.eval_loss
     step = summary.get("step") or _last(metrics, "step") or 0
     total = summary.get("total_steps") or _last(metrics, "total_steps") or 0
     created = datetime.fromtimestamp(summary["created"]).strftime("%Y-%m-%d %H:%M")
@@ -87,7 +88,7 @@ def _row(summary: dict) -> RunRow:
         final_loss=round(final_loss, 4) if final_loss is not None else None,
         eval_loss=round(eval_loss, 4) if eval_loss is not None else None,
         adapter=bool(summary.get("has_adapter")), path=str(run_dir), error=str(error or ""),
-        advice=str(status.get("advice") or ""),
+        advice=str(status.advice or ""),
     )
 
 

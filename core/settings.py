@@ -16,20 +16,62 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from core.errors import QwenTuneError
 
-class ConfigError(ValueError):
+
+class ConfigError(QwenTuneError, ValueError):
     """A setting is wrong. ``where`` is the dotted field path; ``source`` the file:line if known."""
 
-    def __init__(self, message: str, where: str = "", source: str = ""):
-        self.where = where
+    kind = "config"
+
+    def __init__(self, message: str, where: str = "", source: str = "", *, advice: str = "",
+                 kind: str | None = None):
         self.source = source
-        self.reason = message
-        prefix = ""
-        if source:
-            prefix += f"{source}: "
-        if where:
-            prefix += f"{where}: "
-        super().__init__(prefix + message)
+        super().__init__(message, advice, where, kind=kind)
+
+    def _text(self) -> str:
+        prefix = f"{self.source}: " if self.source else ""
+        if self.where:
+            prefix += f"{self.where}: "
+        return prefix + (f"{self.message}\n{self.advice}" if self.advice else self.message)
+
+
+class DamagedFile(QwenTuneError):
+    """A file our own code wrote cannot be read back (not UTF-8, not JSON, or the wrong shape)."""
+
+    kind = "run"
+
+
+def read_json(path: str | os.PathLike, *, expect: type | None = None) -> Any:
+    """The one way to read a JSON file we wrote: missing -> None; damaged -> :class:`DamagedFile`
+    naming the file and what is wrong (``expect``: the top-level type it must have, e.g. dict).
+
+    Our writes are atomic (:func:`write_json_atomic`), so a damaged file is never a half-written
+    one: the reader must say so rather than guess its content.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DamagedFile(f"not UTF-8 text (byte {exc.start})", where=str(p)) from None
+    except json.JSONDecodeError as exc:
+        raise DamagedFile(f"not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})",
+                          where=str(p)) from None
+    except RecursionError:
+        raise DamagedFile("JSON nested too deeply", where=str(p)) from None
+    if expect is not None and not isinstance(data, expect):
+        raise DamagedFile(f"expected a JSON {_json_name(expect)}, found a {_json_name(type(data))}",
+                          where=str(p))
+    return data
+
+
+def _json_name(tp: type) -> str:
+    return {dict: "object", list: "list", str: "string", int: "number", float: "number",
+            bool: "true/false", type(None): "null"}.get(tp, tp.__name__)
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, choices: tuple | None = None,

@@ -18,7 +18,6 @@ keeps the loaded engine keyed by what was loaded, so a page reload or a second t
 from __future__ import annotations
 
 import gc
-import json
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,8 @@ KINDS = ("run", "checkpoint", "adapter", "merged", "model")
 
 class LoadError(ConfigError):
     """Something cannot be loaded; the message says what and what to do instead."""
+
+    kind = "model"
 
 
 @dataclass
@@ -60,46 +61,38 @@ class LoadSpec:
 
 
 def _read_json(path: Path) -> dict:
+    from core.settings import DamagedFile, read_json
+
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LoadError(f"unreadable JSON ({exc})", "", str(path)) from None
+        return read_json(path, expect=dict) or {}
+    except DamagedFile as exc:
+        raise LoadError(f"unreadable JSON ({exc.message})", "", str(path)) from None
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / RUN_CONFIG).is_file() and ((path / "status.json").is_file() or (path / "adapter").is_dir()
-                                             or (path / "checkpoints").is_dir())
+    """A run folder (the rule is core.runfolder's)."""
+    from core.runfolder import RunFolder
+
+    return RunFolder(path).is_run()
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoints that hold an adapter, oldest first."""
-    found = []
-    for p in (run_dir / "checkpoints").glob("checkpoint-*"):
-        try:
-            step = int(p.name.split("-", 1)[1])
-        except ValueError:
-            continue
-        if (p / ADAPTER_CONFIG).is_file():
-            found.append((step, p))
-    return [p for _, p in sorted(found)]
+    from core.runfolder import RunFolder
+
+    return [c.path for c in RunFolder(run_dir).checkpoints(with_adapter=True)]
 
 
 def list_targets(runs_dir: str | Path) -> list[dict]:
     """Runs and their checkpoints that have an adapter, newest run first: the chat selector's rows.
 
-    Each row: {"label", "path", "kind", "run"}. Uses core.train.runs.list_runs when it is there."""
+    Each row: {"label", "path", "kind", "run"}, in core.train.runs.list_runs's order."""
     root = Path(runs_dir)
     if not root.is_dir():
         return []
-    try:
-        from core.train.runs import list_runs
+    from core.train.runs import list_runs
 
-        runs = [Path(r["path"]) for r in list_runs(root)]
-    except ImportError:
-        runs = sorted((p for p in root.iterdir() if p.is_dir() and is_run_dir(p)),
-                      key=lambda p: p.stat().st_mtime, reverse=True)
+    runs = [Path(r["path"]) for r in list_runs(root)]
     rows = []
     for run in runs:
         ckpts = _checkpoints(run)
@@ -117,21 +110,19 @@ def list_targets(runs_dir: str | Path) -> list[dict]:
 def _run_base(run_dir: Path) -> tuple[str, str, str | None]:
     """(name_or_path, method, exact local base folder or None) of a run."""
     from core.config import load_run_config
+    from core.runfolder import RunFolder
+    from core.train.runs import recorded_base
 
-    cfg = load_run_config(run_dir / RUN_CONFIG)
-    status = _read_json(run_dir / "status.json") if (run_dir / "status.json").is_file() else {}
-    base_path = status.get("model_path") or None
-    if base_path and not Path(base_path).is_dir():
-        base_path = None
-    method = status.get("method") or cfg.model.method
-    return cfg.model.name_or_path, method, base_path
+    cfg = load_run_config(RunFolder(run_dir).config)
+    base_path, method = recorded_base(run_dir)
+    return cfg.model.name_or_path, method or cfg.model.method, base_path
 
 
 def _enclosing_run(path: Path, levels: int = 3) -> Path | None:
-    for parent in list(path.parents)[:levels]:
-        if (parent / RUN_CONFIG).is_file():
-            return parent
-    return None
+    from core.runfolder import RunFolder
+
+    run = RunFolder.enclosing(path.parent, levels - 1) if path.parent != path else None
+    return run.path if run else None
 
 
 def resolve_target(target: str, cfg: ChatConfig | None = None, *, runs_dir: str | Path | None = None) -> LoadSpec:
@@ -228,11 +219,8 @@ def _local_model_path(name: str, *, method: str, quant: str = "auto") -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path.resolve())
-    try:
-        from core.models.resolve import resolve_model
-    except ImportError:
-        raise LoadError(f"{name!r} is not a local folder, and this build cannot download models; give "
-                        "the path of a downloaded model folder", "base_model") from None
+    from core.models.resolve import resolve_model
+
     return resolve_model(name, method=method, quant=quant)
 
 

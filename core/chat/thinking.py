@@ -103,7 +103,8 @@ def build_prompt(tokenizer, messages: list[Message] | list[dict], *, thinking: b
         if isinstance(m, dict):
             m = Message(role=m["role"], content=m.get("content") or "")
         if m.role == "assistant":
-            # Reasoning never goes back into the history (the issue's rule for past turns).
+            # Reasoning never goes back into the history: Qwen3's template drops it from past turns,
+            # so a model trained on that template never saw it there.
             m = Message(role="assistant", content=split_reasoning(m.content).answer,
                         tool_calls=m.tool_calls)
         msgs.append(m)

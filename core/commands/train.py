@@ -23,14 +23,18 @@ def resolve_config(args):
     from pathlib import Path
 
     from core.config import RunConfig
+    from core.runfolder import RunFolder
     from core.settings import ConfigError, cli_overrides, deep_merge, from_dict, read_yaml
     from core.train.runs import CONFIG, new_run_name
 
-    path = Path(args.config)
+    path = Path(args.config).expanduser()
+    run_dir = None  # the run folder given, which then is the run (wherever it was copied to)
     if path.is_dir():
         if not (path / CONFIG).is_file():
             raise ConfigError(f"{path} is a folder without {CONFIG}; give a config YAML or a run folder")
-        path = path / CONFIG
+        run_dir, path = path, path / CONFIG
+    elif path.name == CONFIG and RunFolder(path.parent).status_path.is_file():
+        run_dir = path.parent  # the config.yaml inside a run folder: that run
     data, lines = read_yaml(path)
     if data is None:
         data = {}
@@ -40,6 +44,12 @@ def resolve_config(args):
     if overrides:
         data = deep_merge(data, overrides)
     cfg = from_dict(RunConfig, data, source=str(path), lines=lines)
+    if run_dir is not None:
+        given = getattr(args, "set__name", None)
+        if given and given != run_dir.name:
+            raise ConfigError(f"--name {given} differs from the run folder given ({run_dir}); the folder is "
+                              "the run: copy or rename the folder instead", "name")
+        cfg.name, cfg.runs_dir = run_dir.resolve().name, str(run_dir.resolve().parent)
     if not cfg.name:
         if args.resume:
             raise ConfigError("--resume needs the run's name (--name) or its folder", "name")

@@ -32,6 +32,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 class DataError(ConfigError):
     """A whole source cannot be used (missing file, unreachable hub, no usable rows...)."""
 
+    kind = "data"
+
 
 @dataclass
 class Row:

@@ -46,7 +46,7 @@ FALLBACK_PROMPTS = [
 
 
 class EvalError(ConfigError):
-    pass
+    """An evaluation that cannot run as asked (no run folder, no saved mix, ...)."""
 
 
 def _noop(stage: str, done: int, total: int) -> None:
@@ -56,31 +56,35 @@ def _noop(stage: str, done: int, total: int) -> None:
 # ------------------------------------------------------------------------------------- the data
 def run_dir_of(target: str | Path) -> Path:
     """The run folder of a run or of one of its checkpoints."""
+    from core.runfolder import RunFolder
+
     path = Path(target).expanduser().resolve()
-    for p in (path, *list(path.parents)[:3]):
-        if (p / "config.yaml").is_file():
-            return p
-    raise EvalError("not a run folder or a checkpoint of one (no config.yaml found)", "run", str(path))
+    run = RunFolder.enclosing(path)
+    if run is None:
+        raise EvalError("not a run folder or a checkpoint of one (no config.yaml found)", "run", str(path))
+    return run.path
 
 
 def mix_dir_of(run_dir: Path) -> Path:
     """The run's mix: ``<run>/mix`` (built for an inline mix) or the config's data.mix_dir."""
     from core.config import load_run_config
     from core.data.mixdir import MANIFEST
+    from core.runfolder import RunFolder
 
-    if (run_dir / "mix" / MANIFEST).is_file():
-        return run_dir / "mix"
-    cfg = load_run_config(run_dir / "config.yaml")
+    folder = RunFolder(run_dir)
+    if (folder.mix / MANIFEST).is_file():
+        return folder.mix
+    cfg = load_run_config(folder.config)
     if cfg.data.mix_dir:
         mix = Path(cfg.data.mix_dir).expanduser()
         if not mix.is_absolute() and not mix.is_dir():
-            mix = (run_dir / mix)
+            mix = (folder.path / mix)
         if (mix / MANIFEST).is_file():
             return mix
         raise EvalError(f"the run's mix folder {mix} is missing; give another with --mix", "data.mix_dir",
-                        str(run_dir / "config.yaml"))
+                        str(folder.config))
     raise EvalError("the run has no saved mix (no <run>/mix and no data.mix_dir); give one with --mix",
-                    "data.mix_dir", str(run_dir / "config.yaml"))
+                    "data.mix_dir", str(folder.config))
 
 
 def load_rows(mix_dir: Path, split: str) -> list[Conversation]:
@@ -256,11 +260,9 @@ def eval_accuracy(engine, rows: list[tuple[list[Message], str, bool]], cfg: Eval
 
 # -------------------------------------------------------------------------------------- the run
 def result_path(target: str | Path) -> Path:
-    path = Path(target).expanduser().resolve()
-    run = run_dir_of(path)
-    if path == run or path == run / "adapter":
-        return run / "eval.json"
-    return run / f"eval-{path.name}.json"
+    from core.runfolder import RunFolder
+
+    return RunFolder(run_dir_of(target)).eval_result(target)
 
 
 def evaluate(target: str | Path, cfg: EvalConfig | None = None, chat_cfg: ChatConfig | None = None, *,
@@ -333,12 +335,15 @@ def evaluate(target: str | Path, cfg: EvalConfig | None = None, chat_cfg: ChatCo
 
 
 def load_results(target: str | Path) -> dict | None:
-    import json
+    """The saved evaluation of ``target``; None if there is none. A damaged file is an EvalError."""
+    from core.settings import DamagedFile, read_json
 
     path = result_path(target)
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return read_json(path, expect=dict)
+    except DamagedFile as exc:
+        raise EvalError(f"the saved evaluation is unreadable ({exc.message}); evaluate again to replace it",
+                        "", str(path)) from None
 
 
 # --------------------------------------------------------------------------------- presentation

@@ -2,16 +2,15 @@
 
 An evaluation runs in a thread of the web server and shares the chat's model cache, so the model is
 in memory once. An export runs the trainer's CLI (`python -m core export --run DIR --format F`) as a
-subprocess writing ``<run>/export.log``. Both are kept per run folder in an instance the tab creates,
-so a page reload finds them still running (or finished) and shows their progress again.
+subprocess (core.procs.spawn_core) with its record and log in ``<run>/jobs/``. Both are kept per run
+folder in an instance the tab creates, so a page reload finds them still running (or finished); an
+export is also found again from its record after the server restarts.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -19,10 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import ChatConfig, EvalConfig
-
-ROOT = Path(__file__).resolve().parent.parent.parent
-EXPORT_FORMATS = ("lora", "merged16", "merged4", "gguf")
-EXPORT_LOG = "export.log"
+from core.train.export import FORMATS as EXPORT_FORMATS
 
 
 class Cancelled(Exception):
@@ -110,72 +106,115 @@ class EvalJobs:
 
 @dataclass
 class ExportJob:
+    """One export of a run: a ``python -m core export`` subprocess and its record on disk
+    (``<run>/jobs/export-<format>.json`` + ``.log``, see :mod:`core.procs`)."""
+
     run_dir: str
     fmt: str
-    proc: subprocess.Popen | None = None
+    record: str = ""  # the job record's path; "" for an export that could not start
+    proc: subprocess.Popen | None = None  # only in the server process that started it
     started: float = field(default_factory=time.time)
     error: str = ""
 
+    def _record(self):
+        from core.procs import JobRecord
+
+        return JobRecord.read(self.record) if self.record else None
+
     @property
     def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
+        if self.proc is not None and self.proc.poll() is not None:
+            return self.proc.returncode
+        rec = self._record()
+        return rec.returncode if rec is not None else None
 
     @property
     def state(self) -> str:
         if self.error:
             return "failed"
-        rc = self.returncode
-        return "running" if rc is None else ("done" if rc == 0 else "failed")
+        if self.proc is not None:
+            rc = self.proc.poll()
+            if rc is None:
+                return "running"
+            rec = self._record()
+            if rec is None or rec.state == "running":  # ended before it could write its record
+                return "done" if rc == 0 else "failed"
+            return rec.state
+        rec = self._record()
+        return rec.state if rec is not None else "failed"
 
     def log_tail(self, max_bytes: int = 6000) -> str:
-        path = Path(self.run_dir) / EXPORT_LOG
-        try:
-            data = path.read_bytes()[-max_bytes:]
-        except FileNotFoundError:
-            return ""
-        return data.decode("utf-8", errors="replace")
+        rec = self._record()
+        return rec.log_tail(max_bytes) if rec is not None else ""
 
 
 def export_available() -> bool:
     return importlib.util.find_spec("core.commands.export") is not None
 
 
-def export_command(run_dir: str | Path, fmt: str) -> list[str]:
+def export_args(run_dir: str | Path, fmt: str) -> list[str]:
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {list(EXPORT_FORMATS)}, got {fmt!r}")
     # Pressing Export again means "export again": replace the previous output of this format.
-    return [sys.executable, "-m", "core", "export", "--run", str(run_dir), "--format", fmt, "--overwrite", "true"]
+    return ["export", "--run", str(run_dir), "--format", fmt, "--overwrite", "true"]
+
+
+def export_command(run_dir: str | Path, fmt: str) -> list[str]:
+    from core.procs import core_command
+
+    return core_command(export_args(run_dir, fmt))
+
+
+def _record_path(run_dir: str | Path, fmt: str) -> Path:
+    from core.runfolder import RunFolder
+
+    return RunFolder(run_dir).jobs_dir / f"export-{fmt}.json"
 
 
 class ExportJobs:
-    """Exports started from the GUI: one subprocess at a time per run folder."""
+    """Exports started from the GUI: one subprocess at a time per run folder. Jobs are found again
+    from their records in the run folder, so a restarted server still shows a running or finished
+    export."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._jobs: dict[str, ExportJob] = {}
 
-    def get(self, run_dir: str | Path) -> ExportJob | None:
-        with self._lock:
-            return self._jobs.get(str(Path(run_dir).resolve()))
+    def _from_disk(self, key: str) -> ExportJob | None:
+        from core.procs import JobRecord
+        from core.runfolder import parse_iso
 
-    def start(self, run_dir: str | Path, fmt: str) -> ExportJob:
+        newest = None
+        for fmt in EXPORT_FORMATS:
+            path = _record_path(key, fmt)
+            rec = JobRecord.read(path)
+            if rec is None:
+                continue
+            started = parse_iso(rec.started) or 0.0
+            if newest is None or started > newest.started:
+                newest = ExportJob(run_dir=key, fmt=fmt, record=str(path), started=started)
+        return newest
+
+    def get(self, run_dir: str | Path) -> ExportJob | None:
         key = str(Path(run_dir).resolve())
         with self._lock:
             job = self._jobs.get(key)
+        return job if job is not None else self._from_disk(key)
+
+    def start(self, run_dir: str | Path, fmt: str) -> ExportJob:
+        from core.procs import spawn_core
+
+        key = str(Path(run_dir).resolve())
+        with self._lock:
+            job = self._jobs.get(key) or self._from_disk(key)
             if job is not None and job.state == "running":
                 return job
-            job = ExportJob(run_dir=key, fmt=fmt)
+            record = _record_path(key, fmt)
+            job = ExportJob(run_dir=key, fmt=fmt, record=str(record))
             self._jobs[key] = job
-        if not export_available():
-            job.error = "export is not available in this build (core/commands/export.py is missing)"
-            return job
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-        with (Path(key) / EXPORT_LOG).open("ab") as log:
-            log.write(f"\n$ {' '.join(export_command(key, fmt))}\n".encode())
-            log.flush()
-            job.proc = subprocess.Popen(export_command(key, fmt), cwd=str(ROOT), stdout=log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        # Reap the child when it ends so it never lingers as a zombie.
-        threading.Thread(target=job.proc.wait, daemon=True, name=f"export-{job.proc.pid}").start()
+            try:
+                job.proc = spawn_core(export_args(key, fmt), record.with_suffix(".log"), record=record,
+                                      kind="export", info={"run": key, "format": fmt}, header=True)
+            except OSError as exc:
+                job.error = f"the export could not start: {exc}"
         return job

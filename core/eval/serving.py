@@ -13,13 +13,15 @@ Every command adds ``--reasoning-parser qwen3`` so replies carry ``reasoning_con
 
 from __future__ import annotations
 
-import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.runfolder import RunFolder
+from core.settings import DamagedFile, read_json
+
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
-SKIP_DIRS = {"checkpoints", "mix", "evalscope", "adapter"}
+SKIP_DIRS = set(RunFolder.INTERNAL_DIRS)  # the run's working files, not something to serve
 
 
 @dataclass
@@ -38,18 +40,22 @@ def vllm_lora_rank(rank: int) -> int:
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON object file, or {} when it is missing or damaged: the commands are shown for what can
+    be read, and a damaged file only costs its own line."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_json(path, expect=dict)
+    except DamagedFile:
         return {}
+    return data or {}
 
 
 def find_servables(run_dir: str | Path) -> list[Servable]:
     """The run's adapter and every export found in the run folder (by content, not by name)."""
-    run = Path(run_dir)
+    folder = RunFolder(run_dir)
+    run = folder.path
     out: list[Servable] = []
-    if (run / "adapter" / "adapter_config.json").is_file():
-        out.append(Servable("lora", str(run / "adapter"), "adapter"))
+    if folder.has_adapter():
+        out.append(Servable("lora", str(folder.adapter), folder.ADAPTER))
     for cfg in sorted(run.rglob("config.json")):
         folder = cfg.parent
         rel = folder.relative_to(run)
@@ -76,13 +82,10 @@ def base_for_serving(name_or_path: str, base_path: str | None = None) -> str:
 
     if is_demo(name_or_path) and base_path:
         return base_path
-    try:
-        from core.models.resolve import catalog_entry, repo_id_for
+    from core.models.resolve import catalog_entry, repo_id_for
 
-        if catalog_entry(name_or_path) is not None:
-            return repo_id_for(name_or_path, method="lora", quant="none", hub="hf")
-    except ImportError:
-        pass
+    if catalog_entry(name_or_path) is not None:
+        return repo_id_for(name_or_path, method="lora", quant="none", hub="hf")
     folder = Path(name_or_path).expanduser()
     return str(folder.resolve()) if folder.is_dir() else name_or_path
 
@@ -138,17 +141,17 @@ print("answer:", message.content)
 
 def serving_for_run(run_dir: str | Path, *, name: str = "", port: int = 8000, thinking: bool = True) -> list[dict]:
     """For each servable thing in the run: {kind, path, label, command, snippet}."""
-    run = Path(run_dir)
-    name = name or run.name
+    folder = RunFolder(run_dir)
+    name = name or folder.name
     base = ""
-    if (run / "config.yaml").is_file():
+    if folder.config.is_file():
         from core.config import load_run_config
+        from core.train.runs import recorded_base
 
-        cfg = load_run_config(run / "config.yaml")
-        status = _read_json(run / "status.json")
-        base = base_for_serving(cfg.model.name_or_path, status.get("model_path"))
+        cfg = load_run_config(folder.config)
+        base = base_for_serving(cfg.model.name_or_path, recorded_base(folder.path)[0])
     out = []
-    for s in find_servables(run):
+    for s in find_servables(folder.path):
         try:
             cmd = serve_command(s, base_model=base, name=name, port=port)
         except ValueError as exc:

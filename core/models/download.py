@@ -49,16 +49,9 @@ def fmt_bytes(n: float) -> str:
 
 
 def fmt_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds == float("inf"):
-        return "?"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
+    from core.fmt import duration
+
+    return duration(seconds)
 
 
 @dataclass
@@ -336,10 +329,10 @@ class DownloadJob:
         return cmd
 
     def start(self) -> DownloadJob:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self._proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      encoding="utf-8", errors="replace", start_new_session=True)
+        from core.procs import spawn_core
+
+        # The same launcher as training and export (environment, own session); progress comes on stdout.
+        self._proc = spawn_core(self.command()[3:], None, pipe=True)
         for target in (self._read_stdout, self._read_stderr):
             thread = threading.Thread(target=target, daemon=True)
             thread.start()

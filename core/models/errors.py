@@ -12,11 +12,10 @@ from core.settings import ConfigError
 class ModelError(ConfigError):
     """A model could not be resolved, checked or downloaded. ``advice`` says what to do next."""
 
+    kind = "model"
+
     def __init__(self, message: str, advice: str = "", where: str = ""):
-        self.advice = advice
-        text = f"{message}\n{advice}" if advice else message
-        super().__init__(text, where)
-        self.reason = message
+        super().__init__(message, where, advice=advice)
 
 
 class UnknownModel(ModelError):
@@ -44,6 +43,8 @@ class NotDownloaded(ModelError):
 class HubUnreachable(ModelError):
     """The hub could not be reached (offline, DNS, proxy, timeout)."""
 
+    kind = "network"
+
 
 class RepoNotFound(ModelError):
     """The repository does not exist on that hub (or is private)."""
@@ -56,10 +57,16 @@ class RepoGated(ModelError):
 class NotEnoughDisk(ModelError):
     """The download will not fit on the disk."""
 
+    kind = "resource"
+
 
 class DownloadFailed(ModelError):
     """The hub client failed for another reason."""
 
+    kind = "network"
+
 
 class MissingPackage(ModelError):
     """An optional package (modelscope) is not installed."""
+
+    kind = "config"

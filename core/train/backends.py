@@ -107,17 +107,14 @@ def resolve_model_path(model_cfg) -> Path:
         return path.resolve()
     if path.suffix or name.startswith((".", "/", "~")) or "\\" in name:
         raise ConfigError(f"model folder {name!r} does not exist", "model.name_or_path")
-    try:
-        from core.models import resolve_model
-    except ImportError:
-        raise ConfigError(f"{name!r} is not a local folder, and this build cannot download models; "
-                          "give the path of a downloaded model folder", "model.name_or_path") from None
+    from core.models import resolve_model
+
     try:
         return Path(resolve_model(name, method=model_cfg.method, quant=model_cfg.quant, hub=model_cfg.hub))
     except ConfigError as exc:
         if exc.where:
             raise
-        raise ConfigError(str(exc), "model.name_or_path") from exc
+        raise exc.at("model.name_or_path") from None  # keeps its kind (e.g. network) and its advice
     except Exception as exc:  # network, auth, missing repo: report with the field it came from
         raise ConfigError(f"cannot get model {name!r}: {exc}", "model.name_or_path") from exc
 

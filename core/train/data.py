@@ -78,11 +78,8 @@ def load_mix(cfg, run_dir: Path, tokenizer_path: Path, resume: bool, echo=print)
     else:
         mix_dir = run_dir / "mix"
         if not (resume and (mix_dir / MANIFEST).is_file()):
-            try:
-                from core.data.mix import build_mix
-            except ImportError as exc:
-                raise ConfigError(f"inline mixes need core.data.mix ({exc}); build the mix with "
-                                  "`python -m core mix` and use data.mix_dir", "data.mix") from None
+            from core.data.mix import build_mix
+
             if mix_dir.exists():
                 shutil.rmtree(mix_dir)
             echo(f"building the inline mix into {mix_dir}")
@@ -126,11 +123,11 @@ def padded_fill(lengths: list[int], micro_batch: int, max_seq_len: int, seed: in
 def choose_packing(requested: str, lengths: list[int], micro_batch: int, max_seq_len: int) -> tuple[str, str]:
     """The batching mode for ``train.packing`` = requested, and why (shown in the log and status).
 
-    Measured on an H200 with a Qwen3-8B shape (bench/train_speed.py calls 7 and 8, torch 2.11 without
-    flash-attn): on short chat + long reasoning rows, bucket trained 1.99x / 2.00x the real tokens/s
-    of padded batches and packing 1.86x / 1.92x (packed segments get one attention call each without
-    a variable-length kernel); on rows that all fill the sequence, padded batches ran at par with the
-    bare Unsloth loop, as there is nothing to remove."""
+    Measured on an H200 with a Qwen3-8B shape (bench/results/train_speed.jsonl, the records with call
+    7 and 8; torch 2.11 without flash-attn): on short chat + long reasoning rows, bucket trained
+    1.99x / 2.00x the real tokens/s of padded batches and packing 1.86x / 1.92x (packed segments get
+    one attention call each without a variable-length kernel); on rows that all fill the sequence,
+    padded batches ran at par with the bare Unsloth loop, as there is nothing to remove."""
     from core.train.notices import Notice
 
     if requested != "auto":

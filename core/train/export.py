@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import QwenTuneError
 from core.settings import ConfigError, setting
 
 FORMATS = ("lora", "merged16", "merged4", "gguf")
@@ -47,8 +48,10 @@ class ExportConfig:
     overwrite: bool = setting(False, help="Replace an existing output folder.")
 
 
-class ExportError(RuntimeError):
+class ExportError(QwenTuneError, RuntimeError):
     """An export that cannot be done here; the message says what to do instead."""
+
+    kind = "resource"
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -86,7 +89,7 @@ def _copy_tokenizer(src: Path, out: Path) -> None:
 
 def find_llama_cpp() -> dict:
     """Where llama.cpp is: its folder, the HF->GGUF converter script and the quantizer binary."""
-    from core.train.runs import ROOT
+    from core.procs import ROOT
 
     folders = [os.environ.get("QWENTUNE_LLAMA_CPP"), os.environ.get("UNSLOTH_LLAMA_CPP_PATH"),
                str(Path.home() / ".unsloth" / "llama.cpp"), str(ROOT / "llama.cpp")]

@@ -1,7 +1,8 @@
 """The worker's notes about how it trains (backend, batching, QLoRA, checkpointing), with stable codes.
 
 A :class:`Notice` is the English sentence (what the log and the CLI print, and what status.json's
-``notices`` / ``packing_reason`` hold, as before) that also carries a ``code`` and its ``params``.
+``notices`` / ``packing_reason`` hold, so older readers keep working) that also carries a ``code``
+and its ``params``.
 The worker writes the codes beside the text (``notice_codes``, ``packing_code`` in status.json) so
 the GUI can show each note in the page's language (``train.notice.<code>`` in gui/strings/train.yaml,
 same placeholders as :data:`TEXT`).

@@ -1,15 +1,5 @@
-"""Run folders: the one contract between the training worker, the GUI and the other tools.
-
-A run folder is rebuilt purely from disk, so the GUI can be reloaded or restarted at any time::
-
-    runs/<name>/config.yaml     the resolved RunConfig
-    runs/<name>/status.json     state, pid, error + advice, backend, step, GPU peaks (atomic writes)
-    runs/<name>/metrics.jsonl   one JSON line per logging step
-    runs/<name>/train.log       the worker's stdout and stderr
-    runs/<name>/checkpoints/    resumable trainer checkpoints (checkpoint-<step>/)
-    runs/<name>/adapter/        the final LoRA adapter (PEFT format)
-    runs/<name>/mix/            the inline mix built for this run (when the config had one)
-    runs/<name>/stop            present while a graceful stop is requested
+"""Run folders: starting, stopping, resuming, listing and reading runs (the layout and status
+rules live in :mod:`core.runfolder`).
 
 Only the worker writes status.json while it lives. The GUI never trains in-process: it starts
 ``python -m core train`` as a detached process (:func:`start_run`), asks it to stop through the stop
@@ -19,220 +9,119 @@ itself because the worker cannot).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from core.settings import ConfigError, write_json_atomic
+from core.procs import ROOT
+from core.runfolder import ACTIVE, STATES, RunError, RunFolder, Status, now_iso, parse_iso, pid_alive
+from core.settings import ConfigError, DamagedFile
 
-STATUS = "status.json"
-METRICS = "metrics.jsonl"
-LOG = "train.log"
-CONFIG = "config.yaml"
-STOP_FLAG = "stop"
-ADAPTER = "adapter"
-CHECKPOINTS = "checkpoints"
-MIX = "mix"
+STATUS = RunFolder.STATUS
+METRICS = RunFolder.METRICS
+LOG = RunFolder.LOG
+CONFIG = RunFolder.CONFIG
+STOP_FLAG = RunFolder.STOP_FLAG
+ADAPTER = RunFolder.ADAPTER
+CHECKPOINTS = RunFolder.CHECKPOINTS
+MIX = RunFolder.MIX
 GPU_LOCK = ".gpu.lock"
+# An empty claim file this old belongs to a start that died between creating it and writing its pid.
+CLAIM_GRACE_S = 30.0
 
-STATES = ("queued", "running", "stopping", "stopped", "done", "failed")
-ACTIVE = ("queued", "running", "stopping")
-ROOT = Path(__file__).resolve().parent.parent.parent
-# A queued run whose worker never wrote its pid within this time is reported as failed.
-QUEUED_GRACE_S = 180.0
-
-
-class RunError(RuntimeError):
-    """A run folder operation that cannot be done (e.g. resuming a run that is still running)."""
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
-def parse_iso(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
+__all__ = ["ACTIVE", "ROOT", "STATES", "RunError", "RunFolder", "Status", "now_iso", "parse_iso", "pid_alive"]
 
 
 # ------------------------------------------------------------------------------------ status
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        # Writes are atomic, so this is a damaged file, not a half-written one.
-        return {"state": "failed", "error": f"{path.name} is unreadable ({exc})"}
+def write_status(run_dir: str | Path, **updates: Any) -> Status:
+    """Merge ``updates`` into status.json (atomic; known fields only). Only the run's owner calls this."""
+    return RunFolder(run_dir).update_status(**updates)
 
 
-def write_status(run_dir: str | Path, **updates: Any) -> dict:
-    """Merge ``updates`` into status.json (atomic). Only the process that owns the run calls this."""
-    path = Path(run_dir) / STATUS
-    status = _read_json(path) or {}
-    status.update(updates)
-    status["updated"] = now_iso()
-    write_json_atomic(path, status)
-    return status
-
-
-def pid_alive(pid: int | None) -> bool:
-    """True if ``pid`` is a live (not zombie) process that looks like a QwenTune worker."""
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    proc = Path(f"/proc/{pid}")
-    if proc.is_dir():
-        try:
-            stat = (proc / "stat").read_text()
-            if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                return False
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
-        except (OSError, IndexError):
-            return False
-        # A recycled pid belongs to some other program: not our worker.
-        return b"core" in cmdline or b"pytest" in cmdline or b"python" in cmdline
-    return True
-
-
-def read_status(run_dir: str | Path) -> dict:
-    """status.json as the GUI should show it.
-
-    A run that claims to be active but whose process is gone (kill -9, a crash, a reboot) is
-    reported as ``failed`` with ``resumable`` set when a checkpoint exists; a run whose stop file
-    is present is reported as ``stopping``.
-    """
-    run_dir = Path(run_dir)
-    status = _read_json(run_dir / STATUS)
-    if status is None:
-        status = {"state": "failed", "error": "no status.json: not a run folder, or it was never started"}
-    status.setdefault("state", "failed")
-    state = status["state"]
-    if state in ACTIVE:
-        pid = status.get("pid")
-        if pid:
-            dead = not pid_alive(pid)
-        else:
-            queued_at = parse_iso(status.get("queued")) or (run_dir / STATUS).stat().st_mtime
-            dead = time.time() - queued_at > QUEUED_GRACE_S
-        if dead:
-            ckpt = latest_checkpoint(run_dir)
-            status.update(
-                state="failed", lost=True, resumable=True,
-                error=status.get("error") or "The training process ended without saying why (killed, "
-                      "crashed, or the machine restarted). See train.log.",
-                advice=status.get("advice") or ("Resume continues from " + ckpt.name if ckpt else
-                                                "Resume starts again from step 0 (no checkpoint yet)."),
-            )
-        elif state == "running" and (run_dir / STOP_FLAG).exists():
-            status["state"] = "stopping"
-    elif state in ("stopped", "failed"):
-        status.setdefault("resumable", True)
-    return status
+def read_status(run_dir: str | Path) -> Status:
+    """status.json as the GUI should show it (see :meth:`RunFolder.status`)."""
+    return RunFolder(run_dir).status()
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """metrics.jsonl as a list; a torn last line (the writer was killed mid-line) is skipped."""
-    path = Path(run_dir) / METRICS
-    out = []
-    try:
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    except FileNotFoundError:
-        return []
-    return out
+    """metrics.jsonl as a list, one row per step; torn or damaged lines are skipped."""
+    return RunFolder(run_dir).read_metrics()
 
 
 def read_log_tail(run_dir: str | Path, max_bytes: int = 8000) -> str:
-    path = Path(run_dir) / LOG
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read()
-    except FileNotFoundError:
-        return ""
-    text = data.decode("utf-8", errors="replace")
-    if size > max_bytes:
-        text = text.split("\n", 1)[-1]
-    return text
+    return RunFolder(run_dir).read_log_tail(max_bytes)
 
 
 # ------------------------------------------------------------------------------------ listing
-def is_run_dir(path: Path) -> bool:
-    return (path / STATUS).is_file() or (path / CONFIG).is_file()
+def is_run_dir(path: str | Path) -> bool:
+    return RunFolder(path).is_run()
 
 
 def run_summary(run_dir: str | Path) -> dict:
-    run_dir = Path(run_dir)
-    status = read_status(run_dir)
-    created = parse_iso(status.get("queued") or status.get("started"))
+    """One row of the runs list. A folder whose files cannot be read still gets a row: its state is
+    ``failed`` and its ``error`` starts with "unreadable:" and says why."""
+    folder = RunFolder(run_dir)
+    status = folder.status()
+    created = parse_iso(status.queued or status.started)
     if created is None:
-        created = (run_dir / CONFIG).stat().st_mtime if (run_dir / CONFIG).exists() else run_dir.stat().st_mtime
+        try:
+            created = (folder.config if folder.config.exists() else folder.path).stat().st_mtime
+        except OSError:
+            created = 0.0
     return {
-        "name": run_dir.name,
-        "path": str(run_dir),
-        "state": status.get("state"),
-        "model": status.get("model", ""),
-        "method": status.get("method", ""),
-        "backend": status.get("backend", ""),
-        "step": status.get("step", 0),
-        "total_steps": status.get("total_steps", 0),
-        "loss": status.get("loss"),
+        "name": folder.name,
+        "path": str(folder.path),
+        "state": status.state,
+        "model": status.model or "",
+        "method": status.method or "",
+        "backend": status.backend or "",
+        "step": status.step or 0,
+        "total_steps": status.total_steps or 0,
+        "loss": status.loss,
         "created": created,
-        "has_adapter": (run_dir / ADAPTER / "adapter_config.json").exists(),
+        "has_adapter": folder.has_adapter(),
         "status": status,
+        "unreadable": status.unreadable or "",
     }
 
 
+def _unreadable_summary(run_dir: Path, why: str) -> dict:
+    status = Status(state="failed", unreadable=why, error=f"unreadable: {why}", resumable=False)
+    try:
+        created = run_dir.stat().st_mtime
+    except OSError:
+        created = 0.0
+    return {"name": run_dir.name, "path": str(run_dir), "state": "failed", "model": "", "method": "",
+            "backend": "", "step": 0, "total_steps": 0, "loss": None, "created": created, "has_adapter": False,
+            "status": status, "unreadable": why}
+
+
 def list_runs(runs_dir: str | Path) -> list[dict]:
-    """Every run folder under ``runs_dir``, newest first, built from the folders alone."""
+    """Every run folder under ``runs_dir``, newest first, built from the folders alone. One folder
+    that cannot be read is listed as unreadable; it never hides the others."""
     root = Path(runs_dir)
     if not root.is_dir():
         return []
-    runs = [run_summary(p) for p in root.iterdir() if p.is_dir() and is_run_dir(p)]
+    runs = []
+    for p in root.iterdir():
+        try:
+            if not (p.is_dir() and is_run_dir(p)):
+                continue
+            runs.append(run_summary(p))
+        except (OSError, DamagedFile, ValueError, TypeError) as exc:
+            runs.append(_unreadable_summary(p, f"{type(exc).__name__}: {exc}"))
     runs.sort(key=lambda r: r["created"], reverse=True)
     return runs
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint (one whose trainer_state.json was written)."""
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return None
-    best = None
-    for p in root.glob("checkpoint-*"):
-        try:
-            step = int(p.name.split("-", 1)[1])
-        except ValueError:
-            continue
-        if (p / "trainer_state.json").is_file() and (best is None or step > best[0]):
-            best = (step, p)
-    return best[1] if best else None
+    ckpt = RunFolder(run_dir).latest_checkpoint()
+    return ckpt.path if ckpt else None
 
 
 # ---------------------------------------------------------------------------------- model paths
@@ -247,27 +136,37 @@ class RunModel:
     load_in_4bit: bool  # how the base was trained
 
 
+def recorded_base(run_dir: str | Path) -> tuple[str | None, str | None]:
+    """(exact local base-model folder the worker trained on, method it used), as status.json has
+    them; the folder only when it still exists. (None, None) for what is not known."""
+    try:
+        status = RunFolder(run_dir).read_status_raw() or Status()
+    except DamagedFile:
+        status = Status()
+    base = status.model_path if status.model_path and Path(status.model_path).is_dir() else None
+    return base, status.method
+
+
 def run_model_paths(run_dir: str | Path) -> RunModel:
     """Base model folder and adapter folder of a run (the adapter of the newest checkpoint while the
     run is still going)."""
     from core.config import load_run_config
 
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir / CONFIG)
-    status = _read_json(run_dir / STATUS) or {}
-    base = status.get("model_path") or ""
-    if not base or not Path(base).is_dir():
+    folder = RunFolder(run_dir)
+    cfg = load_run_config(folder.config)
+    base, method = recorded_base(folder.path)
+    if not base:
         from core.train.backends import resolve_model_path
 
         base = str(resolve_model_path(cfg.model))
     adapter = None
-    if (run_dir / ADAPTER / "adapter_config.json").is_file():
-        adapter = str(run_dir / ADAPTER)
+    if folder.has_adapter():
+        adapter = str(folder.adapter)
     else:
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is not None and (ckpt / "adapter_config.json").is_file():
-            adapter = str(ckpt)
-    method = status.get("method") or cfg.model.method
+        ckpt = folder.latest_checkpoint()
+        if ckpt is not None and ckpt.has_adapter:
+            adapter = str(ckpt.path)
+    method = method or cfg.model.method
     return RunModel(base=base, adapter=adapter, method=method, name_or_path=cfg.model.name_or_path,
                     load_in_4bit=method == "qlora")
 
@@ -279,39 +178,97 @@ def new_run_name(model_name: str, method: str) -> str:
     return f"{base}-{method}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _worker_cmd(config_path: Path, name: str, runs_dir: Path, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "core", "train", str(config_path), "--name", name,
-           "--runs-dir", str(runs_dir)]
-    if resume:
-        cmd.append("--resume")
-    return cmd
+def _worker_args(run_dir: Path, resume: bool) -> list[str]:
+    """The worker is always given the run folder itself: the folder is the run."""
+    return ["train", str(run_dir), *(["--resume"] if resume else [])]
 
 
-def _spawn(cmd: list[str], run_dir: Path) -> subprocess.Popen:
-    import threading
+def _spawn(args: list[str], run_dir: Path):
+    from core.procs import spawn_core
 
-    env = dict(os.environ)
-    env["QWENTUNE_LOG_REDIRECTED"] = "1"  # stdout already goes to train.log: no tee needed
-    env["PYTHONUNBUFFERED"] = "1"
-    pythonpath = env.get("PYTHONPATH", "")
-    if str(ROOT) not in pythonpath.split(os.pathsep):
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), pythonpath) if p)
-    log = (run_dir / LOG).open("ab")
+    return spawn_core(args, RunFolder(run_dir).log)
+
+
+def claim_run_dir(run_dir: str | Path) -> Path:
+    """Take the run name: create the run folder and its claim file atomically, before anything else
+    is written. Exactly one of several starts with the same name wins; the others get RunError.
+
+    A leftover folder that holds no run (no config.yaml, no status.json: only a temp file, or the
+    claim of a start whose process is gone) does not block the name: it is claimed like an empty one.
+    """
+    folder = RunFolder(run_dir)
+    folder.path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        proc = subprocess.Popen(cmd, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        folder.path.mkdir()
+    except FileExistsError:
+        if not folder.path.is_dir():
+            raise RunError(f"{folder.path} exists and is not a folder; choose another name") from None
+        if folder.is_run():
+            raise RunError(f"run folder {folder.path} already exists; choose another name or resume it") from None
+    for _attempt in range(2):
+        try:
+            fd = os.open(folder.claim_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            if _take_stale_claim(folder):
+                continue
+            raise RunError(f"run name {folder.name!r} is being started by another process; choose another "
+                           "name", where=str(folder.path)) from None
+        break
+    else:
+        raise RunError(f"run name {folder.name!r} is being started by another process; choose another name",
+                       where=str(folder.path))
+    try:
+        os.write(fd, f"{os.getpid()} {now_iso()}\n".encode())
     finally:
-        log.close()
-    # Reap the child when it exits so it never lingers as a zombie that looks alive.
-    threading.Thread(target=proc.wait, daemon=True, name=f"reap-{proc.pid}").start()
-    return proc
+        os.close(fd)
+    if folder.is_run():  # a run written between our mkdir and our claim (an older worker): not ours
+        folder.claim_path.unlink(missing_ok=True)
+        raise RunError(f"run folder {folder.path} already exists; choose another name or resume it")
+    return folder.path
+
+
+def _claim_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return None
+    return int(text[0]) if text and text[0].isdigit() else None
+
+
+def _take_stale_claim(folder: RunFolder) -> bool:
+    """Remove the claim of a start that died before writing its run (its pid is gone); True if it
+    was removed, so the caller may claim again. Of two takers of one stale claim only one moves it
+    (a rename succeeds once); a taker that moved a fresh claim by mistake puts it back."""
+    pid = _claim_pid(folder.claim_path)
+    if folder.is_run() or (pid is not None and pid_alive(pid)):
+        return False
+    if pid is None:  # being written right now, unless it has been empty for a while
+        try:
+            if time.time() - folder.claim_path.stat().st_mtime < CLAIM_GRACE_S:
+                return False
+        except FileNotFoundError:
+            return True
+    moved = folder.path / f".claim.stale.{os.getpid()}"
+    try:
+        os.rename(folder.claim_path, moved)
+    except FileNotFoundError:
+        return True  # another taker moved it first: try to claim again
+    if _claim_pid(moved) != pid:  # it was replaced by a live claim between our read and our rename
+        try:
+            os.link(moved, folder.claim_path)
+        except FileExistsError:
+            pass
+        moved.unlink(missing_ok=True)
+        return False
+    moved.unlink(missing_ok=True)
+    return True
 
 
 def start_run(config, runs_dir: str | Path | None = None, name: str | None = None) -> Path:
     """Create ``runs_dir/<name>/`` with the resolved config and start the worker detached.
 
     ``config`` is a RunConfig or a path to a YAML file. Returns the run folder; the worker writes
-    status.json from then on. Raises ConfigError for a bad config, RunError if the folder exists.
+    status.json from then on. Raises ConfigError for a bad config, RunError if the name is taken.
     """
     from core.config import RunConfig, load_run_config
     from core.settings import dump_yaml
@@ -328,18 +285,17 @@ def start_run(config, runs_dir: str | Path | None = None, name: str | None = Non
     cfg.runs_dir = str(runs_root)
     cfg.name = name or cfg.name or new_run_name(cfg.model.name_or_path, cfg.model.method)
     check_run_name(cfg.name)
-    run_dir = runs_root / cfg.name
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise RunError(f"run folder {run_dir} already exists; choose another name or resume it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, run_dir / CONFIG, header="QwenTune run config (resolved). Resume with:\n"
-                                            f"  python -m core train {run_dir / CONFIG} --resume")
-    write_json_atomic(run_dir / STATUS, {
-        "state": "queued", "pid": None, "queued": now_iso(), "updated": now_iso(), "step": 0,
-        "total_steps": 0, "model": cfg.model.name_or_path, "method": cfg.model.method,
-    })
-    _spawn(_worker_cmd(run_dir / CONFIG, cfg.name, runs_root, resume=False), run_dir)
+    run_dir = claim_run_dir(runs_root / cfg.name)
+    folder = RunFolder(run_dir)
+    dump_yaml(cfg, folder.config, header=config_header(run_dir))
+    folder.write_status(Status(state="queued", queued=now_iso(), step=0, total_steps=0,
+                               model=cfg.model.name_or_path, method=cfg.model.method))
+    _spawn(_worker_args(run_dir, resume=False), run_dir)
     return run_dir
+
+
+def config_header(run_dir: Path) -> str:
+    return f"QwenTune run config (resolved). Resume with:\n  python -m core train {run_dir} --resume"
 
 
 def check_run_name(name: str) -> None:
@@ -394,10 +350,12 @@ def resume_run(run_dir: str | Path) -> Path:
         raise RunError(f"run {run_dir.name} is still {status['state']}")
     if status["state"] == "done":
         raise RunError(f"run {run_dir.name} already finished; start a new run to train longer")
+    if status.unreadable:
+        raise RunError(f"run {run_dir.name} cannot be resumed: {status.error}")
     (run_dir / STOP_FLAG).unlink(missing_ok=True)
-    write_status(run_dir, state="queued", pid=None, queued=now_iso(), error=None, advice=None,
-                 killed=False, lost=False)
-    _spawn(_worker_cmd(run_dir / CONFIG, run_dir.name, run_dir.parent, resume=True), run_dir)
+    write_status(run_dir, state="queued", pid=None, queued=now_iso(), error=None, error_kind=None, advice=None,
+                 killed=False, lost=False, disk_full=None, oom=None)
+    _spawn(_worker_args(run_dir, resume=True), run_dir)
     return run_dir
 
 

@@ -20,7 +20,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.settings import ConfigError, dump_yaml
+from core.errors import QwenTuneError, outcome
+from core.settings import ConfigError, DamagedFile, dump_yaml
 from core.train import runs
 from core.train.notices import Notice, codes_of
 
@@ -49,12 +50,20 @@ class _Tee:
         self.thread.start()
 
     def _pump(self, fd: int) -> None:
+        log_ok = True
         while True:
             data = os.read(fd, 65536)
             if not data:
                 break
-            self.log.write(data)
-            os.write(self.console, data)
+            if log_ok:
+                try:
+                    self.log.write(data)
+                except OSError:  # disk full: keep draining the pipe (a full pipe would stall training)
+                    log_ok = False
+            try:
+                os.write(self.console, data)
+            except OSError:
+                pass
 
     def close(self) -> None:
         sys.stdout.flush()
@@ -67,28 +76,36 @@ class _Tee:
 
 # ---------------------------------------------------------------------------------- run folder
 def prepare_run_dir(cfg, resume: bool) -> Path:
+    """The run folder of ``cfg`` (runs_dir/name), taken for this process. A new run claims the name
+    atomically (:func:`core.train.runs.claim_run_dir`) unless start_run claimed it for us: a folder
+    whose status is ``queued`` without a pid is a run start_run made and is waiting for its worker."""
     runs.check_run_name(cfg.name)
     run_dir = Path(cfg.runs_dir).expanduser() / cfg.name
+    folder = runs.RunFolder(run_dir)
     if resume:
-        if not (run_dir / runs.CONFIG).is_file():
+        if not folder.config.is_file():
             raise ConfigError(f"nothing to resume: {run_dir} is not a run folder", "name")
-        status = runs.read_status(run_dir)
-        if status["state"] in runs.ACTIVE and status.get("pid") not in (None, os.getpid()):
-            raise ConfigError(f"run {cfg.name} is still {status['state']} (pid {status.get('pid')})", "name")
-        if status["state"] == "done":
+        status = folder.status()
+        if status.unreadable:
+            raise runs.RunError(f"run {cfg.name} cannot be resumed: {status.error}", where=str(run_dir))
+        if status.state in runs.ACTIVE and status.pid not in (None, os.getpid()):
+            raise ConfigError(f"run {cfg.name} is still {status.state} (pid {status.pid})", "name")
+        if status.state == "done":
             raise ConfigError(f"run {cfg.name} already finished; start a new run to train longer", "name")
-        dump_yaml(cfg, run_dir / runs.CONFIG, header="QwenTune run config (resolved). Resume with:\n"
-                                                    f"  python -m core train {run_dir / runs.CONFIG} --resume")
+        dump_yaml(cfg, folder.config, header=runs.config_header(run_dir))
         return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        status = runs._read_json(run_dir / runs.STATUS) or {}
-        # start_run creates the folder, the config and a queued status, then starts us.
-        if not (status.get("state") == "queued" and not status.get("pid")):
-            raise ConfigError(f"run folder {run_dir} already exists; choose another --name, or add "
-                              "--resume to continue it", "name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, run_dir / runs.CONFIG, header="QwenTune run config (resolved). Resume with:\n"
-                                                f"  python -m core train {run_dir / runs.CONFIG} --resume")
+    try:
+        waiting = folder.read_status_raw()
+    except DamagedFile:
+        waiting = None
+    if not (waiting is not None and waiting.state == "queued" and not waiting.pid
+            and folder.claim_path.is_file()):
+        try:
+            runs.claim_run_dir(run_dir)
+        except runs.RunError as exc:
+            raise ConfigError(f"{exc.message}; choose another --name, or add --resume to continue it",
+                              "name") from None
+    dump_yaml(cfg, folder.config, header=runs.config_header(run_dir))
     return run_dir
 
 
@@ -132,15 +149,126 @@ class GpuLock:
             self.fd = None
 
 
+class FailureReserve:
+    """Disk space kept back so that a run can still say how it failed when the disk fills up.
+
+    Two files in the run folder, allocated when the worker starts: ``.reserve`` (ballast, deleted
+    first on a failure, which frees room for the log's last lines and the status) and
+    ``.status.reserve`` (blocks already allocated: the final status is written into it and renamed
+    over status.json, which needs no new blocks, when even a normal write fails)."""
+
+    BALLAST = ".reserve"
+    STATUS = ".status.reserve"
+    BALLAST_BYTES = 1 << 20
+    STATUS_BYTES = 64 << 10
+
+    def __init__(self, run_dir: Path):
+        self.ballast = run_dir / self.BALLAST
+        self.status_file = run_dir / self.STATUS
+        self.status_path = run_dir / runs.STATUS
+        for path, size in ((self.status_file, self.STATUS_BYTES), (self.ballast, self.BALLAST_BYTES)):
+            try:
+                _allocate(path, size)
+            except OSError as exc:  # already (nearly) full: run without a reserve, and say so
+                path.unlink(missing_ok=True)
+                log(f"note: could not reserve {size // 1024} kB in {run_dir} for the failure report ({exc})")
+
+    def release_ballast(self) -> None:
+        self.ballast.unlink(missing_ok=True)
+
+    def write_status(self, status: dict) -> None:
+        """Write ``status`` (a full status.json) through the pre-allocated file."""
+        import json
+
+        data = (json.dumps(status, indent=2, ensure_ascii=False) + "\n").encode()
+        fd = os.open(self.status_file, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data[: self.STATUS_BYTES], 0)
+            os.ftruncate(fd, min(len(data), self.STATUS_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.status_file, self.status_path)
+
+    def close(self) -> None:
+        self.ballast.unlink(missing_ok=True)
+        self.status_file.unlink(missing_ok=True)
+
+
+def _allocate(path: Path, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, size)
+        else:
+            os.write(fd, b"\0" * size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_disk_full(exc: BaseException, run_dir: Path, needed: int) -> bool:
+    """The failure is the disk running out of space: ENOSPC anywhere in the exception's chain, or a
+    write error that hides its errno (torch.save's "file write failed") with less free than needed."""
+    import errno
+
+    seen, chain = set(), []
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    for e in chain:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+            return True
+    if any("file write failed" in str(e) or "PytorchStreamWriter failed" in str(e) for e in chain):
+        return free_bytes(run_dir) < needed
+    return False
+
+
+def _mb(n: int) -> str:
+    mb = n / (1 << 20)
+    return f"{mb:.1f}" if mb < 10 else f"{mb:.0f}"
+
+
+def free_bytes(path: Path) -> int:
+    import shutil
+
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
+
+
+def checkpoint_bytes(run_dir: Path) -> int:
+    """About what one more checkpoint needs: the size of the newest one, else an estimate from the
+    trainable parameters (fp32 weights + two AdamW moments) and the tokenizer files saved with it."""
+    from core.models.local import dir_size
+
+    folder = runs.RunFolder(run_dir)
+    ckpt = folder.latest_checkpoint()
+    if ckpt is not None:
+        return dir_size(ckpt.path)
+    try:
+        status = folder.read_status_raw() or runs.Status()
+    except DamagedFile:
+        status = runs.Status()
+    size = (status.trainable_params or 0) * 12
+    if status.model_path:
+        for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
+            p = Path(status.model_path) / name
+            size += p.stat().st_size if p.is_file() else 0
+    return size
+
+
 # --------------------------------------------------------------------------------------- advice
 def is_oom(exc: BaseException) -> bool:
-    try:
-        import torch
+    import torch
 
-        if isinstance(exc, torch.OutOfMemoryError):
-            return True
-    except (ImportError, AttributeError):
-        pass
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
     text = str(exc).lower()
     return "out of memory" in text and ("cuda" in text or "alloc" in text)
 
@@ -170,11 +298,9 @@ def oom_advice(cfg, model_path: Path | None, backend: str) -> str:
 
 
 def _estimate_figure(cfg, model_path, backend, changes: dict) -> str:
-    try:
-        from core.hardware.catalog import Arch
-        from core.hardware.estimate import estimate_training
-    except ImportError as exc:
-        return f"(No memory estimate: the estimator is not available: {exc}.)"
+    from core.hardware.catalog import Arch
+    from core.hardware.estimate import estimate_training
+
     if model_path is None:
         return ""
     try:
@@ -303,19 +429,23 @@ def run(cfg, *, resume: bool = False) -> int:
     tee = None
     if os.environ.get("QWENTUNE_LOG_REDIRECTED") != "1":
         tee = _Tee(run_dir / runs.LOG)
+    reserve = FailureReserve(run_dir)
     try:
-        return _run(cfg, run_dir, resume)
+        return _run(cfg, run_dir, resume, reserve)
     finally:
+        reserve.close()
+        runs.RunFolder(run_dir).claim_path.unlink(missing_ok=True)  # the run is written: the name is taken
         if tee is not None:
             tee.close()
 
 
-def _run(cfg, run_dir: Path, resume: bool) -> int:
+def _run(cfg, run_dir: Path, resume: bool, reserve: FailureReserve) -> int:
     if resume and os.environ.get("QWENTUNE_LOG_REDIRECTED") != "1":
         (run_dir / runs.STOP_FLAG).unlink(missing_ok=True)  # a stale request from the last session
     log(f"run {cfg.name} in {run_dir} (pid {os.getpid()}{', resuming' if resume else ''})")
     runs.write_status(run_dir, state="running", phase="starting", pid=os.getpid(), started=runs.now_iso(),
-                      finished=None, error=None, advice=None, killed=False, lost=False, resumable=False,
+                      finished=None, error=None, error_kind=None, advice=None, killed=False, lost=False,
+                      oom=None, disk_full=None, resumable=False,
                       model=cfg.model.name_or_path, method=cfg.model.method, run=cfg.name, waiting_for=None,
                       **({} if resume else {"step": 0, "total_steps": 0}))
     stop_signals = {"count": 0}
@@ -376,29 +506,13 @@ def _run(cfg, run_dir: Path, resume: bool) -> int:
                               advice="Stopped before the first step.")
             return EXIT_STOPPED
         return _train(cfg, run_dir, loaded, train_tok, eval_tok, resume)
-    except ConfigError as exc:
-        log(f"error: {exc}")
-        runs.write_status(run_dir, state="failed", phase="", finished=runs.now_iso(), error=str(exc),
-                          resumable=False, advice="Fix the setting named in the error and start a new run.")
-        return EXIT_CONFIG
     except KeyboardInterrupt:
         log("aborted")
         runs.write_status(run_dir, state="stopped", phase="", finished=runs.now_iso(), resumable=True,
                           advice="Aborted; resume continues from the newest checkpoint.")
         return 130
     except BaseException as exc:
-        traceback.print_exc()
-        if is_oom(exc):
-            advice = oom_advice(cfg, model_path, backend)
-            log("out of memory: " + advice)
-            runs.write_status(run_dir, state="failed", phase="", finished=runs.now_iso(), oom=True,
-                              error=f"Out of GPU memory: {str(exc).splitlines()[0][:300]}", advice=advice,
-                              resumable=True, **_peaks())
-            return EXIT_OOM
-        runs.write_status(run_dir, state="failed", phase="", finished=runs.now_iso(),
-                          error=f"{type(exc).__name__}: {str(exc)[:2000]}", resumable=True,
-                          advice="See train.log for the full traceback.")
-        return EXIT_FAILED
+        return _record_failure(cfg, run_dir, exc, model_path, backend, reserve)
     finally:
         (run_dir / runs.STOP_FLAG).unlink(missing_ok=True)
         lock.release()
@@ -406,14 +520,78 @@ def _run(cfg, run_dir: Path, resume: bool) -> int:
             signal.signal(sig, handler)
 
 
-def _peaks() -> dict:
-    try:
-        import torch
+# Exit codes by error kind: a setting, the data or the model must change (2), or running again can help (1).
+EXIT_BY_KIND = {"config": EXIT_CONFIG, "data": EXIT_CONFIG, "model": EXIT_CONFIG}
 
-        if torch.cuda.is_available():
-            return {"peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
-    except ImportError:
-        pass
+
+def _record_failure(cfg, run_dir: Path, exc: BaseException, model_path, backend: str,
+                    reserve: FailureReserve | None = None) -> int:
+    """Write how the run failed (kind, error, advice, resumable) and return the exit code."""
+    needed = checkpoint_bytes(run_dir)
+    if is_disk_full(exc, run_dir, needed):
+        return _record_disk_full(run_dir, exc, needed, reserve)
+    if is_oom(exc):
+        traceback.print_exc()
+        advice = oom_advice(cfg, model_path, backend)
+        log("out of memory: " + advice)
+        runs.write_status(run_dir, state="failed", phase="", finished=runs.now_iso(), oom=True,
+                          error_kind="resource", error=f"Out of GPU memory: {str(exc).splitlines()[0][:300]}",
+                          advice=advice, resumable=True, **_peaks())
+        return EXIT_OOM
+    if not isinstance(exc, QwenTuneError):
+        traceback.print_exc()
+    result = outcome(exc)
+    log(f"error: {result.error}" + (f"\n{result.advice}" if result.advice else ""))
+    runs.write_status(run_dir, state="failed", phase="", finished=runs.now_iso(), error=result.error,
+                      error_kind=result.kind, advice=result.advice, resumable=result.resumable)
+    return EXIT_BY_KIND.get(result.kind, EXIT_FAILED) if isinstance(exc, QwenTuneError) else EXIT_FAILED
+
+
+def _record_disk_full(run_dir: Path, exc: BaseException, needed: int, reserve: FailureReserve | None) -> int:
+    """The disk is full: free the ballast, drop checkpoints that were cut off (they cannot be
+    resumed from), then write the log's last lines and a ``failed`` status, whatever space is left."""
+    import shutil
+
+    free = free_bytes(run_dir)
+    if reserve is not None:
+        reserve.release_ballast()
+    folder = runs.RunFolder(run_dir)
+    for ckpt in folder.checkpoints():
+        if not ckpt.complete:
+            shutil.rmtree(ckpt.path, ignore_errors=True)
+    error = f"disk full: {_mb(free)} MB free in {run_dir}, a checkpoint needs about {_mb(needed)} MB"
+    newest = folder.latest_checkpoint()
+    advice = ("Free space on that disk (or choose a runs folder on a larger one) and resume; "
+              + (f"it continues from {newest.name}." if newest else "no checkpoint was saved yet, so it starts "
+                 "again from step 0."))
+    try:
+        traceback.print_exc()
+        log(f"error: {error} ({type(exc).__name__}: {str(exc)[:300]})\n{advice}")
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        pass  # the log cannot grow; status.json below still says what happened
+    updates = dict(state="failed", phase="", finished=runs.now_iso(), error=error, error_kind="resource",
+                   advice=advice, resumable=True, disk_full=True)
+    try:
+        runs.write_status(run_dir, **updates)
+    except OSError:
+        if reserve is None:
+            raise
+        try:
+            status = folder.read_status_raw() or runs.Status()
+        except DamagedFile:
+            status = runs.Status()
+        status.update(**updates, updated=runs.now_iso())
+        reserve.write_status(status.to_dict())
+    return EXIT_FAILED
+
+
+def _peaks() -> dict:
+    import torch
+
+    if torch.cuda.is_available():
+        return {"peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
     return {}
 
 
@@ -493,8 +671,8 @@ def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log) -
             note = Notice("packing_no_varlen", torch=torch.__version__.split("+")[0])
             echo("note: " + note)
             status = runs.read_status(run_dir)
-            runs.write_status(run_dir, notices=list(status.get("notices") or []) + [note],
-                              notice_codes=list(status.get("notice_codes") or []) + codes_of([note]))
+            runs.write_status(run_dir, notices=list(status.notices or []) + [note],
+                              notice_codes=list(status.notice_codes or []) + codes_of([note]))
     trainer = build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, [progress], packing)
     from transformers.trainer_callback import PrinterCallback
 
@@ -529,19 +707,31 @@ def settle_heap() -> None:
 def _train(cfg, run_dir: Path, loaded, train_tok, eval_tok, resume: bool) -> int:
     from core.train.backends import save_adapter
 
+    folder = runs.RunFolder(run_dir)
     prepared = prepare_trainer(cfg, run_dir, loaded, train_tok, eval_tok)
     trainer, progress, counter, gpu = prepared.trainer, prepared.progress, prepared.counter, prepared.gpu
-    ckpt = runs.latest_checkpoint(run_dir) if resume else None
+    ckpt = folder.latest_checkpoint() if resume else None
     if resume:
-        log(f"resuming from {ckpt}" if ckpt else "no checkpoint to resume from: starting at step 0")
-    runs.write_status(run_dir, state="running", phase="training", resumed_from=ckpt.name if ckpt else None)
-    settle_heap()
-    t0 = time.perf_counter()
-    try:
-        result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    finally:  # the log writer's queue lands before any status below (or the failure's)
-        progress.flush()
-    train_s = time.perf_counter() - t0
+        log(f"resuming from {ckpt.path}" if ckpt else "no checkpoint to resume from: starting at step 0")
+    if ckpt is not None:
+        trim_metrics(folder, ckpt.step)  # the steps after the checkpoint are trained (and logged) again
+    finished = ckpt is not None and checkpoint_is_last(ckpt.path)
+    runs.write_status(run_dir, state="running", phase="finishing" if finished else "training",
+                      resumed_from=ckpt.name if ckpt else None)
+    result, train_s = None, 0.0
+    if finished:
+        # Every step was trained before the process ended (killed after its last checkpoint, or a
+        # failure in the final evaluation): take the weights and finish, never train past the end.
+        log(f"{ckpt.name} is the last step of this run: finishing (evaluation, adapter) without training")
+        _restore_finished(trainer, progress, ckpt.path)
+    else:
+        settle_heap()
+        t0 = time.perf_counter()
+        try:
+            result = trainer.train(resume_from_checkpoint=str(ckpt.path) if ckpt else None)
+        finally:  # the log writer's queue lands before any status below (or the failure's)
+            progress.flush()
+        train_s = time.perf_counter() - t0
     stopped = progress.stop_requested
     final_eval = None
     has_eval = eval_tok is not None and eval_tok.rows > 0
@@ -553,15 +743,71 @@ def _train(cfg, run_dir: Path, loaded, train_tok, eval_tok, resume: bool) -> int
     log(f"adapter saved to {adapter}")
     state = "stopped" if stopped else "done"
     tokens = counter.tokens
-    status = runs.write_status(
-        run_dir, state=state, phase="", finished=runs.now_iso(), step=trainer.state.global_step,
-        loss=progress.last_loss, train_loss_avg=result.training_loss,
-        eval_loss=final_eval if final_eval is not None else progress.last_eval_loss,
-        train_runtime_s=round(train_s, 2), tokens=tokens,
-        tokens_per_s=round(tokens / train_s, 1) if train_s > 0 else None,
-        adapter=str(adapter), resumable=stopped, **gpu.peaks(),
-        advice="Stopped on request; the adapter so far is saved and resume continues from here." if stopped
-        else None,
-    )
+    end = {"state": state, "phase": "", "finished": runs.now_iso(), "step": trainer.state.global_step,
+           "total_steps": trainer.state.max_steps or None,
+           "eval_loss": final_eval if final_eval is not None else progress.last_eval_loss,
+           "adapter": str(adapter), "resumable": stopped, **gpu.peaks(),
+           "advice": "Stopped on request; the adapter so far is saved and resume continues from here."
+           if stopped else None}
+    if result is not None:
+        end.update(loss=progress.last_loss, train_loss_avg=result.training_loss, train_runtime_s=round(train_s, 2),
+                   tokens=tokens, tokens_per_s=round(tokens / train_s, 1) if train_s > 0 else None)
+    elif progress.last_loss is not None:
+        end["loss"] = progress.last_loss
+    status = runs.write_status(run_dir, **{k: v for k, v in end.items() if v is not None or k == "advice"})
     log(f"{state}: step {status['step']}/{status.get('total_steps')}, loss {status.get('loss')}")
     return EXIT_STOPPED if stopped else EXIT_OK
+
+
+def checkpoint_is_last(ckpt: Path) -> bool:
+    """The checkpoint was saved at the run's last step (trainer_state.json: global_step >= max_steps)."""
+    from core.settings import read_json
+
+    try:
+        state = read_json(ckpt / "trainer_state.json", expect=dict) or {}
+    except DamagedFile:
+        return False
+    step, total = state.get("global_step"), state.get("max_steps")
+    return isinstance(step, int) and isinstance(total, int) and 0 < total <= step
+
+
+def _restore_finished(trainer, progress, ckpt: Path) -> None:
+    """Put a finished checkpoint's adapter weights and trainer state into ``trainer`` (no training)."""
+    from peft import set_peft_model_state_dict
+    from transformers import TrainerState
+
+    weights = ckpt / "adapter_model.safetensors"
+    if weights.is_file():
+        from safetensors.torch import load_file
+
+        state_dict = load_file(str(weights))
+    else:
+        import torch
+
+        state_dict = torch.load(ckpt / "adapter_model.bin", map_location="cpu", weights_only=True)
+    set_peft_model_state_dict(trainer.model, state_dict)
+    trainer.state = TrainerState.load_from_json(str(ckpt / "trainer_state.json"))
+    progress.total_steps = trainer.state.max_steps
+    for entry in trainer.state.log_history:
+        if entry.get("loss") is not None:
+            progress.last_loss = entry["loss"]
+        if entry.get("eval_loss") is not None:
+            progress.last_eval_loss, progress.last_eval_step = entry["eval_loss"], entry.get("step")
+
+
+def trim_metrics(folder, last_step: int) -> None:
+    """Keep the metrics lines up to ``last_step`` (the checkpoint a resume starts from): the resumed
+    run logs the later steps again, and metrics.jsonl keeps one line per step."""
+    import json
+
+    rows = folder.read_metrics()
+    kept = [r for r in rows if not isinstance(r.get("step"), int) or r["step"] <= last_step]
+    if len(kept) == len(rows) and folder.metrics.is_file():
+        try:  # nothing to drop unless the file holds damaged lines read_metrics skipped
+            if sum(1 for line in folder.metrics.open("rb") if line.strip()) == len(rows):
+                return
+        except OSError:
+            return
+    from core.settings import write_atomic
+
+    write_atomic(folder.metrics, "".join(json.dumps(r) + "\n" for r in kept))

@@ -1,4 +1,4 @@
-"""The issue's end-to-end check: after a short CPU run that memorises a few answers, the fine-tuned
+"""End to end: after a short CPU run that memorises a few answers, the fine-tuned
 pane gives them and the base pane does not - through the real trainer (`python -m core train`), the
 loader, the engine, and the chat CLI."""
 
