@@ -5,6 +5,7 @@ Run on a GPU machine (resumable: run it again to continue where a time budget or
     python bench/vram_sweep.py                 # ~17 points (~9 min on an H100), stops before --time-budget
     python bench/vram_sweep.py --quick         # one point per model x method (~5 min)
     python bench/vram_sweep.py --extended      # ~30 points, for a tighter fit (run it twice or more)
+    python bench/vram_sweep.py --wide          # 8k-32k rows, ranks 64/128, PEFT; some held out
     python bench/vram_sweep.py --smoke         # CPU plumbing check: demo-sized shape, one point
     python bench/fit_vram.py --write           # then refit core/hardware/vram_coefficients.json
 
@@ -59,11 +60,18 @@ class Point:
     micro_batch: int
     backend: str = "auto"  # as requested; the line records the backend the trainer used
     grad_ckpt: str = "unsloth"
+    rank: int = RANK
+    held_out: bool = False  # kept out of the fit (bench/fit_vram.py): these points judge it
 
     @property
     def name(self) -> str:
+        rank = f"-r{self.rank}" if self.rank != RANK else ""
         return (f"vram-{self.model}-{self.method}-s{self.seq_len}-b{self.micro_batch}-{self.backend}-"
-                f"{self.grad_ckpt}").replace(".", "_")
+                f"{self.grad_ckpt}{rank}").replace(".", "_")
+
+    def key(self, card: str) -> tuple:
+        return (card, self.model, self.method, self.seq_len, self.micro_batch, self.rank, self.grad_ckpt,
+                self.backend)
 
 
 # ------------------------------------------------------------------------------------------ grid
@@ -85,10 +93,44 @@ ROUNDS: list[list[tuple[str, str, int, int]]] = [
 PEFT_POINTS = [("qwen3-4b", "qlora", 2048, 1), ("qwen3-0.6b", "lora", 2048, 2), ("qwen3-8b", "qlora", 2048, 2)]
 
 
+# --wide: what the first rounds never reached. Long rows up to Qwen3's native 32k context (QLoRA,
+# where they fit a card), LoRA ranks 64 and 128, and the transformers + PEFT backend beyond one
+# setting. Every third point or so is held out of the fit (held=True) to judge it; the figure to
+# report is the held-out error. Ordered so that a time budget leaves a spread of each kind.
+WIDE: list[tuple] = [
+    # (model, method, seq_len, micro_batch, backend, grad_ckpt, rank, held)
+    ("qwen3-8b", "qlora", 8192, 1, "auto", "unsloth", 16, False),
+    ("qwen3-8b", "qlora", 2048, 2, "auto", "unsloth", 64, False),
+    ("qwen3-4b", "qlora", 2048, 2, "peft", "on", 16, False),
+    ("qwen3-14b", "qlora", 16384, 1, "auto", "unsloth", 16, True),
+    ("qwen3-4b", "qlora", 32768, 1, "auto", "unsloth", 16, False),
+    ("qwen3-8b", "qlora", 2048, 2, "auto", "unsloth", 128, True),
+    ("qwen3-0.6b", "lora", 8192, 1, "peft", "on", 16, False),
+    ("qwen3-8b", "qlora", 4096, 1, "peft", "on", 16, True),
+    ("qwen3-14b", "qlora", 32768, 1, "auto", "unsloth", 16, False),
+    ("qwen3-4b", "qlora", 8192, 2, "auto", "unsloth", 64, False),
+    ("qwen3-8b", "qlora", 16384, 1, "auto", "unsloth", 16, False),
+    ("qwen3-4b", "lora", 4096, 1, "auto", "unsloth", 128, False),
+    ("qwen3-4b", "qlora", 8192, 1, "peft", "on", 16, False),
+    ("qwen3-8b", "qlora", 32768, 1, "auto", "unsloth", 16, True),
+    ("qwen3-4b", "lora", 2048, 2, "peft", "on", 64, True),
+    ("qwen3-14b", "qlora", 8192, 1, "auto", "unsloth", 128, False),
+    ("qwen3-4b", "qlora", 16384, 1, "auto", "unsloth", 16, True),
+    ("qwen3-8b", "qlora", 16384, 1, "peft", "on", 16, False),
+    ("qwen3-14b", "qlora", 4096, 1, "peft", "on", 64, True),
+]
+
+
+def wide_grid() -> list[Point]:
+    return [Point(m, meth, s, b, backend, gc, rank, held) for (m, meth, s, b, backend, gc, rank, held) in WIDE]
+
+
 def grid(level: str = "default", backends: tuple[str, ...] = ("auto",), peft_extra: bool = True) -> list[Point]:
     """Points in priority order, so a time budget that stops early still leaves a spread of models,
     methods, lengths and batches. Bigger models get fewer points (each costs more to load).
-    quick: ~9 points (~5 min on an H100); default: ~17 (~9 min); extended: ~30."""
+    quick: ~9 points (~5 min on an H100); default: ~17 (~9 min); extended: ~30; wide: WIDE."""
+    if level == "wide":
+        return wide_grid()
     n_rounds = {"quick": 1, "default": 2, "extended": 3}[level]
     points = [Point(m, meth, s, b, backend) for backend in backends for rnd in ROUNDS[:n_rounds]
               for (m, meth, s, b) in rnd]
@@ -312,7 +354,7 @@ def run_config(point: Point, shape_dir: Path, mix_dir: Path, runs_dir: Path, run
         "runs_dir": str(runs_dir),
         "model": {"name_or_path": str(shape_dir), "method": point.method,
                   "quant": "nf4" if point.method == "qlora" else "auto", "backend": point.backend},
-        "lora": {"r": RANK, "alpha": RANK, "dropout": 0.0, "target_modules": list(ALL_LINEAR)},
+        "lora": {"r": point.rank, "alpha": point.rank, "dropout": 0.0, "target_modules": list(ALL_LINEAR)},
         "train": {"max_steps": MAX_STEPS, "micro_batch": point.micro_batch, "grad_accum": 1,
                   "max_seq_len": point.seq_len, "gradient_checkpointing": point.grad_ckpt, "warmup_steps": 0,
                   "logging_steps": 1, "save_steps": 10000, "save_total_limit": 1, "eval_steps": 0,
@@ -367,7 +409,7 @@ def run_point(point: Point, work: Path, timeout_s: float, keep_runs: bool, arch=
         state = "failed"
     line = {
         "model": point.model, "method": point.method, "seq_len": point.seq_len, "micro_batch": point.micro_batch,
-        "rank": RANK, "targets": "all", "grad_ckpt": point.grad_ckpt,
+        "rank": point.rank, "targets": "all", "grad_ckpt": point.grad_ckpt, "held_out": point.held_out,
         "backend": status.get("backend") or point.backend, "backend_requested": point.backend,
         "quant": "nf4" if point.method == "qlora" else "none",
         "optimizer": "adamw_8bit" if status.get("device") == "cuda" else "adamw_torch",
@@ -459,6 +501,9 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="Scratch folder for shapes, mixes and runs.")
     p.add_argument("--quick", action="store_true", help="Only the first round: every model x method once.")
     p.add_argument("--extended", action="store_true", help="A third round of points, for a tighter fit.")
+    p.add_argument("--wide", action="store_true",
+                   help="Long rows (8k-32k tokens), ranks 64 / 128 and transformers + PEFT points, about "
+                        "a third held out of the fit.")
     p.add_argument("--smoke", action="store_true", help="CPU plumbing check: a demo-sized shape, one point.")
     p.add_argument("--models", default="", help="Comma-separated catalog keys to keep (default: all in the grid).")
     p.add_argument("--backends", default="auto", help="Comma-separated backends to request (auto, unsloth, peft).")
@@ -480,7 +525,7 @@ def main(argv=None) -> int:
         out = args.out or work / "vram_smoke.jsonl"
     else:
         backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
-        level = "quick" if args.quick else "extended" if args.extended else "default"
+        level = "wide" if args.wide else "quick" if args.quick else "extended" if args.extended else "default"
         points = grid(level, backends, peft_extra=not args.no_peft_extra)
         if args.models:
             keep = {m.strip() for m in args.models.split(",")}
@@ -488,8 +533,7 @@ def main(argv=None) -> int:
         out = args.out or DEFAULT_OUT
     card = card_name()
     done = done_keys(out)
-    todo = [pt for pt in points if (card, pt.model, pt.method, pt.seq_len, pt.micro_batch, RANK, pt.grad_ckpt,
-                                    pt.backend) not in done]
+    todo = [pt for pt in points if pt.key(card) not in done]
     print(f"card: {card}; {len(points) - len(todo)} of {len(points)} points already in {out}; "
           f"{len(todo)} to go", flush=True)
     if args.dry_run:

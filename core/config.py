@@ -148,9 +148,15 @@ class TrainConfig:
     warmup_steps: int = setting(5, minimum=0, help="Steps of linear warmup.")
     epochs: float = setting(1.0, minimum=0.0, help="Passes over the data (ignored when max_steps > 0).")
     max_steps: int = setting(0, minimum=0, help="Stop after this many optimizer steps (0 = use epochs).")
-    micro_batch: int = setting(2, minimum=1, help="Rows per GPU step; the main memory knob.")
+    micro_batch: int | str = setting("auto", minimum=1,
+                                     help="Rows per GPU step; the main memory knob, and bigger is faster. "
+                                          "auto: the largest micro-batch the memory estimate says fits "
+                                          "this GPU with 10% of it left free, with the effective batch "
+                                          "kept at 2 x grad_accum rows (accumulation shrinks as the "
+                                          "micro-batch grows); 2 without a GPU.")
     grad_accum: int = setting(4, minimum=1, help="Micro-batches per optimizer step; "
-                                                 "effective batch = micro_batch x grad_accum.")
+                                                 "effective batch = micro_batch x grad_accum "
+                                                 "(2 x grad_accum with micro_batch auto).")
     max_seq_len: int = setting(2048, minimum=16, help="Longest row in tokens.")
     weight_decay: float = setting(0.01, minimum=0.0, help="AdamW weight decay.")
     max_grad_norm: float = setting(1.0, minimum=0.0, help="Clip the gradient norm to this (0 = no clipping).")
@@ -180,6 +186,17 @@ class TrainConfig:
     eval_steps: int = setting(0, minimum=0, help="Evaluate every N steps (0 = at the end only).")
     report_to: str = setting("none", choices=("none", "tensorboard", "wandb", "trackio"),
                              help="Opt-in experiment tracking.")
+
+    def validate(self) -> None:
+        mb = self.micro_batch
+        if isinstance(mb, str):
+            text = mb.strip().lower()
+            if text.isdigit() and int(text) >= 1:
+                self.micro_batch = int(text)  # a GUI text box or a quoted YAML number
+            elif text == "auto":
+                self.micro_batch = "auto"
+            else:
+                raise ConfigError(f"expected a whole number >= 1 or 'auto', got {mb!r}", "train.micro_batch")
 
 
 @dataclass

@@ -88,6 +88,7 @@ def training_peak_gib(run: dict) -> tuple[float | None, str]:
         cfg, why = None, str(exc)
     if cfg is not None:
         from core.hardware.estimate import estimate_training
+        from core.train.autobatch import planned_micro_batch
 
         model = status.get("model_path") or cfg.model.name_or_path
         backend = status.get("backend") or cfg.model.backend
@@ -95,7 +96,8 @@ def training_peak_gib(run: dict) -> tuple[float | None, str]:
         optimizer = cfg.train.optimizer if cfg.train.optimizer != "auto" else "adamw_8bit"
         try:
             estimate = estimate_training(
-                model, method=cfg.model.method, seq_len=cfg.train.max_seq_len, micro_batch=cfg.train.micro_batch,
+                model, method=cfg.model.method, seq_len=cfg.train.max_seq_len,
+                micro_batch=planned_micro_batch(cfg.train.micro_batch, status),
                 rank=cfg.lora.r, target_modules=cfg.lora.target_modules,
                 grad_ckpt=cfg.train.gradient_checkpointing, backend=backend, quant=cfg.model.quant,
                 optimizer=optimizer,

@@ -96,6 +96,13 @@ class Status(Mapping):
     packing: str | None = None
     packing_reason: str | None = None
     packing_code: dict | None = None
+    # the micro-batch that ran (train.micro_batch auto: what core.train.autobatch chose, and why)
+    micro_batch: int | None = None
+    grad_accum: int | None = None
+    effective_batch: int | None = None
+    micro_batch_reason: str | None = None
+    micro_batch_est_gib: float | None = None
+    micro_batch_budget_gib: float | None = None
     notices: list | None = None
     notice_codes: list | None = None
     # progress
@@ -115,6 +122,7 @@ class Status(Mapping):
     train_runtime_s: float | None = None
     adapter: str | None = None
     peak_alloc_gib: float | None = None
+    peak_reserved_gib: float | None = None
     nvml_used_gib: float | None = None
     gpu_name: str | None = None
     error: str | None = None

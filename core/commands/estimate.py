@@ -14,6 +14,8 @@ def _info(path: str):
 
 
 def add_arguments(p) -> None:
+    from core.train.autobatch import REFERENCE_MICRO_BATCH
+
     p.add_argument("--model", required=True,
                    help="Catalog key (e.g. qwen3-8b; see `python -m core hw`) or a local model folder "
                         "with a Qwen3 config.json.")
@@ -21,8 +23,9 @@ def add_arguments(p) -> None:
     p.add_argument("--method", default=method.default, choices=list(method.choices), help=method.help)
     p.add_argument("--seq-len", type=int, default=_info("train.max_seq_len").default,
                    help=_info("train.max_seq_len").help + " With --inference: the context length.")
-    p.add_argument("--batch", type=int, default=_info("train.micro_batch").default,
-                   help=_info("train.micro_batch").help)
+    p.add_argument("--batch", type=int, default=REFERENCE_MICRO_BATCH,
+                   help="Micro-batch (rows per GPU step) to estimate; `python -m core hw` shows what "
+                        "train.micro_batch auto picks on this machine's cards.")
     p.add_argument("--rank", type=int, default=16, help=_info("lora.r").help)
     p.add_argument("--targets", default="all",
                    help="Comma-separated projections that get adapters, or 'all' (all 7). "

@@ -13,8 +13,9 @@ measurements (``bench/results/vram.jsonl``, written by ``bench/vram_sweep.py``; 
     lora         adapter parameters + gradients + optimizer states (fp32 master copies)
     activations  per-layer checkpoints kept on the GPU (ckpt_bytes per token per layer per hidden
                  unit; ~0 when Unsloth offloads them to CPU RAM) + the activations of the layer
-                 being recomputed (layer_scale x its saved tensors in bf16; every layer with
-                 checkpointing off)
+                 being recomputed (layer_scale x its saved tensors in bf16, LoRA's rank-wide
+                 intermediates included; every layer with checkpointing off) + attention tensors
+                 that grow with the square of the row length (attn_pair_bytes per query x key pair)
     logits       tokens x vocabulary x logits_bytes (Unsloth's chunked fused loss ~0.25; plain
                  transformers keeps fp32 logits, log-softmax and their gradient, ~15)
     overhead     dequantized-weight buffers (QLoRA), allocator/workspace constant, the caching
@@ -204,10 +205,14 @@ def training_terms(arch: Arch, s: TrainSetup, c: Coefficients) -> list[Term]:
     # activations
     tokens = s.tokens
     terms.append(Term("activations", f"{act}.ckpt_bytes", arch.layers * tokens * arch.hidden))
-    layer_bytes = tokens * layer_activation_elems(arch) * 2.0
+    layer_bytes = tokens * layer_activation_elems(arch, s.rank, len(s.target_modules)) * 2.0
     if s.ckpt_mode == "off":
         layer_bytes *= arch.layers
     terms.append(Term("activations", f"{act}.layer_scale", layer_bytes))
+    # Attention that materialises a (query x key) tensor per row for one layer at a time: a 4-D
+    # mask, or scores where the kernel falls back to plain matmuls. Zero where fused kernels only
+    # keep per-token statistics; long rows (8k-32k tokens) decide the coefficient.
+    terms.append(Term("activations", f"{b}.attn_pair_bytes", float(s.micro_batch) * s.seq_len * s.seq_len))
     # logits / loss
     terms.append(Term("logits", f"{b}.logits_bytes", tokens * arch.vocab))
     # runtime buffers
@@ -217,14 +222,15 @@ def training_terms(arch: Arch, s: TrainSetup, c: Coefficients) -> list[Term]:
     return terms
 
 
-def layer_activation_elems(arch: Arch) -> int:
+def layer_activation_elems(arch: Arch, rank: int = 0, n_targets: int = 0) -> int:
     """Elements one decoder layer saves for backward per token (bf16), counted from Qwen3's
     forward: norms and residuals, q/k/v before and after q/k-norm and RoPE, the attention output,
-    and the SwiGLU gate, up, activation and product (router probabilities for MoE)."""
+    the SwiGLU gate, up, activation and product (router probabilities for MoE), and per adapted
+    projection LoRA's rank-wide intermediate x @ A, which the B gradient needs."""
     elems = 5 * arch.hidden + 3 * arch.q_dim + 5 * arch.kv_dim + 4 * arch.active_intermediate
     if arch.is_moe:
         elems += 2 * arch.experts
-    return elems
+    return elems + rank * n_targets
 
 
 def largest_linear(arch: Arch) -> int:
@@ -370,7 +376,7 @@ def calibrate(points: list[dict], base: Coefficients | None = None, *, prior: fl
     import numpy as np
 
     base = base or load_coefficients()
-    pts = usable_points(points)
+    pts = [p for p in usable_points(points) if not p.get("held_out")]  # held-out points judge the fit
     if not pts:
         raise ValueError("no usable measurements (need status ok and peak_alloc_gib > 0)")
     rows_terms = [training_terms(*point_setup(p), base) for p in pts]
@@ -387,7 +393,10 @@ def calibrate(points: list[dict], base: Coefficients | None = None, *, prior: fl
                 fixed[r] += t.units / GIB
     seed = np.array([base.get(n) for n in names])
     # Scale columns by their seed contribution so the prior is relative and columns are comparable.
-    scale = np.maximum(np.abs(seed), 1e-3)
+    # A zero seed (a term the physics allows but no measurement has shown yet) is scaled to the value
+    # at which its term would be a whole measured peak, so the prior does not pin it at zero.
+    whole = 1.0 / np.maximum((design / y[:, None]).max(axis=0), 1e-12)
+    scale = np.where(seed == 0, whole, np.maximum(np.abs(seed), 1e-3))
     a = design * scale / y[:, None]
     b = (y - fixed) / y
     active = np.ones(len(names), dtype=bool)
@@ -436,6 +445,7 @@ def compare(points: list[dict], coefficients: Coefficients | None = None) -> lis
             "error": (est.alloc_gib - measured) / measured,
             "nvml_used_gib": nvml, "estimated_total_gib": est.total_gib,
             "nvml_error": (est.total_gib - nvml) / nvml if nvml else None,
+            "held_out": bool(p.get("held_out")),
         })
     return rows
 

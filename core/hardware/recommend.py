@@ -17,7 +17,6 @@ from core.hardware.estimate import Coefficients, estimate_training, load_coeffic
 
 HEADROOM = 0.10
 METHOD_ORDER = ("lora", "qlora")
-MICRO_BATCHES = (1, 2, 4, 8, 16)
 SEQ_STEP = 256
 VERDICT_ORDER = {"fits": 0, "tight": 1, "no": 2}
 
@@ -70,15 +69,16 @@ def max_seq_len(entry: ModelEntry, method: str, vram_gib: float, opts: dict, c: 
 
 def suggest_micro_batch(entry: ModelEntry, method: str, seq_len: int, vram_gib: float, opts: dict,
                         c: Coefficients) -> int:
-    budget = vram_gib * (1 - HEADROOM)
-    best = 0
-    for mb in MICRO_BATCHES:
-        if _est(entry, method, seq_len, mb, opts, c).total_gib > budget:
-            break
-        best = mb
-    if best == 0 and _est(entry, method, seq_len, 1, opts, c).total_gib <= vram_gib:
-        return 1  # tight: only batch 1 has a chance
-    return best
+    """What ``train.micro_batch: auto`` picks on this card at the default effective batch (1 when
+    only a tight fit at batch 1 is possible, 0 when nothing fits)."""
+    from core.config import TrainConfig
+    from core.train.autobatch import choose_micro_batch
+
+    choice = choose_micro_batch(entry.arch, vram_gib=vram_gib, grad_accum=TrainConfig().grad_accum, method=method,
+                                seq_len=seq_len, coefficients=c, **opts)
+    if choice.fits:
+        return choice.micro_batch
+    return 1 if _est(entry, method, seq_len, 1, opts, c).total_gib <= vram_gib else 0
 
 
 def recommend_for_vram(vram_gib: float, *, seq_len: int = 2048, rank: int = 16, backend: str = "unsloth",

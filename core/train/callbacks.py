@@ -1,8 +1,14 @@
 """The trainer's eyes and ears: metrics.jsonl, status.json, GPU peaks, the stop file.
 
-Imported only by the worker (lazily), so transformers may be imported at the top. The work per step
-is kept tiny on purpose (a file-exists check, two cheap counters, an NVML query): the speed benchmark
-compares this code path with a bare Unsloth loop.
+Imported only by the worker (lazily), so transformers may be imported at the top.
+
+The training thread does as little as possible per step: a file-exists check for the stop file, two
+counters and one perf_counter reading. Everything that can wait on a disk, a pipe or the GPU driver
+(the metrics line, status.json, the NVML reading, the console line that train.log copies) is handed
+to a :class:`LogWriter` thread through a queue, so a slow disk never stalls a step. The queue is
+drained in order when training ends, stops or fails (``ProgressCallback.flush``), so every line
+lands. Nothing here calls ``.item()`` on a GPU tensor: the loss and grad norm arrive in ``on_log``
+as the Python floats the HF Trainer already made.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
+import threading
 import time
 from pathlib import Path
 
@@ -20,10 +28,16 @@ from core.train import runs
 
 GIB = 2**30
 TPS_WINDOW = 5  # logging intervals averaged for tokens/s
+# status.json holds the latest values only and the GUI polls it every 1.5 s: writing it more often
+# than this would only spend the writer thread's time (and the GIL the training thread needs).
+STATUS_INTERVAL_S = 0.5
 
 
 class GpuSampler:
-    """GPU memory and utilisation of the device this process trains on (NVML + torch counters)."""
+    """GPU memory and utilisation of the device this process trains on (NVML + torch counters).
+
+    Safe to call from the writer thread: the device index is fixed here, and the torch counters read
+    host-side bookkeeping (no GPU synchronisation)."""
 
     def __init__(self):
         import torch
@@ -33,19 +47,21 @@ class GpuSampler:
         self.handle = None
         self.nvml = None
         self.name = ""
+        self.device = None
         self.nvml_peak_gib = 0.0
         if not self.cuda:
             return
-        self.name = torch.cuda.get_device_name()
+        self.device = torch.cuda.current_device()
+        self.name = torch.cuda.get_device_name(self.device)
         try:
             import pynvml
 
             pynvml.nvmlInit()
-            uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+            uuid = str(torch.cuda.get_device_properties(self.device).uuid)
             try:
                 self.handle = pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else "GPU-" + uuid)
             except pynvml.NVMLError:
-                self.handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+                self.handle = pynvml.nvmlDeviceGetHandleByIndex(self.device)
             self.nvml = pynvml
         except Exception as exc:  # NVML missing or refused: memory still comes from torch
             print(f"note: NVML unavailable ({exc}); GPU utilisation will not be shown", flush=True)
@@ -62,15 +78,142 @@ class GpuSampler:
             except self.nvml.NVMLError:
                 used = util = None
         if used is None:
-            used = self.torch.cuda.memory_reserved() / GIB
+            used = self.torch.cuda.memory_reserved(self.device) / GIB
         self.nvml_peak_gib = max(self.nvml_peak_gib, used)
         return {"gpu_mem_gib": round(used, 3), "gpu_util": util}
 
     def peaks(self) -> dict:
         if not self.cuda:
             return {}
-        return {"peak_alloc_gib": round(self.torch.cuda.max_memory_allocated() / GIB, 3),
+        return {"peak_alloc_gib": round(self.torch.cuda.max_memory_allocated(self.device) / GIB, 3),
+                "peak_reserved_gib": round(self.torch.cuda.max_memory_reserved(self.device) / GIB, 3),
                 "nvml_used_gib": round(self.nvml_peak_gib, 3), "gpu_name": self.name}
+
+
+class LogWriter:
+    """A thread that writes metrics lines, status updates and console lines in the order they were
+    submitted. ``submit`` never blocks; ``flush`` waits until everything submitted so far is written.
+
+    Status updates are merged and written at most every ``status_interval_s`` (and at every flush);
+    metrics lines are all written, each batch flushed to the file at once. ``gpu`` (a GpuSampler)
+    fills in the memory and utilisation of each row as it is written, off the training thread.
+    ``write_status`` and ``open_metrics`` can be replaced (tests inject a slow disk). An error in the
+    thread is re-raised by the next ``flush`` so a broken disk is reported, not hidden."""
+
+    def __init__(self, run_dir: str | Path, gpu=None, echo=print, write_status=None, open_metrics=None,
+                 status_interval_s: float = STATUS_INTERVAL_S):
+        self.run_dir = Path(run_dir)
+        self.gpu = gpu
+        self.echo = echo
+        self.write_status = write_status or (lambda **kw: runs.write_status(self.run_dir, **kw))
+        self.open_metrics = open_metrics or (lambda: (self.run_dir / runs.METRICS).open("a", encoding="utf-8"))
+        self.queue: queue.Queue = queue.Queue()
+        self.status_interval_s = status_interval_s
+        self.pending_status: dict = {}
+        self.last_status = 0.0
+        self.error: BaseException | None = None
+        self.file = None
+        self.thread: threading.Thread | None = None
+
+    # -- the training thread's side
+    def submit(self, kind: str, payload, line=None) -> None:
+        """kind: "row" (a metrics dict; the GPU fields are filled in here, then ``line(row)``, if
+        given, is echoed), "status" (kwargs for write_status; the GPU peaks are added here), "echo"
+        (a console line)."""
+        if self.thread is None or not self.thread.is_alive():
+            self.thread = threading.Thread(target=self._loop, daemon=True, name="train-log-writer")
+            self.thread.start()
+        self.queue.put((kind, payload, line))
+
+    def flush(self) -> None:
+        """Block until every submitted item is written; re-raise the thread's error, if any."""
+        if self.thread is not None and self.thread.is_alive():
+            self.queue.put(("flush", None, None))
+            self.queue.join()
+        if self.error is not None:
+            exc, self.error = self.error, None
+            raise RuntimeError(f"writing the training log failed: {type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        """Flush, stop the thread and close metrics.jsonl."""
+        try:
+            self.flush()
+        finally:
+            if self.thread is not None and self.thread.is_alive():
+                self.queue.put(None)
+                self.thread.join(timeout=30)
+            self.thread = None
+            if self.file is not None:
+                self.file.close()
+                self.file = None
+
+    # -- the writer thread
+    def _loop(self) -> None:
+        while True:
+            timeout = None  # with a status update waiting, wake up when it is due
+            if self.pending_status:
+                timeout = max(0.0, self.last_status + self.status_interval_s - time.monotonic())
+            try:
+                batch = [self.queue.get(timeout=timeout)]
+            except queue.Empty:
+                batch = []
+            while True:  # take what else is waiting, so a slow disk costs one write per batch
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is None for item in batch)
+            force = stop or any(item is not None and item[0] == "flush" for item in batch)
+            try:
+                self._write([item for item in batch if item is not None and item[0] != "flush"])
+                if self.pending_status and (force or time.monotonic() - self.last_status >= self.status_interval_s):
+                    self._write_status()
+            except BaseException as exc:  # kept and raised by flush(): the trainer must hear of it
+                if self.error is None:
+                    self.error = exc
+                self.pending_status = {}
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+            if stop:
+                return
+
+    def _write_status(self) -> None:
+        status, self.pending_status = self.pending_status, {}
+        if self.gpu is not None:
+            status.update(self.gpu.peaks())
+        self.last_status = time.monotonic()
+        self.write_status(**status)
+
+    def _write(self, batch: list) -> None:
+        lines: list[str] = []
+        for kind, payload, line in batch:
+            if kind == "row":
+                row = dict(payload)
+                if self.gpu is not None and "gpu_mem_gib" not in row:
+                    row.update(self.gpu.sample())
+                lines.append(json.dumps(row))
+                if line is not None:
+                    self._write_lines(lines)
+                    lines = []
+                    self.echo(line(row))
+            elif kind == "status":
+                self.pending_status.update(payload)
+            elif kind == "echo":
+                self._write_lines(lines)
+                lines = []
+                self.echo(payload)
+            else:
+                raise ValueError(f"unknown log item {kind!r}")
+        self._write_lines(lines)
+
+    def _write_lines(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        if self.file is None:
+            self.file = self.open_metrics()
+        self.file.write("".join(line + "\n" for line in lines))
+        self.file.flush()
 
 
 class TokenCounter:
@@ -115,15 +258,32 @@ def _clean(value):
     return value
 
 
-class ProgressCallback(TrainerCallback):
-    """Writes metrics.jsonl and status.json, checks the stop file, tracks GPU peaks."""
+def step_line(row: dict) -> str:
+    """The console / train.log line of one training step."""
+    mem = f" | {row['gpu_mem_gib']:.1f} GiB" if row.get("gpu_mem_gib") is not None else ""
+    lr = row["learning_rate"]
+    loss = row["loss"]
+    return (f"step {row['step']}/{row['total_steps']} | loss {loss if loss is None else f'{loss:.4f}'}"
+            f" | lr {lr if lr is None else f'{lr:.2e}'} | {row['tokens_per_s'] or 0:.0f} tok/s{mem}"
+            f" | eta {duration(row['eta_s'])}")
 
-    def __init__(self, run_dir: str | Path, counter: TokenCounter, gpu: GpuSampler, echo=print):
+
+class ProgressCallback(TrainerCallback):
+    """Writes metrics.jsonl and status.json, checks the stop file, tracks GPU peaks.
+
+    During training every write goes through a :class:`LogWriter` thread; before and after it
+    (setup, the final evaluation) writes are direct, so they are ordered with the worker's own
+    status writes. Call :meth:`flush` when ``trainer.train`` ends by an exception."""
+
+    def __init__(self, run_dir: str | Path, counter: TokenCounter, gpu: GpuSampler, echo=print,
+                 writer: LogWriter | None = None):
         self.run_dir = Path(run_dir)
         self.stop_path = self.run_dir / runs.STOP_FLAG
         self.counter = counter
         self.gpu = gpu
         self.echo = echo
+        self.writer = writer or LogWriter(run_dir, gpu=gpu, echo=echo)
+        self.training = False
         self.stop_requested = False
         self.t0 = None
         self.first_step = 0
@@ -132,17 +292,21 @@ class ProgressCallback(TrainerCallback):
         self.last_loss = None
         self.last_eval_loss = None
         self.last_eval_step = None
-        self.last_gpu: dict = {}
-        self.metrics_file = None
         # Tests (and demos of stop / resume) slow each step down so a human or a test can act mid-run.
         self.step_delay = float(os.environ.get("QWENTUNE_STEP_DELAY_S") or 0)
 
     # -- helpers
-    def _write_line(self, row: dict) -> None:
-        if self.metrics_file is None:
-            self.metrics_file = (self.run_dir / runs.METRICS).open("a", encoding="utf-8")
-        self.metrics_file.write(json.dumps(row) + "\n")
-        self.metrics_file.flush()
+    def _emit(self, kind: str, payload, line=None) -> None:
+        if self.writer.error is not None:
+            self.writer.flush()  # raises: a log that cannot be written stops the run, loudly
+        self.writer.submit(kind, payload, line)
+        if not self.training:
+            self.writer.flush()
+
+    def flush(self) -> None:
+        """Write everything still queued (training ended, stopped or failed)."""
+        self.training = False
+        self.writer.close()
 
     def _eta(self, step: int) -> float | None:
         done = step - self.first_step
@@ -162,15 +326,15 @@ class ProgressCallback(TrainerCallback):
         runs.write_status(self.run_dir, state="running", phase="training", step=state.global_step,
                           total_steps=state.max_steps, train_started=runs.now_iso())
         self.echo(f"training: {state.max_steps} steps (starting at step {state.global_step})")
+        self.training = True
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.step_delay:
             time.sleep(self.step_delay)
-        self.last_gpu = self.gpu.sample()
         if not self.stop_requested and self.stop_path.exists():
             self.stop_requested = True
-            runs.write_status(self.run_dir, state="stopping")
-            self.echo(f"stop requested: ending after step {state.global_step} and saving the adapter")
+            self._emit("status", {"state": "stopping"})
+            self._emit("echo", f"stop requested: ending after step {state.global_step} and saving the adapter")
         if self.stop_requested:
             control.should_training_stop = True
             control.should_save = True  # a checkpoint at the stop point, so resume continues here
@@ -180,18 +344,16 @@ class ProgressCallback(TrainerCallback):
         logs = dict(logs or {})
         now = time.perf_counter()
         step = state.global_step
-        is_eval = "eval_loss" in logs
-        if is_eval:
+        if "eval_loss" in logs:
             self.last_eval_loss = _clean(logs.get("eval_loss"))
             self.last_eval_step = step
             row = {"step": step, "total_steps": self.total_steps, "epoch": _clean(state.epoch),
                    "loss": None, "eval_loss": self.last_eval_loss, "learning_rate": None,
                    "grad_norm": None, "tokens_per_s": None, "tokens": self.counter.tokens,
-                   "gpu_mem_gib": self.last_gpu.get("gpu_mem_gib"), "gpu_util": self.last_gpu.get("gpu_util"),
                    "elapsed_s": round(now - self.t0, 3) if self.t0 else None, "eta_s": self._eta(step)}
-            self._write_line(row)
-            runs.write_status(self.run_dir, eval_loss=self.last_eval_loss, **self.gpu.peaks())
-            self.echo(f"step {step}: eval loss {self.last_eval_loss}")
+            self._emit("row", row)
+            self._emit("status", {"eval_loss": self.last_eval_loss})
+            self._emit("echo", f"step {step}: eval loss {self.last_eval_loss}")
             return
         if "loss" not in logs:
             return  # the end-of-training summary; the worker reports it
@@ -207,18 +369,11 @@ class ProgressCallback(TrainerCallback):
                "loss": self.last_loss, "eval_loss": None,
                "learning_rate": _clean(logs.get("learning_rate")), "grad_norm": _clean(logs.get("grad_norm")),
                "tokens_per_s": round(tps, 1) if tps is not None else None, "tokens": tokens,
-               "gpu_mem_gib": self.last_gpu.get("gpu_mem_gib"), "gpu_util": self.last_gpu.get("gpu_util"),
                "elapsed_s": round(now - self.t0, 3), "eta_s": round(eta, 1) if eta is not None else None}
-        self._write_line(row)
-        runs.write_status(self.run_dir, step=step, total_steps=self.total_steps, epoch=row["epoch"],
-                          loss=self.last_loss, learning_rate=row["learning_rate"], tokens=tokens,
-                          eta_s=row["eta_s"], elapsed_s=row["elapsed_s"], **self.gpu.peaks())
-        mem = f" | {row['gpu_mem_gib']:.1f} GiB" if row["gpu_mem_gib"] is not None else ""
-        lr = row["learning_rate"]
-        self.echo(f"step {step}/{self.total_steps} | loss {self.last_loss:.4f} | lr {lr if lr is None else f'{lr:.2e}'}"
-                  f" | {row['tokens_per_s'] or 0:.0f} tok/s{mem} | eta {duration(row['eta_s'])}")
+        self._emit("row", row, line=step_line)
+        self._emit("status", {"step": step, "total_steps": self.total_steps, "epoch": row["epoch"],
+                              "loss": self.last_loss, "learning_rate": row["learning_rate"], "tokens": tokens,
+                              "eta_s": row["eta_s"], "elapsed_s": row["elapsed_s"]})
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.metrics_file is not None:
-            self.metrics_file.close()
-            self.metrics_file = None
+        self.flush()

@@ -478,8 +478,9 @@ def _run(cfg, run_dir: Path, resume: bool, reserve: FailureReserve) -> int:
         model_path = _resolve_model(cfg)
         runs.write_status(run_dir, backend=backend, model_path=str(model_path))
         train_convs, eval_convs, manifest, mix_dir = _load_data(cfg, run_dir, model_path, resume)
-        from core.train import backends
+        from core.train import autobatch, backends
 
+        autobatch.resolve(cfg, run_dir, model_path, backend, echo=log)  # micro_batch auto -> a number
         log(f"loading {model_path} with {backend} ({cfg.model.method})")
         t_load = time.perf_counter()
         loaded = backends.load(cfg, model_path, backend)
@@ -731,7 +732,10 @@ def _train(cfg, run_dir: Path, loaded, train_tok, eval_tok, resume: bool) -> int
     else:
         settle_heap()
         t0 = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=str(ckpt.path) if ckpt else None)
+        try:
+            result = trainer.train(resume_from_checkpoint=str(ckpt.path) if ckpt else None)
+        finally:  # the log writer's queue lands before any status below (or the failure's)
+            progress.flush()
         train_s = time.perf_counter() - t0
     stopped = progress.stop_requested
     final_eval = None

@@ -64,3 +64,50 @@ def test_resume_check_kills_a_run_and_resumes_it_to_the_planned_step(tmp_path):
     assert res["ok"] and res["after_kill"]["state"] == "failed" and res["after_kill"]["resumable"]
     assert 2 <= res["after_kill"]["killed_at_step"] < 60
     assert res["first_step_after_checkpoint"] == 3 and res["step"] == 60 and res["packing"] == "bucket"
+
+
+def test_train_grid_measures_trainer_and_bare_loop_on_one_load(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "bench/train_grid.py", "--shapes", "tiny", "--methods", "lora",
+                           "--seqs", "128x2", "--backend", "peft", "--steps", "3", "--warmup", "1",
+                           "--work", str(tmp_path / "work"), "--out", str(out), "--auto-compare",
+                           "--packings", "auto,padding_free", "--call", "smoke"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "train_grid.jsonl").read_text().splitlines()]
+    by = {r.get("kind", r.get("setup")): r for r in rows}
+    assert set(by) == {"trainer", "trainer-padding_free", "mb2x4", "mb-auto", "summary"}
+    point = by["trainer"]
+    assert "error" not in point and point["tokens_per_s"] > 0 and point["bare_tokens_per_s"] > 0
+    assert point["ratio"] == pytest.approx(point["tokens_per_s"] / point["bare_tokens_per_s"])
+    assert point["packing"] == "off" and by["trainer-padding_free"]["packing"] == "padding_free"
+    assert by["mb-auto"]["micro_batch_reason"].startswith("micro-batch auto: no CUDA GPU")
+    assert by["mb-auto"]["micro_batch"] * by["mb-auto"]["grad_accum"] == 8
+    summary = by["summary"]
+    assert summary["points"] == 1 and summary["worst_point"] == "tiny lora 128x2"
+    assert set(summary["targets"]) == {"trainer_vs_bare>=0.95", "auto_vs_2x4>=1.15"}
+
+
+def test_fit_cards_trains_the_recommendation_with_auto_micro_batch(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "bench/fit_cards.py", "--stand-in", "--backend", "peft",
+                           "--no-cap", "--caps", "48", "--steps", "2", "--seq", "256",
+                           "--work", str(tmp_path / "work"), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (row,) = [json.loads(line) for line in (out / "fit_cards.jsonl").read_text().splitlines()]
+    assert row["state"] == "done" and not row["oom"] and row["steps"] == 2
+    assert (row["model"], row["method"]) == ("qwen3-32b", "qlora")  # the tab's pick for 48 GB
+    assert "stand-in" in row["substitute"]
+    assert row["micro_batch"] * row["grad_accum"] == 8
+
+
+def test_log_overhead_writes_every_line_and_reports_the_share(tmp_path):
+    proc = subprocess.run([sys.executable, "bench/log_overhead.py", "--steps", "30", "--step-ms", "5",
+                           "--slow-disk-ms", "20", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    (row,) = [json.loads(line) for line in (tmp_path / "log_overhead.jsonl").read_text().splitlines()]
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: over 2% on a busy machine; timing is the GPU box's
+    assert row["lines_written"] == 30 and row["targets"]["every_line_written"]
+    assert row["status_writes"] < 30  # merged: status.json keeps the latest values only
+    assert {"overhead", "call_p99_us", "writer_status_ms"} <= set(row)

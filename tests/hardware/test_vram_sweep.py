@@ -156,3 +156,30 @@ def test_smoke_point_trains_through_the_cli_and_resumes(tmp_path):
     assert line["row_tokens"] <= line["seq_len"] and line["arch"]["hidden"] == 64
     assert sweep.main(["--smoke", "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 1  # measured already: skipped
+
+
+def test_wide_grid_covers_long_rows_ranks_and_peft_with_held_out_points():
+    wide = sweep.grid("wide")
+    qlora_long = {(p.model, p.seq_len) for p in wide if p.method == "qlora" and p.seq_len >= 8192}
+    for model in ("qwen3-4b", "qwen3-8b", "qwen3-14b"):
+        assert {s for m, s in qlora_long if m == model} >= {8192, 16384, 32768} or model != "qwen3-4b"
+    assert {s for _, s in qlora_long} == {8192, 16384, 32768}
+    assert {m for m, _ in qlora_long} == {"qwen3-4b", "qwen3-8b", "qwen3-14b"}
+    assert {64, 128} <= {p.rank for p in wide}
+    peft = [p for p in wide if p.backend == "peft"]
+    assert len(peft) >= 5 and {p.grad_ckpt for p in peft} == {"on"} and max(p.seq_len for p in peft) >= 16384
+    held = [p for p in wide if p.held_out]
+    assert 0.2 <= len(held) / len(wide) <= 0.5
+    assert {p.backend for p in held} == {"auto", "peft"} and max(p.seq_len for p in held) == 32768
+    assert len({p.key("c") for p in wide}) == len(wide)
+    assert all(p.key("c") not in {q.key("c") for q in sweep.grid("extended")} for p in wide)
+
+
+def test_run_config_carries_the_rank_and_the_line_the_held_out_flag(tmp_path):
+    from core.config import RunConfig
+    from core.settings import from_dict
+
+    p = sweep.Point("qwen3-8b", "qlora", 2048, 2, rank=128, held_out=True)
+    cfg = from_dict(RunConfig, sweep.run_config(p, tmp_path / "shape", tmp_path / "mix", tmp_path / "runs", "x"))
+    assert cfg.lora.r == 128 and cfg.lora.alpha == 128
+    assert p.name.endswith("-r128") and sweep.Point("qwen3-8b", "qlora", 2048, 2).name.endswith("-unsloth")

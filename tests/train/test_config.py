@@ -58,7 +58,7 @@ def test_preset_sizes_follow_the_memory_trade_off():
 
     big = load_preset(PRESETS / "qwen3-32b.yaml")
     small = load_preset(PRESETS / "qwen3-0.6b.yaml")
-    assert big["model.method"] == "qlora" and big["train.micro_batch"] == 1
+    assert big["model.method"] == "qlora" and big["train.micro_batch"] == "auto"
     assert small["model.method"] == "lora"
     assert load_preset(PRESETS / "demo.yaml")["model.name_or_path"] == "demo"
 

@@ -1,0 +1,424 @@
+"""Trainer vs bare loop across a grid of shapes, methods and (sequence x micro-batch) settings.
+
+    python bench/train_grid.py --shapes 0.6b,8b --methods qlora --seqs 1024x8,2048x2
+
+For every point the project's trainer (`core.train.worker.run`: the code `python -m core train` runs
+for the GUI, with the GUI's defaults: packing auto, logging every step, status.json, the log tee)
+is timed against a bare loop (plain forward / backward / 8-bit AdamW step, nothing else) on the
+same loaded model, so one load per (shape, method) serves every point of it:
+
+    child process per (shape, method)
+      load the model once with the project's loader (core.train.backends.load: Unsloth on a GPU)
+      bare loop at every point            (first, on the model as loaded)
+      the trainer at every point          (worker.run with that model handed in)
+
+Each point is appended to <out>/train_grid.jsonl as soon as it is measured, so a call cut short
+keeps what it measured; a summary line (worst ratio) closes every call. Reported per point:
+non-padding tokens/s of both, their ratio, peak allocated GiB, and model FLOP utilisation:
+
+    mfu       (6 x N + 12 x layers x heads x head_dim x seq) x tokens/s / peak FLOP/s
+              (N: parameters of every matmul, LM head included; the PaLM paper's count)
+    mfu_lora  the FLOPs a LoRA step really does: frozen weights get no weight gradient
+              (bench/train_speed.py's flops_per_token)
+
+``--auto-compare`` adds, per point, the trainer at micro_batch 2 x grad_accum 4 and at micro_batch
+auto x grad_accum 4 (the same 8 rows per optimizer step). ``--packings`` adds trainer runs at other
+train.packing modes (e.g. padding_free) beside auto's choice on these uniform rows.
+
+Models are random-weight checkpoints with Qwen3's real shapes (bench/train_speed.py builds them;
+no download), or with --weights sparse zero-weight sparse files of the same shapes (no disk). The
+bare loop shares the project's loaded model, so the ratio isolates the trainer (same weights, same
+kernels); bench/train_speed.py's bare phase loads its own FastLanguageModel for an independent check.
+The tiny shape with --backend peft runs the whole script on a CPU (tests/bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+for p in (ROOT, ROOT / "bench"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from train_speed import SHAPES, build_model, fit_conv, flops_per_token, log, peak_tflops  # noqa: E402
+
+DEFAULT_SEQS = "1024x8,2048x2,4096x1"
+
+
+def parse_seqs(text: str) -> list[tuple[int, int]]:
+    out = []
+    for item in text.split(","):
+        try:
+            seq, mb = item.lower().split("x")
+            out.append((int(seq), int(mb)))
+        except ValueError:
+            raise SystemExit(f"--seqs: {item!r} is not SEQxMICRO_BATCH (e.g. 2048x2)") from None
+    return out
+
+
+def palm_flops_per_token(shape: dict, seq: int) -> float:
+    """6N + 12 L H D T: every matmul's forward and backward, plus attention scores and values."""
+    h, i, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    q = shape["num_attention_heads"] * shape["head_dim"]
+    kv = shape["num_key_value_heads"] * shape["head_dim"]
+    n = layers * (h * q + 2 * h * kv + q * h + 3 * h * i) + h * shape["vocab_size"]
+    return 6 * n + 12 * layers * shape["num_attention_heads"] * shape["head_dim"] * seq
+
+
+def build_uniform(mix_dir: Path, tok, seq: int, rows: int, seed: int) -> None:
+    """Rows of (nearly) exactly ``seq`` tokens, half of them with reasoning; a few distinct rows
+    repeated (content does not change the speed)."""
+    from core.data.mixdir import write_mix_dir
+
+    if (mix_dir / "manifest.json").exists():
+        return
+    rng = random.Random(seed)
+    distinct = [fit_conv(tok, rng, seq, reasoning=bool(k % 2)) for k in range(min(rows, 16))]
+    convs = [distinct[k % len(distinct)] for k in range(rows)]
+    write_mix_dir(mix_dir, [{"conversation": c.to_json(), "text": "", "n_tokens": 0, "source": c.source}
+                            for c in convs], [], {"bench": "uniform", "seq": seq})
+
+
+def mix_path(work: Path, seq: int) -> Path:
+    return work / f"grid-mix-{seq}"
+
+
+# --weights sparse: bench/vram_sweep.py's zero-weight checkpoints of the catalog shapes (no disk,
+# nothing to write; the matmuls cost the same whatever the values)
+SPARSE_KEYS = {"0.6b": "qwen3-0.6b", "4b": "qwen3-4b", "8b": "qwen3-8b", "14b": "qwen3-14b"}
+
+
+def model_dir(args, shape: str) -> Path:
+    if args.weights == "sparse":
+        return Path(args.work) / "shapes" / SPARSE_KEYS[shape]
+    return Path(args.work) / f"model-{shape}"
+
+
+# -------------------------------------------------------------------------------- the child
+def base_config(args, shape: str, method: str, seq: int, mb, accum: int, packing: str, name: str) -> dict:
+    work = Path(args.work)
+    return {
+        "name": name, "runs_dir": str(work / "grid-runs"),
+        "model": {"name_or_path": str(model_dir(args, shape)), "method": method,
+                  "quant": "nf4" if method == "qlora" else "auto", "backend": args.backend},
+        "lora": {"r": args.rank, "alpha": args.rank, "dropout": 0.0},
+        "train": {"max_steps": args.steps, "micro_batch": mb, "grad_accum": accum, "max_seq_len": seq,
+                  "warmup_steps": 0, "save_steps": 100000, "eval_steps": 0, "packing": packing},
+        "data": {"mix_dir": str(mix_path(work, seq))},
+    }
+
+
+def bare_batches(mix_dir: Path, tok, seq: int, micro_batch: int):
+    import torch
+
+    from core.config import TrainConfig
+    from core.data.mixdir import read_mix_dir
+    from core.train.data import tokenize
+
+    train, _, _ = read_mix_dir(mix_dir)
+    data = tokenize(train, tok, TrainConfig(max_seq_len=seq, micro_batch=micro_batch))
+    out = []
+    for k in range(0, data.rows - micro_batch + 1, micro_batch):
+        n = min(len(x) for x in data.input_ids[k:k + micro_batch])  # equal lengths: no padding at all
+        ids = torch.tensor([x[:n] for x in data.input_ids[k:k + micro_batch]])
+        mask = torch.tensor([x[:n] for x in data.masks[k:k + micro_batch]])
+        out.append((ids, ids.masked_fill(mask == 0, -100)))
+    return out
+
+
+def run_bare(loaded, args, seq: int, mb: int) -> dict:
+    """The bare loop: forward, backward per micro-batch, clip, optimizer step; reading the loss once a
+    step is the only sync (what a trainer's per-step logging needs too)."""
+    import torch
+    from train_speed import bare_step
+
+    cuda = loaded.device == "cuda"
+    params = [p for p in loaded.model.parameters() if p.requires_grad]
+    if cuda:
+        import bitsandbytes as bnb
+
+        opt = bnb.optim.AdamW8bit(params, lr=2e-4, weight_decay=0.01)
+    else:
+        opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.01)
+    batches = bare_batches(mix_path(Path(args.work), seq), loaded.tokenizer, seq, mb)
+    need = args.steps * args.accum
+    if len(batches) < need:
+        raise RuntimeError(f"need {need} micro-batches of {mb} rows, have {len(batches)}")
+    loaded.model.train()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t_start, tokens = None, 0
+    autocast = args.bare_autocast == "on" and cuda
+    for step in range(args.steps):
+        if step == args.warmup:
+            if cuda:
+                torch.cuda.synchronize()
+            t_start, tokens = time.perf_counter(), 0
+        micro = batches[step * args.accum:(step + 1) * args.accum]
+        try:
+            n, _loss = bare_step(loaded.model, opt, params, micro, device=loaded.device, autocast=autocast)
+        except RuntimeError as exc:  # fp32 LoRA weights against bf16 activations without autocast
+            if args.bare_autocast != "auto" or autocast or "dtype" not in str(exc).lower() or step:
+                raise
+            log(f"bare loop: {str(exc).splitlines()[0][:200]}; retrying with bf16 autocast")
+            autocast = True
+            opt.zero_grad(set_to_none=True)
+            n, _loss = bare_step(loaded.model, opt, params, micro, device=loaded.device, autocast=autocast)
+        tokens += n
+    if cuda:
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t_start
+    del opt
+    return {"tokens_per_s": tokens / elapsed, "step_s": elapsed / (args.steps - args.warmup), "autocast": autocast,
+            "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+
+
+def run_trainer(loaded, args, cfg_dict: dict) -> dict:
+    """worker.run, in this process, with the loaded model handed to it instead of a second load."""
+    import shutil
+
+    from core.config import RunConfig
+    from core.settings import from_dict
+    from core.train import backends, worker
+
+    cfg = from_dict(RunConfig, cfg_dict)
+    run_dir = Path(cfg.runs_dir) / cfg.name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    original = backends.load
+    backends.load = lambda *_a, **_k: loaded
+    try:
+        rc = worker.run(cfg)
+    finally:
+        backends.load = original
+        import gc
+
+        # The worker froze the heap (settle_heap), its trainer included: let the next run collect it.
+        gc.unfreeze()
+        gc.collect()
+    status = json.loads((run_dir / "status.json").read_text())
+    if rc != 0 or status.get("state") != "done":
+        tail = (run_dir / "train.log").read_text(errors="replace")[-3000:] if (run_dir / "train.log").exists() else ""
+        raise RuntimeError(f"trainer run {cfg.name} failed (rc {rc}, {status.get('error')}):\n{tail}")
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = [m for m in metrics if m.get("loss") is not None]
+    if [m["step"] for m in rows] != list(range(1, args.steps + 1)):
+        raise RuntimeError(f"metrics.jsonl of {cfg.name} misses steps: {[m['step'] for m in rows]}")
+    start, end = rows[args.warmup - 1], rows[-1]
+    elapsed = end["elapsed_s"] - start["elapsed_s"]
+    return {"tokens_per_s": (end["tokens"] - start["tokens"]) / elapsed,
+            "step_s": elapsed / (end["step"] - start["step"]),
+            "peak_alloc_gib": status.get("peak_alloc_gib"), "nvml_used_gib": status.get("nvml_used_gib"),
+            "packing": status.get("packing"), "micro_batch": status.get("micro_batch"),
+            "grad_accum": status.get("grad_accum"), "micro_batch_reason": status.get("micro_batch_reason"),
+            "backend": status.get("backend")}
+
+
+def child(args) -> int:
+    shape, method = args.child.split(":")
+    points = parse_seqs(args.seqs)
+    out = Path(args.out)
+    from core.config import RunConfig
+    from core.settings import from_dict
+    from core.train import backends
+
+    backend, _notes = backends.choose_backend(args.backend)
+    backends.activate(backend)
+    import torch
+
+    longest = max(s for s, _ in points)
+    cfg0 = from_dict(RunConfig, base_config(args, shape, method, longest, 1, 1, "off", "load"))
+    t0 = time.time()
+    loaded = backends.load(cfg0, model_dir(args, shape), backend)
+    load_s = time.time() - t0
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    peak = peak_tflops(device)
+    common = {"device": device, "shape": shape, "method": method, "backend": loaded.backend, "rank": args.rank,
+              "accum": args.accum, "steps": args.steps, "warmup": args.warmup, "load_s": round(load_s, 1),
+              "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "call": args.call}
+    log(f"{shape} {method}: loaded in {load_s:.0f}s on {device}")
+
+    def record(row: dict) -> None:
+        with (out / "train_grid.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def mfu(seq: int, tps: float | None) -> dict:
+        if not tps or not peak:
+            return {"mfu": None, "mfu_lora": None}
+        s = SHAPES[shape]
+        return {"mfu": round(tps * palm_flops_per_token(s, seq) / (peak * 1e12), 4),
+                "mfu_lora": round(tps * flops_per_token(s, args.rank, seq) / (peak * 1e12), 4)}
+
+    bare: dict = {}
+    for seq, mb in points:  # every bare point first, on the model exactly as loaded
+        try:
+            bare[(seq, mb)] = run_bare(loaded, args, seq, mb)
+            log(f"bare {shape} {method} {seq}x{mb}: {bare[(seq, mb)]['tokens_per_s']:.0f} tok/s")
+        except Exception as exc:  # the other points are still worth measuring
+            bare[(seq, mb)] = {"error": f"{type(exc).__name__}: {exc}"[-1500:]}
+            log(f"bare {shape} {method} {seq}x{mb} FAILED: {exc}")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    for seq, mb in points:
+        runs = [("trainer", "auto", mb, args.accum)]
+        runs += [(f"trainer-{p}", p, mb, args.accum) for p in args.packings.split(",") if p and p != "auto"]
+        if args.auto_compare:
+            runs += [("mb2x4", "auto", 2, 4), ("mb-auto", "auto", "auto", 4)]
+        for kind, packing, m, accum in runs:
+            name = f"grid-{shape}-{method}-{seq}x{mb}-{kind}"
+            row = dict(common, kind=kind, seq=seq, micro_batch=m, accum=accum, packing_requested=packing)
+            try:
+                res = run_trainer(loaded, args, base_config(args, shape, method, seq, m, accum, packing, name))
+                row.update(res, **mfu(seq, res["tokens_per_s"]))
+                b = bare.get((seq, mb), {})
+                if kind == "trainer" or kind.startswith("trainer-"):
+                    row["bare_tokens_per_s"] = b.get("tokens_per_s")
+                    row["bare_peak_alloc_gib"] = b.get("peak_alloc_gib")
+                    row["bare_step_s"] = b.get("step_s")
+                    row["bare_error"] = b.get("error")
+                    row["bare_autocast"] = b.get("autocast")
+                    row.update({f"bare_{k}": v for k, v in mfu(seq, b.get("tokens_per_s")).items()})
+                    row["ratio"] = (res["tokens_per_s"] / b["tokens_per_s"]) if b.get("tokens_per_s") else None
+                log(f"{kind} {shape} {method} {seq}x{m}: {res['tokens_per_s']:.0f} tok/s"
+                    + (f", {row['ratio']:.3f}x bare" if row.get("ratio") else ""))
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {exc}"[-2000:]
+                log(f"{kind} {shape} {method} {seq}x{m} FAILED: {exc}")
+            record(row)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return 0
+
+
+# ------------------------------------------------------------------------------------ main
+def summarise(rows: list[dict], call: str) -> dict:
+    mine = [r for r in rows if r.get("call") == call and "error" not in r]
+    grid = [r for r in mine if r.get("kind") == "trainer" and r.get("ratio")]
+    summary = {"setup": "summary", "call": call, "points": len(grid), "date": time.strftime("%Y-%m-%d %H:%M")}
+    if grid:
+        worst = min(grid, key=lambda r: r["ratio"])
+        summary.update(worst_ratio=round(worst["ratio"], 4),
+                       worst_point=f"{worst['shape']} {worst['method']} {worst['seq']}x{worst['micro_batch']}",
+                       device=worst["device"])
+        summary["targets"] = {"trainer_vs_bare>=0.95": worst["ratio"] >= 0.95}
+    pairs = {}
+    for r in mine:
+        if r.get("kind") in ("mb2x4", "mb-auto"):
+            pairs.setdefault((r["shape"], r["method"], r["seq"]), {})[r["kind"]] = r["tokens_per_s"]
+    speedups = {f"{s} {m} {q}": round(v["mb-auto"] / v["mb2x4"], 4) for (s, m, q), v in pairs.items()
+                if v.get("mb-auto") and v.get("mb2x4")}
+    if speedups:
+        summary["auto_vs_2x4"] = speedups
+        summary.setdefault("targets", {})["auto_vs_2x4>=1.15"] = min(speedups.values()) >= 1.15
+    return summary
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shapes", default="0.6b,4b,8b,14b", help=f"Comma list of {sorted(SHAPES)}.")
+    p.add_argument("--methods", default="lora,qlora", help="Comma list of lora (16-bit) and qlora.")
+    p.add_argument("--seqs", default=DEFAULT_SEQS, help="Comma list of SEQxMICRO_BATCH points.")
+    p.add_argument("--steps", type=int, default=8, help="Optimizer steps per measurement.")
+    p.add_argument("--warmup", type=int, default=3, help="Steps left out of the timing (compile, autotune).")
+    p.add_argument("--accum", type=int, default=2, help="Gradient accumulation of the grid points.")
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--backend", default="unsloth", choices=("unsloth", "peft", "auto"))
+    p.add_argument("--packings", default="auto", help="train.packing modes per point (auto always runs).")
+    p.add_argument("--auto-compare", action="store_true",
+                   help="Also micro_batch 2 x accum 4 vs micro_batch auto x accum 4 at each point's length.")
+    p.add_argument("--weights", default="random", choices=("random", "sparse"),
+                   help="random: bf16 checkpoints with random weights (written to --work; 28 GB for 14B). "
+                        "sparse: zero weights in sparse files (no disk, instant), same shapes.")
+    p.add_argument("--bare-autocast", default="auto", choices=("auto", "on", "off"),
+                   help="bf16 autocast in the bare loop; auto: off, on where the model's dtypes need it.")
+    p.add_argument("--work", default="/tmp/qwentune-bench", help="Scratch folder (models, data, runs).")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="Folder of train_grid.jsonl.")
+    p.add_argument("--call", default="", help="A label stored with every row (e.g. the call number).")
+    p.add_argument("--child-timeout", type=int, default=560)
+    p.add_argument("--child", help=argparse.SUPPRESS)  # internal: shape:method in this process
+    args = p.parse_args(argv)
+    if args.warmup < 1 or args.steps <= args.warmup:
+        raise SystemExit("--steps must exceed --warmup, and --warmup be at least 1")
+    args.call = args.call or time.strftime("%Y%m%d-%H%M%S")
+    if args.child:
+        return child(args)
+
+    from transformers import AutoTokenizer
+
+    shapes = [s for s in args.shapes.split(",") if s]
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [s for s in shapes if s not in SHAPES] + [m for m in methods if m not in ("lora", "qlora")]
+    if unknown:
+        raise SystemExit(f"unknown shape or method: {unknown}")
+    points = parse_seqs(args.seqs)
+    work, out = Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    most_mb = max([mb for _, mb in points] + ([8] if args.auto_compare else []))
+    rows_needed = args.steps * max(args.accum, 4 if args.auto_compare else 1) * most_mb + 8
+    for shape in shapes:
+        t = time.time()
+        if args.weights == "sparse":
+            from vram_sweep import build_shape
+
+            build_shape(SPARSE_KEYS[shape], work)
+        else:
+            build_model(shape, model_dir(args, shape))
+        log(f"model {shape} ready ({time.time() - t:.0f}s)")
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the children get the whole card
+    tok = AutoTokenizer.from_pretrained(model_dir(args, shapes[0]))
+    for seq, _ in points:
+        build_uniform(mix_path(work, seq), tok, seq, rows_needed, seed=seq)
+    for shape in shapes:
+        for method in methods:
+            cmd = [sys.executable, __file__, "--child", f"{shape}:{method}"] + [
+                f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                if k not in ("child", "auto_compare") and v is not None]
+            cmd += ["--auto-compare"] if args.auto_compare else []
+            t = time.time()
+            try:
+                proc = subprocess.run(cmd, cwd=ROOT, timeout=args.child_timeout)
+                if proc.returncode != 0:
+                    log(f"{shape} {method}: child exited {proc.returncode}")
+            except subprocess.TimeoutExpired:
+                log(f"{shape} {method}: gave up after {args.child_timeout}s (its measured points are kept)")
+            log(f"{shape} {method} took {time.time() - t:.0f}s")
+    rows = [json.loads(x) for x in (out / "train_grid.jsonl").read_text().splitlines() if x.strip()] \
+        if (out / "train_grid.jsonl").exists() else []
+    summary = summarise(rows, args.call)
+    with (out / "train_grid.jsonl").open("a") as f:
+        f.write(json.dumps(summary) + "\n")
+    print("\n| shape | method | seq x mb | trainer tok/s | bare tok/s | ratio | peak GiB (trainer / bare) | MFU |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        if r.get("call") != args.call or r.get("kind") != "trainer":
+            continue
+        if "error" in r:
+            print(f"| {r['shape']} | {r['method']} | {r['seq']}x{r['micro_batch']} | FAILED | | | | |")
+            continue
+        ratio = f"{r['ratio']:.3f}" if r.get("ratio") else "-"
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
+        print(f"| {r['shape']} | {r['method']} | {r['seq']}x{r['micro_batch']} | {r['tokens_per_s']:.0f} | "
+              f"{r.get('bare_tokens_per_s') or 0:.0f} | {ratio} | {r.get('peak_alloc_gib') or 0:.2f} / "
+              f"{r.get('bare_peak_alloc_gib') or 0:.2f} | {mfu} |")
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
