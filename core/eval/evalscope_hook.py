@@ -74,7 +74,7 @@ def _configs_of(folder: Path) -> list[str]:
 
 def dataset_args(benchmarks: list[str], data_dir: str) -> dict:
     """EvalScope's dataset_args for files on disk: each benchmark's folder and the subsets it has."""
-    from core.eval.evaluate import EvalError
+    from core.eval.errors import EvalError
 
     if not data_dir:
         return {}

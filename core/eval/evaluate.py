@@ -28,7 +28,8 @@ from pathlib import Path
 
 from core.config import ChatConfig, EvalConfig
 from core.data.conversation import Conversation, Message
-from core.settings import ConfigError, write_json_atomic
+from core.eval.errors import EvalError
+from core.settings import write_json_atomic
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -43,10 +44,6 @@ FALLBACK_PROMPTS = [
     "How many days are there in a leap year?",
     "把“早上好”翻译成英文。",
 ]
-
-
-class EvalError(ConfigError):
-    """An evaluation that cannot run as asked (no run folder, no saved mix, ...)."""
 
 
 def _noop(stage: str, done: int, total: int) -> None:

@@ -39,6 +39,9 @@ from core.hardware.catalog import Arch, ModelEntry, get_model, lora_param_count,
 from core.settings import ConfigError
 
 GIB = float(1 << 30)
+# Share of a card kept free when deciding what fits (allocator fragmentation, the CUDA context,
+# other processes): used by the recommendations, the auto micro-batch and the pre-run checks.
+HEADROOM = 0.10
 COEFFS_PATH = Path(__file__).with_name("vram_coefficients.json")
 GRAD_CKPT = ("unsloth", "on", "off")
 BACKENDS = ("unsloth", "peft")

@@ -13,9 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 from core.hardware.catalog import ModelEntry, load_catalog
 from core.hardware.detect import HardwareReport
-from core.hardware.estimate import Coefficients, estimate_training, load_coefficients
+from core.hardware.estimate import HEADROOM, Coefficients, estimate_training, load_coefficients
 
-HEADROOM = 0.10
 METHOD_ORDER = ("lora", "qlora")
 SEQ_STEP = 256
 VERDICT_ORDER = {"fits": 0, "tight": 1, "no": 2}

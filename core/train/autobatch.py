@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, replace
 
-from core.hardware.recommend import HEADROOM
+from core.hardware.estimate import HEADROOM
 from core.settings import ConfigError
 
 AUTO = "auto"

@@ -194,7 +194,7 @@ def check_run(cfg, *, train_rows: int | None = None, card: Card | None = None) -
 
 
 def _memory(cfg, card: Card) -> list[Problem]:
-    from core.hardware.recommend import HEADROOM
+    from core.hardware.estimate import HEADROOM
 
     budget = card.total_gib * (1 - HEADROOM)
     mb = cfg.train.micro_batch
