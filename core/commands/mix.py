@@ -11,7 +11,8 @@ def add_arguments(p) -> None:
     from core.config import MixConfig
     from core.settings import add_cli_flags
 
-    p.add_argument("config", help="Mix config YAML (see presets/mixes/).")
+    p.add_argument("config", help="Mix config YAML (see presets/mixes/), or one data file or folder "
+                                  "(.jsonl, .json, .csv, .parquet) to mix alone.")
     p.add_argument("--out", help="Folder to save the mix in (required unless --dry-run).")
     p.add_argument("--json", action="store_true", help="Print counts per source, drops and total as JSON.")
     p.add_argument("--preview", type=int, default=0, metavar="N",
@@ -38,18 +39,46 @@ def _table(result) -> str:
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in lines)
 
 
+def data_source(path: str) -> bool:
+    """Whether ``path`` is a data file or folder to mix alone rather than a mix config: a folder, a
+    .jsonl / .csv / .parquet file, or a .json file that is not a mix config (no top-level "sources")."""
+    import json
+    from pathlib import Path
+
+    from core.data.sources import FILE_TYPES
+
+    p = Path(path)
+    if p.is_dir():
+        return True
+    suffix = p.suffix.lower()
+    if suffix not in FILE_TYPES:
+        return False
+    if suffix != ".json":
+        return True
+    try:
+        if p.stat().st_size > 1 << 20:  # a mix config is a few lines; a large .json is data
+            return True
+        return not (isinstance(obj := json.loads(p.read_text(encoding="utf-8")), dict) and "sources" in obj)
+    except (OSError, ValueError):
+        return True  # let the data reader name the problem with its line
+
+
 def run(args) -> int:
     from core.cli import print_json
     from core.config import MixConfig
     from core.data.mix import build_mix, load_tokenizer
     from core.data.preview import preview_text
     from core.data.render import MaskOptions, render
+    from core.data.tokenizer import describe
     from core.data.report import problems_text
     from core.settings import ConfigError, cli_overrides, deep_merge, from_dict, read_yaml
 
     if not args.out and not args.dry_run:
         raise ConfigError("give --out DIR (where to save the mix) or --dry-run", "--out")
-    data, lines = read_yaml(args.config)
+    if data_source(args.config):
+        data, lines = {"sources": [{"path": args.config}]}, None
+    else:
+        data, lines = read_yaml(args.config)
     if data is not None and not isinstance(data, dict):
         raise ConfigError("expected a mapping of mix settings", "", args.config)
     data = deep_merge(data or {}, cli_overrides(args))
@@ -63,6 +92,7 @@ def run(args) -> int:
         print(_table(result))
         where = f" -> {result.out_dir}" if result.out_dir else " (dry run, nothing written)"
         print(f"total: {result.total} rows (train {len(result.rows)}, eval {len(result.eval_rows)}){where}")
+        print(f"tokens counted with {describe(result.tokenizer)}")
         report = problems_text(result)
         if report:
             print(report)
