@@ -69,8 +69,8 @@ def run(args) -> int:
     from core.data.mix import build_mix, load_tokenizer
     from core.data.preview import preview_text
     from core.data.render import MaskOptions, render
-    from core.data.tokenizer import describe
     from core.data.report import problems_text
+    from core.data.tokenizer import describe
     from core.settings import ConfigError, cli_overrides, deep_merge, from_dict, read_yaml
 
     if not args.out and not args.dry_run:
