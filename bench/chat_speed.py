@@ -375,7 +375,8 @@ def summarise(line: dict) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shapes", default="0.6b,8b", help="Comma-separated shapes of bench/train_speed.py (0.6b, 4b, 8b, 14b, ...) or demo (the demo model).")
+    p.add_argument("--shapes", default="0.6b,8b",
+                   help="Comma-separated shapes of bench/train_speed.py (0.6b, 4b, 8b, 14b, ...) or demo.")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--eval-prompts", type=int, default=64)
