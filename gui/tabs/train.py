@@ -437,6 +437,7 @@ def build(ctx) -> None:
 
     from core.config import RunConfig
     from core.settings import field_info
+    from gui.components import model_picker
     from gui.tabs import bind
 
     t = ctx.t
@@ -447,17 +448,9 @@ def build(ctx) -> None:
         with gr.Row():
             with gr.Column(scale=3, min_width=420):
                 gr.Markdown("### " + t("train.section.model"))
-                try:
-                    from gui.components import model_picker
-
-                    picker = model_picker.build(ctx)
-                    fields.update({"model.name_or_path": picker["choice"], "model.method": picker["method"],
-                                   "model.quant": picker["quant"], "model.hub": picker["hub"]})
-                except ImportError:  # the picker lands with the models area: a plain chooser until then
-                    fields["model.name_or_path"] = gr.Dropdown(
-                        choices=["demo"], value="demo", allow_custom_value=True, elem_id="model-choice",
-                        label=_label(ctx, infos["model.name_or_path"]), info=_help(ctx, infos["model.name_or_path"]))
-                    fields["model.method"] = widget_for(ctx, infos["model.method"])
+                picker = model_picker.build(ctx)
+                fields.update({"model.name_or_path": picker["choice"], "model.method": picker["method"],
+                               "model.quant": picker["quant"], "model.hub": picker["hub"]})
                 gr.Markdown("### " + t("train.section.data"))
                 with gr.Row(equal_height=True):
                     mixes = mix_choices(ctx)
