@@ -52,7 +52,8 @@ def _help(ctx, info) -> str:
 
 
 def widget_for(ctx, info, elem_prefix: str = "train-f-"):
-    """A Gradio input for one setting, from its type, choices and bounds (core.settings.field_info)."""
+    """A Gradio input for one setting, from its type, choices, suggestions and bounds
+    (core.settings.field_info)."""
     import typing
 
     import gradio as gr
@@ -65,6 +66,8 @@ def widget_for(ctx, info, elem_prefix: str = "train-f-"):
         return gr.CheckboxGroup(choices=list(info.choices or ()), **kwargs)
     if info.choices:
         return gr.Dropdown(choices=list(info.choices), **kwargs)
+    if info.suggest:  # common values to pick, any other valid one typed (checked on Start)
+        return gr.Dropdown(choices=list(info.suggest), allow_custom_value=True, **kwargs)
     if info.type in (int, float):
         return gr.Number(minimum=info.minimum, maximum=info.maximum,
                          precision=0 if info.type is int else None, **kwargs)
