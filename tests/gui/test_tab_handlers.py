@@ -202,7 +202,8 @@ def test_use_this_model_in_demo_mode_says_it_leaves_demo_mode(ctx):
     row = {"model": "qwen3-8b", "method": "qlora", "seq_len": 2048, "micro_batch": 4, "rank": 16,
            "display": "Qwen3-8B", "est_gib": 9.3, "vram_gib": 24.0, "card": "simulated"}
     choice, message = hardware.use(ctx, row)
-    assert choice["model"] == "qwen3-8b" and choice["method"] == "qlora" and choice["micro_batch"] == 4
+    assert choice["model"] == "qwen3-8b" and choice["method"] == "qlora" and choice["micro_batch"] == "auto"
+    assert choice["auto_batch"] == 4 and "micro-batch auto, 4 on this card" in message
     assert "This leaves demo mode" in message and "24 GB" in message and "9.3 GiB" in message
     gpu = AppContext(runs_dir=ctx.runs_dir, demo=False, gpu_names=["NVIDIA RTX 4090 (24 GiB)"])
     assert "demo" not in hardware.use(gpu, row)[1].lower()

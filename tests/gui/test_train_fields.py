@@ -56,3 +56,21 @@ def test_a_bad_micro_batch_names_the_setting(app, tmp_path, sent):
     values.update({"train.micro_batch": sent, "data.mix_dir": str(tmp_path / "mix")})
     with pytest.raises(ConfigError, match=r"train\.micro_batch"):
         config_from(ctx, list(values.values()))
+
+
+def test_use_this_model_sets_the_train_tabs_micro_batch_to_auto(app):
+    from gui.tabs import hardware
+
+    ctx = app.qt_ctx
+    fields = ctx.shared["train.fields"]
+    box = fields["train.micro_batch"]
+    state = ctx.shared["selected_model"]
+    wired = [fn for fn in app.fns.values() if (state._id, "change") in [(t[0], t[1]) for t in fn.targets]]
+    assert any(box._id in {c._id for c in fn.outputs} for fn in wired)
+    row = next(r for r in hardware.compute(24, 2048, 16)["rows"] if r["best"])
+    choice = hardware.selection_for({**row, "rank": 16})
+    paths = [p for p in fields if p in hardware.TRAIN_FIELD_OF]
+    update = hardware.train_updates(choice, paths)[paths.index("train.micro_batch")]
+    assert update["value"] == "auto" and box.postprocess(update["value"]) == "auto"
+    _, message = hardware.use(ctx, {**row, "rank": 16})
+    assert f"micro-batch auto, {choice['auto_batch']} on this card" in message  # demo mode's wording
