@@ -283,3 +283,15 @@ def test_eval_table_and_chart_show_benchmarks_per_thinking_mode(ctx):
     fig = evaluate.figure(ctx, result)
     xs = {x for tr in fig.data for x in tr.x}
     assert any("gsm8k" in x for x in xs) and any("ceval" in x for x in xs)
+
+
+def test_export_is_offered_from_the_start(ctx, tmp_path):
+    """The export command is part of the app: the button is live and the status starts blank."""
+    from gui.app import build_app
+    from gui.tabs import evaluate
+
+    assert evaluate.export_text(ctx, None) == ""
+    app = build_app(runs_dir=tmp_path / "runs", demo=True, lang="en", mixes_dir=tmp_path / "mixes")
+    props = {c["props"].get("elem_id"): c["props"] for c in app.get_config_file()["components"]}
+    assert props["export-start"].get("interactive") is not False
+    assert props["export-status"]["value"] == ""
