@@ -148,7 +148,7 @@ class TrainConfig:
     warmup_steps: int = setting(5, minimum=0, help="Steps of linear warmup.")
     epochs: float = setting(1.0, minimum=0.0, help="Passes over the data (ignored when max_steps > 0).")
     max_steps: int = setting(0, minimum=0, help="Stop after this many optimizer steps (0 = use epochs).")
-    micro_batch: int | str = setting("auto", minimum=1,
+    micro_batch: int | str = setting("auto", minimum=1, suggest=("auto", 1, 2, 4, 8, 16, 32),
                                      help="Rows per GPU step; the main memory knob, and bigger is faster. "
                                           "auto: the largest micro-batch the memory estimate says fits "
                                           "this GPU with 10% of it left free, with the effective batch "

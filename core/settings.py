@@ -3,7 +3,7 @@
 A setting is declared once, as a dataclass field made with :func:`setting`. The same declaration
 drives YAML loading (unknown keys and wrong types rejected with the field's dotted path and, when it
 came from a file, the file and line), CLI flags (:func:`add_cli_flags`) and GUI widgets (the GUI
-reads ``help``, ``choices``, ``minimum`` and ``maximum`` from :func:`field_info`).
+reads ``help``, ``choices``, ``suggest``, ``minimum`` and ``maximum`` from :func:`field_info`).
 """
 
 from __future__ import annotations
@@ -76,9 +76,16 @@ def _json_name(tp: type) -> str:
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, choices: tuple | None = None,
             minimum: float | None = None, maximum: float | None = None,
-            default_factory: Any = dataclasses.MISSING, cli: bool = True) -> Any:
-    """Declare a setting. ``help`` is required: it is the single source of the setting's text."""
-    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "cli": cli}
+            default_factory: Any = dataclasses.MISSING, cli: bool = True,
+            suggest: tuple | None = None) -> Any:
+    """Declare a setting. ``help`` is required: it is the single source of the setting's text.
+
+    ``choices`` is the closed list of allowed values (checked on load). ``suggest`` is an open one:
+    common values the GUI offers in a dropdown that also takes any other valid value typed in
+    (nothing checks against it; the field's type and ``validate`` do).
+    """
+    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "cli": cli,
+            "suggest": suggest}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -94,6 +101,7 @@ class FieldInfo:
     choices: tuple | None
     minimum: float | None
     maximum: float | None
+    suggest: tuple | None = None
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -118,7 +126,7 @@ def field_info(cls: type, prefix: str = "") -> list[FieldInfo]:
             default = None
         out.append(FieldInfo(f.name, path, tp, default, f.metadata.get("help", ""),
                              f.metadata.get("choices"), f.metadata.get("minimum"),
-                             f.metadata.get("maximum")))
+                             f.metadata.get("maximum"), f.metadata.get("suggest")))
     return out
 
 

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from core.data.conversation import Conversation
-from core.settings import ConfigError, write_json_atomic
+from core.settings import ConfigError, DamagedFile, read_json, write_json_atomic
 
 MANIFEST = "manifest.json"
 
@@ -83,11 +83,18 @@ def _read_rows(path: Path) -> list[Conversation]:
 
 
 def read_manifest(mix_dir: str | Path) -> dict:
+    """The mix folder's manifest. A missing or damaged one is a :class:`ConfigError` of
+    ``data.mix_dir`` naming the file, which is what every caller (Train, Data, the worker) reports."""
     path = Path(mix_dir) / MANIFEST
-    if not path.exists():
+    try:
+        manifest = read_json(path, expect=dict)
+    except DamagedFile as exc:
+        raise ConfigError(f"{exc.message}; build the mix again in the Data tab or with `python -m core mix`",
+                          "data.mix_dir", str(path)) from None
+    if manifest is None:
         raise ConfigError(f"not a saved mix folder (no {MANIFEST}); build one in the Data tab or with "
                           "`python -m core mix`", "data.mix_dir", str(mix_dir))
-    return json.loads(path.read_text(encoding="utf-8"))
+    return manifest
 
 
 def read_mix_dir(mix_dir: str | Path) -> tuple[list[Conversation], list[Conversation], dict]:

@@ -9,7 +9,6 @@ export is also found again from its record after the server restarts.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import threading
 import time
@@ -146,10 +145,6 @@ class ExportJob:
     def log_tail(self, max_bytes: int = 6000) -> str:
         rec = self._record()
         return rec.log_tail(max_bytes) if rec is not None else ""
-
-
-def export_available() -> bool:
-    return importlib.util.find_spec("core.commands.export") is not None
 
 
 def export_args(run_dir: str | Path, fmt: str) -> list[str]:

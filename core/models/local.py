@@ -91,19 +91,21 @@ class LocalModel:
 
 # --------------------------------------------------------------------------------------- checks
 def _read_json(path: Path, what: str, problems: list[str]):
+    """``path``'s JSON, or None with the reason added to ``problems`` (the folder check lists every
+    problem of a folder at once rather than stopping at the first)."""
+    from core.settings import DamagedFile, read_json
+
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_json(path)
+    except DamagedFile as exc:
+        problems.append(f"{what} is {exc.message}")
+        return None
     except OSError as exc:
         problems.append(f"{what} cannot be read ({exc.strerror or exc})")
         return None
-    except UnicodeDecodeError:
-        problems.append(f"{what} is not UTF-8 text (corrupted?)")
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        problems.append(f"{what} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})")
-        return None
+    if data is None:
+        problems.append(f"{what} is missing")
+    return data
 
 
 def _safetensors_problem(path: Path) -> str | None:
@@ -316,13 +318,18 @@ def dir_size(folder: Path) -> int:
 # ------------------------------------------------------------------------------------- registry
 def read_registry(path: Path | None = None) -> list[dict]:
     path = path or registry_path()
-    if not path.is_file():
-        return []
+    from core.settings import DamagedFile, read_json
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path} is unreadable ({exc}); fix or delete it (it only lists added folders)") from None
-    folders = data.get("folders") if isinstance(data, dict) else None
+        data = read_json(path, expect=dict)
+    except DamagedFile as exc:
+        raise ModelError(f"{path} is unreadable ({exc.message}); "
+                         "fix or delete it (it only lists added folders)") from None
+    except OSError as exc:
+        raise ModelError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    if data is None:
+        return []
+    folders = data.get("folders")
     if not isinstance(folders, list):
         raise ModelError(f"{path}: expected {{\"folders\": [...]}}; fix or delete it")
     return [f for f in folders if isinstance(f, dict) and f.get("path")]
@@ -477,9 +484,15 @@ def _download_folders(root: Path) -> list[tuple[str, str, Path]]:
 
 
 def _marker(folder: Path) -> dict | None:
+    """The finished-download marker, or None: the download is not known to be complete. The download
+    writes the marker atomically after the last file, so one that cannot be read back means the
+    folder is not a finished download either; it is listed as incomplete and downloading again
+    rewrites the marker."""
+    from core.settings import DamagedFile, read_json
+
     try:
-        return json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        return read_json(folder / MARKER, expect=dict)
+    except (DamagedFile, OSError):
         return None
 
 

@@ -164,10 +164,8 @@ def progress_text(ctx, job) -> str:
 
 
 def export_text(ctx, job) -> str:
-    from core.eval.jobs import export_available
-
     if job is None:
-        return "" if export_available() else ctx.t("evaluate.export_missing")
+        return ""
     if job.error:
         return ctx.t("evaluate.export_error", error=job.error)
     return ctx.t(f"evaluate.export_state.{job.state}", fmt=job.fmt)
@@ -337,7 +335,7 @@ def build(ctx) -> None:
 
     from core.chat.session import browser_secret
     from core.config import EvalConfig
-    from core.eval.jobs import EXPORT_FORMATS, export_available
+    from core.eval.jobs import EXPORT_FORMATS
     from core.eval.serving import client_snippet
     from core.settings import field_info
     from gui.tabs import bind
@@ -419,10 +417,8 @@ def build(ctx) -> None:
         with gr.Row(equal_height=True):
             fmt = gr.Radio([(t(f"evaluate.format.{f}"), f) for f in EXPORT_FORMATS], value="lora",
                            label=t("evaluate.format"), elem_id="export-format", scale=4)
-            export_btn = gr.Button(t("evaluate.export"), scale=1, elem_id="export-start",
-                                   interactive=export_available())
-        export_status = gr.Markdown("" if export_available() else t("evaluate.export_missing"),
-                                    elem_id="export-status")
+            export_btn = gr.Button(t("evaluate.export"), scale=1, elem_id="export-start")
+        export_status = gr.Markdown("", elem_id="export-status")
         export_log = gr.Code("", language=None, label=t("evaluate.export_log"), lines=8, elem_id="export-log",
                              interactive=False)
 

@@ -3,7 +3,8 @@ breakdown of a chosen row, and "Use this model", which hands the choice to the T
 
 Shared with other tabs: ``ctx.shared["selected_model"]`` is a ``gr.State`` holding None until the
 user clicks "Use this model", then a dict ``{"model": "qwen3-8b", "method": "qlora", "seq_len": 2048,
-"micro_batch": 2, "rank": 16, "display": "Qwen3-8B", "est_gib": 7.9}``. Other tabs may listen to its
+"micro_batch": "auto", "auto_batch": 2, "rank": 16, "display": "Qwen3-8B", "est_gib": 7.9}``
+(``auto_batch``: what ``micro_batch: auto`` picks on that card). Other tabs may listen to its
 ``.change`` event (in a ``ctx.after_build`` hook: this tab is built first). This tab itself fills the
 Train tab's widgets registered in ``ctx.shared["train.fields"]`` (model.name_or_path, model.method,
 train.max_seq_len, train.micro_batch, lora.r) when the choice changes.
@@ -143,10 +144,15 @@ def breakdown_figure(t, row: dict | None):
 
 
 def selection_for(row: dict) -> dict:
-    """What "Use this model" hands to the Train tab (see the module docstring)."""
+    """What "Use this model" hands to the Train tab (see the module docstring). The micro-batch is
+    ``auto``: the table's number is what auto picks on this card, and auto also follows a change of
+    length or accumulation in the Train tab and the card the run really gets. ``auto_batch`` is that
+    number, for the message."""
+    from core.train.autobatch import AUTO
+
     return {"model": row["model"], "method": row["method"], "seq_len": row["seq_len"],
-            "micro_batch": max(int(row["micro_batch"]), 1), "rank": row.get("rank", 16),
-            "display": row["display"], "est_gib": row["est_gib"]}
+            "micro_batch": AUTO, "auto_batch": max(int(row["micro_batch"] or 0), 1),
+            "rank": row.get("rank", 16), "display": row["display"], "est_gib": row["est_gib"]}
 
 
 # Where each part of the choice goes in the Train tab's widgets (ctx.shared["train.fields"], the
@@ -175,7 +181,7 @@ def use(ctx, row) -> tuple:
         return gr.update(), t("hardware.pick_first")
     choice = selection_for(row)
     values = dict(model=choice["display"], method=t(f"hardware.method.{choice['method']}"),
-                  seq_len=choice["seq_len"], batch=choice["micro_batch"])
+                  seq_len=choice["seq_len"], batch=choice["auto_batch"])
     if not ctx.demo:
         return choice, t("hardware.used", **values)
     card = t("hardware.simulated_card", gib=f"{row.get('vram_gib') or 0:g}")

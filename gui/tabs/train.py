@@ -52,7 +52,8 @@ def _help(ctx, info) -> str:
 
 
 def widget_for(ctx, info, elem_prefix: str = "train-f-"):
-    """A Gradio input for one setting, from its type, choices and bounds (core.settings.field_info)."""
+    """A Gradio input for one setting, from its type, choices, suggestions and bounds
+    (core.settings.field_info)."""
     import typing
 
     import gradio as gr
@@ -65,6 +66,8 @@ def widget_for(ctx, info, elem_prefix: str = "train-f-"):
         return gr.CheckboxGroup(choices=list(info.choices or ()), **kwargs)
     if info.choices:
         return gr.Dropdown(choices=list(info.choices), **kwargs)
+    if info.suggest:  # common values to pick, any other valid one typed (checked on Start)
+        return gr.Dropdown(choices=list(info.suggest), allow_custom_value=True, **kwargs)
     if info.type in (int, float):
         return gr.Number(minimum=info.minimum, maximum=info.maximum,
                          precision=0 if info.type is int else None, **kwargs)
@@ -437,6 +440,7 @@ def build(ctx) -> None:
 
     from core.config import RunConfig
     from core.settings import field_info
+    from gui.components import model_picker
     from gui.tabs import bind
 
     t = ctx.t
@@ -447,17 +451,9 @@ def build(ctx) -> None:
         with gr.Row():
             with gr.Column(scale=3, min_width=420):
                 gr.Markdown("### " + t("train.section.model"))
-                try:
-                    from gui.components import model_picker
-
-                    picker = model_picker.build(ctx)
-                    fields.update({"model.name_or_path": picker["choice"], "model.method": picker["method"],
-                                   "model.quant": picker["quant"], "model.hub": picker["hub"]})
-                except ImportError:  # the picker lands with the models area: a plain chooser until then
-                    fields["model.name_or_path"] = gr.Dropdown(
-                        choices=["demo"], value="demo", allow_custom_value=True, elem_id="model-choice",
-                        label=_label(ctx, infos["model.name_or_path"]), info=_help(ctx, infos["model.name_or_path"]))
-                    fields["model.method"] = widget_for(ctx, infos["model.method"])
+                picker = model_picker.build(ctx)
+                fields.update({"model.name_or_path": picker["choice"], "model.method": picker["method"],
+                               "model.quant": picker["quant"], "model.hub": picker["hub"]})
                 gr.Markdown("### " + t("train.section.data"))
                 with gr.Row(equal_height=True):
                     mixes = mix_choices(ctx)

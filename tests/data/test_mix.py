@@ -13,7 +13,7 @@ import pytest
 
 from core.config import MixConfig, SourceConfig
 from core.data.mix import SourceCache, build_mix, check_mix_name, plan_counts
-from core.data.mixdir import read_mix_dir
+from core.data.mixdir import read_manifest, read_mix_dir
 from core.data.sources import DataError
 from core.settings import ConfigError
 from tests.conftest import ROOT
@@ -310,3 +310,20 @@ def test_reasoning_turns_reach_the_trainer_through_the_mix_folder(tmp_path, demo
         "mask_earlier": ["<think>\nr2\n</think>\n\nA2<|im_end|>"],
     }[mode]
     assert trained == expected
+
+
+def test_a_missing_or_damaged_manifest_names_the_mix_setting_and_file(tmp_path):
+    folder = tmp_path / "mix"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="not a saved mix folder") as err:
+        read_manifest(folder)
+    assert err.value.where == "data.mix_dir"
+    for text, why in (('{"seed": 1,', "not valid JSON"), ("[1]", "expected a JSON object")):
+        (folder / "manifest.json").write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError) as err:
+            read_mix_dir(folder)
+        assert err.value.where == "data.mix_dir" and err.value.source == str(folder / "manifest.json")
+        assert why in str(err.value) and str(folder / "manifest.json") in str(err.value)
+    (folder / "manifest.json").write_bytes(b'{"seed": "\xff"}')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_manifest(folder)

@@ -146,3 +146,19 @@ def test_an_inline_mix_preset_does_not_blank_the_mix_choice(presets):
     msg, model, mix_dir = load_into(ctx, ["model.name_or_path", "data.mix_dir"], "inline")
     assert model["value"] == "qwen3-4b" and "value" not in mix_dir
     assert ctx.t("presets.inline_mix") in msg
+
+
+@pytest.mark.parametrize(("typed", "saved"), [("auto", "auto"), (8, 8), ("12", 12)])
+def test_micro_batch_auto_or_a_number_round_trips_through_a_preset(presets, typed, saved):
+    from gui.app import AppContext
+    from gui.presets import load_into, save_from
+
+    ctx = AppContext(runs_dir=Path("runs"), demo=True, presets_dir=presets)
+    paths = ["model.name_or_path", "train.micro_batch", "data.mix_dir"]
+    msg, _ = save_from(ctx, paths, "mb", False, ["demo", typed, ""])
+    assert "mb.yaml" in msg
+    text = (presets / "mb.yaml").read_text(encoding="utf-8")
+    assert f"micro_batch: {saved}\n" in text  # the YAML holds auto or a number, never a quoted "12"
+    assert load_preset("mb", presets)["train.micro_batch"] == saved
+    _, _, box, _ = load_into(ctx, paths, "mb")
+    assert box["value"] == saved

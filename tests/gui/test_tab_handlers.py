@@ -202,7 +202,8 @@ def test_use_this_model_in_demo_mode_says_it_leaves_demo_mode(ctx):
     row = {"model": "qwen3-8b", "method": "qlora", "seq_len": 2048, "micro_batch": 4, "rank": 16,
            "display": "Qwen3-8B", "est_gib": 9.3, "vram_gib": 24.0, "card": "simulated"}
     choice, message = hardware.use(ctx, row)
-    assert choice["model"] == "qwen3-8b" and choice["method"] == "qlora" and choice["micro_batch"] == 4
+    assert choice["model"] == "qwen3-8b" and choice["method"] == "qlora" and choice["micro_batch"] == "auto"
+    assert choice["auto_batch"] == 4 and "micro-batch auto, 4 on this card" in message
     assert "This leaves demo mode" in message and "24 GB" in message and "9.3 GiB" in message
     gpu = AppContext(runs_dir=ctx.runs_dir, demo=False, gpu_names=["NVIDIA RTX 4090 (24 GiB)"])
     assert "demo" not in hardware.use(gpu, row)[1].lower()
@@ -282,3 +283,15 @@ def test_eval_table_and_chart_show_benchmarks_per_thinking_mode(ctx):
     fig = evaluate.figure(ctx, result)
     xs = {x for tr in fig.data for x in tr.x}
     assert any("gsm8k" in x for x in xs) and any("ceval" in x for x in xs)
+
+
+def test_export_is_offered_from_the_start(ctx, tmp_path):
+    """The export command is part of the app: the button is live and the status starts blank."""
+    from gui.app import build_app
+    from gui.tabs import evaluate
+
+    assert evaluate.export_text(ctx, None) == ""
+    app = build_app(runs_dir=tmp_path / "runs", demo=True, lang="en", mixes_dir=tmp_path / "mixes")
+    props = {c["props"].get("elem_id"): c["props"] for c in app.get_config_file()["components"]}
+    assert props["export-start"].get("interactive") is not False
+    assert props["export-status"]["value"] == ""

@@ -65,6 +65,14 @@ def test_corrupt_config(model_copy):
     assert "config.json is not valid JSON" in problem and "line 2" in problem
 
 
+def test_config_that_is_not_utf8_or_not_an_object_is_named(model_copy):
+    folder = model_copy()
+    (folder / "config.json").write_bytes(b'{"model_type": "qwen3\xff"}')
+    assert "config.json is not UTF-8 text" in only_problem(check_model_dir(folder))
+    (folder / "config.json").write_text("[1, 2]", encoding="utf-8")
+    assert "config.json does not hold a JSON object" in only_problem(check_model_dir(folder))
+
+
 def test_missing_config(model_copy):
     folder = model_copy()
     (folder / "config.json").unlink()
@@ -175,4 +183,18 @@ def test_corrupt_registry_is_a_clear_error(isolated):
     (isolated.cache / "local_models.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(ModelError) as err:
         list_local_models()
-    assert "local_models.json" in str(err.value)
+    assert "local_models.json" in str(err.value) and "not valid JSON" in str(err.value)
+    (isolated.cache / "local_models.json").write_text("[]", encoding="utf-8")
+    with pytest.raises(ModelError, match=r"local_models\.json.*expected a JSON object"):
+        read_registry()
+
+
+def test_a_damaged_download_marker_lists_the_folder_as_unfinished(isolated, demo_model_path):
+    folder = repo_dir("unsloth/Qwen3-8B-unsloth-bnb-4bit", "hf")
+    shutil.copytree(demo_model_path, folder)
+    (folder / MARKER).write_text('{"files": [', encoding="utf-8")
+    entry = next(m for m in list_local_models(include_hub_caches=False) if m.source == "download")
+    assert not entry.complete
+    (folder / MARKER).write_text("{}", encoding="utf-8")
+    entry = next(m for m in list_local_models(include_hub_caches=False) if m.source == "download")
+    assert entry.complete

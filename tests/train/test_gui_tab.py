@@ -40,6 +40,9 @@ def test_tab_builds_its_widgets_from_the_settings(ctx):
         if info.choices:
             values = [c[1] if isinstance(c, tuple) else c for c in widget.choices]
             assert values == list(info.choices), path
+        if info.suggest:  # an open list: the suggestions, and anything else may be typed
+            values = [c[1] if isinstance(c, tuple) else c for c in widget.choices]
+            assert values == list(info.suggest) and widget.allow_custom_value, path
     assert fields["lora.r"].minimum == 1 and fields["lora.r"].maximum == 1024
     assert fields["data.mix_dir"].value.endswith("m1")
 
