@@ -308,6 +308,7 @@ def build_mix(seq_len: int, work: Path, tokenizer_dir: Path, rows: int = 8) -> t
 
     from core.data.mixdir import write_mix_dir
     from core.data.render import render_batch
+    from core.data.tokenizer import tokenizer_info
 
     out = work / "mixes" / f"s{seq_len}"
     manifest_path = out / "manifest.json"
@@ -337,7 +338,7 @@ def build_mix(seq_len: int, work: Path, tokenizer_dir: Path, rows: int = 8) -> t
     train_rows = [{"conversation": c.to_json(), "text": r.text, "n_tokens": r.n_tokens, "source": "synthetic"}
                   for c, r in zip(convs, rendered)]
     manifest = {"sources": [{"name": "synthetic", "path": "bench/vram_sweep.py", "rows": rows}], "seed": 0,
-                "max_seq_len": seq_len, "tokenizer": str(tokenizer_dir), "row_tokens": counts,
+                "max_seq_len": seq_len, "tokenizer": tokenizer_info(tok), "row_tokens": counts,
                 "note": "synthetic rows of about max_seq_len tokens for the VRAM sweep"}
     if out.exists():
         shutil.rmtree(out)

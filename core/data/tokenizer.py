@@ -206,10 +206,13 @@ def same_tokenizer(a: dict | None, b: dict | None) -> bool:
     return bool(a.get("render_sha256")) and a.get("render_sha256") == b.get("render_sha256")
 
 
-def describe(info: dict | None) -> str:
-    """A tokenizer record in words: 'the Qwen3 tokenizer (151,669 tokens)'."""
+def describe(info: dict | str | None) -> str:
+    """A tokenizer record in words: 'the Qwen3 tokenizer (151,669 tokens)'. A manifest written by hand
+    or by an older version may hold just the tokenizer's name or folder as text."""
     if not info:
         return "an unrecorded tokenizer"
+    if not isinstance(info, dict):
+        info = {"spec": str(info)}
     spec = str(info.get("spec") or info.get("name_or_path") or "?")
     size = info.get("vocab_size")
     count = f" ({size:,} tokens)" if isinstance(size, int) else ""

@@ -51,3 +51,12 @@ def test_length_decisions_counts_per_reason_over_sources():
     m = {"sources": [{"drops": {"longer than max_seq_len": {"count": 2}, "bad row": {"count": 5}}},
                      {"drops": {"longer than max_seq_len": {"count": 3}}, "truncated": 1}, "junk"]}
     assert length_decisions(m) == {"longer than max_seq_len": 5, "truncated to max_seq_len": 1}
+
+
+def test_describe_reads_a_tokenizer_recorded_as_text():
+    # Hand-written or older manifests hold just a name or folder.
+    from core.data.tokenizer import describe
+
+    assert describe("qwen3") == "the Qwen3 tokenizer"
+    assert describe("/models/x") == "the tokenizer of /models/x"
+    assert describe({"spec": "qwen3", "vocab_size": 151669}) == "the Qwen3 tokenizer (151,669 tokens)"
