@@ -270,6 +270,7 @@ def build(ctx, method=None) -> dict:
 
     t = ctx.t
     fields = _fields()
+    _jobs(ctx)  # once per server process, shared by the pages of both languages
     default = _default_choice(ctx, fields)
     with gr.Group(elem_id="model-picker"):
         # The model's own row: its labels ("⬇ Qwen3-30B-A3B (qwen3-30b-a3b) · 30.5B · MoE") need the
