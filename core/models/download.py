@@ -350,11 +350,15 @@ def read_log_tail(path: str | os.PathLike,
         line = raw.decode("utf-8", errors="replace").strip()
         if not line:
             continue
-        if line.startswith("{"):
+        # stdout and stderr share the log: a report may follow text printed without a newline.
+        start = 0 if line.startswith("{") else line.find('{"repo_id"')
+        if start >= 0:
             try:
-                data_obj = json.loads(line)
+                data_obj = json.loads(line[start:])
                 if isinstance(data_obj, dict):
                     report = DownloadProgress.from_dict(data_obj)
+                    if line[:start].strip():
+                        other.append(line[:start].strip())
                     continue
             except (json.JSONDecodeError, TypeError):
                 pass

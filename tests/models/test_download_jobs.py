@@ -134,6 +134,14 @@ def test_a_torn_last_line_is_left_out(isolated):
     assert found.progress.done_bytes == 2000
 
 
+def test_a_report_after_text_without_a_newline_is_still_read(tmp_path):
+    log = tmp_path / "joined.log"
+    log.write_text("warning: slow disk" + _line(state="downloading", done_bytes=5, total_bytes=10) + "{not json\n",
+                   encoding="utf-8")
+    report, other = read_log_tail(log)
+    assert report.done_bytes == 5 and other == ["warning: slow disk", "{not json"]
+
+
 def test_only_the_tail_of_a_long_log_is_read(isolated, tmp_path):
     log = tmp_path / "long.log"
     body = [_line(state="downloading", done_bytes=i, total_bytes=10**6) for i in range(5000)]
