@@ -175,3 +175,23 @@ def test_download_attaches_to_a_running_one_and_cancel_stops_it(ctx, no_network)
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_the_page_load_and_follow_events_show_the_running_download(ctx, no_network):
+    """The wired handlers (as Gradio calls them) return one value per output and show the bar."""
+    import gradio as gr
+
+    job = _running_record(done=2000)
+    with gr.Blocks() as page:
+        parts = model_picker.build(ctx)
+    handlers = {f.fn.__name__: f for f in page.fns.values() if f.fn is not None}
+    load, follow_fn = handlers["on_load"], handlers["on_follow"]
+    out = load.fn("demo", "hf", "lora", "auto")
+    assert len(out) == len(load.outputs)
+    by_id = dict(zip([o._id for o in load.outputs], out, strict=True))
+    assert "50.0%" in by_id[parts["progress"]._id] and by_id[parts["shown_download"]._id] == str(job.record_path)
+    out = follow_fn.fn(str(job.record_path))
+    assert len(out) == len(follow_fn.outputs) and "50.0%" in out[0]
+    job.record_path.unlink()
+    out = load.fn("demo", "hf", "lora", "auto")  # nothing running: the bar is left as it is
+    assert len(out) == len(load.outputs)
