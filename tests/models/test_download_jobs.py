@@ -175,3 +175,33 @@ def test_another_models_folder_has_its_own_record(isolated, tmp_path):
     assert default.record_path != other.record_path
     assert default.record_path.name == "download-acme--Qwen3-Tiny-hf.json"
     assert DownloadJob("qwen3-0.6b", hub="hf", method="lora").record_path.name == "download-Qwen--Qwen3-0.6B-hf.json"
+
+
+def test_the_cli_lists_refuses_a_second_download_and_cancels(isolated, capsys):
+    import subprocess
+    import sys
+
+    from core.cli import main
+
+    # A stand-in for the GUI's download process, in its own session as spawn_core starts it.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        _fake_job(isolated, [_line(state="downloading", done_bytes=1000, total_bytes=4000)], pid=child.pid)
+        assert main(["models", "downloads", "--json"]) == 0
+        [row] = json.loads(capsys.readouterr().out)["downloads"]
+        assert row["state"] == "downloading" and row["fraction"] == 0.25 and row["pid"] == child.pid
+        # A terminal download of the same files would corrupt them: refused, saying how to go on.
+        assert main(["models", "get", REPO]) == 1
+        err = capsys.readouterr().err
+        assert "being downloaded already" in err and f"downloads --cancel {REPO}" in err
+        assert not repo_dir(REPO, "hf").exists()
+        assert main(["models", "downloads", "--cancel", REPO]) == 0
+        assert child.wait(10) is not None
+        capsys.readouterr()
+        assert main(["models", "downloads"]) == 0
+        assert capsys.readouterr().out.startswith("cancelled")
+        assert main(["models", "downloads", "--cancel", REPO]) == 1
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
