@@ -187,8 +187,8 @@ def _refuse_if_running_elsewhere(repo_id: str, hub: str, cache_dir) -> None:
     GUI's) downloads this repository."""
     import os
 
-    from core.models.download import job_record_path
     from core.models.errors import ModelError
+    from core.models.jobs import job_record_path
     from core.procs import RECORD_ENV, JobRecord
 
     path = job_record_path(repo_id, hub, cache_dir)
@@ -206,7 +206,8 @@ def _refuse_if_running_elsewhere(repo_id: str, hub: str, cache_dir) -> None:
 
 def _downloads(args) -> int:
     from core.cli import print_json
-    from core.models.download import DownloadJob, fmt_bytes
+    from core.models.download import fmt_bytes
+    from core.models.jobs import DownloadJob
     from core.models.paths import jobs_dir
 
     if args.cancel:

@@ -2,7 +2,7 @@
 
 Layout and wiring only; resolving, checking and downloading live in ``core.models``. Building it
 touches no network and validates nothing heavy: the list comes from a quick folder scan, and the
-download runs in a subprocess (``core.models.download.DownloadJob``) that the page polls.
+download runs in a subprocess (``core.models.jobs.DownloadJob``) that the page polls.
 
 Use (e.g. in the Train tab)::
 
@@ -14,7 +14,7 @@ Use (e.g. in the Train tab)::
 
 The dict is also kept in ``ctx.shared["model_picker"]``. Downloads this server started are kept in
 ``ctx.server["model_picker.jobs"]``; every download also has a record and a log on disk
-(``core.models.download.DownloadJob``), so a page built after a server restart shows a download an
+(``core.models.jobs.DownloadJob``), so a page built after a server restart shows a download an
 earlier server started, with its progress, and its Cancel stops it.
 """
 
@@ -174,7 +174,7 @@ def job_for(ctx, name: str, hub: str, method: str, quant: str):
     """The download of this choice: the one this server holds, else one found on disk (started by an
     earlier server), else None. Demo and folder choices have none."""
     from core.models import ModelError, parse_ref
-    from core.models.download import DownloadJob
+    from core.models.jobs import DownloadJob
 
     try:
         ref = parse_ref(name or "", method=method, quant=quant, hub=hub)
@@ -196,7 +196,7 @@ def job_for(ctx, name: str, hub: str, method: str, quant: str):
 def start_download(ctx, name: str, hub: str, method: str, quant: str):
     """Start the choice's download, or return the one already running (from this or an earlier server)."""
     from core.models import parse_ref
-    from core.models.download import DownloadJob
+    from core.models.jobs import DownloadJob
 
     ref = parse_ref(name or "", method=method, quant=quant, hub=hub)
     jobs, lock = _jobs(ctx)
@@ -211,7 +211,7 @@ def start_download(ctx, name: str, hub: str, method: str, quant: str):
 
 def shown_download(ctx, name: str, hub: str, method: str, quant: str):
     """The running download a page shows as it loads: the choice's own, else any running one."""
-    from core.models.download import running_downloads
+    from core.models.jobs import running_downloads
 
     job = job_for(ctx, name, hub, method, quant)
     if job is not None and job.running:
@@ -222,7 +222,7 @@ def shown_download(ctx, name: str, hub: str, method: str, quant: str):
 
 def follow(ctx, record: str) -> tuple[str, bool]:
     """(progress bar, still running) of the download whose record is at ``record``."""
-    from core.models.download import DownloadJob
+    from core.models.jobs import DownloadJob
 
     job = DownloadJob.from_record(record) if record else None
     if job is None:
@@ -233,7 +233,7 @@ def follow(ctx, record: str) -> tuple[str, bool]:
 
 def cancel_download(ctx, name: str, hub: str, method: str, quant: str, record: str = "") -> bool:
     """Cancel the choice's running download, else the one shown (``record``). False if none runs."""
-    from core.models.download import DownloadJob
+    from core.models.jobs import DownloadJob
 
     job = job_for(ctx, name, hub, method, quant)
     if (job is None or not job.running) and record:

@@ -24,7 +24,8 @@ from core.models import (
     repo_dir,
     resolve_model,
 )
-from core.models.download import DownloadJob, DownloadProgress, download_repo, fmt_bytes, fmt_duration
+from core.models.download import DownloadProgress, download_repo, fmt_bytes, fmt_duration
+from core.models.jobs import DownloadJob
 from core.models.resolve import MARKER
 from tests.conftest import ROOT
 from tests.models.fake_hub import FakeHub

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from core.models import repo_dir
-from core.models.download import DownloadJob, DownloadProgress, read_log_tail, running_downloads
+from core.models.download import DownloadProgress
+from core.models.jobs import DownloadJob, read_log_tail, running_downloads
 from core.models.paths import MARKER, jobs_dir
 from core.procs import JobRecord
 from core.runfolder import pid_alive

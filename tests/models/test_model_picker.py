@@ -121,7 +121,7 @@ def _running_record(repo_id: str = "acme/Qwen3-Tiny", done: int = 1000, pid: int
     """A download record and log as an earlier server leaves them; its pid is a live process."""
     import os
 
-    from core.models.download import DownloadJob
+    from core.models.jobs import DownloadJob
     from core.procs import JobRecord
 
     job = DownloadJob(repo_id, hub="hf")
