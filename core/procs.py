@@ -60,7 +60,7 @@ class JobRecord:
     command: list[str]
     log: str
     pid: int | None = None
-    state: str = "running"  # running | done | failed
+    state: str = "running"  # running | done | failed | cancelled (written by whoever stopped it)
     returncode: int | None = None
     started: str = field(default_factory=now_iso)
     finished: str | None = None
@@ -142,9 +142,23 @@ def spawn_core(args: list[str], log_path: str | os.PathLike | None, *, record: s
                 log.flush()
             proc = subprocess.Popen(cmd, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    if rec is not None:
+        # The pid at once, so another server can follow or stop the job from its first moment; the
+        # child needs far longer to import before it writes its own start, so this lands first.
+        _record_pid(record, proc.pid)
     if reap and not pipe:
         threading.Thread(target=proc.wait, daemon=True, name=f"reap-{proc.pid}").start()
     return proc
+
+
+def _record_pid(path: str | os.PathLike, pid: int) -> None:
+    try:
+        data = read_json(path, expect=dict)
+    except DamagedFile:
+        return
+    if data is not None and data.get("pid") is None and data.get("state") == "running":
+        data["pid"] = pid
+        write_json_atomic(path, data)
 
 
 def start_record() -> None:

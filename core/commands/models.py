@@ -44,6 +44,17 @@ def add_arguments(p) -> None:
     get.add_argument("--progress-json", action="store_true",
                      help="Print every progress report as a JSON line on stdout (used by the GUI).")
 
+    dl = sub.add_parser("downloads", help="Downloads started in the background (by the GUI): state, progress.",
+                        description="The background downloads found in <cache>/jobs: running ones (from "
+                                    "this or an earlier web server) and finished ones, with progress and "
+                                    "the last error. --cancel NAME stops the running download of NAME.")
+    dl.add_argument("--cancel", metavar="QWEN3_ID", help="Stop the running download of this model "
+                                                          "(partial files stay; downloading again resumes).")
+    dl.add_argument("--hub", choices=list(hub.choices), default=hub.default, help=hub.help)
+    dl.add_argument("--method", choices=list(method.choices), default=method.default, help=method.help)
+    dl.add_argument("--quant", choices=list(DOWNLOAD_QUANTS), default=quant.default, help=quant.help)
+    dl.add_argument("--json", action="store_true", help="Print one JSON document.")
+
     add = sub.add_parser("add", help="Add a model folder to the list (checked first).")
     add.add_argument("path", metavar="PATH", help="A Hugging Face format Qwen3 model folder.")
     add.add_argument("--force", action="store_true", help="Add it even when the check finds problems.")
@@ -55,7 +66,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    return {"list": _list, "get": _get, "add": _add, "remove": _remove}[args.models_command](args)
+    return {"list": _list, "get": _get, "downloads": _downloads, "add": _add,
+            "remove": _remove}[args.models_command](args)
 
 
 def _arch_text(check) -> str:
@@ -133,6 +145,7 @@ def _get(args) -> int:
             source = token_source(args.hub)
             note = f"using the token from {source}" if source else "no token (public repositories only)"
             print(f"{ref.repo_id} from {HUB_NAMES[args.hub]}; {note}", file=sys.stderr, flush=True)
+            _refuse_if_running_elsewhere(ref.repo_id, args.hub, args.cache_dir)
         path = resolve_model(args.model, method=args.method, quant=args.quant, hub=args.hub,
                              cache_dir=args.cache_dir, download=True, progress=progress)
     except ModelError as exc:
@@ -166,6 +179,63 @@ def _get(args) -> int:
         verb = "downloaded" if result["downloaded"] else "already here"
         print(f"{verb}: {path} ({fmt_bytes(result['size_bytes'])})")
         print(f"use it with: model.name_or_path: {args.model}" + (f"  (hub: {args.hub})" if ref.repo_id else ""))
+    return 0
+
+
+def _refuse_if_running_elsewhere(repo_id: str, hub: str, cache_dir) -> None:
+    """Two processes writing the same files would corrupt them: refuse while a background job (the
+    GUI's) downloads this repository."""
+    import os
+
+    from core.models.errors import ModelError
+    from core.models.jobs import job_record_path
+    from core.procs import RECORD_ENV, JobRecord
+
+    path = job_record_path(repo_id, hub, cache_dir)
+    if os.environ.get(RECORD_ENV) == str(path):
+        return  # this process is that job
+    rec = JobRecord.read(path)
+    if rec is None or not rec.running:
+        return
+    raise ModelError(f"{repo_id} is being downloaded already, in the background (process {rec.pid}, started "
+                     f"{rec.started}; its log: {rec.log}).",
+                     f"Wait for it (`python -m core models downloads` shows its progress), or stop it with "
+                     f"`python -m core models downloads --cancel {repo_id} --hub {hub}` or Cancel download "
+                     f"in the GUI; downloading again then resumes.")
+
+
+def _downloads(args) -> int:
+    from core.cli import print_json
+    from core.models.download import fmt_bytes
+    from core.models.jobs import DownloadJob
+    from core.models.paths import jobs_dir
+
+    if args.cancel:
+        job = DownloadJob.find(args.cancel, hub=args.hub, method=args.method, quant=args.quant)
+        if job is None or not job.running:
+            print(f"error: no download of {args.cancel} from {args.hub} is running.", file=sys.stderr)
+            return 1
+        job.cancel()
+        print(f"cancelled: {job.repo_id or job.name_or_path} (partial files stay; downloading again resumes)")
+        return 0
+    jobs = [job for path in sorted(jobs_dir().glob("download-*.json"))
+            if (job := DownloadJob.from_record(path)) is not None]
+    rows = []
+    for job in jobs:
+        p = job.progress
+        rows.append({"model": job.name_or_path, "repo_id": job.repo_id, "hub": job.hub, "state": p.state,
+                     "done_bytes": p.done_bytes, "total_bytes": p.total_bytes, "fraction": round(p.fraction, 4),
+                     "pid": job.pid, "error": p.error, "advice": p.advice, "log": str(job.log_path)})
+    if args.json:
+        print_json({"jobs_dir": str(jobs_dir()), "downloads": rows})
+        return 0
+    if not rows:
+        print(f"no background downloads in {jobs_dir()}")
+        return 0
+    for row in rows:
+        size = f"{fmt_bytes(row['done_bytes'])} / {fmt_bytes(row['total_bytes'])}" if row["total_bytes"] else ""
+        print(f"{row['state']:<11} [{row['hub']}] {row['repo_id'] or row['model']}  {size}"
+              f"{'  ' + row['error'] if row['error'] else ''}")
     return 0
 
 

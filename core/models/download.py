@@ -4,19 +4,16 @@
 calling thread measures the bytes arriving in the target folder (the same way for both hubs, partial
 files included) and hands :class:`DownloadProgress` updates to a callback - a printed line on the CLI.
 
-:class:`DownloadJob` runs ``python -m core models get ... --progress-json`` as a subprocess, for the
-GUI: the web server stays responsive, the job can be cancelled, and a cancelled or failed download
-resumes next time (the hub clients skip complete files and continue partial ones).
+:class:`core.models.jobs.DownloadJob` runs the same download as a subprocess for the GUI (a
+cancelled or failed download resumes next time: the hub clients skip complete files and continue
+partial ones).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -299,109 +296,6 @@ def _bytes_in(folder: Path) -> int:
     from core.models.local import dir_size
 
     return dir_size(folder) if folder.is_dir() else 0
-
-
-# ------------------------------------------------------------------------------- background job
-class DownloadJob:
-    """A download in a subprocess (``python -m core models get ... --progress-json``).
-
-    ``progress`` is the latest report; ``cancel()`` stops it (partial files stay and resume later).
-    The hub token travels only in the inherited environment, never on the command line.
-    """
-
-    def __init__(self, name_or_path: str, *, hub: str = "hf", method: str = "qlora", quant: str = "auto",
-                 cache_dir: str | os.PathLike | None = None):
-        self.name_or_path = name_or_path
-        self.hub, self.method, self.quant = hub, method, quant
-        self.cache_dir = str(cache_dir) if cache_dir else None
-        self._lock = threading.Lock()
-        self._progress = DownloadProgress(repo_id=name_or_path, hub=hub, message="starting")
-        self._stderr: deque[str] = deque(maxlen=40)
-        self._proc: subprocess.Popen | None = None
-        self._threads: list[threading.Thread] = []
-        self._cancelled = False
-
-    def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "core", "models", "get", self.name_or_path, "--hub", self.hub,
-               "--method", self.method, "--quant", self.quant, "--progress-json"]
-        if self.cache_dir:
-            cmd += ["--cache-dir", self.cache_dir]
-        return cmd
-
-    def start(self) -> DownloadJob:
-        from core.procs import spawn_core
-
-        # The same launcher as training and export (environment, own session); progress comes on stdout.
-        self._proc = spawn_core(self.command()[3:], None, pipe=True)
-        for target in (self._read_stdout, self._read_stderr):
-            thread = threading.Thread(target=target, daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def _read_stdout(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        for line in self._proc.stdout:
-            line = line.strip()
-            if not line.startswith("{"):
-                continue
-            try:
-                report = DownloadProgress.from_dict(json.loads(line))
-            except (json.JSONDecodeError, TypeError):
-                self._stderr.append(line)
-                continue
-            with self._lock:
-                self._progress = report
-
-    def _read_stderr(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
-        for line in self._proc.stderr:
-            if line.strip():
-                self._stderr.append(line.rstrip())
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def progress(self) -> DownloadProgress:
-        with self._lock:
-            report = DownloadProgress(**asdict(self._progress))
-        if self._proc is None or self.running:
-            return report
-        for thread in self._threads:
-            thread.join(timeout=2)  # the last report may still be in the pipe
-        with self._lock:
-            report = DownloadProgress(**asdict(self._progress))
-        if self._cancelled:
-            report.state, report.message = "cancelled", "cancelled; downloading again resumes it"
-        elif not report.finished:
-            report.state = "failed"
-            tail = [line for line in self._stderr if line.strip()]
-            report.error = tail[-1] if tail else f"the download process exited with code {self._proc.returncode}"
-        return report
-
-    def wait(self, timeout: float | None = None) -> DownloadProgress:
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        return self.progress
-
-    def cancel(self) -> None:
-        if self._proc is None or not self.running:
-            return
-        self._cancelled = True
-        try:
-            os.killpg(self._proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            self._proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait(5)
 
 
 def describe_error(exc: BaseException) -> tuple[str, str]:

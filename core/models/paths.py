@@ -18,6 +18,7 @@ MODELS_DIR_HELP = (f"Folder that holds downloaded models (default: <cache>/model
 MARKER = ".qwentune_download.json"
 DEMO_MARKER = "qwentune_demo.json"
 REGISTRY_NAME = "local_models.json"
+JOBS_DIR_NAME = "jobs"
 
 
 def cache_root() -> Path:
@@ -48,3 +49,9 @@ def repo_dir(repo_id: str, hub: str, cache_dir: str | os.PathLike | None = None)
 def registry_path() -> Path:
     """The list of model folders the user added (``python -m core models add PATH``)."""
     return cache_root() / REGISTRY_NAME
+
+
+def jobs_dir() -> Path:
+    """Records and logs of the downloads the GUI started (<cache root>/jobs), so a restarted web
+    server finds a running download again instead of starting a second one on the same files."""
+    return cache_root() / JOBS_DIR_NAME

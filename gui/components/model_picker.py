@@ -2,7 +2,7 @@
 
 Layout and wiring only; resolving, checking and downloading live in ``core.models``. Building it
 touches no network and validates nothing heavy: the list comes from a quick folder scan, and the
-download runs in a subprocess (``core.models.download.DownloadJob``) that the page polls.
+download runs in a subprocess (``core.models.jobs.DownloadJob``) that the page polls.
 
 Use (e.g. in the Train tab)::
 
@@ -12,8 +12,10 @@ Use (e.g. in the Train tab)::
     picker["local_path"]    # gr.State: the local folder of the choice, "" while not on disk
     picker["is_downloaded"](name_or_path, hub, method, quant) -> bool   (no network)
 
-The dict is also kept in ``ctx.shared["model_picker"]``. Running downloads are kept once per server
-process in ``ctx.server["model_picker.jobs"]``, so a download started on /en/ is found again on /zh/.
+The dict is also kept in ``ctx.shared["model_picker"]``. Downloads this server started are kept in
+``ctx.server["model_picker.jobs"]``; every download also has a record and a log on disk
+(``core.models.jobs.DownloadJob``), so a page built after a server restart shows a download an
+earlier server started, with its progress, and its Cancel stops it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import threading
 import time
 
 POLL_SECONDS = 0.5
+# How often a page follows a download it did not start itself (found running as the page loaded).
+FOLLOW_SECONDS = 1.0
 # Translated first lines for the errors users meet most; the detail (from core) follows in English.
 ERROR_HEADLINES = {"HubUnreachable": "models.error_unreachable", "NotEnoughDisk": "models.error_disk",
                    "RepoNotFound": "models.error_not_found", "RepoGated": "models.error_gated",
@@ -160,6 +164,86 @@ def progress_html(ctx, p) -> str:
             f'border-radius:5px"></div></div><small>{detail_html}</small></div>')
 
 
+def _jobs(ctx):
+    jobs = ctx.server.setdefault(JOBS_KEY, {})
+    # The pages of both languages may click Download at once: one download per repo.
+    return jobs, ctx.server.setdefault(JOBS_LOCK_KEY, threading.Lock())
+
+
+def job_for(ctx, name: str, hub: str, method: str, quant: str):
+    """The download of this choice: the one this server holds, else one found on disk (started by an
+    earlier server), else None. Demo and folder choices have none."""
+    from core.models import ModelError, parse_ref
+    from core.models.jobs import DownloadJob
+
+    try:
+        ref = parse_ref(name or "", method=method, quant=quant, hub=hub)
+    except ModelError:
+        return None
+    if ref.kind not in ("catalog", "repo"):
+        return None
+    jobs, lock = _jobs(ctx)
+    key = (hub, ref.repo_id)
+    with lock:
+        job = jobs.get(key)
+        if job is None:
+            job = DownloadJob.find(name, hub=hub, method=method, quant=quant)
+            if job is not None:
+                jobs[key] = job
+    return job
+
+
+def start_download(ctx, name: str, hub: str, method: str, quant: str):
+    """Start the choice's download, or return the one already running (from this or an earlier server)."""
+    from core.models import parse_ref
+    from core.models.jobs import DownloadJob
+
+    ref = parse_ref(name or "", method=method, quant=quant, hub=hub)
+    jobs, lock = _jobs(ctx)
+    key = (hub, ref.repo_id)
+    with lock:
+        job = jobs.get(key)
+        if job is None or not job.running:
+            job = DownloadJob(name, hub=hub, method=method, quant=quant).start()  # attaches if running
+            jobs[key] = job
+    return job
+
+
+def shown_download(ctx, name: str, hub: str, method: str, quant: str):
+    """The running download a page shows as it loads: the choice's own, else any running one."""
+    from core.models.jobs import running_downloads
+
+    job = job_for(ctx, name, hub, method, quant)
+    if job is not None and job.running:
+        return job
+    running = running_downloads()
+    return running[0] if running else None
+
+
+def follow(ctx, record: str) -> tuple[str, bool]:
+    """(progress bar, still running) of the download whose record is at ``record``."""
+    from core.models.jobs import DownloadJob
+
+    job = DownloadJob.from_record(record) if record else None
+    if job is None:
+        return "", False
+    report = job.progress
+    return progress_html(ctx, report), not report.finished
+
+
+def cancel_download(ctx, name: str, hub: str, method: str, quant: str, record: str = "") -> bool:
+    """Cancel the choice's running download, else the one shown (``record``). False if none runs."""
+    from core.models.jobs import DownloadJob
+
+    job = job_for(ctx, name, hub, method, quant)
+    if (job is None or not job.running) and record:
+        job = DownloadJob.from_record(record)
+    if job is None or not job.running:
+        return False
+    job.cancel()
+    return True
+
+
 def default_method(ctx, fields: dict | None = None) -> str:
     """LoRA in demo mode (the CPU: QLoRA's 4-bit weights need CUDA), else the setting's default (qlora)."""
     if ctx.demo:
@@ -183,13 +267,10 @@ def build(ctx, method=None) -> dict:
     import gradio as gr
 
     from core.models import ModelError, parse_ref
-    from core.models.download import DownloadJob, DownloadProgress
 
     t = ctx.t
     fields = _fields()
-    jobs = ctx.server.setdefault(JOBS_KEY, {})
-    # The pages of both languages may click Download at once: one download per repo.
-    jobs_lock = ctx.server.setdefault(JOBS_LOCK_KEY, threading.Lock())
+    _jobs(ctx)  # once per server process, shared by the pages of both languages
     default = _default_choice(ctx, fields)
     with gr.Group(elem_id="model-picker"):
         # The model's own row: its labels ("⬇ Qwen3-30B-A3B (qwen3-30b-a3b) · 30.5B · MoE") need the
@@ -216,15 +297,14 @@ def build(ctx, method=None) -> dict:
             cancel = gr.Button(t("models.cancel"), size="sm", elem_id="model-cancel")
             refresh = gr.Button(t("models.refresh"), size="sm", elem_id="model-refresh")
         local_path = gr.State("")
+        shown = gr.State("")  # the record of the download the progress bar shows
+        follower = gr.Timer(FOLLOW_SECONDS, active=False)
 
     selection = [choice, hub, method, quant]
 
     def on_change(name, hub_v, method_v, quant_v):
         text, path = describe(ctx, name or "", hub_v, method_v, quant_v)
-        try:
-            job = jobs.get(job_key(name, hub_v, method_v, quant_v)[1])
-        except ModelError:
-            job = None
+        job = job_for(ctx, name, hub_v, method_v, quant_v)
         if job is not None and job.running:  # e.g. started on the other language's page
             text += "<br>⬇ " + t("models.download_running")
         return text, path
@@ -233,58 +313,63 @@ def build(ctx, method=None) -> dict:
         text, path = describe(ctx, name or "", hub_v, method_v, quant_v)
         return gr.update(choices=choices(ctx, check=True)), text, path
 
-    def job_key(name, hub_v, method_v, quant_v):
-        ref = parse_ref(name or "", method=method_v, quant=quant_v, hub=hub_v)
-        return ref, (hub_v, ref.repo_id)
-
     def on_download(name, hub_v, method_v, quant_v):
         try:
-            ref, key = job_key(name, hub_v, method_v, quant_v)
+            ref = parse_ref(name or "", method=method_v, quant=quant_v, hub=hub_v)
         except ModelError as exc:
-            yield gr.skip(), f"✖ {html.escape(str(exc))}", "", gr.skip()
+            yield gr.skip(), f"✖ {html.escape(str(exc))}", "", gr.skip(), gr.skip(), gr.skip()
             return
         if ref.kind in ("demo", "folder"):
             text, path = describe(ctx, name, hub_v, method_v, quant_v)
-            yield gr.skip(), t("models.nothing_to_download") + "<br>" + text, "", path
+            yield gr.skip(), t("models.nothing_to_download") + "<br>" + text, "", path, gr.skip(), gr.skip()
             return
-        with jobs_lock:
-            job = jobs.get(key)
-            if job is None or not job.running:
-                job = DownloadJob(name, hub=hub_v, method=method_v, quant=quant_v).start()
-                jobs[key] = job
-        report = DownloadProgress(repo_id=ref.repo_id, hub=hub_v)
+        job = start_download(ctx, name, hub_v, method_v, quant_v)
+        # This handler follows the download from here on; the load-time follower stops.
+        follow_off = gr.Timer(active=False)
         while True:
             report = job.progress
             if report.finished:
                 break
-            yield gr.skip(), gr.skip(), progress_html(ctx, report), gr.skip()
+            yield gr.skip(), gr.skip(), progress_html(ctx, report), gr.skip(), str(job.record_path), follow_off
             time.sleep(POLL_SECONDS)
         text, path = describe(ctx, name, hub_v, method_v, quant_v)
-        yield gr.update(choices=choices(ctx, check=True), value=name), text, progress_html(ctx, report), path
+        yield (gr.update(choices=choices(ctx, check=True), value=name), text, progress_html(ctx, report), path,
+               str(job.record_path), follow_off)
 
-    def on_cancel(name, hub_v, method_v, quant_v):
-        try:
-            _, key = job_key(name, hub_v, method_v, quant_v)
-        except ModelError:
-            return gr.skip()
-        job = jobs.get(key)
-        if job is None or not job.running:
+    def on_cancel(name, hub_v, method_v, quant_v, record):
+        if not cancel_download(ctx, name, hub_v, method_v, quant_v, record):
             return t("models.nothing_running")
-        job.cancel()
         return gr.skip()
+
+    def on_load(name, hub_v, method_v, quant_v):
+        text, path = on_change(name, hub_v, method_v, quant_v)
+        job = shown_download(ctx, name, hub_v, method_v, quant_v)
+        if job is None:
+            return text, path, gr.skip(), gr.skip(), gr.Timer(active=False), gr.Timer(active=False)
+        return (text, path, progress_html(ctx, job.progress), str(job.record_path), gr.Timer(active=True),
+                gr.Timer(active=False))
+
+    def on_follow(record):
+        bar, running = follow(ctx, record)
+        if running:
+            return bar, gr.skip(), gr.skip()
+        return bar, gr.Timer(active=False), gr.update(choices=choices(ctx, check=True))
 
     for component in selection:
         component.change(on_change, selection, [status, local_path], show_progress="hidden")
     refresh.click(on_refresh, selection, [choice, status, local_path])
-    download.click(on_download, selection, [choice, status, progress, local_path], show_progress="hidden")
-    cancel.click(on_cancel, selection, [status], show_progress="hidden")
-    # Fill the status once the page is there (describe() reads a few small files: not at build time).
+    download.click(on_download, selection, [choice, status, progress, local_path, shown, follower],
+                   show_progress="hidden")
+    cancel.click(on_cancel, [*selection, shown], [status], show_progress="hidden")
+    # Fill the status once the page is there (describe() reads a few small files: not at build time),
+    # and show a download that is running already (this page's choice first, else any), then follow it.
     status_loader = gr.Timer(0.2, active=True)
-    status_loader.tick(lambda *v: (*on_change(*v), gr.Timer(active=False)), selection,
-                       [status, local_path, status_loader], show_progress="hidden")
+    status_loader.tick(on_load, selection, [status, local_path, progress, shown, follower, status_loader],
+                       show_progress="hidden")
+    follower.tick(on_follow, [shown], [progress, follower, choice], show_progress="hidden")
 
     parts = {"choice": choice, "hub": hub, "quant": quant, "method": method, "status": status,
              "progress": progress, "download": download, "cancel": cancel, "refresh": refresh,
-             "local_path": local_path, "is_downloaded": is_downloaded, "describe": describe}
+             "local_path": local_path, "shown_download": shown, "is_downloaded": is_downloaded, "describe": describe}
     ctx.shared[SHARED_KEY] = parts
     return parts

@@ -24,7 +24,8 @@ from core.models import (
     repo_dir,
     resolve_model,
 )
-from core.models.download import DownloadJob, DownloadProgress, download_repo, fmt_bytes, fmt_duration
+from core.models.download import DownloadProgress, download_repo, fmt_bytes, fmt_duration
+from core.models.jobs import DownloadJob
 from core.models.resolve import MARKER
 from tests.conftest import ROOT
 from tests.models.fake_hub import FakeHub
@@ -295,7 +296,7 @@ def test_background_job_downloads_with_the_real_client(local_hub, isolated):
     job = DownloadJob("acme/Qwen3-Tiny", hub="hf").start()
     assert HF_SECRET not in " ".join(job.command())
     report = job.wait(120)
-    assert report.state == "done", (report, list(job._stderr))
+    assert report.state == "done", (report, job.errors())
     dest = repo_dir("acme/Qwen3-Tiny", "hf")
     assert report.path == str(dest) and (dest / MARKER).is_file()
     assert report.total_bytes == local_hub.total_bytes("acme/Qwen3-Tiny")

@@ -115,3 +115,83 @@ def test_strings_exist_in_chinese(tmp_path):
     labels = dict((v, k) for k, v in model_picker.choices(zh))
     assert "离线" in labels["demo"]
     assert "下载" in zh.t("models.download")
+
+
+def _running_record(repo_id: str = "acme/Qwen3-Tiny", done: int = 1000, pid: int | None = None):
+    """A download record and log as an earlier server leaves them; its pid is a live process."""
+    import os
+
+    from core.models.jobs import DownloadJob
+    from core.procs import JobRecord
+
+    job = DownloadJob(repo_id, hub="hf")
+    job.record_path.parent.mkdir(parents=True, exist_ok=True)
+    line = DownloadProgress(repo_id=repo_id, hub="hf", state="downloading", done_bytes=done, total_bytes=4000)
+    job.log_path.write_text(json.dumps(line.to_dict()) + "\n", encoding="utf-8")
+    JobRecord(kind="download", command=job.command(), log=str(job.log_path), pid=pid or os.getpid(),
+              info={"name_or_path": repo_id, "hub": "hf", "method": "qlora", "quant": "auto", "cache_dir": "",
+                    "repo_id": repo_id}).write(job.record_path)
+    return job
+
+
+def test_a_download_an_earlier_server_started_is_shown_and_followed(ctx, no_network):
+    import gradio as gr
+
+    job = _running_record()
+    with gr.Blocks():
+        model_picker.build(ctx)  # a fresh server: nothing in memory
+    shown = model_picker.shown_download(ctx, "acme/Qwen3-Tiny", "hf", "qlora", "auto")
+    assert shown is not None and shown.record_path == job.record_path
+    # Another choice on the page still shows the running download.
+    assert model_picker.shown_download(ctx, "demo", "hf", "lora", "auto").record_path == job.record_path
+    bar, running = model_picker.follow(ctx, str(job.record_path))
+    assert running and "25.0%" in bar and 'data-state="downloading"' in bar
+    line = DownloadProgress(repo_id="acme/Qwen3-Tiny", hub="hf", state="done", done_bytes=4000, total_bytes=4000)
+    with job.log_path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(line.to_dict()) + "\n")
+    bar, running = model_picker.follow(ctx, str(job.record_path))
+    assert not running and 'data-state="done"' in bar
+    assert model_picker.follow(ctx, "") == ("", False)
+
+
+def test_download_attaches_to_a_running_one_and_cancel_stops_it(ctx, no_network):
+    import subprocess
+    import sys
+
+    from core.procs import JobRecord
+
+    # A stand-in for the earlier server's download process: its own session, like spawn_core's.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        job = _running_record(pid=child.pid)
+        attached = model_picker.start_download(ctx, "acme/Qwen3-Tiny", "hf", "qlora", "auto")
+        assert attached._proc is None and attached.pid == child.pid  # no second process
+        assert model_picker.cancel_download(ctx, "demo", "hf", "lora", "auto", str(job.record_path))
+        assert child.wait(10) is not None
+        assert JobRecord.read(job.record_path).state == "cancelled"
+        assert model_picker.follow(ctx, str(job.record_path))[0].count('data-state="cancelled"') == 1
+        assert not model_picker.cancel_download(ctx, "acme/Qwen3-Tiny", "hf", "qlora", "auto")
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_the_page_load_and_follow_events_show_the_running_download(ctx, no_network):
+    """The wired handlers (as Gradio calls them) return one value per output and show the bar."""
+    import gradio as gr
+
+    job = _running_record(done=2000)
+    with gr.Blocks() as page:
+        parts = model_picker.build(ctx)
+    handlers = {f.fn.__name__: f for f in page.fns.values() if f.fn is not None}
+    load, follow_fn = handlers["on_load"], handlers["on_follow"]
+    out = load.fn("demo", "hf", "lora", "auto")
+    assert len(out) == len(load.outputs)
+    by_id = dict(zip([o._id for o in load.outputs], out, strict=True))
+    assert "50.0%" in by_id[parts["progress"]._id] and by_id[parts["shown_download"]._id] == str(job.record_path)
+    out = follow_fn.fn(str(job.record_path))
+    assert len(out) == len(follow_fn.outputs) and "50.0%" in out[0]
+    job.record_path.unlink()
+    out = load.fn("demo", "hf", "lora", "auto")  # nothing running: the bar is left as it is
+    assert len(out) == len(load.outputs)
