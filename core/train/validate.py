@@ -182,12 +182,13 @@ def check_run(cfg, *, train_rows: int | None = None, card: Card | None = None) -
                            level="warning", params={"rows_per_step": rows_per_step(cfg), "rows": train_rows}))
     steps = total_steps(cfg, train_rows)
     if steps is not None and steps > 0 and t.warmup_steps >= steps:
+        suggest = max(1, steps // 10) if steps > 1 else 0  # about a tenth of the run, at least a step
         out.append(Problem("train.warmup_steps", "warmup_too_long",
                            f"{t.warmup_steps} warmup steps but the run has only {steps} steps: the learning "
                            f"rate never reaches train.learning_rate; use fewer than {steps} (about "
-                           f"{max(steps // 10, 0)} is common)",
+                           f"{suggest} is common)",
                            level="warning",
-                           params={"warmup": t.warmup_steps, "steps": steps, "suggest": max(steps // 10, 0)}))
+                           params={"warmup": t.warmup_steps, "steps": steps, "suggest": suggest}))
     if card is not None and fixed_micro_batch(cfg) is not None:  # "auto" picks what fits itself
         out += _memory(cfg, card)
     return sorted(out, key=lambda p: p.level != "error")
