@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core.runfolder import now_iso, parse_iso, pid_alive
-from core.settings import DamagedFile, read_json, write_json_atomic
+from core.settings import DamagedFile, read_json, read_tail, write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD_ENV = "QWENTUNE_JOB_RECORD"
@@ -100,10 +100,7 @@ class JobRecord:
 
     def log_tail(self, max_bytes: int = 6000) -> str:
         try:
-            with open(self.log, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - max_bytes))
-                data = f.read()
+            data, _cut = read_tail(self.log, max_bytes)
         except (OSError, TypeError):
             return ""
         return data.decode("utf-8", errors="replace")

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from core.errors import QwenTuneError
-from core.settings import DamagedFile, read_json, write_json_atomic
+from core.settings import DamagedFile, read_json, read_tail, write_json_atomic
 
 STATES = ("queued", "running", "stopping", "stopped", "done", "failed")
 ACTIVE = ("queued", "running", "stopping")
@@ -524,14 +524,10 @@ class RunFolder:
 
     def read_log_tail(self, max_bytes: int = 8000) -> str:
         try:
-            with self.log.open("rb") as f:
-                f.seek(0, os.SEEK_END)
-                size = f.tell()
-                f.seek(max(0, size - max_bytes))
-                data = f.read()
+            data, cut = read_tail(self.log, max_bytes)
         except (FileNotFoundError, NotADirectoryError):
             return ""
         text = data.decode("utf-8", errors="replace")
-        if size > max_bytes:
+        if cut:
             text = text.split("\n", 1)[-1]
         return text

@@ -42,6 +42,17 @@ class DamagedFile(QwenTuneError):
     kind = "run"
 
 
+def read_tail(path: str | os.PathLike, max_bytes: int) -> tuple[bytes, bool]:
+    """The last ``max_bytes`` of a file and whether the file was longer (then the first line of the
+    tail is partial). Reads only the tail, so a long log costs the same as a short one; raises OSError
+    as ``open`` does, leaving each caller its own policy for a missing file."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - max_bytes))
+        return f.read(), size > max_bytes
+
+
 def read_json(path: str | os.PathLike, *, expect: type | None = None) -> Any:
     """The one way to read a JSON file we wrote: missing -> None; damaged -> :class:`DamagedFile`
     naming the file and what is wrong (``expect``: the top-level type it must have, e.g. dict).

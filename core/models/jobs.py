@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from core.models.download import DownloadProgress
+from core.settings import read_tail
 
 # How much of a job's log is read to find its latest progress line and error (a progress line is
 # well under 1 kB; the error lines of a traceback fit too).
@@ -49,16 +50,12 @@ def read_log_tail(path: str | os.PathLike,
     cut off by a kill) and is left out, as is the first, partial line of a tail that starts mid-file.
     """
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read()
+        data, cut = read_tail(path, max_bytes)
     except OSError:
         return None, []
     lines = data.split(b"\n")
     lines.pop()  # after the last newline: empty, or a torn line
-    if size > max_bytes and lines:
+    if cut and lines:
         lines.pop(0)
     report, other = None, []
     for raw in lines:
