@@ -39,7 +39,7 @@ for _p in (ROOT, ROOT / "bench"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from train_speed import SHAPES  # noqa: E402  (Qwen3's real shapes, defined once for the benchmarks)
+from train_speed import SHAPES, build_model  # noqa: E402  (Qwen3's real shapes, defined once for the benchmarks)
 
 LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
@@ -83,30 +83,7 @@ def build_base(shape: str, work: Path, tok_dir: Path) -> Path:
 
         return ensure_demo_model()
     out = work / f"model-{shape}"
-    if (out / "config.json").is_file():
-        return out
-    import shutil
-
-    import torch
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tok_dir)
-    cfg = Qwen3Config(**SHAPES[shape], max_position_embeddings=40960, rope_theta=1000000.0,
-                      bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
-                      eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id,
-                      dtype="bfloat16")
-    t0 = time.time()
-    torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        torch.set_default_dtype(torch.bfloat16)
-        model = Qwen3ForCausalLM(cfg)
-        torch.set_default_dtype(torch.float32)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True, max_shard_size="4GB")
-    tok.save_pretrained(tmp)
-    tmp.rename(out)
-    log(f"built {shape} ({sum(p.numel() for p in model.parameters()) / 1e9:.2f}B params) in {time.time() - t0:.0f}s")
+    build_model(shape, out, tok_dir)
     return out
 
 

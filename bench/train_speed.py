@@ -95,8 +95,9 @@ def peak_tflops(name: str) -> float | None:
 
 
 # ------------------------------------------------------------------------------------- build
-def build_model(shape_name: str, out: Path) -> None:
-    """Random-weight Qwen3 of the given shape with the demo tokenizer (bf16 safetensors)."""
+def build_model(shape_name: str, out: Path, tokenizer_dir: Path | None = None) -> None:
+    """Random-weight Qwen3 of the given shape (bf16 safetensors) with the tokenizer of
+    ``tokenizer_dir``, by default the demo model's."""
     import torch
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
@@ -105,8 +106,7 @@ def build_model(shape_name: str, out: Path) -> None:
     if (out / "config.json").exists():
         log(f"model {out} exists")
         return
-    demo = ensure_demo_model()
-    tok = AutoTokenizer.from_pretrained(demo)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir or ensure_demo_model())
     shape = SHAPES[shape_name]
     cfg = Qwen3Config(**shape, max_position_embeddings=40960, rope_theta=1000000.0,
                       bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
