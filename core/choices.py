@@ -20,3 +20,9 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 # `python -m core export --format` and the Evaluate tab's export panel.
 EXPORT_FORMATS = ("lora", "merged16", "merged4", "gguf")
 GGUF_QUANTS = ("q8_0", "f16", "bf16", "q4_k_m", "q5_k_m")
+# train.stage: supervised fine-tuning, then the preference and reinforcement stages through TRL.
+STAGES = ("sft", "dpo", "orpo", "grpo")
+# train.strategy: one process on one GPU, or one process per GPU through accelerate.
+STRATEGIES = ("single", "ddp", "fsdp")
+# rl.rewards: the built-in GRPO rewards (core.train.rewards); a user's own comes from rl.reward_file.
+REWARDS = ("answer", "format", "length")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from core.choices import BACKENDS, DTYPES, HUBS, METHODS, QUANTS
+from core.choices import BACKENDS, DTYPES, HUBS, METHODS, QUANTS, REWARDS, STAGES, STRATEGIES
 from core.settings import ConfigError, load_yaml, setting
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -141,6 +141,16 @@ class LoraConfig:
 
 @dataclass
 class TrainConfig:
+    stage: str = setting("sft", choices=STAGES,
+                         help="sft: supervised fine-tuning on conversations. dpo / orpo: preference tuning on "
+                              "prompt + chosen + rejected rows. grpo: reinforcement learning with rewards on "
+                              "prompts with a reference answer (see the rl section).")
+    gpus: str = setting("auto", help="GPUs to train on: auto (every visible GPU for ddp / fsdp, the first "
+                                     "for single), a count (2), or a list of ids (0,1).")
+    strategy: str = setting("single", choices=STRATEGIES,
+                            help="single: one GPU. ddp: one process per GPU, each holds the whole model "
+                                 "(effective batch = micro_batch x grad_accum x GPUs). fsdp: the model is "
+                                 "sharded over the GPUs (16-bit LoRA on the transformers + PEFT backend).")
     learning_rate: float = setting(2e-4, minimum=0.0, maximum=1.0, help="Peak learning rate.")
     lr_scheduler: str = setting("linear", choices=("linear", "cosine", "constant",
                                                    "constant_with_warmup"),
@@ -200,6 +210,30 @@ class TrainConfig:
 
 
 @dataclass
+class RLConfig:
+    """Preference (dpo, orpo) and reinforcement (grpo) stages; ignored by sft."""
+
+    beta: float = setting(0.1, minimum=0.0, help="dpo: how far the policy may move from the reference "
+                                                  "model (DPO's beta). orpo: weight of the odds-ratio term "
+                                                  "(ORPO's lambda).")
+    kl_beta: float = setting(0.0, minimum=0.0, help="grpo: KL penalty towards the base model (0 = none, "
+                                                     "and no reference model is kept).")
+    max_prompt_len: int = setting(512, minimum=8, help="dpo / orpo / grpo: longest prompt in tokens.")
+    max_completion_len: int = setting(1024, minimum=8, help="grpo: longest generated completion in tokens.")
+    num_generations: int = setting(4, minimum=2, help="grpo: completions sampled per prompt; rewards are "
+                                                      "compared within each group.")
+    temperature: float = setting(1.0, minimum=0.0, maximum=2.0, help="grpo: sampling temperature of the "
+                                                                     "rollouts.")
+    rewards: list[str] = setting(default_factory=lambda: ["answer", "format"], choices=REWARDS,
+                                 help="grpo: built-in rewards, summed. answer: the final answer (\\boxed "
+                                      "or last number) equals the reference. format: a think block opened "
+                                      "and closed, the answer after it. length: shorter correct answers "
+                                      "score higher.")
+    reward_file: str = setting("", help="grpo: a Python file with your own reward function(s), added to "
+                                        "the built-in ones (signature in docs/train.md).")
+
+
+@dataclass
 class DataConfig:
     mix_dir: str = setting("", help="A mix folder saved by the Data tab or `python -m core mix`.")
     mix: MixConfig | None = setting(None, help="An inline mix, built when the run starts.")
@@ -220,6 +254,7 @@ class RunConfig:
     model: ModelConfig = setting(default_factory=ModelConfig, help="Base model.")
     lora: LoraConfig = setting(default_factory=LoraConfig, help="Adapter.")
     train: TrainConfig = setting(default_factory=TrainConfig, help="Optimisation.")
+    rl: RLConfig = setting(default_factory=RLConfig, help="Preference and reinforcement stages.")
     data: DataConfig = setting(default_factory=DataConfig, help="Training data.")
 
 

@@ -82,6 +82,10 @@ class Status(Mapping):
     finished: str | None = None
     updated: str | None = None
     # what is trained, and how
+    stage: str | None = None
+    strategy: str | None = None
+    world_size: int | None = None  # processes (one per GPU) of a ddp / fsdp run
+    gpus: list | None = None  # the GPU ids the run holds
     model: str | None = None
     method: str | None = None
     model_path: str | None = None
