@@ -5,7 +5,9 @@
     python -m bench.fit_vram --points other.jsonl --card H100
 
 Points marked ``held_out`` (bench/vram_sweep.py --wide marks about a third) are left out of the fit
-and reported on their own: their error is the figure that says how good the estimator is.
+and reported on their own: their error is the figure that says how good the estimator is. With few
+points, ``--leave-one-out`` gives that figure for every point: each is predicted by a fit to all
+the others (``--leave-one-out micro_batch>2`` only for points matching a filter).
 
 Compared figure: the estimate's ``alloc_gib`` against ``peak_alloc_gib``
 (torch.cuda.max_memory_allocated of the trainer). NVML's used memory is shown beside the estimate's
@@ -75,6 +77,12 @@ def main(argv=None) -> int:
                                                                    "fitted point.")
     p.add_argument("--held-out-tolerance", type=float, default=0.05,
                    help="Largest acceptable relative error of a held-out point (the reported figure).")
+    p.add_argument("--keep", default="", help="Comma list of coefficients held at their current value "
+                                               "(e.g. backends.unsloth.activations.unsloth.layer_scale).")
+    p.add_argument("--leave-one-out", nargs="?", const="", default=None, metavar="FILTER",
+                   help="Predict each point from a fit to all the others and report those errors (the "
+                        "held-out figure when there are few points). FILTER, e.g. 'micro_batch>2' or "
+                        "'model=qwen3-14b', limits which points are left out in turn.")
     p.add_argument("--json", action="store_true", help="Print the per-point rows after the fit as JSON.")
     p.add_argument("--markdown", action="store_true",
                    help="Print the README table (rules of thumb, estimate, measured) and exit.")
@@ -89,7 +97,10 @@ def main(argv=None) -> int:
         return 2
     points = [pt for pt in read_points(args.points) if args.card.lower() in str(pt.get("card", "")).lower()]
     current = load_coefficients(args.base)
-    fit = calibrate(points, current)
+    keep = tuple(k.strip() for k in args.keep.split(",") if k.strip())
+    if args.leave_one_out is not None:
+        return leave_one_out(points, current, args.leave_one_out, args.held_out_tolerance, keep)
+    fit = calibrate(points, current, keep=keep)
     if args.json:
         print(json.dumps(fit.rows, indent=2))
     else:
@@ -122,6 +133,46 @@ def main(argv=None) -> int:
               file=sys.stderr)
         status = 1
     return status
+
+
+def _matches(point: dict, flt: str) -> bool:
+    """``key>N``, ``key<N`` or ``key=value`` on a point's fields; empty matches every point."""
+    if not flt:
+        return True
+    for op in (">", "<", "="):
+        if op in flt:
+            key, value = (x.strip() for x in flt.split(op, 1))
+            have = point.get(key)
+            if op == "=":
+                return str(have) == value
+            if not isinstance(have, (int, float)):
+                return False
+            return have > float(value) if op == ">" else have < float(value)
+    raise SystemExit(f"error: --leave-one-out filter {flt!r}: expected key>N, key<N or key=value")
+
+
+def leave_one_out(points: list[dict], base, flt: str, tolerance: float, keep: tuple[str, ...] = ()) -> int:
+    """Each matching usable point predicted by a fit to every other point."""
+    from core.hardware.estimate import calibrate, usable_points
+
+    usable = [dict(p, held_out=False) for p in usable_points(points)]
+    rows = []
+    for i, p in enumerate(usable):
+        if not _matches(p, flt):
+            continue
+        trial = [dict(q, held_out=(j == i)) for j, q in enumerate(usable)]
+        fit = calibrate(trial, base, keep=keep)
+        rows += [r for r in fit.rows if r.get("held_out")]
+    if not rows:
+        print(f"no point matches {flt!r}", file=sys.stderr)
+        return 2
+    print(table(rows, f"leave-one-out: each point predicted by a fit to the other {len(usable) - 1}"))
+    held = held_out_summary(rows)
+    print("\n" + held["text"])
+    if held["worst_error"] > tolerance:
+        print(f"left-out points are up to {held['worst_error']:.1%} off (target {tolerance:.0%})", file=sys.stderr)
+        return 1
+    return 0
 
 
 def held_out_summary(rows: list[dict]) -> dict:

@@ -371,11 +371,14 @@ def usable_points(points: list[dict]) -> list[dict]:
     return [p for p in points if p.get("status", "ok") == "ok" and (p.get("peak_alloc_gib") or 0) > 0]
 
 
-def calibrate(points: list[dict], base: Coefficients | None = None, *, prior: float = 1e-5) -> FitResult:
+def calibrate(points: list[dict], base: Coefficients | None = None, *, prior: float = 1e-5,
+              keep: tuple[str, ...] = ()) -> FitResult:
     """Refit the coefficients to measured ``peak_alloc_gib`` (least squares on relative error,
     coefficients kept >= 0, each pulled weakly towards its current value so that coefficients the
     points say nothing about stay put). ``reserve_frac`` and ``cuda_context_gib`` are refit from
-    ``nvml_used_gib`` where points carry it."""
+    ``nvml_used_gib`` where points carry it. ``keep`` names coefficients held at their current value:
+    terms that grow alike on the measured points (two per-token activation terms, say) cannot be told
+    apart by them, and the fit would otherwise hand one all of it and pin the other at zero."""
     import numpy as np
 
     base = base or load_coefficients()
@@ -402,7 +405,8 @@ def calibrate(points: list[dict], base: Coefficients | None = None, *, prior: fl
     scale = np.where(seed == 0, whole, np.maximum(np.abs(seed), 1e-3))
     a = design * scale / y[:, None]
     b = (y - fixed) / y
-    active = np.ones(len(names), dtype=bool)
+    active = np.array([n not in keep for n in names], dtype=bool)
+    b = b - a[:, ~active] @ (seed / scale)[~active]  # kept coefficients contribute their current value
     theta = seed / scale
     for _ in range(len(names) + 1):
         cols = np.flatnonzero(active)
@@ -410,12 +414,13 @@ def calibrate(points: list[dict], base: Coefficients | None = None, *, prior: fl
         lhs = np.vstack([a[:, cols], prior_rows])
         rhs = np.concatenate([b, math.sqrt(prior) * (seed / scale)[cols]])
         sol, *_ = np.linalg.lstsq(lhs, rhs, rcond=None)
-        theta = np.zeros(len(names))
+        theta = np.where(active, 0.0, seed / scale)
         theta[cols] = sol
         negative = cols[sol < 0]
         if not len(negative):
             break
         active[negative] = False  # a negative memory coefficient is unphysical: pin it at zero
+        seed[negative] = 0.0
     fitted = {n: float(v) for n, v in zip(names, theta * scale)}
     meta = {"n_points": len(pts), "source": f"fit to {len(pts)} GPU measurements "
             f"({', '.join(sorted({str(p.get('card', '?')) for p in pts}))})"}
