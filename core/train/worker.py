@@ -654,6 +654,7 @@ class Prepared:
     counter: object
     gpu: object
     packing: str
+    gc_policy: object = None
 
 
 def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log) -> Prepared:
@@ -678,7 +679,10 @@ def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log) -
             status = runs.read_status(run_dir)
             runs.write_status(run_dir, notices=list(status.notices or []) + [note],
                               notice_codes=list(status.notice_codes or []) + codes_of([note]))
-    trainer = build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, [progress], packing)
+    from core.train.gcpolicy import GcPolicy
+
+    gc_policy = GcPolicy()
+    trainer = build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, [progress, gc_policy], packing)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our callback prints one readable line per step
@@ -694,7 +698,7 @@ def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log) -
             counter.paused = False
 
     trainer.evaluate = evaluate
-    return Prepared(trainer, progress, counter, gpu, packing)
+    return Prepared(trainer, progress, counter, gpu, packing, gc_policy)
 
 
 def settle_heap() -> None:
@@ -735,6 +739,8 @@ def _train(cfg, run_dir: Path, loaded, train_tok, eval_tok, resume: bool) -> int
         try:
             result = trainer.train(resume_from_checkpoint=str(ckpt.path) if ckpt else None)
         finally:  # the log writer's queue lands before any status below (or the failure's)
+            if prepared.gc_policy is not None:
+                prepared.gc_policy.restore()
             progress.flush()
         train_s = time.perf_counter() - t0
     stopped = progress.stop_requested
