@@ -721,8 +721,8 @@ def _answer_value(value, what: str, notes: list | None, *, whole: bool = True) -
 
 def reference_answer(data: dict, msgs: list[Message], notes: list | None = None) -> str | None:
     """A prompt row's reference answer: expected_answer, reward_model.ground_truth (DAPO-Math),
-    ground_truth, answer, solution (a ``####`` or ``\\boxed{}`` in them, else a short one-line
-    answer), else the final ``\\boxed{}`` / ``####`` of the row's reference reply."""
+    ground_truth, answer, solution, else the row's reference reply: the text after a ``####``, else
+    its last ``\\boxed{}``, else the text itself when it is one short line."""
     reward_model = data.get("reward_model")
     candidates = [("expected_answer", data.get("expected_answer"), True),
                   ("reward_model.ground_truth", reward_model.get("ground_truth") if isinstance(reward_model, dict)
@@ -735,7 +735,7 @@ def reference_answer(data: dict, msgs: list[Message], notes: list | None = None)
             return found
     replies = [m for m in msgs if m.role == "assistant"]
     if replies:
-        return _final_answer(replies[-1].content, whole=False)
+        return _final_answer(replies[-1].content, whole=True)
     return None
 
 
@@ -760,7 +760,8 @@ def _prompt_messages(data: dict, fmt: str, columns, instruction_in: str, notes: 
         return msgs, None, msgs
     if fmt == "alpaca":
         msgs, tools = from_alpaca(data, instruction_in, notes, reply=False)
-        return msgs, tools, msgs
+        has_reply = isinstance(data.get("output"), str) and data["output"].strip()
+        return msgs, tools, (from_alpaca(data, instruction_in)[0] if has_reply else msgs)
     if fmt == "sharegpt":
         full, tools = from_sharegpt(data, columns, notes)
     else:
