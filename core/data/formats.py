@@ -181,14 +181,16 @@ def natural_kind(data: dict, fmt: str) -> str:
     return "sft"
 
 
-def kind_accepts(kind: str, fmt: str) -> bool:
-    """Whether rows of ``fmt`` can go into a mix of ``kind``: preference rows only into a preference
-    mix; any other row gives a prompt set its question; a prompt set's row has no reply for SFT."""
+def kind_accepts(kind: str, fmt: str, data: dict | None = None) -> bool:
+    """Whether a row of ``fmt`` can go into a mix of ``kind``: preference rows only into a preference
+    mix; any other row gives a prompt set its question; a prompt set's row (no reply) is not SFT
+    data, though a GSM8K row, whose answer is a worked solution, is."""
+    row_kind = natural_kind(data or {}, fmt)
     if kind == "preference":
-        return fmt in PREFERENCE_FORMATS
+        return row_kind == "preference"
     if kind == "prompt":
-        return fmt not in PREFERENCE_FORMATS
-    return fmt not in PREFERENCE_FORMATS and fmt != "prompt"
+        return row_kind != "preference"
+    return row_kind == "sft" or fmt == "gsm8k"
 
 
 KIND_ROWS = {"sft": "conversations", "preference": "preference pairs", "prompt": "prompts"}
@@ -938,7 +940,7 @@ def _to_conversation(data, origin, fmt, columns, instruction_in, system_prompt, 
         raise _undetected(data)
     if kind == "auto":
         kind = row_kind
-    elif not kind_accepts(kind, fmt_used):
+    elif not kind_accepts(kind, fmt_used, data):
         raise KindError(fmt_used, row_kind, kind)
     local: list = []
     rejected = None

@@ -340,10 +340,10 @@ def _stage_lengths(pieces: list[list[str]], tokenizer) -> list[int]:
 
 def kind_mismatch(name: str, error: KindError, kind_from: str) -> DataError:
     """A source whose rows are of another kind than the mix: a mix holds one kind of rows."""
-    hint = f" or set kind: {error.row_kind}" if kind_from.startswith("kind:") else ""
+    fixes = (f"take the source out, build it as its own mix, or set kind: {error.row_kind}"
+             if kind_from.startswith("kind:") else "take the source out or build it as its own mix")
     return DataError(f"source '{name}' holds {KIND_ROWS[error.row_kind]} (format {error.fmt}), but this mix holds "
-                     f"{KIND_ROWS[error.kind]} ({kind_from}). A mix holds one kind of rows: take the source out "
-                     f"or build it as its own mix{hint}.", "sources")
+                     f"{KIND_ROWS[error.kind]} ({kind_from}). A mix holds one kind of rows: {fixes}.", "sources")
 
 
 def _explain_undetected(cfg: SourceConfig, name: str, formats: Counter, skips: list[Skip], undetected: list,

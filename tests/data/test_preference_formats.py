@@ -264,3 +264,23 @@ def test_dedupe_tells_pairs_apart_by_their_rejected_reply(tmp_path, qwen3):
     result = build_mix(MixConfig(sources=[SourceConfig(path=str(src))], dedupe=True), qwen3)
     assert result.total == 2
     assert result.drops["p"]["exact duplicate"]["examples"] == [f"{src}:3: same text as {src}:1"]
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def test_cli_mixes_preference_and_prompt_files_and_previews_them(tmp_path, capsys):
+    from core.cli import main
+    from tests.conftest import ROOT
+
+    samples = ROOT / "presets" / "samples"
+    assert main(["mix", str(samples / "preference_zh_en.jsonl"), "--out", str(tmp_path / "p"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["kind"] == "preference" and summary["total"] == 40
+    assert json.loads((tmp_path / "p" / "manifest.json").read_text(encoding="utf-8"))["kind"] == "preference"
+    assert main(["mix", str(samples / "math_prompts.jsonl"), "--dry-run", "--preview", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "kind: prompt" in out and "[reference answer]" in out and out.count("--- preview") == 1
+    assert main(["mix", str(samples / "preference_zh_en.jsonl"), "--dry-run", "--preview", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[chosen]") == 2 and out.count("[rejected]") == 2
+    assert main(["mix", str(samples / "preference_zh_en.jsonl"), "--dry-run", "--kind", "prompt"]) == 2
+    assert "source 'preference_zh_en' holds preference pairs" in capsys.readouterr().err
