@@ -318,7 +318,7 @@ def _render_stage_rows(convs: list[Conversation], tokenizer, kind: str, skips: l
                                                                                                    p.rejected]
             else:
                 text = render_prompt(conv, tokenizer)
-                key, parts = text, [text]
+                key, parts = f"{text}\x00{conv.meta.get('expected_answer')}", [text]
         except Exception as exc:  # a row the template cannot render is dropped with the cause
             skips.append(Skip(conv.origin, "cannot be rendered", f"{type(exc).__name__}: {exc}"))
             continue
