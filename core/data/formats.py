@@ -578,8 +578,8 @@ def _reply(value, what: str, notes: list | None) -> Message:
     {from, value} turn, or a list holding that one assistant turn (TRL's conversational style)."""
     if value is None:
         raise RowError("no rejected reply" if what == "rejected" else "no chosen reply", f"{what} is missing")
-    if isinstance(value, str):
-        reasoning, answer = _reasoning_and_content(value, None)
+    if not isinstance(value, (dict, list)):
+        reasoning, answer = _reasoning_and_content(_text(value, what, notes), None)
         msg = Message("assistant", answer, reasoning=reasoning)
     else:
         turns = value if isinstance(value, list) else [value]

@@ -114,6 +114,30 @@ def test_bad_preference_rows_are_refused_with_a_reason(row, reason):
     assert reasons(row) == reason
 
 
+def test_column_mapping_names_the_preference_columns():
+    c, fmt = conv({"question": "Q?", "good": "Yes.", "bad": "No."},
+                  columns={"prompt": "question", "chosen": "good", "rejected": "bad"})
+    assert fmt == "preference" and c.messages[-1].content == "Yes." and c.rejected.content == "No."
+    c, fmt = conv({"msgs": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}],
+                   "worse": "B."}, columns={"messages": "msgs", "rejected_response": "worse"})
+    assert fmt == "messages_preference" and c.rejected.content == "B."
+
+
+@pytest.mark.parametrize("row, reason", [
+    ({"prompt": "Q", "chosen": "A", "rejected": "bad\x00"}, "NUL character"),
+    ({"prompt": "Q", "chosen": "A", "rejected": float("nan")}, "NaN or Infinity"),
+    ({"prompt": "Q", "chosen": [7], "rejected": "B"}, "invalid reply"),
+])
+def test_hostile_replies_are_dropped_not_trained(row, reason):
+    assert reasons(row) == reason
+
+
+def test_a_number_as_reply_is_kept_as_text_with_a_note():
+    notes: list = []
+    c, _ = to_conversation({"prompt": "6 * 7?", "chosen": 42, "rejected": "41"}, "t.jsonl:1", notes=notes)
+    assert c.messages[-1].content == "42" and notes[0][0] == "number as text"
+
+
 def test_replies_with_reasoning_render_prompt_plus_chosen_as_sft(qwen3):
     for row in ({"prompt": "2 + 3?", "chosen": "<think>\nAdd.\n</think>\n\n5", "rejected": "6"},
                 {"conversations": [{"from": "human", "value": "Q"}], "chosen": {"from": "gpt", "value": "A"},
