@@ -617,7 +617,11 @@ def from_preference(data: dict, notes: list | None = None
     """TRL's preference rows: explicit prompt (text or turns) + chosen / rejected replies, or the
     implicit-prompt style, where chosen and rejected are whole conversations sharing the prompt."""
     tools = normalise_tools(data.get("tools"))
-    if data.get("prompt") is None and isinstance(data.get("chosen"), list) and isinstance(data.get("rejected"), list):
+    lists = [isinstance(data.get(k), list) for k in ("chosen", "rejected")]
+    whole = all(lists) and len(data["chosen"]) > 1 and len(data["rejected"]) > 1
+    if all(lists) and (data.get("prompt") is None or whole):
+        # Whole conversations (UltraFeedback also keeps the question in a prompt column: the
+        # conversations carry it, with any earlier turns).
         chosen_msgs, _ = from_messages({"messages": data["chosen"]}, notes)
         rejected_msgs, _ = from_messages({"messages": data["rejected"]}, notes)
         if len(chosen_msgs) < 2 or len(rejected_msgs) != len(chosen_msgs) or chosen_msgs[:-1] != rejected_msgs[:-1]:
@@ -628,6 +632,11 @@ def from_preference(data: dict, notes: list | None = None
                 raise RowError("invalid reply", f"the last turn of {what} is {m.role}, not an assistant reply")
             if not (m.content.strip() or m.tool_calls or m.reasoning):
                 raise RowError("empty reply", f"{what} is empty")
+        prompt = data.get("prompt")
+        if isinstance(prompt, str) and prompt.strip() and not any(
+                m.role == "user" and m.content.strip() == prompt.strip() for m in chosen_msgs[:-1]):
+            raise RowError("invalid reply", "chosen and rejected are conversations whose user turns do not hold "
+                                            "the prompt column's text")
         return _with_system(chosen_msgs[:-1], data, notes), chosen_msgs[-1], rejected_msgs[-1], tools
     if data.get("prompt") is None:
         raise RowError("missing field", "no prompt column (and chosen / rejected are not whole conversations)")

@@ -66,6 +66,17 @@ def test_trl_implicit_prompt_shares_the_conversation_before_the_replies():
         == "invalid reply"
 
 
+def test_ultrafeedback_rows_keep_the_prompt_in_the_conversations():
+    user = {"role": "user", "content": "Name a prime."}
+    row = {"prompt": "Name a prime.", "prompt_id": "ab12", "score_chosen": 8.0, "score_rejected": 3.0,
+           "chosen": [user, {"role": "assistant", "content": "7"}],
+           "rejected": [user, {"role": "assistant", "content": "8"}]}
+    c, fmt = conv(row)
+    assert fmt == "preference" and c.messages == [Message("user", "Name a prime."), Message("assistant", "7")]
+    assert c.rejected.content == "8"
+    assert reasons(dict(row, prompt="Something else.")) == "invalid reply"
+
+
 def test_llamafactory_sharegpt_ranking_rows():
     row = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."},
                              {"from": "human", "value": "2 + 2?"}],
