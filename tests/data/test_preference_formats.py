@@ -319,3 +319,14 @@ def test_cli_mixes_preference_and_prompt_files_and_previews_them(tmp_path, capsy
     assert out.count("[chosen]") == 2 and out.count("[rejected]") == 2
     assert main(["mix", str(samples / "preference_zh_en.jsonl"), "--dry-run", "--kind", "prompt"]) == 2
     assert "source 'preference_zh_en' holds preference pairs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset, kind, total",
+                         [("preference_pairs", "preference", 40), ("math_prompts", "prompt", 60)])
+def test_stage_mix_presets_build(preset, kind, total, qwen3):
+    from core.config import load_mix_config
+    from tests.conftest import ROOT
+
+    cfg = load_mix_config(ROOT / "presets" / "mixes" / f"{preset}.yaml")
+    result = build_mix(cfg, qwen3)
+    assert cfg.kind == kind and result.kind == kind and result.total == total
