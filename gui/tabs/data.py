@@ -25,6 +25,8 @@ SOURCE_COLUMN_WIDTHS = ["7%", "22%", "38%", "14%", "19%"]
 SOURCE_COLUMNS = ("n", "name", "path", "format", "share")
 MIX_FIELDS = ("seed", "max_seq_len", "overlong", "upsample", "total", "eval_fraction", "shuffle",
               "reasoning_turns", "dedupe", "kind")
+# The preset offered first: the SFT mix of Unsloth's Qwen3 recipe (the others are for later stages).
+DEFAULT_PRESET = "reasoning75_chat25"
 # The "add a source" form's widgets, in the order form_source() takes them.
 FORM_FIELDS = ("kind", "sample", "path", "hub_id", "hub", "split", "subset", "limit", "name", "format",
                "share_mode", "share", "columns", "instruction_in", "system_prompt", "min_tokens", "max_tokens")
@@ -500,7 +502,8 @@ def build(ctx) -> None:
             with gr.Column(scale=5):
                 gr.Markdown(f"### {t('data.sources')}")
                 with gr.Row():
-                    preset = gr.Dropdown(choices=presets, value=presets[0] if presets else None,
+                    preset = gr.Dropdown(choices=presets, value=DEFAULT_PRESET if DEFAULT_PRESET in presets
+                                         else (presets[0] if presets else None),
                                          label=t("data.preset"), scale=3, elem_id="data-preset")
                     preset_load = gr.Button(t("data.preset_load"), scale=1, elem_id="data-preset-load")
                 with gr.Row():
