@@ -314,8 +314,8 @@ def _render_stage_rows(convs: list[Conversation], tokenizer, kind: str, skips: l
         try:
             if kind == "preference":
                 p = render_preference(conv, tokenizer)
-                text, key, parts = p.prompt + p.chosen, f"{p.prompt}{p.chosen}\x00{p.rejected}", [p.prompt, p.chosen,
-                                                                                                   p.rejected]
+                text, parts = p.prompt + p.chosen, [p.prompt, p.chosen, p.rejected]
+                key = f"{text}\x00{p.rejected}"
             else:
                 text = render_prompt(conv, tokenizer)
                 key, parts = f"{text}\x00{conv.meta.get('expected_answer')}", [text]
