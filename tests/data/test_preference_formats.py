@@ -330,3 +330,13 @@ def test_stage_mix_presets_build(preset, kind, total, qwen3):
     cfg = load_mix_config(ROOT / "presets" / "mixes" / f"{preset}.yaml")
     result = build_mix(cfg, qwen3)
     assert cfg.kind == kind and result.kind == kind and result.total == total
+
+
+def test_evaluation_asks_a_prompt_sets_questions(qwen3):
+    from core.eval.evaluate import answer_rows
+
+    result = build_mix(MixConfig(sources=[SourceConfig(path="samples/math_prompts")], shuffle=False), qwen3)
+    rows = answer_rows(result.train)
+    assert len(rows) == 60
+    prompt, expected, thinking = rows[0]
+    assert prompt == result.train[0].messages and expected == result.train[0].meta["expected_answer"] and thinking
