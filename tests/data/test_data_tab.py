@@ -153,3 +153,20 @@ def test_browser_preset_preview_and_save(app_server, page):  # noqa: F811 (fixtu
     manifest = json.loads((app_server.mixes_dir / "browser mix" / "manifest.json").read_text())
     assert manifest["counts"] == {"reasoning": 39, "chat": 13}
     assert not page.external_requests
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_browser_preference_preset_previews_chosen_and_rejected(app_server, page):  # noqa: F811 (fixtures)
+    page.goto(app_server.url + "/zh/")
+    page.click("#tab-data-button")
+    page.click("#data-preset input")
+    page.click("li[data-value='preference_pairs'], li:has-text('preference_pairs')")
+    page.click("#data-preset-load")
+    page.wait_for_function("document.querySelector('#data-status').innerText.includes('偏好对')", timeout=120_000)
+    page.wait_for_selector("#data-preview mark.qt-chosen")
+    assert page.locator("#data-preview mark.qt-rejected").count() == 1
+    assert "劣选回复" in page.inner_text("#data-preview")
+    assert page.locator("#data-mix-kind input[value='preference']").is_checked()
+    page.screenshot(path=str(ARTIFACTS / "data_tab_preference.png"), full_page=True)
+    assert not page.external_requests
