@@ -217,12 +217,17 @@ def eval_thinking(engine, prompts: list[list[Message]], cfg: EvalConfig, *, prog
 
 # ------------------------------------------------------------------------------ 3. answer accuracy
 def answer_rows(convs: list[Conversation]) -> list[tuple[list[Message], str, bool]]:
-    """(prompt messages, expected answer, reference reasoned) for rows that carry a final answer."""
+    """(prompt messages, expected answer, reference reasoned) for rows that carry a final answer. A
+    prompt set's row (GRPO) is its own prompt; it is answered thinking, as GRPO trains it to."""
     from core.eval.answers import expected_answer
 
     out = []
     for conv in convs:
         expected = expected_answer(conv)
+        if conv.kind == "prompt":
+            if expected is not None:
+                out.append((list(conv.messages), expected, True))
+            continue
         last = max((i for i, m in enumerate(conv.messages) if m.role == "assistant"), default=None)
         if expected is None or last is None:
             continue
