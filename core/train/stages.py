@@ -25,12 +25,11 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.choices import STAGE_MIX_KIND
 from core.settings import ConfigError
 from core.train.notices import Notice
 
 PREFERENCE = ("dpo", "orpo")
-# The mix kind (mix.json "kind") each stage trains on.
-MIX_KIND = {"sft": "sft", "dpo": "preference", "orpo": "preference", "grpo": "prompt"}
 SAMPLES_PER_LOG = 4  # sampled completions written to samples.jsonl per logging step
 CHUNK = 1000  # rows per tokenizer call
 
@@ -101,15 +100,19 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def preference_rows(convs, tokenizer, cfg) -> StageRows:
     """prompt_ids / chosen_ids / rejected_ids of the preference rows (core.data.render.render_preference:
     prompt + chosen is exactly the SFT rendering of the chosen conversation)."""
-    from core.data.render import render_preference
+    from core.data.render import RenderError, render_preference
 
     out = StageRows(cfg.train.stage, {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}, rows_in=len(convs))
     texts = []
     for conv in convs:
-        if getattr(conv, "rejected", None) is None or not conv.messages or conv.messages[-1].role != "assistant":
+        if conv.kind != "preference":
             out.no_target += 1
             continue
-        pref = render_preference(conv, tokenizer)
+        try:
+            pref = render_preference(conv, tokenizer)
+        except RenderError:  # the mix checks these shapes; one that gets here anyway is counted, not trained
+            out.no_target += 1
+            continue
         texts.append((pref.prompt, pref.chosen, pref.rejected))
     for start in range(0, len(texts), CHUNK):
         part = texts[start:start + CHUNK]
@@ -139,7 +142,7 @@ def prompt_rows(convs, tokenizer, cfg) -> StageRows:
     out = StageRows("grpo", {"prompt": [], "prompt_ids": [], "answer": []}, rows_in=len(convs))
     kept = []
     for conv in convs:
-        if not conv.messages or conv.messages[-1].role != "user":
+        if conv.kind != "prompt":
             out.no_target += 1
             continue
         answer = conv.meta.get("expected_answer") if isinstance(conv.meta, dict) else None
@@ -164,7 +167,7 @@ def tokenize(cfg, convs, tokenizer) -> StageRows:
                                                                                                     cfg)
     if convs and rows.no_target == rows.rows_in:
         where = "data.mix_dir" if cfg.data.mix_dir else "data.mix"
-        kind = MIX_KIND[cfg.train.stage]
+        kind = STAGE_MIX_KIND[cfg.train.stage]
         what = ("a chosen and a rejected reply" if kind == "preference"
                 else "a prompt ending with a user turn (and a reference answer)")
         raise ConfigError(f"train.stage {cfg.train.stage} trains on {kind} rows ({what}), and none of the "
@@ -245,7 +248,6 @@ def _train_args(cfg, loaded, run_dir: Path, has_eval: bool, eval_batch: int | No
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
         gradient_checkpointing=False,  # the backend set it up on the model (TRL's configs default to on)
-        dataset_num_proc=None,
     )
 
 
@@ -292,6 +294,10 @@ def _dpo(cfg, loaded, rows, evals, run_dir, callbacks):
 
 
 def _orpo(cfg, loaded, rows, evals, run_dir, callbacks):
+    import os
+
+    # ORPO lives in TRL's experimental package; its warning on import is known and says nothing here.
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     class QwenTuneORPOTrainer(ORPOTrainer):

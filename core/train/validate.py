@@ -206,8 +206,12 @@ def mix_kind(mix_dir: str) -> str | None:
         return None
     if not isinstance(manifest, dict):
         return None
-    kind = manifest.get("kind") or "sft"
-    return kind if isinstance(kind, str) else None
+    from core.data.mixdir import mix_kind as manifest_kind
+
+    try:
+        return manifest_kind(manifest)
+    except ConfigError:
+        return None  # an unknown kind: reading the mix reports it, naming the file
 
 
 def world_size(cfg) -> int:
@@ -227,13 +231,14 @@ def stage_problems(cfg, kind: str | None = None) -> list[Problem]:
     """What train.stage needs from the rest: rows of its kind (``kind``: the mix's kind, read
     from data.mix_dir's manifest when not given), GRPO's rewards and a generation batch of whole
     groups, prompts and completions that fit."""
-    from core.train.stages import MIX_KIND, grpo_micro_batch
+    from core.choices import STAGE_MIX_KIND
+    from core.train.stages import grpo_micro_batch
 
     t, rl = cfg.train, cfg.rl
     stage = t.stage
     out: list[Problem] = []
     kind = kind or mix_kind(cfg.data.mix_dir)
-    want = MIX_KIND.get(stage, "sft")
+    want = STAGE_MIX_KIND.get(stage, "sft")
     if kind is not None and kind != want:
         where = f"data.mix_dir ({cfg.data.mix_dir})" if cfg.data.mix_dir else "data.mix"
         if stage == "sft" and kind == "preference":

@@ -631,9 +631,10 @@ def _load_data(cfg, run_dir: Path, model_path: Path, resume: bool):
     from core.train.data import load_mix
 
     train, evals, manifest, mix_dir = load_mix(cfg, run_dir, model_path, resume, echo=log)
+    from core.data.mixdir import mix_kind
     from core.train.validate import stage_problems
 
-    problems = [p for p in stage_problems(cfg, kind=manifest.get("kind") or "sft") if p.level == "error"]
+    problems = [p for p in stage_problems(cfg, kind=mix_kind(manifest)) if p.level == "error"]
     if problems:  # e.g. a dpo run on an sft mix: the rows cannot train this stage
         raise ConfigError(problems[0].message, problems[0].setting)
     if cfg.data.mix_dir:  # keep what this run trained on, even if the mix folder changes later
