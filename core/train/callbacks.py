@@ -283,7 +283,12 @@ def step_line(row: dict) -> str:
     mem = f" | {row['gpu_mem_gib']:.1f} GiB" if row.get("gpu_mem_gib") is not None else ""
     lr = row["learning_rate"]
     loss = row["loss"]
-    return (f"step {row['step']}/{row['total_steps']} | loss {loss if loss is None else f'{loss:.4f}'}"
+    stage = ""  # the number each stage is judged by: GRPO's reward, DPO / ORPO's margin
+    if row.get("reward") is not None:
+        stage = f" | reward {row['reward']:.3f}"
+    elif row.get("rewards/margins") is not None:
+        stage = f" | margin {row['rewards/margins']:.3f}"
+    return (f"step {row['step']}/{row['total_steps']} | loss {loss if loss is None else f'{loss:.4f}'}{stage}"
             f" | lr {lr if lr is None else f'{lr:.2e}'} | {row['tokens_per_s'] or 0:.0f} tok/s{mem}"
             f" | eta {duration(row['eta_s'])}")
 

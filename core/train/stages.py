@@ -356,15 +356,45 @@ def _grpo(cfg, loaded, rows, evals, run_dir, callbacks):
         generation_kwargs={"eos_token_id": eos} if eos else None,
     )
     trainer_cls = _grpo_class(trl_trainer.GRPOTrainer)
+    samples = runs.RunFolder(run_dir).samples
     trainer = trainer_cls(model=loaded.model, reward_funcs=rewards, args=args, train_dataset=rows.dataset(),
                           eval_dataset=evals.dataset() if evals else None, processing_class=tokenizer,
-                          callbacks=callbacks)
+                          callbacks=[*callbacks, _samples_callback(samples)])
     trainer.qt_engine = engine
     trainer.qt_eos = eos or list(trainer.eos_token_ids)
-    trainer.qt_samples_path = runs.RunFolder(run_dir).samples
+    trainer.qt_samples_path = samples
     trainer.qt_counter = next((c.counter for c in callbacks if hasattr(c, "counter")), None)
     trainer.qt_rng = random.Random(t.seed)
     return trainer
+
+
+def trim_samples(path: Path, last_step: int) -> None:
+    """Keep the samples up to ``last_step`` (the checkpoint a resume starts from): the steps after it
+    are trained, and sampled, again."""
+    from core.settings import write_atomic
+
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            step = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            continue  # a torn line from a killed run
+        if isinstance(step, int) and step <= last_step:
+            kept.append(line + "\n")
+    write_atomic(path, "".join(kept))
+
+
+def _samples_callback(path: Path):
+    from transformers import TrainerCallback
+
+    class TrimSamples(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if args.process_index == 0:
+                trim_samples(path, state.global_step)
+
+    return TrimSamples()
 
 
 def _grpo_class(base):
