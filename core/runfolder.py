@@ -83,6 +83,7 @@ class Status(Mapping):
     updated: str | None = None
     # what is trained, and how
     stage: str | None = None
+    rollout: str | None = None  # grpo: how completions are generated (vllm, chat, trl)
     strategy: str | None = None
     world_size: int | None = None  # processes (one per GPU) of a ddp / fsdp run
     gpus: list | None = None  # the GPU ids the run holds

@@ -199,6 +199,10 @@ def rollout_engine(cfg, backend: str, cuda: bool) -> str:
     return requested
 
 
+ROLLOUT_WORDS = {"vllm": "vLLM (colocated)", "chat": "the chat engine's batched decode",
+                 "trl": "TRL's model.generate"}
+
+
 def grpo_micro_batch(micro_batch: int, grad_accum: int, num_generations: int, world: int = 1) -> int:
     """A micro-batch at most ``micro_batch`` whose generation batch (micro_batch x grad_accum x GPUs
     completions) holds whole groups of ``num_generations``; the smallest such one if none is below."""
@@ -326,9 +330,13 @@ def _grpo(cfg, loaded, rows, evals, run_dir, callbacks):
 
     from core.train import runs
     from core.train.rewards import build_rewards
+    from core.train.worker import log
 
     rl, t = cfg.rl, cfg.train
     engine = rollout_engine(cfg, loaded.backend, loaded.device == "cuda")
+    log(f"rollouts: {ROLLOUT_WORDS[engine]} (rl.rollout {rl.rollout}), {rl.num_generations} completions per "
+        f"prompt of up to {rl.max_completion_len} tokens")
+    runs.write_status(run_dir, rollout=engine)
     rewards = build_rewards(rl)
     if not rewards:
         raise ConfigError("train.stage grpo needs at least one reward: choose rl.rewards or give rl.reward_file",
