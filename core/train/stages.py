@@ -258,9 +258,12 @@ def _train_args(cfg, loaded, run_dir: Path, has_eval: bool, eval_batch: int | No
 def build_trainer(cfg, loaded, train_rows: StageRows, eval_rows: StageRows | None, run_dir: Path, callbacks):
     """The TRL trainer of ``cfg.train.stage`` wired to the run's model, rows and callbacks."""
     from core.train.backends import patch_rl
+    from core.train.worker import log
 
     stage = cfg.train.stage
-    patch_rl(loaded.backend, stage)
+    note = patch_rl(loaded.backend, stage)
+    if note:
+        log("note: " + note)
     has_eval = eval_rows is not None and eval_rows.rows > 0
     if stage == "dpo":
         return _dpo(cfg, loaded, train_rows, eval_rows if has_eval else None, run_dir, callbacks)

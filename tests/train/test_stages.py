@@ -167,6 +167,9 @@ def test_dpo_raises_the_chosen_vs_rejected_margin(demo_model_path, preference_mi
         assert key in rows[-1], key
     st = runs.read_status(run_dir(cfg))
     assert st["state"] == "done" and st["stage"] == "dpo" and st["step"] == 12
+    # the mix's eval rows are evaluated at the end, with DPO's own eval metrics
+    evals = [m for m in runs.read_metrics(run_dir(cfg)) if m.get("eval_loss") is not None]
+    assert st["eval_loss"] is not None and evals and "eval_rewards/margins" in evals[-1]
     assert st["data"]["stage"] == "dpo" and st["data"]["rows"] == 4
     assert st["tokens"] > 0
     adapter = run_dir(cfg) / "adapter"
