@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,11 @@ from core.train.notices import Notice
 PREFERENCE = ("dpo", "orpo")
 SAMPLES_PER_LOG = 4  # sampled completions written to samples.jsonl per logging step
 CHUNK = 1000  # rows per tokenizer call
+
+
+def _log(msg: str) -> None:
+    # The worker's log format (its stdout is train.log); the worker imports this module, not the reverse.
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # ------------------------------------------------------------------------------------- the rows
@@ -213,10 +219,10 @@ def grpo_micro_batch(micro_batch: int, grad_accum: int, num_generations: int, wo
 
 
 # ------------------------------------------------------------------------------------ trainers
-def _train_args(cfg, loaded, run_dir: Path, has_eval: bool, eval_batch: int | None = None) -> dict:
-    """TrainingArguments shared by every stage, from the train section (as SFT's in the worker)."""
+def _train_args(cfg, loaded, run_dir: Path, has_eval: bool, shared: dict, eval_batch: int | None = None) -> dict:
+    """TrainingArguments shared by every stage, from the train section (as SFT's in the worker);
+    ``shared``: the worker's resolved ``optim`` and ``report_to``."""
     from core.train import runs
-    from core.train.worker import _report_to, resolve_optimizer
 
     t = cfg.train
     cuda = loaded.device == "cuda"
@@ -234,7 +240,7 @@ def _train_args(cfg, loaded, run_dir: Path, has_eval: bool, eval_batch: int | No
         max_steps=t.max_steps if t.max_steps > 0 else -1,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        optim=resolve_optimizer(t.optimizer, cuda),
+        optim=shared["optim"],
         seed=t.seed,
         data_seed=t.seed,
         bf16=loaded.dtype == "bfloat16",
@@ -247,7 +253,7 @@ def _train_args(cfg, loaded, run_dir: Path, has_eval: bool, eval_batch: int | No
         save_total_limit=t.save_total_limit,
         eval_strategy="steps" if eval_on else "no",
         eval_steps=t.eval_steps if eval_on else None,
-        report_to=_report_to(t.report_to, run_dir),
+        report_to=shared["report_to"],
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
@@ -255,26 +261,28 @@ def _train_args(cfg, loaded, run_dir: Path, has_eval: bool, eval_batch: int | No
     )
 
 
-def build_trainer(cfg, loaded, train_rows: StageRows, eval_rows: StageRows | None, run_dir: Path, callbacks):
-    """The TRL trainer of ``cfg.train.stage`` wired to the run's model, rows and callbacks."""
+def build_trainer(cfg, loaded, train_rows: StageRows, eval_rows: StageRows | None, run_dir: Path, callbacks,
+                  *, optim: str, report_to: list[str]):
+    """The TRL trainer of ``cfg.train.stage`` wired to the run's model, rows and callbacks, with the
+    optimizer and report targets the worker resolved (``train.optimizer``, ``train.report_to``)."""
     from core.train.backends import patch_rl
-    from core.train.worker import log
 
+    shared = {"optim": optim, "report_to": report_to}
     stage = cfg.train.stage
     note = patch_rl(loaded.backend, stage)
     if note:
-        log("note: " + note)
+        _log("note: " + note)
     has_eval = eval_rows is not None and eval_rows.rows > 0
     if stage == "dpo":
-        return _dpo(cfg, loaded, train_rows, eval_rows if has_eval else None, run_dir, callbacks)
+        return _dpo(cfg, loaded, train_rows, eval_rows if has_eval else None, run_dir, callbacks, shared)
     if stage == "orpo":
-        return _orpo(cfg, loaded, train_rows, eval_rows if has_eval else None, run_dir, callbacks)
+        return _orpo(cfg, loaded, train_rows, eval_rows if has_eval else None, run_dir, callbacks, shared)
     if stage == "grpo":
-        return _grpo(cfg, loaded, train_rows, eval_rows if has_eval else None, run_dir, callbacks)
+        return _grpo(cfg, loaded, train_rows, eval_rows if has_eval else None, run_dir, callbacks, shared)
     raise ConfigError(f"train.stage {stage!r} has no trainer here", "train.stage")
 
 
-def _dpo(cfg, loaded, rows, evals, run_dir, callbacks):
+def _dpo(cfg, loaded, rows, evals, run_dir, callbacks, shared):
     import trl.trainer as trl_trainer
 
     base = trl_trainer.DPOTrainer
@@ -286,7 +294,7 @@ def _dpo(cfg, loaded, rows, evals, run_dir, callbacks):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset
 
-    args = trl_trainer.DPOConfig(**_train_args(cfg, loaded, run_dir, evals is not None), beta=cfg.rl.beta,
+    args = trl_trainer.DPOConfig(**_train_args(cfg, loaded, run_dir, evals is not None, shared), beta=cfg.rl.beta,
                                  max_length=None, precompute_ref_log_probs=False)
     trainer = QwenTuneDPOTrainer(model=loaded.model, ref_model=None, args=args, train_dataset=rows.dataset(),
                                  eval_dataset=evals.dataset() if evals else None,
@@ -300,7 +308,7 @@ def _dpo(cfg, loaded, rows, evals, run_dir, callbacks):
     return trainer
 
 
-def _orpo(cfg, loaded, rows, evals, run_dir, callbacks):
+def _orpo(cfg, loaded, rows, evals, run_dir, callbacks, shared):
     import os
 
     # ORPO lives in TRL's experimental package; its warning on import is known and says nothing here.
@@ -320,7 +328,7 @@ def _orpo(cfg, loaded, rows, evals, run_dir, callbacks):
                 out[f"{name}_labels"] = [-100] * len(p) + reply
             return out
 
-    kwargs = _train_args(cfg, loaded, run_dir, evals is not None)
+    kwargs = _train_args(cfg, loaded, run_dir, evals is not None, shared)
     kwargs["remove_unused_columns"] = False
     args = ORPOConfig(**kwargs, beta=cfg.rl.beta, max_length=cfg.train.max_seq_len)
     return QwenTuneORPOTrainer(model=loaded.model, args=args, train_dataset=rows.dataset(),
@@ -328,16 +336,14 @@ def _orpo(cfg, loaded, rows, evals, run_dir, callbacks):
                                processing_class=loaded.tokenizer, callbacks=callbacks)
 
 
-def _grpo(cfg, loaded, rows, evals, run_dir, callbacks):
+def _grpo(cfg, loaded, rows, evals, run_dir, callbacks, shared):
     import trl.trainer as trl_trainer
 
     from core.train import runs
     from core.train.rewards import build_rewards
-    from core.train.worker import log
-
     rl, t = cfg.rl, cfg.train
     engine = rollout_engine(cfg, loaded.backend, loaded.device == "cuda")
-    log(f"rollouts: {ROLLOUT_WORDS[engine]} (rl.rollout {rl.rollout}), {rl.num_generations} completions per "
+    _log(f"rollouts: {ROLLOUT_WORDS[engine]} (rl.rollout {rl.rollout}), {rl.num_generations} completions per "
         f"prompt of up to {rl.max_completion_len} tokens")
     runs.write_status(run_dir, rollout=engine)
     rewards = build_rewards(rl)
@@ -349,7 +355,7 @@ def _grpo(cfg, loaded, rows, evals, run_dir, callbacks):
         # only an automatic micro-batch gets here: the pre-run check rejects a fixed one that splits groups
         t.micro_batch = mb
         runs.write_status(run_dir, micro_batch=mb, effective_batch=mb * t.grad_accum)
-    kwargs = _train_args(cfg, loaded, run_dir, evals is not None, eval_batch=rl.num_generations)
+    kwargs = _train_args(cfg, loaded, run_dir, evals is not None, shared, eval_batch=rl.num_generations)
     tokenizer = loaded.tokenizer
     eos = [tokenizer.convert_tokens_to_ids(tok) for tok in ("<|im_end|>", "<|endoftext|>")
            if tok in tokenizer.get_vocab()]

@@ -356,7 +356,9 @@ def build_trainer(cfg, loaded, train_tok, eval_tok, run_dir: Path, callbacks, pa
     if cfg.train.stage != "sft":  # dpo / orpo / grpo: TRL's trainer for the stage
         from core.train import stages
 
-        return stages.build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, callbacks)
+        return stages.build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, callbacks,
+                                    optim=resolve_optimizer(cfg.train.optimizer, loaded.device == "cuda"),
+                                    report_to=_report_to(cfg.train.report_to, run_dir))
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
