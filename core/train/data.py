@@ -180,6 +180,12 @@ def load_mix(cfg, run_dir: Path, tokenizer_path: Path, resume: bool, echo=print)
             for warning in result.warnings:
                 echo("mix warning: " + warning)
     train, evals, manifest = read_mix_dir(mix_dir)
+    from core.data.mixdir import mix_kind
+    from core.train.validate import stage_problems
+
+    problems = [p for p in stage_problems(cfg, kind=mix_kind(manifest)) if p.level == "error"]
+    if problems:  # e.g. a dpo run on an sft mix: its rows cannot train the stage
+        raise ConfigError(problems[0].message, problems[0].setting)
     if not train:
         raise ConfigError(f"the mix in {mix_dir} has no training rows",
                           "data.mix_dir" if cfg.data.mix_dir else "data.mix")

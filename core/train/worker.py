@@ -633,12 +633,6 @@ def _load_data(cfg, run_dir: Path, model_path: Path, resume: bool):
     from core.train.data import load_mix
 
     train, evals, manifest, mix_dir = load_mix(cfg, run_dir, model_path, resume, echo=log)
-    from core.data.mixdir import mix_kind
-    from core.train.validate import stage_problems
-
-    problems = [p for p in stage_problems(cfg, kind=mix_kind(manifest)) if p.level == "error"]
-    if problems:  # e.g. a dpo run on an sft mix: the rows cannot train this stage
-        raise ConfigError(problems[0].message, problems[0].setting)
     if cfg.data.mix_dir:  # keep what this run trained on, even if the mix folder changes later
         (run_dir / "mix_manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
                                                    encoding="utf-8")
@@ -675,10 +669,9 @@ def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log) -
     counter = TokenCounter(echo=echo)
     gpu = GpuSampler()
     progress = ProgressCallback(run_dir, counter, gpu, echo=echo)
-    if cfg.train.stage == "sft":
-        packing, why = choose_packing(cfg.train.packing, [len(x) for x in train_tok.input_ids],
-                                      cfg.train.micro_batch, cfg.train.max_seq_len)
-    else:
+    packing, why = choose_packing(cfg.train.packing, [len(x) for x in train_tok.input_ids], cfg.train.micro_batch,
+                                  cfg.train.max_seq_len)
+    if cfg.train.stage != "sft":  # TRL's dpo / orpo / grpo trainers batch their own (padded) rows
         from core.train.stages import batching_notice
 
         packing, why = "off", batching_notice(cfg.train.stage)

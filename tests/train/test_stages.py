@@ -311,3 +311,32 @@ def test_metrics_keep_trls_stage_keys():
     assert out == {"rewards/margins": 1.5, "rewards/reward_letters/mean": 0.25, "kl": 0.01, "reward": 0.3,
                    "completions/mean_length": 12.0, "logps/chosen": -3.0, "eval_rewards/accuracies": 1.0}
     assert json.dumps(out)
+
+
+def test_samples_are_read_back_and_trimmed_to_a_checkpoint(tmp_path):
+    from core.train.stages import trim_samples
+
+    folder = runs.RunFolder(tmp_path)
+    lines = [json.dumps({"step": s, "prompt": "p", "completion": f"c{s}", "rewards": {"answer": 1.0}, "answer": "4"})
+             for s in (1, 1, 2, 3)]
+    folder.samples.write_text("\n".join(lines) + "\n" + '{"step": 4, "prom', encoding="utf-8")  # a torn last line
+    assert [s["step"] for s in folder.read_samples()] == [1, 1, 2, 3]
+    trim_samples(folder.samples, 2)
+    assert [s["completion"] for s in folder.read_samples()] == ["c1", "c1", "c2"]
+    assert runs.RunFolder(tmp_path / "none").read_samples() == []
+
+
+def test_preference_tokens_are_counted_in_the_collator():
+    from types import SimpleNamespace
+
+    from core.train.callbacks import TokenCounter
+    from core.train.stages import count_tokens
+
+    trainer = SimpleNamespace(data_collator=lambda examples: {"n": len(examples)})
+    counter = TokenCounter(echo=lambda line: None)
+    assert count_tokens(trainer, counter)
+    batch = trainer.data_collator([{"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]}])
+    assert batch == {"n": 1} and counter.tokens == 2 * 3 + 2 + 1
+    counter.paused = True  # evaluation batches are not training tokens
+    trainer.data_collator([{"chosen_input_ids": [1, 2], "rejected_input_ids": [1, 3, 4]}])
+    assert counter.tokens == 9
