@@ -350,7 +350,10 @@ def _grpo(cfg, loaded, rows, evals, run_dir, callbacks, shared):
     if not rewards:
         raise ConfigError("train.stage grpo needs at least one reward: choose rl.rewards or give rl.reward_file",
                           "rl.rewards")
-    mb = grpo_micro_batch(t.micro_batch, t.grad_accum, rl.num_generations)
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE") or 1)  # set for each rank of a ddp / fsdp run
+    mb = grpo_micro_batch(t.micro_batch, t.grad_accum, rl.num_generations, world)
     if mb != t.micro_batch:
         # only an automatic micro-batch gets here: the pre-run check rejects a fixed one that splits groups
         t.micro_batch = mb
