@@ -9,11 +9,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from core.choices import BACKENDS, DTYPES, HUBS, METHODS, QUANTS, REWARDS, ROLLOUTS, STAGES, STRATEGIES
+from core.choices import BACKENDS, DTYPES, HUBS, METHODS, MIX_KINDS, QUANTS, REWARDS, ROLLOUTS, STAGES, STRATEGIES
 from core.settings import ConfigError, load_yaml, setting
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-FORMATS = ("auto", "alpaca", "sharegpt", "messages", "reasoning", "openmath")
+# Row formats (core.data.formats): conversations to imitate, then preference pairs, then prompt sets.
+FORMATS = ("auto", "alpaca", "sharegpt", "messages", "reasoning", "openmath",
+           "preference", "sharegpt_preference", "alpaca_preference", "messages_preference",
+           "prompt", "gsm8k")
 REASONING_TURNS = ("last_only", "split", "mask_earlier")
 MAX_MIX_ROWS = 100_000_000  # a mix is held in memory; far beyond any fine-tuning set
 
@@ -86,6 +89,12 @@ class MixConfig:
              "replies that lost their reasoning get no loss.")
     dedupe: bool = setting(False, help="Drop exact duplicate rows (same rendered text), keeping the first. "
                                        "Duplicates are reported either way.")
+    kind: str = setting(
+        "auto", choices=("auto", *MIX_KINDS),
+        help="What the rows are for. sft: conversations to imitate; preference: a prompt with a chosen and a "
+             "rejected reply (dpo, orpo); prompt: a prompt with a reference answer (grpo). auto: the kind of the "
+             "first source's rows (chosen/rejected columns make it preference; prompt sets with an answer but no "
+             "reply, or GSM8K's '#### answer', make it prompt; anything else sft). A mix holds one kind.")
 
     def validate(self) -> None:
         if not self.tokenizer.strip():

@@ -22,6 +22,12 @@ def add_arguments(p) -> None:
     add_cli_flags(p, MixConfig)
 
 
+# How a row's token length is counted, per kind of mix.
+KIND_LENGTH = {"sft": "conversations; tokens = the whole conversation",
+               "preference": "preference pairs; tokens = prompt + the longer reply",
+               "prompt": "prompts with a reference answer; tokens = the prompt"}
+
+
 def _progress(fraction: float, message: str) -> None:
     print(f"[{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
 
@@ -67,8 +73,8 @@ def run(args) -> int:
     from core.cli import print_json
     from core.config import MixConfig
     from core.data.mix import build_mix, load_tokenizer
-    from core.data.preview import preview_text
-    from core.data.render import MaskOptions, render
+    from core.data.preview import preference_text, preview_text, prompt_text
+    from core.data.render import MaskOptions, count_tokens, render, render_preference, render_prompt
     from core.data.report import problems_text
     from core.data.tokenizer import describe
     from core.settings import ConfigError, cli_overrides, deep_merge, from_dict, read_yaml
@@ -92,6 +98,7 @@ def run(args) -> int:
         print(_table(result))
         where = f" -> {result.out_dir}" if result.out_dir else " (dry run, nothing written)"
         print(f"total: {result.total} rows (train {len(result.rows)}, eval {len(result.eval_rows)}){where}")
+        print(f"kind: {result.kind} ({KIND_LENGTH[result.kind]})")
         print(f"tokens counted with {describe(result.tokenizer)}")
         report = problems_text(result)
         if report:
@@ -101,10 +108,22 @@ def run(args) -> int:
     if args.preview:
         color = sys.stdout.isatty()
         truncate = cfg.overlong == "truncate"
+        out = sys.stderr if args.json else sys.stdout
         for i, conv in enumerate(result.train[: args.preview]):
+            head = f"\n--- preview {i + 1}: {conv.source} ({conv.origin})"
+            if conv.kind == "preference":
+                pair = render_preference(conv, tokenizer)
+                p, c, r = count_tokens([pair.prompt, pair.chosen, pair.rejected], tokenizer)
+                print(f"{head}, prompt {p} tokens, chosen {c}, rejected {r} ---", file=out)
+                print(preference_text(pair, color=color), file=out)
+                continue
+            if conv.kind == "prompt":
+                prompt = render_prompt(conv, tokenizer)
+                print(f"{head}, prompt {count_tokens([prompt], tokenizer)[0]} tokens ---", file=out)
+                print(prompt_text(prompt, str(conv.meta.get("expected_answer", "")), color=color), file=out)
+                continue
             rendered = render(conv, tokenizer, max_len=cfg.max_seq_len, truncate=truncate, options=MaskOptions())
-            out = sys.stderr if args.json else sys.stdout
-            print(f"\n--- preview {i + 1}: {conv.source} ({conv.origin}), {rendered.n_tokens} tokens, "
+            print(f"{head}, {rendered.n_tokens} tokens, "
                   f"{rendered.n_trained} trained {'(green)' if color else 'between ⟦ ⟧'} ---", file=out)
             print(preview_text(rendered, color=color), file=out)
     return 0

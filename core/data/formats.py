@@ -14,6 +14,23 @@ dataset's columns to the names below first):
                answer (or response/output/solution)
 * ``openmath`` problem, generated_solution, expected_answer (OpenMathReasoning)
 
+Preference rows (a prompt, the chosen reply, the rejected reply; see docs/data.md):
+
+* ``preference``          prompt, chosen, rejected (TRL): strings, or message lists (prompt a list of
+                          turns, chosen / rejected a list with the assistant reply); without prompt,
+                          chosen and rejected are whole conversations that differ in the last reply
+* ``sharegpt_preference`` conversations ending with a human turn + chosen / rejected {from: gpt, value}
+                          (LLaMA-Factory, ``ranking: true``)
+* ``alpaca_preference``   instruction, input (+ system, history) + chosen / rejected strings (LLaMA-Factory)
+* ``messages_preference`` messages whose last assistant turn is the chosen reply + rejected_response
+                          (ms-swift; or rejected_messages, the whole rejected conversation)
+
+Prompt sets (a prompt and its reference answer, for GRPO): ``prompt`` (prompt as text or a list of
+turns + answer / solution / ground_truth / reward_model.ground_truth, as DAPO-Math writes it),
+``gsm8k`` (question + answer ending "#### 42"), ``openmath`` (problem + expected_answer), and any
+format above in a mix of kind ``prompt`` (the turns up to the last user turn; the answer from
+expected_answer / answer / solution, or the reference reply's ``\boxed{}`` or ``####``).
+
 Reasoning is taken from a ``reasoning_content`` / ``reasoning`` / ``thinking`` field or from text that
 holds ``<think>...</think>`` (split exactly the way Qwen3's template splits it). A row that cannot be
 converted without guessing is skipped with a reason (:class:`RowError`); nothing is silently changed:
@@ -26,11 +43,14 @@ from __future__ import annotations
 import json
 import math
 
+from core.config import FORMATS
 from core.data.conversation import Conversation, Message, ToolCall
 from core.eval.answers import last_boxed
 from core.settings import ConfigError
 
-FORMAT_NAMES = ("alpaca", "sharegpt", "messages", "reasoning", "openmath")
+FORMAT_NAMES = tuple(f for f in FORMATS if f != "auto")
+PREFERENCE_FORMATS = ("preference", "sharegpt_preference", "alpaca_preference", "messages_preference")
+PROMPT_FORMATS = ("prompt", "gsm8k")
 
 # Canonical column names each format reads; ``columns:`` maps these to the dataset's names.
 COLUMN_KEYS = {
@@ -40,6 +60,13 @@ COLUMN_KEYS = {
     "messages": ("messages", "tools"),
     "reasoning": ("prompt", "reasoning", "answer", "system"),
     "openmath": ("problem", "generated_solution", "expected_answer"),
+    "preference": ("prompt", "chosen", "rejected", "system", "tools"),
+    "sharegpt_preference": ("conversations", "chosen", "rejected", "system", "tools", "role_tag", "content_tag",
+                            "user_tag", "assistant_tag", "system_tag", "function_tag", "observation_tag"),
+    "alpaca_preference": ("instruction", "input", "chosen", "rejected", "system", "history"),
+    "messages_preference": ("messages", "rejected_response", "rejected_messages", "tools"),
+    "prompt": ("prompt", "answer", "solution", "ground_truth", "reward_model", "system"),
+    "gsm8k": ("question", "answer", "system"),
 }
 INNER_KEYS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag", "function_tag",
               "observation_tag")
@@ -103,6 +130,14 @@ def apply_columns(data: dict, columns: dict) -> dict:
 def detect_format(data: dict) -> str | None:
     """The format a row's columns suggest, or None."""
     keys = set(data)
+    if "chosen" in keys or "rejected" in keys:
+        if "conversations" in keys or "conversation" in keys:
+            return "sharegpt_preference"
+        if "instruction" in keys:
+            return "alpaca_preference"
+        return "preference"
+    if "rejected_response" in keys or "rejected_messages" in keys:
+        return "messages_preference"
     if isinstance(data.get("messages"), (list, str)):
         return "messages"
     for key in ("conversations", "conversation"):
@@ -115,13 +150,50 @@ def detect_format(data: dict) -> str | None:
         if isinstance(conv, list):
             first = next((t for t in conv if isinstance(t, dict)), {})
             return "messages" if "role" in first and "from" not in first else "sharegpt"
-    if {"problem", "generated_solution"} <= keys:
+    if {"problem", "generated_solution"} <= keys or {"problem", "expected_answer"} <= keys:
         return "openmath"
+    if isinstance(data.get("reward_model"), dict) or "ground_truth" in keys:
+        return "prompt"
     if "instruction" in keys and "output" in keys:
         return "alpaca"
+    if isinstance(data.get("prompt"), list):
+        return "prompt"  # a prompt written as turns (DAPO-Math): nothing to imitate, only to answer
+    if isinstance(data.get("question"), str) and isinstance(data.get("answer"), str) and "####" in data["answer"]:
+        return "gsm8k"
     if keys & set(PROMPT_KEYS) and keys & set(ANSWER_KEYS):
         return "reasoning"
+    if keys & set(PROMPT_KEYS):
+        return "prompt"
     return None
+
+
+def _strong_prompt(data: dict) -> bool:
+    """Whether a row says by itself that it is a prompt set's (turns as the prompt, a ground truth)."""
+    return isinstance(data.get("prompt"), list) or isinstance(data.get("reward_model"), dict) or "ground_truth" in data
+
+
+def natural_kind(data: dict, fmt: str) -> str:
+    """The kind of mix a row of ``fmt`` is for when the mix does not say (``kind: auto``)."""
+    if fmt in PREFERENCE_FORMATS:
+        return "preference"
+    if fmt in PROMPT_FORMATS or (fmt == "openmath" and "generated_solution" not in data):
+        return "prompt"
+    return "sft"
+
+
+def kind_accepts(kind: str, fmt: str, data: dict | None = None) -> bool:
+    """Whether a row of ``fmt`` can go into a mix of ``kind``: preference rows only into a preference
+    mix; any other row gives a prompt set its question; a prompt set's row (no reply) is not SFT
+    data, though a GSM8K row, whose answer is a worked solution, is."""
+    row_kind = natural_kind(data or {}, fmt)
+    if kind == "preference":
+        return row_kind == "preference"
+    if kind == "prompt":
+        return row_kind != "preference"
+    return row_kind == "sft" or fmt == "gsm8k"
+
+
+KIND_ROWS = {"sft": "conversations", "preference": "preference pairs", "prompt": "prompts"}
 
 
 # -------------------------------------------------------------------------------------- helpers
@@ -287,17 +359,18 @@ def _content_and_parts(content, where: str, notes: list | None = None
 
 
 # -------------------------------------------------------------------------------------- formats
-def from_alpaca(data: dict, instruction_in: str = "user", notes: list | None = None
+def from_alpaca(data: dict, instruction_in: str = "user", notes: list | None = None, *, reply: bool = True
                 ) -> tuple[list[Message], list[dict] | None]:
     """Fields are kept exactly as written (no stripping), joined the way LLaMA-Factory joins them:
-    ``instruction + "\n" + input``; trailing spaces are part of what the model is shown."""
+    ``instruction + "\n" + input``; trailing spaces are part of what the model is shown. With
+    ``reply=False`` only the prompt is built (ending with the user turn; ``output`` is not read)."""
     instruction = _text(data.get("instruction"), "instruction", notes)
     query = _optional_text(data.get("input"), "input", notes)
-    output = _text(data.get("output"), "output", notes)
+    output = _text(data.get("output"), "output", notes) if reply else ""
     system = _optional_text(data.get("system"), "system", notes)
     if not instruction and not query:
         raise RowError("empty field", "instruction and input are both empty")
-    if not output.strip():
+    if reply and not output.strip():
         raise RowError("empty field", "output is empty")
     msgs: list[Message] = []
     if instruction_in == "system" and query:
@@ -320,8 +393,10 @@ def from_alpaca(data: dict, instruction_in: str = "user", notes: list | None = N
             raise RowError("empty field", f"history[{i}] has an empty question or answer")
         reasoning, answer = split_think(a)
         msgs += [Message("user", q), Message("assistant", answer, reasoning=reasoning or None)]
-    reasoning, answer = _reasoning_and_content(output, data.get("reasoning"))
-    msgs += [Message("user", user), Message("assistant", answer, reasoning=reasoning)]
+    msgs.append(Message("user", user))
+    if reply:
+        reasoning, answer = _reasoning_and_content(output, data.get("reasoning"))
+        msgs.append(Message("assistant", answer, reasoning=reasoning))
     return msgs, None
 
 
@@ -497,6 +572,226 @@ CONVERTERS = {"alpaca": from_alpaca, "sharegpt": from_sharegpt, "messages": from
               "reasoning": from_reasoning, "openmath": from_openmath}
 
 
+# --------------------------------------------------------------------------- preference rows
+def _reply(value, what: str, notes: list | None) -> Message:
+    """A chosen or rejected reply: text (``<think>`` split as for SFT), one {role, content} or
+    {from, value} turn, or a list holding that one assistant turn (TRL's conversational style)."""
+    if value is None:
+        raise RowError("no rejected reply" if what == "rejected" else "no chosen reply", f"{what} is missing")
+    if not isinstance(value, (dict, list)):
+        reasoning, answer = _reasoning_and_content(_text(value, what, notes), None)
+        msg = Message("assistant", answer, reasoning=reasoning)
+    else:
+        turns = value if isinstance(value, list) else [value]
+        if not all(isinstance(t, dict) for t in turns):
+            raise RowError("invalid reply", f"{what} should be text, a turn or a list with one assistant turn")
+        msgs, _ = from_messages({"messages": turns}, notes)
+        if len(msgs) != 1 or msgs[0].role != "assistant":
+            raise RowError("invalid reply", f"{what} should hold one assistant turn, got "
+                                            f"{', '.join(m.role for m in msgs)}")
+        msg = msgs[0]
+    if not (msg.content.strip() or msg.tool_calls or msg.reasoning):
+        raise RowError("empty reply", f"{what} is empty")
+    return msg
+
+
+def _prompt_turns(value, notes: list | None) -> tuple[list[Message], list[dict] | None]:
+    """A prompt given as text (one user turn) or as a list of turns."""
+    if isinstance(value, list):
+        return from_messages({"messages": value}, notes)
+    text = _text(value, "prompt", notes)
+    if not text.strip():
+        raise RowError("empty field", "prompt is empty")
+    return [Message("user", text)], None
+
+
+def _with_system(msgs: list[Message], data: dict, notes: list | None) -> list[Message]:
+    system = _optional_text(data.get("system"), "system", notes)
+    if system.strip() and not (msgs and msgs[0].role == "system"):
+        return [Message("system", system), *msgs]
+    return msgs
+
+
+def from_preference(data: dict, notes: list | None = None
+                    ) -> tuple[list[Message], Message, Message, list[dict] | None]:
+    """TRL's preference rows: explicit prompt (text or turns) + chosen / rejected replies, or the
+    implicit-prompt style, where chosen and rejected are whole conversations sharing the prompt."""
+    tools = normalise_tools(data.get("tools"))
+    lists = [isinstance(data.get(k), list) for k in ("chosen", "rejected")]
+    whole = all(lists) and len(data["chosen"]) > 1 and len(data["rejected"]) > 1
+    if all(lists) and (data.get("prompt") is None or whole):
+        # Whole conversations (UltraFeedback also keeps the question in a prompt column: the
+        # conversations carry it, with any earlier turns).
+        chosen_msgs, _ = from_messages({"messages": data["chosen"]}, notes)
+        rejected_msgs, _ = from_messages({"messages": data["rejected"]}, notes)
+        if len(chosen_msgs) < 2 or len(rejected_msgs) != len(chosen_msgs) or chosen_msgs[:-1] != rejected_msgs[:-1]:
+            raise RowError("invalid reply", "without a prompt column, chosen and rejected must be conversations "
+                                            "that differ only in their last (assistant) turn")
+        for what, m in (("chosen", chosen_msgs[-1]), ("rejected", rejected_msgs[-1])):
+            if m.role != "assistant":
+                raise RowError("invalid reply", f"the last turn of {what} is {m.role}, not an assistant reply")
+            if not (m.content.strip() or m.tool_calls or m.reasoning):
+                raise RowError("empty reply", f"{what} is empty")
+        prompt = data.get("prompt")
+        if isinstance(prompt, str) and prompt.strip() and not any(
+                m.role == "user" and m.content.strip() == prompt.strip() for m in chosen_msgs[:-1]):
+            raise RowError("invalid reply", "chosen and rejected are conversations whose user turns do not hold "
+                                            "the prompt column's text")
+        return _with_system(chosen_msgs[:-1], data, notes), chosen_msgs[-1], rejected_msgs[-1], tools
+    if data.get("prompt") is None:
+        raise RowError("missing field", "no prompt column (and chosen / rejected are not whole conversations)")
+    msgs, prompt_tools = _prompt_turns(data["prompt"], notes)
+    chosen = _reply(data.get("chosen"), "chosen", notes)
+    rejected = _reply(data.get("rejected"), "rejected", notes)
+    return _with_system(msgs, data, notes), chosen, rejected, tools or prompt_tools
+
+
+def from_sharegpt_preference(data: dict, columns: dict | None = None, notes: list | None = None):
+    """LLaMA-Factory's ShareGPT ranking rows: the conversation ends with the human turn to answer."""
+    msgs, tools = from_sharegpt(data, columns, notes)
+    return msgs, _reply(data.get("chosen"), "chosen", notes), _reply(data.get("rejected"), "rejected", notes), tools
+
+
+def from_alpaca_preference(data: dict, instruction_in: str = "user", notes: list | None = None):
+    msgs, _ = from_alpaca(data, instruction_in, notes, reply=False)
+    return msgs, _reply(data.get("chosen"), "chosen", notes), _reply(data.get("rejected"), "rejected", notes), None
+
+
+def from_messages_preference(data: dict, notes: list | None = None):
+    """ms-swift's rows: ``messages`` ends with the chosen reply; ``rejected_response`` is the other
+    reply (text), or ``rejected_messages`` the whole rejected conversation."""
+    msgs, tools = from_messages(data, notes)
+    if not msgs or msgs[-1].role != "assistant":
+        raise RowError("no chosen reply", "the last message should be the chosen assistant reply, got "
+                                          f"{msgs[-1].role if msgs else 'nothing'}")
+    chosen = msgs[-1]
+    if not (chosen.content.strip() or chosen.tool_calls or chosen.reasoning):
+        raise RowError("empty reply", "the chosen reply (the last message) is empty")
+    if data.get("rejected_response") is not None:
+        rejected = _reply(data["rejected_response"], "rejected", notes)
+    elif data.get("rejected_messages") is not None:
+        other, _ = from_messages({"messages": data["rejected_messages"]}, notes)
+        if not other or other[-1].role != "assistant" or other[:-1] != msgs[:-1]:
+            raise RowError("invalid reply", "rejected_messages must be the same conversation with another last "
+                                            "assistant reply")
+        rejected = other[-1]
+        if not (rejected.content.strip() or rejected.tool_calls or rejected.reasoning):
+            raise RowError("empty reply", "the rejected reply (the last of rejected_messages) is empty")
+    else:
+        raise RowError("no rejected reply", "rejected_response (or rejected_messages) is missing")
+    return msgs[:-1], chosen, rejected, tools
+
+
+def _same_reply(a: Message, b: Message) -> bool:
+    return (a.content.strip(), (a.reasoning or "").strip(), a.tool_calls) == \
+        (b.content.strip(), (b.reasoning or "").strip(), b.tool_calls)
+
+
+def validate_prompt(msgs: list[Message]) -> None:
+    """A prompt: turns that are not empty, a user turn, and a last turn the model answers (user or tool)."""
+    for i, m in enumerate(msgs):
+        if m.role in ("user", "system") and not m.content.strip():
+            raise RowError("empty field", f"turn {i} ({m.role}) is empty")
+        if m.role == "tool" and (i == 0 or msgs[i - 1].role not in ("assistant", "tool")):
+            raise RowError("misplaced tool result", f"turn {i} is a tool result that follows no tool call")
+    if not any(m.role == "user" for m in msgs):
+        raise RowError("no user turn", "the prompt has no user turn")
+    if msgs[-1].role not in ("user", "tool"):
+        raise RowError("prompt does not end with a user turn",
+                       f"the prompt's last turn is {msgs[-1].role}; the reply must answer a user (or tool) turn")
+
+
+# -------------------------------------------------------------------------------- prompt rows
+def _final_answer(text: str, *, whole: bool) -> str | None:
+    """The final answer a reference text states: after GSM8K's ``####``, else its last ``\\boxed{}``,
+    else (``whole``) the text itself when it is one short line."""
+    if "####" in text:
+        tail = text.rsplit("####", 1)[1].strip()
+        return tail or None
+    boxed = last_boxed(text)
+    if boxed:
+        return boxed
+    text = text.strip()
+    if whole and text and "\n" not in text and len(text) <= 200:
+        return text
+    return None
+
+
+def _answer_value(value, what: str, notes: list | None, *, whole: bool = True) -> str | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return str(value)
+    if isinstance(value, list) and value and all(isinstance(v, (str, int, float)) for v in value):
+        return _answer_value(value[0], what, notes, whole=whole)
+    text = _optional_text(value, what, notes)
+    return _final_answer(text, whole=whole)
+
+
+def reference_answer(data: dict, msgs: list[Message], notes: list | None = None) -> str | None:
+    """A prompt row's reference answer: expected_answer, reward_model.ground_truth (DAPO-Math),
+    ground_truth, answer, solution, else the row's reference reply: the text after a ``####``, else
+    its last ``\\boxed{}``, else the text itself when it is one short line."""
+    reward_model = data.get("reward_model")
+    candidates = [("expected_answer", data.get("expected_answer"), True),
+                  ("reward_model.ground_truth", reward_model.get("ground_truth") if isinstance(reward_model, dict)
+                   else None, True),
+                  ("ground_truth", data.get("ground_truth"), True),
+                  ("answer", data.get("answer"), True), ("solution", data.get("solution"), True)]
+    for what, value, whole in candidates:
+        found = _answer_value(value, what, notes, whole=whole)
+        if found:
+            return found
+    replies = [m for m in msgs if m.role == "assistant"]
+    if replies:
+        return _final_answer(replies[-1].content, whole=True)
+    return None
+
+
+def _prompt_messages(data: dict, fmt: str, columns, instruction_in: str, notes: list
+                     ) -> tuple[list[Message], list[dict] | None, list[Message]]:
+    """(prompt turns, tools, every converted turn) of a row read as a prompt set's row."""
+    if fmt == "prompt":
+        _k, value = _first(data, PROMPT_KEYS)
+        if value is None:
+            raise RowError("missing field", f"no prompt column (one of {', '.join(PROMPT_KEYS)})")
+        msgs, tools = _prompt_turns(value, notes)
+        msgs = _with_system(msgs, data, notes)
+        return msgs, tools, msgs
+    if fmt in ("reasoning", "gsm8k", "openmath"):
+        pk, value = _first(data, ("problem", *PROMPT_KEYS) if fmt == "openmath" else PROMPT_KEYS)
+        if pk is None:
+            raise RowError("missing field", f"no prompt column (one of {', '.join(PROMPT_KEYS)})")
+        text = _text(value, pk, notes)
+        if not text.strip():
+            raise RowError("empty field", f"{pk} is empty")
+        msgs = _with_system([Message("user", text)], data, notes)
+        return msgs, None, msgs
+    if fmt == "alpaca":
+        msgs, tools = from_alpaca(data, instruction_in, notes, reply=False)
+        has_reply = isinstance(data.get("output"), str) and data["output"].strip()
+        return msgs, tools, (from_alpaca(data, instruction_in)[0] if has_reply else msgs)
+    if fmt == "sharegpt":
+        full, tools = from_sharegpt(data, columns, notes)
+    else:
+        full, tools = from_messages(data, notes)
+    end = len(full)
+    while end and full[end - 1].role == "assistant":
+        end -= 1
+    return full[:end], tools, full
+
+
+class KindError(RowError):
+    """A row of one kind in a mix of another (a preference pair in an SFT mix)."""
+
+    def __init__(self, fmt: str, row_kind: str, kind: str):
+        self.fmt, self.row_kind, self.kind = fmt, row_kind, kind
+        super().__init__(f"{row_kind} row in {'an' if kind == 'sft' else 'a'} {kind} mix",
+                         f"the row reads as {fmt} ({KIND_ROWS[row_kind]}), the mix holds {KIND_ROWS[kind]}")
+
+
 # -------------------------------------------------------------------------------------- checks
 def validate_messages(msgs: list[Message], notes: list | None = None) -> None:
     """The rules every converted conversation must meet (else the row is skipped). Orders that
@@ -530,7 +825,10 @@ def validate_messages(msgs: list[Message], notes: list | None = None) -> None:
 
 REQUIRED = {"alpaca": (("output",), ("instruction", "input")), "sharegpt": (("conversations", "conversation"),),
             "messages": (("messages", "conversations", "conversation"),), "reasoning": (PROMPT_KEYS, ANSWER_KEYS),
-            "openmath": (("problem",), ("generated_solution",))}
+            "openmath": (("problem",), ("generated_solution",)),
+            "preference": (("chosen", "rejected"),), "sharegpt_preference": (("conversations", "conversation"),),
+            "alpaca_preference": (("instruction", "input"),), "messages_preference": (("messages",),),
+            "prompt": (PROMPT_KEYS,), "gsm8k": (PROMPT_KEYS,)}
 MAX_DEPTH = 64  # JSON nesting a tool schema or argument may have; deeper is corrupt data
 
 
@@ -596,19 +894,28 @@ def check_conversation(conv: Conversation) -> None:
             _check_value(tc.arguments, f"{where} tool call arguments")
         if m.name:
             _check_value(m.name, where)
+    if conv.rejected is not None:
+        _check_value(conv.rejected.content, "rejected")
+        if conv.rejected.reasoning is not None:
+            _check_value(conv.rejected.reasoning, "rejected reasoning")
+        for tc in conv.rejected.tool_calls:
+            _check_value(tc.arguments, "rejected tool call arguments")
     if conv.tools:
         _check_value(conv.tools, "tools")
 
 
 def to_conversation(data: dict, origin: str, *, fmt: str = "auto", columns: dict | None = None,
                     instruction_in: str = "user", system_prompt: str = "", source: str = "",
-                    notes: list | None = None) -> tuple[Conversation, str]:
+                    notes: list | None = None, kind: str = "auto") -> tuple[Conversation, str]:
     """Convert one row. Returns (conversation, format used); raises RowError to skip the row.
     The format is detected per row, so a bad row never decides how its neighbours are read.
+    ``kind`` is the mix's (sft, preference, prompt; auto: the row's own, see :func:`natural_kind`):
+    a preference row comes back with ``rejected`` set, a prompt row ending with its user turn and its
+    reference answer in ``meta["expected_answer"]``; a row of another kind raises :class:`KindError`.
     ``notes`` collects (kind, detail) of problems that keep the row (numbers given as text,
     unusual turn order)."""
     try:
-        return _to_conversation(data, origin, fmt, columns, instruction_in, system_prompt, source, notes)
+        return _to_conversation(data, origin, fmt, columns, instruction_in, system_prompt, source, notes, kind)
     except RowError:
         raise
     except RecursionError:
@@ -618,7 +925,17 @@ def to_conversation(data: dict, origin: str, *, fmt: str = "auto", columns: dict
         raise RowError("unreadable row", f"{type(exc).__name__}: {exc}") from None
 
 
-def _to_conversation(data, origin, fmt, columns, instruction_in, system_prompt, source, notes):
+def _expected_meta(data: dict) -> dict:
+    meta = {}
+    expected = data.get("expected_answer")
+    if isinstance(expected, float) and not math.isfinite(expected):
+        expected = None
+    if expected is not None and expected != "":
+        meta["expected_answer"] = expected if isinstance(expected, (str, int, float)) else json.dumps(expected)
+    return meta
+
+
+def _to_conversation(data, origin, fmt, columns, instruction_in, system_prompt, source, notes, kind="auto"):
     data = apply_columns(data, columns or {})
     if fmt == "auto":
         fmt_used = detect_format(data)
@@ -626,24 +943,62 @@ def _to_conversation(data, origin, fmt, columns, instruction_in, system_prompt, 
             raise _undetected(data)
     else:
         fmt_used = fmt
-    check_required(data, fmt_used)
+    row_kind = natural_kind(data, fmt_used)
+    if fmt == "auto" and fmt_used == "prompt" and kind != "prompt" and not _strong_prompt(data):
+        # A lone question column is more often an SFT row that lost its reply than a prompt set.
+        raise _undetected(data)
+    if kind == "auto":
+        kind = row_kind
+    elif not kind_accepts(kind, fmt_used, data):
+        raise KindError(fmt_used, row_kind, kind)
     local: list = []
-    if fmt_used == "alpaca":
-        msgs, tools = from_alpaca(data, instruction_in, local)
-    elif fmt_used == "sharegpt":
-        msgs, tools = from_sharegpt(data, columns, local)
+    rejected = None
+    if kind == "prompt":
+        msgs, tools, full = _prompt_messages(data, fmt_used, columns, instruction_in, local)
     else:
-        msgs, tools = CONVERTERS[fmt_used](data, local)
+        check_required(data, fmt_used)
+        if kind == "preference":
+            if fmt_used == "alpaca_preference":
+                msgs, chosen, rejected, tools = from_alpaca_preference(data, instruction_in, local)
+            elif fmt_used == "sharegpt_preference":
+                msgs, chosen, rejected, tools = from_sharegpt_preference(data, columns, local)
+            elif fmt_used == "messages_preference":
+                msgs, chosen, rejected, tools = from_messages_preference(data, local)
+            else:
+                msgs, chosen, rejected, tools = from_preference(data, local)
+        elif fmt_used == "alpaca":
+            msgs, tools = from_alpaca(data, instruction_in, local)
+        elif fmt_used == "sharegpt":
+            msgs, tools = from_sharegpt(data, columns, local)
+        else:
+            msgs, tools = CONVERTERS["reasoning" if fmt_used == "gsm8k" else fmt_used](data, local)
     if system_prompt and (not msgs or msgs[0].role != "system"):
         msgs.insert(0, Message("system", system_prompt))
-    validate_messages(msgs, local)
-    meta = {}
-    expected = data.get("expected_answer")
-    if isinstance(expected, float) and not math.isfinite(expected):
-        expected = None
-    if expected is not None and expected != "":
-        meta["expected_answer"] = expected if isinstance(expected, (str, int, float)) else json.dumps(expected)
-    conv = Conversation(messages=msgs, tools=tools, source=source, origin=origin, meta=meta)
+    meta = _expected_meta(data)
+    if kind == "sft":
+        validate_messages(msgs, local)
+        if fmt_used == "gsm8k" and "expected_answer" not in meta:
+            answer = reference_answer(data, msgs)
+            if answer:
+                meta["expected_answer"] = answer
+    elif kind == "preference":
+        if not msgs:
+            raise RowError("no user turn", "the prompt is empty")
+        validate_prompt(msgs)
+        if _same_reply(chosen, rejected):
+            raise RowError("chosen equals rejected", "the two replies are the same text; the pair teaches nothing")
+        msgs.append(chosen)
+    else:
+        if not msgs:
+            raise RowError("no user turn", "the row has no prompt")
+        validate_prompt(msgs)
+        answer = reference_answer(data, full, local)
+        if not answer:
+            raise RowError("no reference answer", "no expected_answer, answer, solution or ground_truth to check "
+                                                  "a reply against (an answer column needs a \\boxed{} or #### "
+                                                  "or one short line)")
+        meta["expected_answer"] = answer
+    conv = Conversation(messages=msgs, tools=tools, source=source, origin=origin, meta=meta, rejected=rejected)
     check_conversation(conv)
     if notes is not None:
         notes.extend(local)

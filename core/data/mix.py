@@ -33,12 +33,14 @@ from pathlib import Path
 
 from core.config import MixConfig, SourceConfig
 from core.data.conversation import Conversation
-from core.data.formats import RowError, check_columns, to_conversation
+from core.data.formats import KIND_ROWS, KindError, RowError, check_columns, to_conversation
 from core.data.render import (
     MaskError,
     apply_reasoning_turns,
     count_tokens,
     dropped_reasoning,
+    render_preference,
+    render_prompt,
     render_texts,
     reply_spans,
 )
@@ -72,6 +74,10 @@ class LoadedSource:
     skips: list[Skip]
     notices: list[Skip] = field(default_factory=list)  # problems of rows that were kept
     reasoning: dict = field(default_factory=dict)  # rows / replies whose earlier reasoning the template drops
+    kind: str = "sft"  # what the rows are for (core.choices.MIX_KINDS)
+    # What tells two rows apart for duplicates, where the text does not (a preference row's text is
+    # its chosen conversation; the same prompt and chosen reply with another rejected one is a new pair).
+    keys: list[str] | None = None
 
 
 @dataclass
@@ -118,6 +124,7 @@ class MixResult:
     tokenizer: dict
     warnings: list[str] = field(default_factory=list)
     out_dir: Path | None = None
+    kind: str = "sft"
 
     @property
     def counts(self) -> dict[str, int]:
@@ -150,7 +157,7 @@ class MixResult:
         from core.data.report import problem_rows
 
         return {
-            "format": "qwentune-mix", "version": MANIFEST_VERSION,
+            "format": "qwentune-mix", "version": MANIFEST_VERSION, "kind": self.kind,
             "sources": [dict(s.summary(), config=s.config) for s in self.sources],
             "seed": self.config.seed, "upsample": self.config.upsample, "total_target": self.config.total,
             "shuffle": self.config.shuffle, "eval_fraction": self.config.eval_fraction,
@@ -166,7 +173,7 @@ class MixResult:
         """What `python -m core mix --json` prints."""
         from core.data.report import problem_rows
 
-        return {"out": str(self.out_dir) if self.out_dir else None, "total": self.total,
+        return {"out": str(self.out_dir) if self.out_dir else None, "kind": self.kind, "total": self.total,
                 "train_rows": len(self.rows), "eval_rows": len(self.eval_rows), "counts": self.counts,
                 "drops": self.drops, "problems": problem_rows(self),
                 "sources": [s.summary() for s in self.sources],
@@ -296,14 +303,58 @@ def _render_each(convs: list[Conversation], tokenizer, skips: list[Skip]) -> tup
     return kept, texts
 
 
-def _explain_undetected(cfg: SourceConfig, name: str, formats: Counter, skips: list[Skip], undetected: list) -> None:
+def _render_stage_rows(convs: list[Conversation], tokenizer, kind: str, skips: list[Skip]
+                       ) -> tuple[list[Conversation], list[str], list[str], list[list[str]]]:
+    """Preference and prompt rows as the trainer will see them: (kept rows, text for people, text
+    that tells duplicates apart, the pieces whose tokens make the row's length). A preference row's
+    pieces are prompt, chosen, rejected (its length is the prompt and the longer reply); a prompt
+    row's the prompt with the generation prompt."""
+    kept, texts, keys, pieces = [], [], [], []
+    for conv in convs:
+        try:
+            if kind == "preference":
+                p = render_preference(conv, tokenizer)
+                text, key, parts = p.prompt + p.chosen, f"{p.prompt}{p.chosen}\x00{p.rejected}", [p.prompt, p.chosen,
+                                                                                                   p.rejected]
+            else:
+                text = render_prompt(conv, tokenizer)
+                key, parts = f"{text}\x00{conv.meta.get('expected_answer')}", [text]
+        except Exception as exc:  # a row the template cannot render is dropped with the cause
+            skips.append(Skip(conv.origin, "cannot be rendered", f"{type(exc).__name__}: {exc}"))
+            continue
+        kept.append(conv)
+        texts.append(text)
+        keys.append(key)
+        pieces.append(parts)
+    return kept, texts, keys, pieces
+
+
+def _stage_lengths(pieces: list[list[str]], tokenizer) -> list[int]:
+    counts = iter(count_tokens([t for parts in pieces for t in parts], tokenizer))
+    out = []
+    for parts in pieces:
+        n = [next(counts) for _ in parts]
+        out.append(n[0] + max(n[1:]) if len(n) > 1 else n[0])
+    return out
+
+
+def kind_mismatch(name: str, error: KindError, kind_from: str) -> DataError:
+    """A source whose rows are of another kind than the mix: a mix holds one kind of rows."""
+    fixes = (f"take the source out, build it as its own mix, or set kind: {error.row_kind}"
+             if kind_from.startswith("kind:") else "take the source out or build it as its own mix")
+    return DataError(f"source '{name}' holds {KIND_ROWS[error.row_kind]} (format {error.fmt}), but this mix holds "
+                     f"{KIND_ROWS[error.kind]} ({kind_from}). A mix holds one kind of rows: {fixes}.", "sources")
+
+
+def _explain_undetected(cfg: SourceConfig, name: str, formats: Counter, skips: list[Skip], undetected: list,
+                        kind: str = "auto") -> None:
     """A row whose columns fit no format is judged against the format the good rows of its source
     have, so its reason names what it lacks ("needs a column 'output'") instead of "unknown"."""
     fmt, n = formats.most_common(1)[0]
     for index, item in undetected:
         try:
             to_conversation(item.data, item.origin, fmt=fmt, columns=cfg.columns, instruction_in=cfg.instruction_in,
-                            system_prompt=cfg.system_prompt, source=name)
+                            system_prompt=cfg.system_prompt, source=name, kind=kind)
         except RowError as exc:
             skips[index] = Skip(item.origin, exc.reason, f"{exc.detail} (read as {fmt}, the format of the "
                                                          f"{n} good rows)")
@@ -311,21 +362,26 @@ def _explain_undetected(cfg: SourceConfig, name: str, formats: Counter, skips: l
 
 def load_source(cfg: SourceConfig, name: str, tokenizer, *, progress: Progress | None = None,
                 start: float = 0.0, span: float = 1.0, loaders: dict | None = None,
-                reasoning_turns: str = "last_only") -> LoadedSource:
+                reasoning_turns: str = "last_only", kind: str = "auto",
+                kind_from: str = "the mix settings") -> LoadedSource:
     """Read, convert, render and measure one source, streaming: each chunk of converted rows is
     rendered here while the previous chunk is tokenized in a thread (Rust releases the GIL), so
     reading, rendering and tokenizing overlap. Rows that cannot be used are kept as skips, problems
-    of rows that are kept as notices."""
+    of rows that are kept as notices. ``kind`` is the mix's (see core.data.formats.to_conversation);
+    ``auto`` takes the kind of the first row that converts. A source whose rows are all of another
+    kind is a :class:`DataError` (``kind_from`` says where the mix's kind came from)."""
     check_columns(cfg.columns, cfg.format)
     rows, location = open_source(cfg.path, cfg.hub, cfg.split, cfg.subset, cfg.limit, loaders)
     convs: list[Conversation] = []
     texts: list[str] = []
+    keys: list[str] = []
     lengths: list[int] = []
     skips: list[Skip] = []
     notices: list[Skip] = []
     formats: Counter = Counter()
     reasoning = {"mode": reasoning_turns, "rows": 0, "replies": 0, "extra_rows": 0}
     undetected: list = []  # (skip index, row) of rows whose format could not be told
+    mismatch: KindError | None = None
     read = 0
     if progress:
         progress(start, f"reading {name}")
@@ -340,16 +396,22 @@ def load_source(cfg: SourceConfig, name: str, tokenizer, *, progress: Progress |
 
         def flush() -> None:
             nonlocal pending
-            chunk, chunk_texts = _render_each(list(batch), tokenizer, skips)
-            kept, kept_texts = [], []
-            for conv, text in zip(chunk, chunk_texts):
-                try:
-                    reply_spans(conv, text, renderer)
-                except MaskError as exc:
-                    skips.append(Skip(conv.origin, "mask ambiguous", str(exc)))
-                    continue
-                kept.append(conv)
-                kept_texts.append(text)
+            if kind in ("preference", "prompt"):
+                kept, kept_texts, kept_keys, pieces = _render_stage_rows(list(batch), tokenizer, kind, skips)
+                keys.extend(kept_keys)
+                job = (_stage_lengths, pieces, tokenizer)
+            else:
+                chunk, chunk_texts = _render_each(list(batch), tokenizer, skips)
+                kept, kept_texts = [], []
+                for conv, text in zip(chunk, chunk_texts):
+                    try:
+                        reply_spans(conv, text, renderer)
+                    except MaskError as exc:
+                        skips.append(Skip(conv.origin, "mask ambiguous", str(exc)))
+                        continue
+                    kept.append(conv)
+                    kept_texts.append(text)
+                job = (count_tokens, kept_texts, tokenizer)
             kept_ids = {id(c) for c in kept}
             for conv in batch:
                 if id(conv) in kept_ids:
@@ -358,7 +420,7 @@ def load_source(cfg: SourceConfig, name: str, tokenizer, *, progress: Progress |
             texts.extend(kept_texts)
             if pending is not None:
                 lengths.extend(pending.result())
-            pending = pool.submit(count_tokens, kept_texts, tokenizer)
+            pending = pool.submit(*job)
             batch.clear()
             batch_formats.clear()
             if progress:
@@ -375,19 +437,27 @@ def load_source(cfg: SourceConfig, name: str, tokenizer, *, progress: Progress |
             try:
                 conv, fmt = to_conversation(item.data, item.origin, fmt=cfg.format, columns=cfg.columns,
                                             instruction_in=cfg.instruction_in, system_prompt=cfg.system_prompt,
-                                            source=name, notes=notes)
+                                            source=name, notes=notes, kind=kind)
+            except KindError as exc:
+                mismatch = mismatch or exc
+                skips.append(Skip(item.origin, exc.reason, exc.detail))
+                continue
             except RowError as exc:
                 skips.append(Skip(item.origin, exc.reason, exc.detail))
                 if exc.reason == "unknown format" and len(undetected) < EXPLAIN_UNDETECTED:
                     undetected.append((len(skips) - 1, item))
                 continue
-            notices += [Skip(item.origin, kind, detail) for kind, detail in notes]
-            lost = dropped_reasoning(conv)
-            if lost:
-                reasoning["rows"] += 1
-                reasoning["replies"] += len(lost)
-            parts = apply_reasoning_turns(conv, reasoning_turns)
-            reasoning["extra_rows"] += len(parts) - 1
+            if kind == "auto":
+                kind = conv.kind
+            notices += [Skip(item.origin, k, detail) for k, detail in notes]
+            parts = [conv]
+            if kind == "sft":
+                lost = dropped_reasoning(conv)
+                if lost:
+                    reasoning["rows"] += 1
+                    reasoning["replies"] += len(lost)
+                parts = apply_reasoning_turns(conv, reasoning_turns)
+                reasoning["extra_rows"] += len(parts) - 1
             for part in parts:
                 batch.append(part)
                 batch_formats[id(part)] = fmt
@@ -398,15 +468,18 @@ def load_source(cfg: SourceConfig, name: str, tokenizer, *, progress: Progress |
         if pending is not None:
             lengths.extend(pending.result())
     if undetected and formats:
-        _explain_undetected(cfg, name, formats, skips, undetected)
+        _explain_undetected(cfg, name, formats, skips, undetected, kind)
     if not convs:
+        if mismatch is not None:
+            raise kind_mismatch(name, mismatch, kind_from)
         reasons = Counter(s.reason for s in skips)
         top = "; ".join(f"{r} x{c}" for r, c in reasons.most_common(3))
         example = next((f" (e.g. {s.origin}: {s.detail})" for s in skips if s.detail), "")
         where = location.hub_id or ", ".join(f.path for f in location.files)
         raise DataError(f"source '{name}' ({where}) has no usable rows: {read} read, all skipped: {top}"
                         f"{example}. Check format: and columns: for this source.", "sources")
-    return LoadedSource(name, location, convs, texts, lengths, formats, read, skips, notices, reasoning)
+    return LoadedSource(name, location, convs, texts, lengths, formats, read, skips, notices, reasoning,
+                        kind=kind if kind != "auto" else "sft", keys=keys if kind in ("preference", "prompt") else None)
 
 
 class SourceCache:
@@ -418,7 +491,7 @@ class SourceCache:
         self._items: dict[tuple, LoadedSource] = {}
 
     @staticmethod
-    def key(cfg: SourceConfig, name: str, tokenizer, reasoning_turns: str = "last_only") -> tuple:
+    def key(cfg: SourceConfig, name: str, tokenizer, reasoning_turns: str = "last_only", kind: str = "auto") -> tuple:
         stamp: tuple = ()
         kind = source_kind(cfg.path, cfg.hub)
         if kind in ("local", "sample"):
@@ -428,7 +501,7 @@ class SourceCache:
             except (DataError, OSError):
                 stamp = ("missing",)
         spec = (cfg.path, cfg.hub, cfg.split, cfg.subset, cfg.limit, cfg.format, tuple(sorted(cfg.columns.items())),
-                cfg.instruction_in, cfg.system_prompt, name, reasoning_turns)
+                cfg.instruction_in, cfg.system_prompt, name, reasoning_turns, kind)
         tok = (str(tokenizer.name_or_path), hash(str(tokenizer.chat_template)), len(tokenizer))
         return spec + stamp + tok
 
@@ -486,13 +559,16 @@ def _build(cfg: MixConfig, tokenizer, out_dir, progress, cache, loaders, overwri
     names = source_names(cfg)
     n = len(cfg.sources)
     loaded: list[LoadedSource] = []
+    kind = cfg.kind
+    kind_from = f"kind: {kind} in the mix settings" if kind != "auto" else ""
     for i, (scfg, name) in enumerate(zip(cfg.sources, names)):
-        key = SourceCache.key(scfg, name, tokenizer, cfg.reasoning_turns) if cache is not None else None
+        key = SourceCache.key(scfg, name, tokenizer, cfg.reasoning_turns, kind) if cache is not None else None
         item = cache.get(key) if cache is not None else None
         if item is None:
             try:
                 item = load_source(scfg, name, tokenizer, progress=progress, start=0.85 * i / n,
-                                   span=0.85 / n, loaders=loaders, reasoning_turns=cfg.reasoning_turns)
+                                   span=0.85 / n, loaders=loaders, reasoning_turns=cfg.reasoning_turns, kind=kind,
+                                   kind_from=kind_from)
             except ConfigError as exc:
                 if exc.where.startswith("sources"):
                     raise
@@ -500,10 +576,14 @@ def _build(cfg: MixConfig, tokenizer, out_dir, progress, cache, loaders, overwri
                                 exc.source) from None
             if cache is not None:
                 cache.put(key, item)
+        if kind == "auto":
+            # The first source decides; the others must fit it.
+            kind, kind_from = item.kind, f"the kind of its first source '{name}'; set kind: to choose"
         loaded.append(item)
     if progress:
         progress(0.86, "mixing")
     result = _mix(cfg, names, loaded, tokenizer)
+    result.kind = kind if kind != "auto" else "sft"
     if out_dir is not None:
         if progress:
             progress(0.9, "writing the mix folder")
@@ -528,7 +608,7 @@ def _mix(cfg: MixConfig, names: list[str], loaded: list[LoadedSource], tokenizer
             _add_drop(notices, s.reason, s.origin, s.detail)
         keep, long_rows = [], set()
         for j, (conv, length) in enumerate(zip(src.conversations, src.lengths)):
-            at = seen.setdefault(src.texts[j], (si, j))
+            at = seen.setdefault(src.keys[j] if src.keys is not None else src.texts[j], (si, j))
             if at != (si, j):
                 first = loaded[at[0]].conversations[at[1]].origin
                 if cfg.dedupe:

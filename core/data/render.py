@@ -138,6 +138,14 @@ class PreferenceText:
     chosen: str
     rejected: str
 
+    def trained_row(self) -> dict[str, str]:
+        """{prompt, chosen, rejected} for a preference trainer: each reply ends at its
+        ``<|im_end|>``, the last token SFT trains (the newline after it is the template's separator,
+        never trained). TRL's DPOTrainer appends the eos token (Qwen3's ``<|im_end|>``) to a text
+        reply that does not end with it, which would otherwise close each reply twice."""
+        return {"prompt": self.prompt, "chosen": self.chosen.removesuffix("\n"),
+                "rejected": self.rejected.removesuffix("\n")}
+
 
 class RenderError(ValueError):
     """A row cannot be rendered the way its stage needs (no rejected reply, no user turn to answer)."""

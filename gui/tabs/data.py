@@ -24,7 +24,7 @@ COLUMN_WIDTHS = ["12%", "14%", "7%", "9%", "10%", "7%", "6%", "10%", "15%", "10%
 SOURCE_COLUMN_WIDTHS = ["7%", "22%", "38%", "14%", "19%"]
 SOURCE_COLUMNS = ("n", "name", "path", "format", "share")
 MIX_FIELDS = ("seed", "max_seq_len", "overlong", "upsample", "total", "eval_fraction", "shuffle",
-              "reasoning_turns", "dedupe")
+              "reasoning_turns", "dedupe", "kind")
 # The "add a source" form's widgets, in the order form_source() takes them.
 FORM_FIELDS = ("kind", "sample", "path", "hub_id", "hub", "split", "subset", "limit", "name", "format",
                "share_mode", "share", "columns", "instruction_in", "system_prompt", "min_tokens", "max_tokens")
@@ -137,8 +137,11 @@ def preview_rows(result, source: str) -> list:
 
 
 def preview_page(ctx, result, tokenizer, source: str, index: int, assistant_only: bool, empty_think: bool) -> tuple:
-    from core.data.preview import preview_html, render_preview
-    from core.data.render import MaskOptions
+    """(HTML of row ``index`` as it will be trained, the index shown). An SFT row is shown with its
+    trained tokens highlighted, a preference row as prompt / chosen / rejected, a prompt row as the
+    prompt and its reference answer."""
+    from core.data.preview import preference_html, preview_html, prompt_html, render_preview
+    from core.data.render import MaskOptions, count_tokens, render_preference, render_prompt
 
     t = ctx.t
     rows = preview_rows(result, source) if result is not None else []
@@ -147,11 +150,23 @@ def preview_page(ctx, result, tokenizer, source: str, index: int, assistant_only
     index = max(0, min(int(index or 0), len(rows) - 1))
     conv = rows[index]
     cfg = result.config
+    where = {"i": index + 1, "n": len(rows), "source": conv.source, "origin": conv.origin}
+    if conv.kind == "preference":
+        pair = render_preference(conv, tokenizer)
+        p, c, r = count_tokens([pair.prompt, pair.chosen, pair.rejected], tokenizer)
+        title = t("data.preview_title_preference", **where, prompt=p, chosen=c, rejected=r)
+        labels = (t("data.part.prompt"), t("data.part.chosen"), t("data.part.rejected"))
+        return preference_html(pair, labels, title=title, legend=t("data.preview_legend_preference")), index
+    if conv.kind == "prompt":
+        prompt = render_prompt(conv, tokenizer)
+        title = t("data.preview_title_prompt", **where, tokens=count_tokens([prompt], tokenizer)[0])
+        labels = (t("data.part.prompt"), t("data.part.answer"))
+        return prompt_html(prompt, str(conv.meta.get("expected_answer", "")), labels, title=title,
+                           legend=t("data.preview_legend_prompt")), index
     rendered = render_preview(conv, tokenizer, options=MaskOptions(assistant_only=assistant_only,
                                                                   train_empty_think=empty_think),
                               max_len=cfg.max_seq_len, truncate=cfg.overlong == "truncate")
-    title = t("data.preview_title", i=index + 1, n=len(rows), source=conv.source, origin=conv.origin,
-              tokens=rendered.n_tokens, trained=rendered.n_trained)
+    title = t("data.preview_title", **where, tokens=rendered.n_tokens, trained=rendered.n_trained)
     return preview_html(rendered, title=title, legend=t("data.preview_legend")), index
 
 
@@ -230,6 +245,7 @@ def rebuild(ctx, sources, cache, tok_spec, *settings, progress=None) -> tuple:
     except Exception as exc:  # shown in the page: bad input must never break the app
         return (_error_text(ctx, exc), [], "", "", None, None, cache, gr.update(), cfg_yaml)
     done = t("data.built", total=result.total, train=len(result.rows), eval=len(result.eval_rows))
+    done += "\n\n" + t(f"data.kind_report.{result.kind}")
     return (done, counts_table(t, result), warnings_markdown(t, result, cfg.overlong), drops_markdown(t, result),
             histogram(ctx, result), result, cache, gr.update(**_preview_sources(ctx, [s.name for s in result.sources])),
             cfg_yaml)
@@ -573,6 +589,9 @@ def build(ctx) -> None:
                                           info=_help(ctx, minfo["shuffle"]), elem_id="data-shuffle")
                     dedupe = gr.Checkbox(value=minfo["dedupe"].default, label=_label(ctx, "dedupe"),
                                          info=_help(ctx, minfo["dedupe"]), elem_id="data-dedupe")
+                mix_kind = gr.Radio(choices=[(t(f"data.mix_kind.{k}"), k) for k in minfo["kind"].choices],
+                                    value=minfo["kind"].default, label=_label(ctx, "kind"),
+                                    info=_help(ctx, minfo["kind"]), elem_id="data-mix-kind")
                 reasoning_turns = gr.Radio(choices=list(minfo["reasoning_turns"].choices),
                                            value=minfo["reasoning_turns"].default, label=_label(ctx, "reasoning_turns"),
                                            info=_help(ctx, minfo["reasoning_turns"]), elem_id="data-reasoning-turns")
@@ -612,7 +631,8 @@ def build(ctx) -> None:
                 with gr.Accordion(t("data.yaml"), open=False):
                     yaml_view = gr.Code(language="yaml", interactive=False, elem_id="data-yaml")
 
-    settings_inputs = [seed, max_seq_len, overlong, upsample, total, eval_fraction, shuffle, reasoning_turns, dedupe]
+    settings_inputs = [seed, max_seq_len, overlong, upsample, total, eval_fraction, shuffle, reasoning_turns, dedupe,
+                       mix_kind]
     form_inputs = [kind, sample, path, hub_id, hub, split, subset, limit, name, fmt, share_mode, share, columns,
                    instruction_in, system_prompt, min_tokens, max_tokens]
     mix_outputs = [status, counts, warning, drops, hist, result_state, cache_state, preview_source, yaml_view]
@@ -637,7 +657,7 @@ def build(ctx) -> None:
                             outputs=[sources_state, sources_table, pick, *settings_inputs, form_status]))
     (build_btn.click(bind(rebuild, ctx), inputs=rebuild_inputs, outputs=mix_outputs)
      .then(bind(show_preview, ctx), inputs=preview_inputs, outputs=[preview, preview_index]))
-    for widget in (overlong, upsample, shuffle, reasoning_turns, dedupe):
+    for widget in (overlong, upsample, shuffle, reasoning_turns, dedupe, mix_kind):
         chain(widget.input(bind(no_op, ctx), inputs=None, outputs=None))
     for widget in (seed, max_seq_len, total):
         chain(widget.submit(bind(no_op, ctx), inputs=None, outputs=None))

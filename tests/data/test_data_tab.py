@@ -79,6 +79,51 @@ def test_preview_page_uses_the_training_mask(result, demo_tokenizer):
     assert last == result.total - 1
 
 
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_preview_shows_a_preference_row_as_prompt_chosen_rejected(demo_tokenizer, lang):
+    from core.data.render import render_preference
+    from gui.tabs.data import preview_page
+
+    ctx = Ctx(lang)
+    res = build_mix(MixConfig(sources=[SourceConfig(path="samples/preference_zh_en")], shuffle=False), demo_tokenizer)
+    page_html, index = preview_page(ctx, res, demo_tokenizer, "*", 0, True, True)
+    pair = render_preference(res.train[0], demo_tokenizer)
+    assert index == 0 and '<mark class="qt-chosen">' in page_html and '<mark class="qt-rejected">' in page_html
+    for key in ("data.part.prompt", "data.part.chosen", "data.part.rejected"):
+        assert ctx.t(key) in page_html
+    chosen = page_html.split('<mark class="qt-chosen">', 1)[1].split("</mark>", 1)[0]
+    assert chosen.replace('<span class="qt-special">', "").replace("</span>", "") == \
+        pair.chosen.replace("<", "&lt;").replace(">", "&gt;")
+    assert res.train[0].rejected.content in page_html
+
+
+def test_preview_shows_a_prompt_row_with_its_reference_answer(demo_tokenizer):
+    from gui.tabs.data import preview_page
+
+    ctx = Ctx("zh")
+    res = build_mix(MixConfig(sources=[SourceConfig(path="samples/math_prompts")], shuffle=False), demo_tokenizer)
+    page_html, _ = preview_page(ctx, res, demo_tokenizer, "*", 1, True, True)
+    row = res.train[1]
+    assert ctx.t("data.part.answer") in page_html and '<mark class="qt-answer">' in page_html
+    assert f'<mark class="qt-answer">{row.meta["expected_answer"]}</mark>' in page_html
+    assert row.messages[-1].content in page_html and "提示" in page_html
+
+
+def test_the_status_names_the_kind_of_mix(tmp_path, demo_tokenizer):
+    from gui.app import AppContext
+    from gui.tabs import data
+
+    ctx = AppContext(runs_dir=tmp_path / "runs", demo=True, mixes_dir=tmp_path / "mixes")
+    ctx.server["data.tokenizers"] = {"demo": demo_tokenizer}
+    sources = [to_dict(SourceConfig(path="samples/preference_zh_en"))]
+    settings = [7, 2048, "drop", False, 0, 0.0, True, "last_only", False, "auto"]
+    status, *_rest = data.rebuild(ctx, sources, None, "demo", *settings)
+    assert ctx.t("data.kind_report.preference") in status
+    settings[-1] = "sft"
+    status, *_rest = data.rebuild(ctx, sources, None, "demo", *settings)
+    assert status.startswith("✗") and "preference_zh_en" in status and "kind: preference" in status
+
+
 def test_histogram_has_a_trace_per_source_and_the_limit_line(result):
     from gui.tabs.data import histogram
 

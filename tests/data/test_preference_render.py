@@ -163,3 +163,16 @@ def test_mix_folder_keeps_rejected_meta_and_kind(tmp_path):
     assert mix_kind({}) == "sft"
     with pytest.raises(ConfigError, match="unknown mix kind"):
         mix_kind(dict(read_manifest(tmp_path / "g"), kind="ranking"))
+
+
+def test_trained_row_ends_each_reply_at_im_end_as_sft_trains_it(qwen3):
+    from core.data.render import MaskOptions, render
+
+    conv = pref(Message("assistant", "5", reasoning="Add."), Message("assistant", "6"))
+    p = render_preference(conv, qwen3)
+    row = p.trained_row()
+    assert row["prompt"] == p.prompt and row["chosen"] + "\n" == p.chosen and row["rejected"] + "\n" == p.rejected
+    assert row["chosen"].endswith(qwen3.eos_token)  # a trainer adding eos to replies without it adds none
+    sft = render(conv, qwen3, options=MaskOptions())
+    trained = qwen3.decode([i for i, m in zip(sft.input_ids, sft.mask) if m])
+    assert trained == row["chosen"]

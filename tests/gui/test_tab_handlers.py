@@ -31,7 +31,7 @@ def form(kind="sample", sample="samples/chat_zh", path="", name="", share_mode="
     return [values[f] for f in FORM_FIELDS]
 
 
-MIX_SETTINGS = [7, 2048, "drop", False, 0, 0.1, True, "last_only", False]  # MIX_FIELDS order
+MIX_SETTINGS = [7, 2048, "drop", False, 0, 0.1, True, "last_only", False, "auto"]  # MIX_FIELDS order
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -252,7 +252,7 @@ def test_a_saved_mix_opens_again_for_editing_and_kept_sources_come_back(ctx):
 
     sources = data.add_source(ctx, [], *form(sample="samples/math_reasoning", share=3))[0]
     sources = data.add_source(ctx, sources, *form(sample="samples/chat_zh", share=1))[0]
-    settings = [11, 1024, "drop", False, 0, 0.2, True, "split", True]
+    settings = [11, 1024, "drop", False, 0, 0.2, True, "split", True, "sft"]
     assert data.save(ctx, sources, None, "demo", "edit-me", False, *settings)[0].startswith("✓")
     (name, folder), = data.saved_mixes(ctx)
     assert name == "edit-me"

@@ -136,10 +136,27 @@ def test_core_mix_reports_real_qwen3_counts_with_no_flag(sample, tmp_path, capsy
     assert summary["tokenizer"]["spec"] == "qwen3" and summary["tokenizer"]["vocab_size"] == 151_669
     rows = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text(encoding="utf-8").splitlines()]
     assert rows
+    def count(text: str) -> int:
+        return len(reference.encode(text, add_special_tokens=False).ids)
+
     for row in rows:
         conv = Conversation.from_json(row["conversation"])
-        text = qwen3.apply_chat_template(conv.template_messages(), tools=conv.tools or None, tokenize=False)
-        assert row["n_tokens"] == len(reference.encode(text, add_special_tokens=False).ids)
+        if conv.kind == "sft":
+            text = qwen3.apply_chat_template(conv.template_messages(), tools=conv.tools or None, tokenize=False)
+            assert row["n_tokens"] == count(text)
+        elif conv.kind == "prompt":
+            text = qwen3.apply_chat_template(conv.template_messages(), tools=conv.tools or None, tokenize=False,
+                                             add_generation_prompt=True)
+            assert row["n_tokens"] == count(text)
+        else:  # a preference pair: the prompt and the longer reply
+            chosen = qwen3.apply_chat_template(conv.template_messages(), tokenize=False)
+            rejected = qwen3.apply_chat_template(conv.with_reply(conv.rejected).template_messages(), tokenize=False)
+            shared = next(i for i, (a, b) in enumerate(zip(chosen + "\0", rejected + "\1")) if a != b)
+            prompt = chosen[:chosen.rindex("<|im_start|>assistant\n", 0, shared + 1) + len("<|im_start|>assistant\n")]
+            if not conv.messages[-1].reasoning and not conv.rejected.reasoning:
+                prompt += "<think>\n\n</think>\n\n"
+            replies = [count(chosen[len(prompt):]), count(rejected[len(prompt):])]
+            assert row["n_tokens"] == count(prompt) + max(replies)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["tokenizer"]["spec"] == "qwen3"
 
