@@ -50,6 +50,8 @@ class Conversation:
     source: str = ""  # the source's short name in a mix
     origin: str = ""  # "file.jsonl:17" or "dataset-id[42]"
     meta: dict = field(default_factory=dict)  # e.g. expected_answer
+    # Preference rows: the last message is the chosen reply, this the rejected one to the same prompt.
+    rejected: Message | None = None
 
     def template_messages(self) -> list[dict]:
         return [m.to_template() for m in self.messages]
@@ -58,34 +60,55 @@ class Conversation:
     def has_reasoning(self) -> bool:
         return any(m.role == "assistant" and m.reasoning for m in self.messages)
 
+    @property
+    def kind(self) -> str:
+        """'preference' (a chosen reply and a rejected one), 'prompt' (ends with a user or tool turn,
+        for generation) or 'sft'."""
+        if self.rejected is not None:
+            return "preference"
+        if self.messages and self.messages[-1].role in ("user", "tool"):
+            return "prompt"
+        return "sft"
+
+    def with_reply(self, reply: Message) -> Conversation:
+        """The same row with ``reply`` in place of the last message (the chosen one), as a plain
+        conversation: how the rejected alternative of a preference row renders."""
+        return Conversation(messages=[*self.messages[:-1], reply], tools=self.tools, source=self.source,
+                            origin=self.origin, meta=self.meta)
+
     def to_json(self) -> dict:
-        return {
-            "messages": [
-                {k: v for k, v in {
-                    "role": m.role, "content": m.content, "reasoning": m.reasoning,
-                    "tool_calls": [{"name": t.name, "arguments": t.arguments} for t in m.tool_calls]
-                    or None,
-                    "name": m.name,
-                    "loss": False if not m.loss else None,
-                }.items() if v is not None}
-                for m in self.messages
-            ],
+        out = {
+            "messages": [_message_json(m) for m in self.messages],
             "tools": self.tools,
             "source": self.source,
             "origin": self.origin,
             "meta": self.meta,
         }
+        if self.rejected is not None:
+            out["rejected"] = _message_json(self.rejected)
+        return out
 
     @classmethod
     def from_json(cls, data: dict) -> Conversation:
-        msgs = [
-            Message(role=m["role"], content=m.get("content", ""), reasoning=m.get("reasoning"),
-                    tool_calls=[ToolCall(t["name"], t["arguments"]) for t in m.get("tool_calls") or []],
-                    name=m.get("name"), loss=m.get("loss", True) is not False)
-            for m in data["messages"]
-        ]
-        return cls(messages=msgs, tools=data.get("tools"), source=data.get("source", ""),
-                   origin=data.get("origin", ""), meta=data.get("meta") or {})
+        rejected = data.get("rejected")
+        return cls(messages=[_message_from_json(m) for m in data["messages"]], tools=data.get("tools"),
+                   source=data.get("source", ""), origin=data.get("origin", ""), meta=data.get("meta") or {},
+                   rejected=_message_from_json(rejected) if rejected is not None else None)
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), ensure_ascii=False)
+
+
+def _message_json(m: Message) -> dict:
+    return {k: v for k, v in {
+        "role": m.role, "content": m.content, "reasoning": m.reasoning,
+        "tool_calls": [{"name": t.name, "arguments": t.arguments} for t in m.tool_calls] or None,
+        "name": m.name,
+        "loss": False if not m.loss else None,
+    }.items() if v is not None}
+
+
+def _message_from_json(m: dict) -> Message:
+    return Message(role=m["role"], content=m.get("content", ""), reasoning=m.get("reasoning"),
+                   tool_calls=[ToolCall(t["name"], t["arguments"]) for t in m.get("tool_calls") or []],
+                   name=m.get("name"), loss=m.get("loss", True) is not False)

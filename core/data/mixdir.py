@@ -1,7 +1,8 @@
 """The saved mix folder: what the Data tab and `python -m core mix` write and the trainer reads.
 
-    <mix>/manifest.json   sources (path or id, hash or revision), ratios, seed, counts, drops,
-                          tokenizer, max length, eval split size
+    <mix>/manifest.json   kind (sft | preference | prompt; absent = sft), sources (path or id, hash
+                          or revision), ratios, seed, counts, drops, tokenizer, max length, eval
+                          split size
     <mix>/train.jsonl     one row per line: {"conversation": {...}, "text": ..., "n_tokens": N,
                           "source": name}
     <mix>/train.parquet   the same rows (conversation stored as JSON text)
@@ -97,8 +98,21 @@ def read_manifest(mix_dir: str | Path) -> dict:
     return manifest
 
 
+def mix_kind(manifest: dict) -> str:
+    """What the mix's rows are for (core.choices.MIX_KINDS); a manifest without "kind" is an SFT mix."""
+    from core.choices import MIX_KINDS
+
+    kind = manifest.get("kind") or "sft"
+    if kind not in MIX_KINDS:
+        raise ConfigError(f"unknown mix kind {kind!r} in {MANIFEST} (expected one of {', '.join(MIX_KINDS)})",
+                          "data.mix_dir")
+    return kind
+
+
 def read_mix_dir(mix_dir: str | Path) -> tuple[list[Conversation], list[Conversation], dict]:
-    """(train conversations, eval conversations, manifest) of a saved mix folder."""
+    """(train conversations, eval conversations, manifest) of a saved mix folder. Preference rows
+    come back with ``rejected`` set, prompt rows with their ``meta["expected_answer"]``; the
+    manifest's "kind" (see :func:`mix_kind`) says which the folder holds."""
     mix_dir = Path(mix_dir)
     manifest = read_manifest(mix_dir)
     train = _read_rows(mix_dir / "train.jsonl")

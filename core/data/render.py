@@ -93,35 +93,114 @@ def _fast_template(template: str):
     return env.from_string(template)
 
 
-def _template_renderer(tokenizer, with_tools: bool):
+def _template_renderer(tokenizer, with_tools: bool, *, add_generation_prompt: bool = False,
+                       enable_thinking: bool | None = None):
     """A function conversation -> text that renders exactly what ``apply_chat_template`` renders,
     without its per-call overhead: the same template and variables (the tokenizer's special tokens),
     compiled once. Falls back to apply_chat_template when transformers' internals have moved."""
     template = tokenizer.get_chat_template(None, [{}] if with_tools else None)
     compiled = _fast_template(template)
     if compiled is None:
-        return lambda conv: render_text(conv, tokenizer)
+        return lambda conv: render_text(conv, tokenizer, add_generation_prompt=add_generation_prompt,
+                                        enable_thinking=enable_thinking)
     variables = dict(tokenizer.special_tokens_map)
+    if enable_thinking is not None:
+        variables["enable_thinking"] = enable_thinking
 
     def render_one(conv: Conversation) -> str:
         return compiled.render(messages=conv.template_messages(), tools=conv.tools or None, documents=None,
-                               add_generation_prompt=False, **variables)
+                               add_generation_prompt=add_generation_prompt, **variables)
 
     return render_one
 
 
-def render_texts(convs: list[Conversation], tokenizer) -> list[str]:
+def render_texts(convs: list[Conversation], tokenizer, *, add_generation_prompt: bool = False,
+                 enable_thinking: bool | None = None) -> list[str]:
     """The training text of many conversations: the same text as :func:`render_text`, faster."""
-    plain = with_tools = None
+    renderers: dict[bool, object] = {}
     out = []
     for conv in convs:
-        if conv.tools:
-            with_tools = with_tools or _template_renderer(tokenizer, True)
-            out.append(with_tools(conv))
-        else:
-            plain = plain or _template_renderer(tokenizer, False)
-            out.append(plain(conv))
+        tools = bool(conv.tools)
+        if tools not in renderers:
+            renderers[tools] = _template_renderer(tokenizer, tools, add_generation_prompt=add_generation_prompt,
+                                                  enable_thinking=enable_thinking)
+        out.append(renderers[tools](conv))
     return out
+
+
+# ------------------------------------------------------------------ preference and prompt rows
+@dataclass(frozen=True)
+class PreferenceText:
+    """A preference row as text: ``prompt + chosen`` and ``prompt + rejected`` are each exactly the
+    training rendering of that reply after the prompt."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+class RenderError(ValueError):
+    """A row cannot be rendered the way its stage needs (no rejected reply, no user turn to answer)."""
+
+
+def _prompt_part(conv: Conversation) -> Conversation:
+    """The row without its reply: messages up to the last user or tool turn."""
+    msgs = conv.messages
+    end = len(msgs)
+    while end and msgs[end - 1].role == "assistant":
+        end -= 1
+    if not end or msgs[end - 1].role not in ("user", "tool"):
+        raise RenderError(f"{conv.origin or 'a row'}: no user turn for the model to answer")
+    return Conversation(messages=msgs[:end], tools=conv.tools, source=conv.source, origin=conv.origin,
+                        meta=conv.meta)
+
+
+def _reply_after(full: str, prompt: str, conv: Conversation, which: str) -> str:
+    if not full.startswith(prompt):
+        raise RenderError(f"{conv.origin or 'a row'}: the chat template renders the {which} reply's "
+                          "conversation with a different prompt, so it cannot be split into prompt + reply")
+    return full[len(prompt):]
+
+
+def _has_reasoning(m) -> bool:
+    # Qwen3's template also takes reasoning written inline as <think>...</think> in the content.
+    return bool(m.reasoning) or (m.reasoning is None and "</think>" in m.content)
+
+
+def render_preference(conv: Conversation, tokenizer) -> PreferenceText:
+    """A preference row (``conv.messages[-1]`` the chosen reply, ``conv.rejected`` the other one) as
+    prompt / chosen / rejected text in the tokenizer's chat template.
+
+    The prompt is the template of the messages before the reply with the generation prompt. Qwen3
+    renders a final reply without reasoning after an empty think block, and the generation prompt
+    with ``enable_thinking=False`` ends with that same block; so when neither reply has reasoning the
+    block belongs to the prompt (each reply is its content + ``<|im_end|>\n``), and when either has,
+    the prompt stops at ``<|im_start|>assistant\n`` and each reply starts with its own think block
+    (the empty one for a reply without reasoning). Either way ``prompt + chosen`` is the SFT
+    rendering of the chosen conversation and ``prompt + rejected`` that of the rejected one."""
+    if conv.rejected is None:
+        raise RenderError(f"{conv.origin or 'a row'}: not a preference row (no rejected reply)")
+    chosen = conv.messages[-1] if conv.messages else None
+    if chosen is None or chosen.role != "assistant" or conv.rejected.role != "assistant":
+        raise RenderError(f"{conv.origin or 'a row'}: a preference row ends with the chosen assistant reply "
+                          "and its rejected reply is an assistant turn")
+    prompt_conv = _prompt_part(Conversation(messages=conv.messages[:-1], tools=conv.tools, origin=conv.origin))
+    if len(prompt_conv.messages) != len(conv.messages) - 1:
+        raise RenderError(f"{conv.origin or 'a row'}: the chosen reply must follow a user or tool turn")
+    thinking = _has_reasoning(chosen) or _has_reasoning(conv.rejected)
+    prompt, full_chosen, full_rejected = (
+        render_texts([prompt_conv], tokenizer, add_generation_prompt=True, enable_thinking=thinking)[0],
+        *render_texts([conv, conv.with_reply(conv.rejected)], tokenizer))
+    return PreferenceText(prompt=prompt, chosen=_reply_after(full_chosen, prompt, conv, "chosen"),
+                          rejected=_reply_after(full_rejected, prompt, conv, "rejected"))
+
+
+def render_prompt(conv: Conversation, tokenizer, *, thinking: bool = True) -> str:
+    """The prompt of a row for generation (GRPO rollouts, chat): its messages up to the last user or
+    tool turn (a trailing reply is left out) with the generation prompt. ``thinking=False`` ends it
+    with Qwen3's empty think block, so the model answers without reasoning."""
+    return render_texts([_prompt_part(conv)], tokenizer, add_generation_prompt=True,
+                        enable_thinking=None if thinking else False)[0]
 
 
 def count_tokens(texts: list[str], tokenizer) -> list[int]:

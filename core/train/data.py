@@ -64,6 +64,16 @@ def tokenize(convs, tokenizer, train_cfg) -> Tokenized:
     return out
 
 
+def tokenize_run(cfg, convs, tokenizer):
+    """The run's rows for its stage: SFT's token ids + mask (:func:`tokenize`), or the preference /
+    prompt rows of dpo, orpo and grpo (core.train.stages.tokenize)."""
+    if cfg.train.stage == "sft":
+        return tokenize(convs, tokenizer, cfg.train)
+    from core.train.stages import tokenize as stage_tokenize
+
+    return stage_tokenize(cfg, convs, tokenizer)
+
+
 # Drop reasons (manifest.json's per-source ``drops``) that come from token counts: rows a mix
 # dropped for these were judged by the mix's tokenizer, and the mix folder no longer holds them.
 LENGTH_REASON_WORDS = ("tokens", "max_seq_len")

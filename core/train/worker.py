@@ -353,6 +353,10 @@ def resolve_optimizer(requested: str, cuda: bool) -> str:
 
 
 def build_trainer(cfg, loaded, train_tok, eval_tok, run_dir: Path, callbacks, packing: str):
+    if cfg.train.stage != "sft":  # dpo / orpo / grpo: TRL's trainer for the stage
+        from core.train import stages
+
+        return stages.build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, callbacks)
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -490,10 +494,10 @@ def _run(cfg, run_dir: Path, resume: bool, reserve: FailureReserve) -> int:
         params = trainable_summary(loaded.model)
         log(f"model loaded in {time.perf_counter() - t_load:.1f}s: {params['trainable_params']:,} trainable of "
             f"{params['total_params']:,} parameters")
-        from core.train.data import mix_tokenizer_notice, tokenize
+        from core.train.data import mix_tokenizer_notice, tokenize_run
 
-        train_tok = tokenize(train_convs, loaded.tokenizer, cfg.train)
-        eval_tok = tokenize(eval_convs, loaded.tokenizer, cfg.train) if eval_convs else None
+        train_tok = tokenize_run(cfg, train_convs, loaded.tokenizer)
+        eval_tok = tokenize_run(cfg, eval_convs, loaded.tokenizer) if eval_convs else None
         mix_note = mix_tokenizer_notice(manifest, loaded.tokenizer, train_tok, cfg.train.max_seq_len)
         if mix_note:
             log("note: " + mix_note)
@@ -627,6 +631,12 @@ def _load_data(cfg, run_dir: Path, model_path: Path, resume: bool):
     from core.train.data import load_mix
 
     train, evals, manifest, mix_dir = load_mix(cfg, run_dir, model_path, resume, echo=log)
+    from core.data.mixdir import mix_kind
+    from core.train.validate import stage_problems
+
+    problems = [p for p in stage_problems(cfg, kind=mix_kind(manifest)) if p.level == "error"]
+    if problems:  # e.g. a dpo run on an sft mix: the rows cannot train this stage
+        raise ConfigError(problems[0].message, problems[0].setting)
     if cfg.data.mix_dir:  # keep what this run trained on, even if the mix folder changes later
         (run_dir / "mix_manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
                                                    encoding="utf-8")
@@ -663,10 +673,16 @@ def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log) -
     counter = TokenCounter(echo=echo)
     gpu = GpuSampler()
     progress = ProgressCallback(run_dir, counter, gpu, echo=echo)
-    packing, why = choose_packing(cfg.train.packing, [len(x) for x in train_tok.input_ids], cfg.train.micro_batch,
-                                  cfg.train.max_seq_len)
+    if cfg.train.stage == "sft":
+        packing, why = choose_packing(cfg.train.packing, [len(x) for x in train_tok.input_ids],
+                                      cfg.train.micro_batch, cfg.train.max_seq_len)
+    else:
+        from core.train.stages import batching_notice
+
+        packing, why = "off", batching_notice(cfg.train.stage)
     echo("batching: " + why)
-    runs.write_status(run_dir, packing=packing, packing_reason=why, packing_code=codes_of([why])[0])
+    runs.write_status(run_dir, packing=packing, packing_reason=why, packing_code=codes_of([why])[0],
+                      stage=cfg.train.stage)
     if packing in ("packing", "padding_free") and loaded.backend == "unsloth":
         from core.train.backends import varlen_attention_available
 
@@ -682,7 +698,13 @@ def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log) -
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our callback prints one readable line per step
-    if not counter.wrap(trainer.data_collator):
+    if cfg.train.stage != "sft":
+        from core.train.stages import count_tokens
+
+        wrapped = count_tokens(trainer, counter)
+    else:
+        wrapped = counter.wrap(trainer.data_collator)
+    if not wrapped:
         echo("note: the data collator cannot be wrapped; tokens/s will not be shown")
     original_evaluate = trainer.evaluate
 
