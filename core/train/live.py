@@ -4,7 +4,7 @@ charts (from metrics.jsonl, TRL's key names) and the sampled completions of a GR
 metrics.jsonl keeps TRL's keys: for grpo ``reward``, ``reward_std``, ``rewards/<name>/mean`` (one per
 reward function), ``kl`` (when rl.kl_beta > 0), ``completions/mean_length``; for dpo / orpo
 ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``. A GRPO run also
-writes samples.jsonl, one JSON object per sampled completion::
+writes samples.jsonl (core.runfolder.RunFolder.samples), one JSON object per sampled completion::
 
     {"step": 12, "prompt": "...", "completion": "...", "rewards": {"answer": 1.0, "format": 0.5},
      "answer": "42"}
@@ -14,12 +14,10 @@ This module reads only; it imports nothing heavy.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from core.choices import STAGES
 
-SAMPLES_FILE = "samples.jsonl"  # in the run folder, next to metrics.jsonl
 SAMPLES_TAIL_BYTES = 256_000  # the end of samples.jsonl that is read: its newest steps
 
 # Which rl settings each stage reads (the Train tab shows them only for those stages).
@@ -32,6 +30,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "rl.temperature": ("grpo",),
     "rl.rewards": ("grpo",),
     "rl.reward_file": ("grpo",),
+    "rl.rollout": ("grpo",),
 }
 PREFERENCE_STAGES = ("dpo", "orpo")
 
@@ -95,17 +94,18 @@ def latest(metrics: list[dict], key: str):
     return None
 
 
-def samples_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / SAMPLES_FILE
-
-
 def _sample(row) -> dict | None:
-    """A samples.jsonl row in its documented shape, or None when it is not one."""
+    """A samples.jsonl row in its documented shape, or None when it is not one. A reward that is not
+    a number (None: that function gave no score for the row) is kept as None."""
     if not isinstance(row, dict) or not isinstance(row.get("step"), int):
         return None
     rewards = row.get("rewards") if isinstance(row.get("rewards"), dict) else {}
-    clean = {str(k): float(v) for k, v in rewards.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    clean: dict[str, float | None] = {}
+    for k, v in rewards.items():
+        if v is None:
+            clean[str(k)] = None
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            clean[str(k)] = float(v)
     answer = row.get("answer")
     return {"step": row["step"], "prompt": str(row.get("prompt") or ""),
             "completion": str(row.get("completion") or ""), "rewards": clean,
@@ -115,29 +115,11 @@ def _sample(row) -> dict | None:
 def read_samples(run_dir: str | Path, limit: int = 4) -> list[dict]:
     """The newest logging step's sampled completions (at most ``limit``), oldest first.
 
-    Only the end of samples.jsonl is read (it grows all run long). A torn last line (the worker was
-    writing it), a damaged line or a row of another shape is skipped; no file reads as no samples."""
-    from core.settings import read_tail
+    Only the end of samples.jsonl is read (it grows all run long); torn and damaged lines are skipped
+    (core.runfolder.RunFolder.read_samples), and so is a row of another shape."""
+    from core.runfolder import RunFolder
 
-    try:
-        data, cut = read_tail(samples_path(run_dir), SAMPLES_TAIL_BYTES)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return []
-    except OSError:
-        return []
-    lines = data.split(b"\n")
-    if cut:
-        lines = lines[1:]  # the first line read is a part of a longer one
-    rows = []
-    for raw in lines:
-        if not raw.strip():
-            continue
-        try:
-            row = _sample(json.loads(raw.decode("utf-8")))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            continue
-        if row is not None:
-            rows.append(row)
+    rows = [r for r in map(_sample, RunFolder(run_dir).read_samples(SAMPLES_TAIL_BYTES)) if r is not None]
     if not rows:
         return []
     newest = max(r["step"] for r in rows)

@@ -551,7 +551,7 @@ def samples_html(ctx, samples: list[dict]) -> str:
     for s in samples:
         chips = " ".join(
             f'<span class="train-reward" data-name="{html.escape(name)}" style="background:#eef2ff;border-radius:4px;'
-            f'padding:0 5px;margin-right:4px">{html.escape(name)} {value:+.2f}</span>'
+            f'padding:0 5px;margin-right:4px">{html.escape(name)} {"–" if value is None else f"{value:+.2f}"}</span>'
             for name, value in s["rewards"].items())
         answer = (t("train.samples.answer", answer=s["answer"]) if s["answer"] is not None
                   else t("train.samples.no_answer"))

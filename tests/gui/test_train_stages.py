@@ -57,7 +57,7 @@ def sample_line(step, completion, **over):
     ("dpo", {"rl.beta", "rl.max_prompt_len"}),
     ("orpo", {"rl.beta", "rl.max_prompt_len"}),
     ("grpo", {"rl.kl_beta", "rl.max_prompt_len", "rl.max_completion_len", "rl.num_generations",
-              "rl.temperature", "rl.rewards", "rl.reward_file"}),
+              "rl.temperature", "rl.rewards", "rl.reward_file", "rl.rollout"}),
 ])
 def test_the_stage_shows_only_the_rl_settings_it_reads(ctx, stage, shown):
     from core.train.live import STAGE_SETTINGS

@@ -35,17 +35,19 @@ def test_settings_for_each_stage():
 def test_read_samples_takes_the_newest_step_from_the_end_of_a_long_file(tmp_path):
     lines = [json.dumps({"step": s, "prompt": "p" * 500, "completion": f"c{s}-{i}", "rewards": {"answer": 1},
                          "answer": None}) for s in range(1, 400) for i in range(4)]
-    (tmp_path / live.SAMPLES_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    assert (tmp_path / live.SAMPLES_FILE).stat().st_size > live.SAMPLES_TAIL_BYTES
+    (tmp_path / "samples.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert (tmp_path / "samples.jsonl").stat().st_size > live.SAMPLES_TAIL_BYTES
     got = live.read_samples(tmp_path, limit=3)
     assert [s["completion"] for s in got] == ["c399-1", "c399-2", "c399-3"]
     assert got[0]["rewards"] == {"answer": 1.0} and got[0]["answer"] is None
 
 
 def test_read_samples_skips_what_is_not_a_sample(tmp_path):
-    path = tmp_path / live.SAMPLES_FILE
+    path = tmp_path / "samples.jsonl"
     assert live.read_samples(tmp_path) == []
     path.write_bytes(b'\xff\xfe\n[1, 2]\n{"step": 2, "completion": "ok", "rewards": {"a": "high", "b": 0.5}}\n'
                      b'{"step": 3, "completion": "torn')
     got = live.read_samples(tmp_path)
     assert got == [{"step": 2, "prompt": "", "completion": "ok", "rewards": {"b": 0.5}, "answer": None}]
+    path.write_text('{"step": 1, "completion": "x", "rewards": {"answer": null, "format": 1}}\n', encoding="utf-8")
+    assert live.read_samples(tmp_path)[0]["rewards"] == {"answer": None, "format": 1.0}
