@@ -499,7 +499,7 @@ def stage_figure(ctx, stage: str, metrics: list[dict]):
     colors = ["#2563eb", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#be123c"]
     if stage == "grpo":
         rows = [("reward", t("train.chart.rewards_axis")), ("kl", t("train.chart.kl")),
-                ("completions/mean_length", t("train.chart.completion_len"))]
+                ("completions/mean_length", t("train.chart.length_axis"))]
         fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07,
                             row_heights=[0.5, 0.25, 0.25])
         lines = [("reward", t("train.chart.reward"), "#111827", 1, None)]
@@ -508,7 +508,8 @@ def stage_figure(ctx, stage: str, metrics: list[dict]):
         lines += [("kl", t("train.chart.kl"), "#dc2626", 2, None),
                   ("completions/mean_length", t("train.chart.completion_len"), "#0891b2", 3, None)]
     elif stage in PREFERENCE_STAGES:
-        rows = [("rewards/margins", t("train.chart.margin")), ("rewards/accuracies", t("train.chart.accuracy"))]
+        rows = [("rewards/margins", t("train.chart.margin_axis")),
+                ("rewards/accuracies", t("train.chart.accuracy_axis"))]
         fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.6, 0.4])
         lines = [("rewards/margins", t("train.chart.margin"), "#111827", 1, None),
                  ("rewards/chosen", t("train.chart.chosen"), "#16a34a", 1, "dot"),
@@ -526,9 +527,13 @@ def stage_figure(ctx, stage: str, metrics: list[dict]):
     if stage in PREFERENCE_STAGES:
         fig.update_yaxes(range=[0, 1.02], row=2, col=1)
     fig.update_xaxes(title_text=t("train.chart.step"), row=len(rows), col=1)
-    fig.update_layout(height=480 if stage == "grpo" else 400, margin={"l": 50, "r": 30, "t": 30, "b": 40},
-                      legend={"orientation": "h", "y": 1.08}, template="plotly_white",
-                      title={"text": t("train.chart.stage_title", stage=stage.upper()), "font": {"size": 13}})
+    # The legend sits above the plots (long reward names would cover the curves inside them), with
+    # room for its rows: two short grpo names share a row, the long dpo / orpo names take one each.
+    per_row = 2 if stage == "grpo" else 1
+    top = 36 + 21 * -(-len(fig.data) // per_row)
+    fig.update_layout(height=500 if stage == "grpo" else 420, margin={"l": 60, "r": 30, "t": top, "b": 40},
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+                      template="plotly_white")
     return fig
 
 
