@@ -672,6 +672,8 @@ def build(ctx) -> None:
                 picker = model_picker.build(ctx)
                 fields.update({"model.name_or_path": picker["choice"], "model.method": picker["method"],
                                "model.quant": picker["quant"], "model.hub": picker["hub"]})
+                stage_settings = build_stage_settings(ctx, infos)  # the stage decides the mix kind: before Data
+                fields.update({p: w for p, w in stage_settings.items() if p != "section"})
                 gr.Markdown("### " + t("train.section.data"))
                 with gr.Row(equal_height=True):
                     mixes = mix_choices(ctx)
@@ -682,8 +684,6 @@ def build(ctx) -> None:
                                             elem_id="train-mix-refresh")
                 mix_about = gr.Markdown(mix_info(ctx, mixes[0][1] if mixes else ""), elem_id="train-mix-info")
                 fields["data.mix_dir"] = mix
-                stage_settings = build_stage_settings(ctx, infos)
-                fields.update({p: w for p, w in stage_settings.items() if p != "section"})
                 for section, open_ in (("lora", False), ("train", True), ("advanced", False)):
                     with gr.Accordion(t(f"train.section.{section}"), open=open_, elem_id=f"train-sec-{section}"):
                         with gr.Row():
