@@ -10,9 +10,12 @@ Each row is its own sampling group with its own random generator, so the ``num_g
 of one prompt draw different completions. Without ``seed`` the generators are seeded from torch's
 global generator, so ``transformers.set_seed`` (which the trainer calls) makes rollouts repeatable.
 
-Where the engine cannot take the model (it raises while building or decoding, e.g. a patched forward
-that refuses a static cache), the rollout falls back to ``model.generate`` with the same settings
-and says why once per model in the log. Running out of GPU memory is not such a case: it is raised.
+Before the first rollouts of a model, the engine's greedy decode of a few tokens is compared with
+``model.generate``'s: a patched forward that ignored the static cache or the attention mask would
+not raise, it would decode garbage. Where the engine cannot take the model (the tokens differ, or it
+raises while building or decoding, e.g. a forward that refuses a static cache), the rollout falls
+back to ``model.generate`` with the same settings and says why once per model in the log. Running
+out of GPU memory is not such a case: it is raised.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import time
 from collections.abc import Callable
 
 FALLBACK_ATTR = "_qwentune_rollout_fallback"  # set on a model the engine could not take: the reason
+CHECKED_ATTR = "_qwentune_rollout_checked"  # set once the engine's decode agreed with model.generate
+CHECK_TOKENS = 4  # greedy tokens compared, once per model, before the engine's rollouts are trusted
 
 
 def _log(msg: str) -> None:
@@ -129,11 +134,34 @@ def _hf_chunk(model, chunk, pad: int, eos: list[int], device, kwargs: dict) -> l
     return out
 
 
+def _mark(model, attr: str, value) -> None:
+    """Remember something about this model on the model itself (a frozen wrapper: not remembered)."""
+    try:
+        setattr(model, attr, value)
+    except AttributeError:
+        pass
+
+
 def _out_of_memory(exc: BaseException) -> bool:
     import torch
 
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
     return isinstance(exc, (MemoryError, oom)) or "out of memory" in str(exc).lower()
+
+
+def _engine_disagrees(model, tokenizer, prompt: list[int], eos_token_ids) -> str | None:
+    """Why the engine cannot be trusted with ``model`` (None: it can): its greedy decode of a few
+    tokens must equal model.generate's. A patched forward (Unsloth's, another library's) that ignores
+    the static cache or the attention mask would not raise, it would decode garbage; this catches it."""
+    if hasattr(model, "eval"):
+        model.eval()
+    greedy = _sampling(CHECK_TOKENS, 0.0, 1.0, 0, 0)
+    ours = _engine_generate(model, tokenizer, [prompt], greedy, eos_token_ids, 1)[0]
+    theirs = _hf_generate(model, tokenizer, [prompt], max_new_tokens=CHECK_TOKENS, temperature=0.0, top_p=1.0,
+                          top_k=0, eos_token_ids=eos_token_ids, seed=0, batch_size=1)[0]
+    if ours == theirs:
+        return None
+    return f"its greedy tokens {ours} differ from model.generate's {theirs} on the same prompt"
 
 
 def generate_completions(model, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int,
@@ -162,15 +190,18 @@ def generate_completions(model, tokenizer, prompt_ids: list[list[int]], *, max_n
         if reason is None:
             sampling = _sampling(max_new_tokens, temperature, top_p, top_k, base_seed)
             try:
-                return _engine_generate(model, tokenizer, prompt_ids, sampling, eos_token_ids, size)
+                if not getattr(model, CHECKED_ATTR, False):
+                    reason = _engine_disagrees(model, tokenizer, min(prompt_ids, key=len), eos_token_ids)
+                    if reason is None:
+                        _mark(model, CHECKED_ATTR, True)
+                if reason is None:
+                    return _engine_generate(model, tokenizer, prompt_ids, sampling, eos_token_ids, size)
             except Exception as exc:  # noqa: BLE001 - any engine failure: fall back, and say why below
                 if _out_of_memory(exc):
                     raise
                 reason = f"{type(exc).__name__}: {exc}"[:400]
-                try:
-                    setattr(model, FALLBACK_ATTR, reason)
-                except AttributeError:
-                    pass
+            if reason is not None:
+                _mark(model, FALLBACK_ATTR, reason)
                 say(f"rollouts: the chat engine's batched decode cannot run this model ({reason}); "
                     "generating with model.generate instead (slower)")
         if hasattr(model, "eval"):

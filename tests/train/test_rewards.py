@@ -228,3 +228,18 @@ def test_missing_or_wrong_reward_file(tmp_path):
     (tmp_path / "bin.py").write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_reward_file(tmp_path / "bin.py")
+
+
+def test_the_documented_example_reward_file_loads_and_scores(tmp_path):
+    from tests.conftest import ROOT
+
+    text = (ROOT / "docs" / "train.md").read_text(encoding="utf-8")
+    start = text.index("# my_rewards.py")
+    code = text[start:text.index("```", start)]
+    path = tmp_path / "my_rewards.py"
+    path.write_text(code, encoding="utf-8")
+    fns = build_rewards(RLConfig(rewards=["answer"], reward_file=str(path)))
+    assert [f.__name__ for f in fns] == ["answer", "reward_chinese_answer", "reward_no_repeats"]
+    comps = ["<think>\n想一想\n</think>\n\n答案是四十二", "<think>\nx\n</think>\n\n" + "same\n" * 10]
+    assert fns[1](prompts=[THINKING] * 2, completions=comps, answer=["42", "42"]) == [1.0, 0.0]
+    assert fns[2](prompts=[THINKING] * 2, completions=comps, answer=["42", "42"]) == [0.0, -1.0]

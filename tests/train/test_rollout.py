@@ -181,3 +181,34 @@ def test_batch_size_chunks_give_the_same_greedy_rows(base_model, demo_tokenizer,
     whole = generate_completions(base_model, demo_tokenizer, prompts, max_new_tokens=10, temperature=0.0)
     assert generate_completions(base_model, demo_tokenizer, prompts, max_new_tokens=10, temperature=0.0,
                                 batch_size=2) == whole
+
+
+def test_an_engine_that_decodes_differently_is_not_trusted(demo_model_path, demo_tokenizer, prompts, monkeypatch):
+    """A forward that ignores the cache or the mask raises nothing: the greedy check catches it."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(demo_model_path)
+    expected = generate_completions(model, demo_tokenizer, prompts, max_new_tokens=6, temperature=0.0)
+    model = AutoModelForCausalLM.from_pretrained(demo_model_path)  # a model not checked yet
+    monkeypatch.setattr(rollout, "_engine_generate", lambda m, t, p, *a: [[5, 6, 7, 8] for _ in p])
+    said: list[str] = []
+    got = generate_completions(model, demo_tokenizer, prompts, max_new_tokens=6, temperature=0.0, log=said.append)
+    assert got == expected
+    assert len(said) == 1 and "differ from model.generate" in said[0] and "[5, 6, 7, 8]" in said[0]
+
+
+def test_the_greedy_check_runs_once_per_model(demo_model_path, demo_tokenizer, prompts, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(demo_model_path)
+    checks = []
+    real = rollout._engine_disagrees
+
+    def spy(*args, **kwargs):
+        checks.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rollout, "_engine_disagrees", spy)
+    for _ in range(3):
+        generate_completions(model, demo_tokenizer, prompts, max_new_tokens=4, temperature=1.0)
+    assert checks == [1] and getattr(model, rollout.CHECKED_ATTR) is True
