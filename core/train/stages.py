@@ -105,7 +105,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 def preference_rows(convs, tokenizer, cfg) -> StageRows:
     """prompt_ids / chosen_ids / rejected_ids of the preference rows (core.data.render.render_preference:
-    prompt + chosen is exactly the SFT rendering of the chosen conversation)."""
+    prompt + chosen is the SFT rendering of the chosen conversation up to its ``<|im_end|>``)."""
     from core.data.render import RenderError, render_preference
 
     out = StageRows(cfg.train.stage, {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}, rows_in=len(convs))
@@ -119,7 +119,8 @@ def preference_rows(convs, tokenizer, cfg) -> StageRows:
         except RenderError:  # the mix checks these shapes; one that gets here anyway is counted, not trained
             out.no_target += 1
             continue
-        texts.append((pref.prompt, pref.chosen, pref.rejected))
+        row = pref.trained_row()  # each reply ends at its <|im_end|>, the last token SFT trains
+        texts.append((row["prompt"], row["chosen"], row["rejected"]))
     for start in range(0, len(texts), CHUNK):
         part = texts[start:start + CHUNK]
         prompts = tokenizer([p for p, _, _ in part], add_special_tokens=False)["input_ids"]

@@ -119,10 +119,14 @@ def test_preference_rows_are_the_sft_rendering(demo_tokenizer, preference_mix, t
     rows = preference_rows(convs, demo_tokenizer, cfg)
     assert rows.rows == 4 and rows.no_target == 0 and rows.too_long == 0
     sft = render_batch(convs, demo_tokenizer)
+    newline = demo_tokenizer("\n", add_special_tokens=False)["input_ids"]
     for i, r in enumerate(sft):
-        assert rows.columns["prompt_ids"][i] + rows.columns["chosen_ids"][i] == r.input_ids
-        # the reply with its <|im_end|>\n once: nothing appended after the template's end of turn
-        assert demo_tokenizer.decode(rows.columns["chosen_ids"][i]) == FACTS[i][1] + "<|im_end|>\n"
+        # the SFT rendering, token for token, up to the reply's <|im_end|> (the newline after it is
+        # the template's separator, which SFT never trains either)
+        assert rows.columns["prompt_ids"][i] + rows.columns["chosen_ids"][i] + newline == r.input_ids
+        assert demo_tokenizer.decode(rows.columns["chosen_ids"][i]) == FACTS[i][1] + "<|im_end|>"
+        trained = [t for t, m in zip(r.input_ids, r.mask) if m]
+        assert trained[-len(rows.columns["chosen_ids"][i]):] == rows.columns["chosen_ids"][i]
     end = demo_tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert all(ids.count(end) == 1 for ids in rows.columns["rejected_ids"])
 
