@@ -3,12 +3,14 @@
     mix rows -> render_preference / render_prompt (the SFT template and thinking rules) -> token ids
              -> TRL's DPOTrainer | ORPOTrainer | GRPOTrainer (the run's LoRA / QLoRA model) -> adapter
 
-Only the worker imports this module, after the backend is active: Unsloth patches TRL's trainer
-classes when its RL patches are applied (core.train.backends.patch_rl), so the classes are looked up
-and subclassed when a trainer is built, never at import time.
+Nothing is imported at module level beyond QwenTune's own light modules (the pre-run check reads
+:func:`grpo_micro_batch`). Unsloth patches TRL's trainer classes when its RL patches are applied
+(core.train.backends.patch_rl, in the worker, after the backend is active), so the classes are
+looked up and subclassed when a trainer is built.
 
 Rows are tokenized here, once, and handed to TRL as token ids, so TRL neither applies a chat template
-again nor appends an EOS after the template's ``<|im_end|>\\n``. Rows that do not fit are left out and
+again nor appends a second end of turn: each reply ends at its ``<|im_end|>``, the last token SFT
+trains. Rows that do not fit are left out and
 counted, never cut (as for SFT): a preference row whose prompt + longer reply exceeds
 ``train.max_seq_len`` or whose prompt exceeds ``rl.max_prompt_len``; a GRPO prompt longer than
 ``rl.max_prompt_len``.
@@ -289,8 +291,9 @@ def _dpo(cfg, loaded, rows, evals, run_dir, callbacks, shared):
     base = trl_trainer.DPOTrainer
 
     class QwenTuneDPOTrainer(base):
-        """DPO on rows tokenized by :func:`preference_rows` (TRL would append an EOS after the
-        template's ``<|im_end|>\\n`` and re-derive the prompt)."""
+        """DPO on rows tokenized by :func:`preference_rows`. TRL's own preparation would tokenize
+        the texts again and append the tokenizer's eos to a reply that ends otherwise (a base
+        model's ``<|endoftext|>`` after Qwen3's ``<|im_end|>``)."""
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset
@@ -317,8 +320,8 @@ def _orpo(cfg, loaded, rows, evals, run_dir, callbacks, shared):
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     class QwenTuneORPOTrainer(ORPOTrainer):
-        """ORPO on rows tokenized by :func:`preference_rows` (its own tokenizer would append an EOS
-        after the template's ``<|im_end|>\\n``)."""
+        """ORPO on rows tokenized by :func:`preference_rows` (its own tokenization would append the
+        tokenizer's eos to a reply that ends otherwise, as DPO's)."""
 
         def tokenize_row(self, feature, model=None):
             p, c, r = feature["prompt_ids"], feature["chosen_ids"], feature["rejected_ids"]
