@@ -348,3 +348,31 @@ def test_preference_tokens_are_counted_in_the_collator():
     counter.paused = True  # evaluation batches are not training tokens
     trainer.data_collator([{"chosen_input_ids": [1, 2], "rejected_input_ids": [1, 3, 4]}])
     assert counter.tokens == 9
+
+
+def test_rollout_engine_choice_names_the_setting(demo_model_path, prompt_mix, tmp_path):
+    from core.settings import ConfigError
+    from core.train.stages import rollout_engine
+
+    def cfg(rollout):
+        return stage_config(demo_model_path, prompt_mix, tmp_path, "r", "grpo", rl={"rollout": rollout})
+
+    assert rollout_engine(cfg("auto"), "peft", cuda=False) == "chat"
+    assert rollout_engine(cfg("auto"), "unsloth", cuda=True) == "chat"  # vLLM runs on the peft backend only
+    assert rollout_engine(cfg("trl"), "peft", cuda=False) == "trl"
+    with pytest.raises(ConfigError) as err:
+        rollout_engine(cfg("vllm"), "peft", cuda=False)
+    assert err.value.where == "rl.rollout"
+
+
+@pytest.mark.slow
+def test_grpo_with_trls_own_generation(demo_model_path, prompt_mix, letters_reward, tmp_path):
+    cfg = stage_config(demo_model_path, prompt_mix, tmp_path / "runs", "trl-gen", "grpo", max_steps=2,
+                       rl={"rewards": ["format"], "reward_file": str(letters_reward), "max_completion_len": 8,
+                           "rollout": "trl"})
+    assert train(cfg) == 0
+    st = runs.read_status(run_dir(cfg))
+    assert st["state"] == "done" and st["rollout"] == "trl" and st["step"] == 2
+    row = train_rows(cfg)[-1]
+    assert {"rewards/format/mean", "rewards/reward_letters/mean"} <= set(row)
+    assert 1 <= row["completions/mean_length"] <= 8
