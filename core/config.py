@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from core.choices import BACKENDS, DTYPES, HUBS, METHODS, MIX_KINDS, QUANTS, REWARDS, STAGES, STRATEGIES
+from core.choices import BACKENDS, DTYPES, HUBS, METHODS, MIX_KINDS, QUANTS, REWARDS, ROLLOUTS, STAGES, STRATEGIES
 from core.settings import ConfigError, load_yaml, setting
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -240,6 +240,11 @@ class RLConfig:
                                       "score higher.")
     reward_file: str = setting("", help="grpo: a Python file with your own reward function(s), added to "
                                         "the built-in ones (signature in docs/train.md).")
+    rollout: str = setting("auto", choices=ROLLOUTS,
+                           help="grpo: how completions are generated. chat: the chat engine's fast batched "
+                                "decode. trl: TRL's own generate (the fallback). vllm: vLLM in the same "
+                                "process (needs the vllm package, a CUDA GPU and backend peft). auto: vllm "
+                                "where it can run, else chat.")
 
 
 @dataclass

@@ -83,6 +83,7 @@ class Status(Mapping):
     updated: str | None = None
     # what is trained, and how
     stage: str | None = None
+    rollout: str | None = None  # grpo: how completions are generated (vllm, chat, trl)
     strategy: str | None = None
     world_size: int | None = None  # processes (one per GPU) of a ddp / fsdp run
     gpus: list | None = None  # the GPU ids the run holds
@@ -300,6 +301,7 @@ class RunFolder:
     CONFIG = "config.yaml"
     STATUS = "status.json"
     METRICS = "metrics.jsonl"
+    SAMPLES = "samples.jsonl"
     LOG = "train.log"
     STOP_FLAG = "stop"
     ADAPTER = "adapter"
@@ -342,6 +344,12 @@ class RunFolder:
     @property
     def metrics(self) -> Path:
         return self.path / self.METRICS
+
+    @property
+    def samples(self) -> Path:
+        """GRPO's sampled completions, a few per logging step: one JSON line each, {"step", "prompt",
+        "completion", "rewards": {name: value}, "answer"}."""
+        return self.path / self.SAMPLES
 
     @property
     def log(self) -> Path:
@@ -525,6 +533,29 @@ class RunFolder:
         except OSError:
             return rows
         return rows
+
+    def read_samples(self, max_bytes: int = 64000) -> list[dict]:
+        """The newest lines of samples.jsonl (oldest first); a torn or damaged line is skipped."""
+        import json
+
+        try:
+            data, cut = read_tail(self.samples, max_bytes)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError:
+            return []
+        lines = data.split(b"\n")
+        if cut:
+            lines = lines[1:]
+        out = []
+        for raw in lines:
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                continue
+            if isinstance(row, dict):
+                out.append(row)
+        return out
 
     def read_log_tail(self, max_bytes: int = 8000) -> str:
         try:

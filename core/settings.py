@@ -370,7 +370,8 @@ def add_cli_flags(parser: Any, cls: type, prefix: str = "") -> None:
     for info in field_info(cls, prefix):
         flag = "--" + info.path.replace("_", "-")
         kwargs: dict[str, Any] = {"dest": "set__" + info.path.replace(".", "__"), "default": None,
-                                  "help": f"{info.help} (default: {info.default!r})"}
+                                  # argparse formats help with %: a literal one ("10% left") is doubled
+                                  "help": f"{info.help} (default: {info.default!r})".replace("%", "%%")}
         if info.choices and typing.get_origin(info.type) is not list:
             kwargs["choices"] = list(info.choices)
         if info.type is bool:

@@ -77,3 +77,10 @@ def test_cli_flags_override_yaml_values():
     assert cfg.lora.r == 8 and cfg.lora.alpha == 16
     assert cfg.train.assistant_only_loss is False
     assert cfg.lora.target_modules == ["q_proj", "v_proj"]
+
+
+def test_cli_help_shows_every_setting_even_with_a_percent_sign_in_its_help():
+    parser = argparse.ArgumentParser()
+    add_cli_flags(parser, RunConfig)
+    text = parser.format_help()  # argparse %-formats help strings: a bare "10%" used to raise here
+    assert "10% of it left free" in text and "--rl.reward-file" in text

@@ -153,7 +153,8 @@ class Batch:
     """One batched decode of several rows (pane, prompt ids, group), advancing one token per step.
 
     Iterate for the steps: each yields ``[(row, token_id | None), ...]`` for the rows still running
-    (``None``: the row produced a stop token and is done). :meth:`finish` ends a row early. Rows of one
+    (``None``: the row produced a stop token, kept in ``stop_tokens``, and is done). :meth:`finish`
+    ends a row early. Rows of one
     group share the random numbers (and so the seed) of that group."""
 
     def __init__(self, engine: ChatEngine, rows: list[tuple[str, list[int], int]], sampling: Sampling,
@@ -172,6 +173,7 @@ class Batch:
         self.seeds = {g: (seeds or {}).get(g, sampling.seed) for g in groups}
         self.done = [False] * len(rows)
         self.counts = [0] * len(rows)
+        self.stop_tokens: list[int | None] = [None] * len(rows)  # the stop token each finished row drew
         self.profile = profile
         self.times = StepTimes()
 
@@ -219,6 +221,7 @@ class Batch:
                     continue
                 if stopped:
                     self.done[r] = True
+                    self.stop_tokens[r] = tok
                     events.append((r, None))
                 else:
                     self.counts[r] += 1

@@ -88,6 +88,23 @@ def activate(backend: str) -> list[str]:
     return [Notice("backend_unsloth", version=getattr(unsloth, "__version__", ""))]
 
 
+def patch_rl(backend: str, stage: str) -> str | None:
+    """Unsloth's patches of TRL's preference / RL trainers (its faster log-prob and generation
+    paths), applied before core.train.stages looks the trainer classes up. Only for the unsloth
+    backend; the PEFT backend trains with TRL's classes as they are. Returns a note when Unsloth
+    could not patch them (the run then trains with TRL's classes, and says so)."""
+    if backend != "unsloth" or stage == "sft":
+        return None
+    try:
+        from unsloth import FastLanguageModel, PatchFastRL
+
+        # No algorithm name: the name only selects Unsloth's usage statistics, which stay off.
+        PatchFastRL(None, FastLanguageModel)
+    except Exception as exc:  # an Unsloth release without these patches: TRL's trainer still trains
+        return f"Unsloth's {stage} trainer patches failed ({type(exc).__name__}: {exc}); using TRL's trainer as is"
+    return None
+
+
 # ----------------------------------------------------------------------------------- the model
 def resolve_model_path(model_cfg, *, download: bool = True) -> Path:
     """A local folder for ``model.name_or_path``, through the one resolver (core.models.resolve):

@@ -258,12 +258,37 @@ def _clean(value):
     return value
 
 
+# What the preference and RL trainers log beside the loss, kept in metrics.jsonl under TRL's own names
+# (the Train tab's stage panels read them): DPO / ORPO's rewards/chosen, rewards/margins, logps/...,
+# GRPO's reward, rewards/<name>/mean, kl, completions/mean_length, ...
+STAGE_PREFIXES = ("rewards/", "logps/", "logits/", "completions/", "clip_ratio", "sampling/")
+STAGE_KEYS = ("reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "nll_loss", "log_odds_ratio",
+              "log_odds_chosen")
+
+
+def stage_metrics(logs: dict) -> dict:
+    """The stage metrics of one log (``eval_`` ones too), cleaned for JSON."""
+    out = {}
+    for key, value in logs.items():
+        name = key[5:] if key.startswith("eval_") else key
+        if name in STAGE_KEYS or name.startswith(STAGE_PREFIXES):
+            value = _clean(value)
+            if value is None or isinstance(value, (int, float)):
+                out[key] = value
+    return out
+
+
 def step_line(row: dict) -> str:
     """The console / train.log line of one training step."""
     mem = f" | {row['gpu_mem_gib']:.1f} GiB" if row.get("gpu_mem_gib") is not None else ""
     lr = row["learning_rate"]
     loss = row["loss"]
-    return (f"step {row['step']}/{row['total_steps']} | loss {loss if loss is None else f'{loss:.4f}'}"
+    stage = ""  # the number each stage is judged by: GRPO's reward, DPO / ORPO's margin
+    if row.get("reward") is not None:
+        stage = f" | reward {row['reward']:.3f}"
+    elif row.get("rewards/margins") is not None:
+        stage = f" | margin {row['rewards/margins']:.3f}"
+    return (f"step {row['step']}/{row['total_steps']} | loss {loss if loss is None else f'{loss:.4f}'}{stage}"
             f" | lr {lr if lr is None else f'{lr:.2e}'} | {row['tokens_per_s'] or 0:.0f} tok/s{mem}"
             f" | eta {duration(row['eta_s'])}")
 
@@ -350,7 +375,8 @@ class ProgressCallback(TrainerCallback):
             row = {"step": step, "total_steps": self.total_steps, "epoch": _clean(state.epoch),
                    "loss": None, "eval_loss": self.last_eval_loss, "learning_rate": None,
                    "grad_norm": None, "tokens_per_s": None, "tokens": self.counter.tokens,
-                   "elapsed_s": round(now - self.t0, 3) if self.t0 else None, "eta_s": self._eta(step)}
+                   "elapsed_s": round(now - self.t0, 3) if self.t0 else None, "eta_s": self._eta(step),
+                   **stage_metrics(logs)}
             self._emit("row", row)
             self._emit("status", {"eval_loss": self.last_eval_loss})
             self._emit("echo", f"step {step}: eval loss {self.last_eval_loss}")
@@ -369,7 +395,8 @@ class ProgressCallback(TrainerCallback):
                "loss": self.last_loss, "eval_loss": None,
                "learning_rate": _clean(logs.get("learning_rate")), "grad_norm": _clean(logs.get("grad_norm")),
                "tokens_per_s": round(tps, 1) if tps is not None else None, "tokens": tokens,
-               "elapsed_s": round(now - self.t0, 3), "eta_s": round(eta, 1) if eta is not None else None}
+               "elapsed_s": round(now - self.t0, 3), "eta_s": round(eta, 1) if eta is not None else None,
+               **stage_metrics(logs)}
         self._emit("row", row, line=step_line)
         self._emit("status", {"step": step, "total_steps": self.total_steps, "epoch": row["epoch"],
                               "loss": self.last_loss, "learning_rate": row["learning_rate"], "tokens": tokens,

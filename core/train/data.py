@@ -64,6 +64,16 @@ def tokenize(convs, tokenizer, train_cfg) -> Tokenized:
     return out
 
 
+def tokenize_run(cfg, convs, tokenizer):
+    """The run's rows for its stage: SFT's token ids + mask (:func:`tokenize`), or the preference /
+    prompt rows of dpo, orpo and grpo (core.train.stages.tokenize)."""
+    if cfg.train.stage == "sft":
+        return tokenize(convs, tokenizer, cfg.train)
+    from core.train.stages import tokenize as stage_tokenize
+
+    return stage_tokenize(cfg, convs, tokenizer)
+
+
 # Drop reasons (manifest.json's per-source ``drops``) that come from token counts: rows a mix
 # dropped for these were judged by the mix's tokenizer, and the mix folder no longer holds them.
 LENGTH_REASON_WORDS = ("tokens", "max_seq_len")
@@ -170,6 +180,12 @@ def load_mix(cfg, run_dir: Path, tokenizer_path: Path, resume: bool, echo=print)
             for warning in result.warnings:
                 echo("mix warning: " + warning)
     train, evals, manifest = read_mix_dir(mix_dir)
+    from core.data.mixdir import mix_kind
+    from core.train.validate import stage_problems
+
+    problems = [p for p in stage_problems(cfg, kind=mix_kind(manifest)) if p.level == "error"]
+    if problems:  # e.g. a dpo run on an sft mix: its rows cannot train the stage
+        raise ConfigError(problems[0].message, problems[0].setting)
     if not train:
         raise ConfigError(f"the mix in {mix_dir} has no training rows",
                           "data.mix_dir" if cfg.data.mix_dir else "data.mix")

@@ -31,6 +31,8 @@ TEXT = {
     "mix_unrecorded_tokenizer": "the mix does not record the tokenizer it was measured with: every row was "
                                 "re-measured with the model's ({model_tokenizer}); {too_long} of {rows} train "
                                 "rows are longer than train.max_seq_len={max_len} and left out",
+    "packing_stage": "train.stage {stage}: padded batches (TRL's {stage} trainer batches its own rows; "
+                     "train.packing applies to sft)",
     "packing_no_varlen": "packed rows without a variable-length attention kernel (torch {torch}, no flash-attn "
                          "or xformers): each packed segment gets its own attention call, which costs speed; "
                          "torch 2.12+ or flash-attn avoids it, and train.packing = bucket has no segments",

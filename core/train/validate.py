@@ -191,7 +191,114 @@ def check_run(cfg, *, train_rows: int | None = None, card: Card | None = None) -
                            params={"warmup": t.warmup_steps, "steps": steps, "suggest": suggest}))
     if card is not None and fixed_micro_batch(cfg) is not None:  # "auto" picks what fits itself
         out += _memory(cfg, card)
+    out += stage_problems(cfg)
     return sorted(out, key=lambda p: p.level != "error")
+
+
+def mix_kind(mix_dir: str) -> str | None:
+    """The kind of rows a saved mix holds (manifest "kind": sft, preference or prompt; absent = sft),
+    or None when there is no readable manifest."""
+    if not mix_dir:
+        return None
+    try:
+        manifest = json.loads((Path(mix_dir).expanduser() / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    from core.data.mixdir import mix_kind as manifest_kind
+
+    try:
+        return manifest_kind(manifest)
+    except ConfigError:
+        return None  # an unknown kind: reading the mix reports it, naming the file
+
+
+def world_size(cfg) -> int:
+    """GPUs the run trains on when the settings say (a count or a list of ids); 1 otherwise."""
+    t = cfg.train
+    if t.strategy == "single":
+        return 1
+    gpus = str(t.gpus).strip()
+    if gpus.isdigit():
+        return max(1, int(gpus))
+    if "," in gpus:
+        return len([g for g in gpus.split(",") if g.strip()])
+    return 1
+
+
+def stage_problems(cfg, kind: str | None = None) -> list[Problem]:
+    """What train.stage needs from the rest: rows of its kind (``kind``: the mix's kind, read
+    from data.mix_dir's manifest when not given), GRPO's rewards and a generation batch of whole
+    groups, prompts and completions that fit."""
+    from core.choices import STAGE_MIX_KIND
+    from core.train.stages import grpo_micro_batch
+
+    t, rl = cfg.train, cfg.rl
+    stage = t.stage
+    out: list[Problem] = []
+    kind = kind or mix_kind(cfg.data.mix_dir)
+    want = STAGE_MIX_KIND.get(stage, "sft")
+    if kind is not None and kind != want:
+        where = f"data.mix_dir ({cfg.data.mix_dir})" if cfg.data.mix_dir else "data.mix"
+        if stage == "sft" and kind == "preference":
+            out.append(Problem("train.stage", "stage_sft_on_preference",
+                               f"sft on the preference mix in {where} trains on the chosen replies only; "
+                               "train.stage dpo or orpo uses the rejected ones too",
+                               level="warning", params={"mix": cfg.data.mix_dir}))
+        else:
+            out.append(Problem("train.stage", "stage_mix_kind",
+                               f"train.stage {stage} trains on {want} rows, but the mix in {where} holds {kind} "
+                               f"rows; choose a {want} mix in data.mix_dir, or the train.stage for {kind} rows "
+                               f"({_stage_for(kind)})",
+                               params={"stage": stage, "want": want, "kind": kind, "mix": cfg.data.mix_dir,
+                                       "suggest": _stage_for(kind)}))
+    if stage in ("dpo", "orpo") and rl.max_prompt_len >= t.max_seq_len:
+        out.append(Problem("rl.max_prompt_len", "prompt_longer_than_sequence",
+                           f"{rl.max_prompt_len} leaves no room for the replies in train.max_seq_len "
+                           f"{t.max_seq_len} (prompt + the longer reply must fit); lower rl.max_prompt_len",
+                           level="warning", params={"prompt": rl.max_prompt_len, "max_len": t.max_seq_len}))
+    if stage != "grpo":
+        return out
+    if not rl.rewards and not rl.reward_file:
+        out.append(Problem("rl.rewards", "grpo_no_reward",
+                           "grpo needs at least one reward: choose rl.rewards (answer, format, length) or give "
+                           "rl.reward_file"))
+    if rl.reward_file and not Path(rl.reward_file).expanduser().is_file():
+        out.append(Problem("rl.reward_file", "reward_file_missing",
+                           f"{rl.reward_file} is not a file; give the path of a Python file with your reward "
+                           "function(s), or leave rl.reward_file empty",
+                           params={"path": rl.reward_file}))
+    mb = fixed_micro_batch(cfg)
+    world = world_size(cfg)
+    group = rl.num_generations
+    if mb is not None and (mb * t.grad_accum * world) % group:
+        fits = grpo_micro_batch(mb, t.grad_accum, group, world)
+        gpus = f" x {world} GPUs" if world > 1 else ""
+        out.append(Problem("train.micro_batch", "grpo_batch_split",
+                           f"grpo generates train.micro_batch x train.grad_accum{gpus} = {mb * t.grad_accum * world} "
+                           f"completions per step, which must be whole groups of rl.num_generations = {group}; "
+                           f"use train.micro_batch {fits}, or a train.grad_accum that makes a multiple of {group}",
+                           params={"mb": mb, "accum": t.grad_accum, "world": world, "total": mb * t.grad_accum * world,
+                                   "group": group, "fits": fits}))
+    context = model_context(cfg.model.name_or_path)
+    if context is not None and rl.max_prompt_len + rl.max_completion_len > context:
+        out.append(Problem("rl.max_completion_len", "grpo_longer_than_context",
+                           f"rl.max_prompt_len {rl.max_prompt_len} + rl.max_completion_len {rl.max_completion_len} "
+                           f"is longer than {cfg.model.name_or_path}'s context of {context} tokens",
+                           params={"prompt": rl.max_prompt_len, "completion": rl.max_completion_len,
+                                   "model": cfg.model.name_or_path, "context": context}))
+    if rl.rollout == "vllm":
+        from core.train.backends import has_package
+
+        if not has_package("vllm"):
+            out.append(Problem("rl.rollout", "rollout_no_vllm",
+                               "vllm needs the vllm package (pip install vllm); use rl.rollout auto"))
+    return out
+
+
+def _stage_for(kind: str) -> str:
+    return {"sft": "sft", "preference": "dpo or orpo", "prompt": "grpo"}.get(kind, "sft")
 
 
 def _memory(cfg, card: Card) -> list[Problem]:

@@ -353,6 +353,12 @@ def resolve_optimizer(requested: str, cuda: bool) -> str:
 
 
 def build_trainer(cfg, loaded, train_tok, eval_tok, run_dir: Path, callbacks, packing: str):
+    if cfg.train.stage != "sft":  # dpo / orpo / grpo: TRL's trainer for the stage
+        from core.train import stages
+
+        return stages.build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, callbacks,
+                                    optim=resolve_optimizer(cfg.train.optimizer, loaded.device == "cuda"),
+                                    report_to=_report_to(cfg.train.report_to, run_dir))
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -490,10 +496,10 @@ def _run(cfg, run_dir: Path, resume: bool, reserve: FailureReserve) -> int:
         params = trainable_summary(loaded.model)
         log(f"model loaded in {time.perf_counter() - t_load:.1f}s: {params['trainable_params']:,} trainable of "
             f"{params['total_params']:,} parameters")
-        from core.train.data import mix_tokenizer_notice, tokenize
+        from core.train.data import mix_tokenizer_notice, tokenize_run
 
-        train_tok = tokenize(train_convs, loaded.tokenizer, cfg.train)
-        eval_tok = tokenize(eval_convs, loaded.tokenizer, cfg.train) if eval_convs else None
+        train_tok = tokenize_run(cfg, train_convs, loaded.tokenizer)
+        eval_tok = tokenize_run(cfg, eval_convs, loaded.tokenizer) if eval_convs else None
         mix_note = mix_tokenizer_notice(manifest, loaded.tokenizer, train_tok, cfg.train.max_seq_len)
         if mix_note:
             log("note: " + mix_note)
@@ -666,8 +672,13 @@ def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log) -
     progress = ProgressCallback(run_dir, counter, gpu, echo=echo)
     packing, why = choose_packing(cfg.train.packing, [len(x) for x in train_tok.input_ids], cfg.train.micro_batch,
                                   cfg.train.max_seq_len)
+    if cfg.train.stage != "sft":  # TRL's dpo / orpo / grpo trainers batch their own (padded) rows
+        from core.train.stages import batching_notice
+
+        packing, why = "off", batching_notice(cfg.train.stage)
     echo("batching: " + why)
-    runs.write_status(run_dir, packing=packing, packing_reason=why, packing_code=codes_of([why])[0])
+    runs.write_status(run_dir, packing=packing, packing_reason=why, packing_code=codes_of([why])[0],
+                      stage=cfg.train.stage)
     if packing in ("packing", "padding_free") and loaded.backend == "unsloth":
         from core.train.backends import varlen_attention_available
 
@@ -686,7 +697,13 @@ def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log) -
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our callback prints one readable line per step
-    if not counter.wrap(trainer.data_collator):
+    if cfg.train.stage != "sft":
+        from core.train.stages import count_tokens
+
+        wrapped = count_tokens(trainer, counter)
+    else:
+        wrapped = counter.wrap(trainer.data_collator)
+    if not wrapped:
         echo("note: the data collator cannot be wrapped; tokens/s will not be shown")
     original_evaluate = trainer.evaluate
 

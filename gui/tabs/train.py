@@ -2,6 +2,11 @@
 and live progress of a run: progress bar with ETA, loss / eval loss / learning rate / grad norm chart,
 GPU memory and utilisation, the log.
 
+The training stage (train.stage) shows the rl settings only for the stages that read them
+(core.train.live.STAGE_SETTINGS). A dpo / orpo / grpo run gets its own live view under the chart:
+reward per reward function, KL and completion length for grpo with its newest sampled completions
+(samples.jsonl), the chosen-vs-rejected margin and accuracy for dpo / orpo.
+
 Layout and wiring only. The web server never trains: Start checks the settings all at once
 (core.train.validate: every error and warning listed in the message area, naming each setting), then
 calls core.train.runs.start_run, which starts `python -m core train` as a detached process; a timer
@@ -434,6 +439,219 @@ def refresh_mixes(ctx, current) -> tuple:
     return gr.update(choices=choices, value=value), mix_info(ctx, value or "")
 
 
+# ------------------------------------------------------------------------------------- stages
+# The stage selector and its rl settings (shown only for the stages that read them), and the live
+# view of a dpo / orpo / grpo run: its own chart and the newest sampled completions, on their own
+# poll so the run panel above stays as it is for sft.
+SAMPLES_SHOWN = 4  # sampled completions shown (the newest logging step's)
+PROMPT_TAIL_CHARS = 600  # the end of a prompt is shown: the question sits there
+COMPLETION_CHARS = 4000
+
+
+def stage_visibility(stage: str) -> dict[str, bool]:
+    """{rl setting: shown} for ``stage`` (core.train.live.STAGE_SETTINGS), and the section itself."""
+    from core.train.live import STAGE_SETTINGS, settings_for
+
+    shown = set(settings_for(stage))
+    out = {path: path in shown for path in STAGE_SETTINGS}
+    out["section"] = bool(shown)
+    return out
+
+
+def on_stage(ctx, stage) -> tuple:
+    """(rl section, *rl widgets in STAGE_SETTINGS order): visible when the stage reads them."""
+    import gradio as gr
+
+    from core.train.live import STAGE_SETTINGS
+
+    vis = stage_visibility(stage or "sft")
+    return (gr.update(visible=vis["section"]), *(gr.update(visible=vis[p]) for p in STAGE_SETTINGS))
+
+
+def _num(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def stage_line(ctx, stage: str, metrics: list[dict]) -> str:
+    """The newest figures of a dpo / orpo / grpo run in one line ("" for sft)."""
+    from core.train.live import PREFERENCE_STAGES, latest
+
+    if stage == "grpo":
+        length = latest(metrics, "completions/mean_length")
+        return ctx.t("train.stage_line.grpo", reward=_num(latest(metrics, "reward")),
+                     kl=_num(latest(metrics, "kl"), 4), length="–" if length is None else f"{length:.0f}")
+    if stage in PREFERENCE_STAGES:
+        acc = latest(metrics, "rewards/accuracies")
+        return ctx.t("train.stage_line.preference", margin=_num(latest(metrics, "rewards/margins")),
+                     accuracy="–" if acc is None else f"{100 * acc:.0f}%")
+    return ""
+
+
+def stage_figure(ctx, stage: str, metrics: list[dict]):
+    """grpo: reward per reward function and in total, KL, completion length. dpo / orpo: the
+    chosen-vs-rejected margin with both rewards, and the accuracy. None for sft."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from core.train.live import PREFERENCE_STAGES, reward_names, series
+
+    t = ctx.t
+    colors = ["#2563eb", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#be123c"]
+    if stage == "grpo":
+        rows = [("reward", t("train.chart.rewards_axis")), ("kl", t("train.chart.kl")),
+                ("completions/mean_length", t("train.chart.length_axis"))]
+        fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07,
+                            row_heights=[0.5, 0.25, 0.25])
+        lines = [("reward", t("train.chart.reward"), "#111827", 1, None)]
+        lines += [(f"rewards/{name}/mean", t("train.chart.reward_fn", name=name), colors[i % len(colors)], 1, "dot")
+                  for i, name in enumerate(reward_names(metrics))]
+        lines += [("kl", t("train.chart.kl"), "#dc2626", 2, None),
+                  ("completions/mean_length", t("train.chart.completion_len"), "#0891b2", 3, None)]
+    elif stage in PREFERENCE_STAGES:
+        rows = [("rewards/margins", t("train.chart.margin_axis")),
+                ("rewards/accuracies", t("train.chart.accuracy_axis"))]
+        fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.6, 0.4])
+        lines = [("rewards/margins", t("train.chart.margin"), "#111827", 1, None),
+                 ("rewards/chosen", t("train.chart.chosen"), "#16a34a", 1, "dot"),
+                 ("rewards/rejected", t("train.chart.rejected"), "#dc2626", 1, "dot"),
+                 ("rewards/accuracies", t("train.chart.accuracy"), "#2563eb", 2, None)]
+    else:
+        return None
+    for key, name, color, row, dash in lines:
+        steps, values = series(metrics, key)
+        if steps:
+            fig.add_trace(go.Scatter(x=steps, y=values, name=name, mode="lines+markers" if len(steps) < 30 else "lines",
+                                     line={"color": color, "dash": dash}), row=row, col=1)
+    for i, (_key, title) in enumerate(rows, start=1):
+        fig.update_yaxes(title_text=title, row=i, col=1)
+    if stage in PREFERENCE_STAGES:
+        fig.update_yaxes(range=[0, 1.02], row=2, col=1)
+    fig.update_xaxes(title_text=t("train.chart.step"), row=len(rows), col=1)
+    # The legend sits above the plots (long reward names would cover the curves inside them), with
+    # room for its rows: two short grpo names share a row, the long dpo / orpo names take one each.
+    per_row = 2 if stage == "grpo" else 1
+    top = 36 + 21 * -(-len(fig.data) // per_row)
+    fig.update_layout(height=500 if stage == "grpo" else 420, margin={"l": 60, "r": 30, "t": top, "b": 40},
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+                      template="plotly_white")
+    return fig
+
+
+def _clip_start(text: str, n: int) -> str:
+    return text if len(text) <= n else "…" + text[-n:]
+
+
+def _clip_end(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n] + "…"
+
+
+def samples_html(ctx, samples: list[dict]) -> str:
+    """The newest sampled completions: prompt (its end), completion and each reward, all escaped."""
+    t = ctx.t
+    if not samples:
+        return f'<div id="train-samples-box"><small>{html.escape(t("train.samples.none"))}</small></div>'
+    pre = 'style="white-space:pre-wrap;margin:2px 0;max-height:260px;overflow:auto;font-size:12px"'
+    parts = [f'<div id="train-samples-box" data-step="{samples[0]["step"]}">'
+             f'<b>{html.escape(t("train.samples.title", step=samples[0]["step"]))}</b>']
+    for s in samples:
+        chips = " ".join(
+            f'<span class="train-reward" data-name="{html.escape(name)}" style="background:#eef2ff;border-radius:4px;'
+            f'padding:0 5px;margin-right:4px">{html.escape(name)} {"–" if value is None else f"{value:+.2f}"}</span>'
+            for name, value in s["rewards"].items())
+        answer = (t("train.samples.answer", answer=s["answer"]) if s["answer"] is not None
+                  else t("train.samples.no_answer"))
+        parts.append(
+            '<div class="train-sample" style="border-top:1px solid #e5e7eb;padding:6px 0">'
+            f'<div>{chips} <small>{html.escape(answer)}</small></div>'
+            f'<details><summary><small>{html.escape(t("train.samples.prompt"))}</small></summary>'
+            f'<pre {pre}>{html.escape(_clip_start(s["prompt"], PROMPT_TAIL_CHARS))}</pre></details>'
+            f'<small>{html.escape(t("train.samples.completion"))}</small>'
+            f'<pre {pre}>{html.escape(_clip_end(s["completion"], COMPLETION_CHARS))}</pre></div>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def render_stage(ctx, run_dir, seen_state, force: bool = False) -> tuple:
+    """(stage view box, its line, chart, samples, seen): the live view of a dpo / orpo / grpo run,
+    hidden for sft; redrawn only when the run, its metrics or its samples changed."""
+    import gradio as gr
+
+    from core.train import runs
+    from core.train.live import read_samples, run_stage
+
+    seen_state = dict(seen_state or {})
+    if not run_dir or not Path(run_dir).is_dir():
+        seen_state.update(run=None, key=None)
+        return gr.update(visible=False), "", gr.skip(), "", seen_state
+    run_dir = run_id(run_dir)
+    metrics = runs.read_metrics(run_dir)
+    stage = run_stage(runs.read_status(run_dir), metrics)
+    if stage == "sft":
+        seen_state.update(run=run_dir, key=None)
+        return gr.update(visible=False), "", gr.skip(), "", seen_state
+    samples = read_samples(run_dir, SAMPLES_SHOWN) if stage == "grpo" else []
+    key = [stage, len(metrics), [(s["step"], s["completion"][:40]) for s in samples]]
+    if not force and seen_state.get("run") == run_dir and seen_state.get("key") == key:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), seen_state
+    seen_state.update(run=run_dir, key=key)
+    return (gr.update(visible=True), stage_line(ctx, stage, metrics), stage_figure(ctx, stage, metrics),
+            samples_html(ctx, samples) if stage == "grpo" else "", seen_state)
+
+
+def show_stage(ctx, run_dir, seen_state) -> tuple:
+    return render_stage(ctx, run_dir, seen_state, force=True)
+
+
+def poll_stage(ctx, run_dir, seen_state) -> tuple:
+    return render_stage(ctx, run_dir, seen_state)
+
+
+def build_stage_settings(ctx, infos) -> dict:
+    """The stage selector and the rl settings under it: {dotted path: widget}, plus "section"."""
+    import gradio as gr
+
+    from core.train.live import STAGE_SETTINGS
+
+    gr.Markdown("### " + ctx.t("train.section.stage"))
+    stage_default = infos["train.stage"].default
+    widgets = {"train.stage": widget_for(ctx, infos["train.stage"])}
+    vis = stage_visibility(stage_default)
+    with gr.Accordion(ctx.t("train.section.rl"), open=True, visible=vis["section"],
+                      elem_id="train-sec-rl") as section:
+        with gr.Row():
+            cols = [gr.Column(min_width=200), gr.Column(min_width=200)]
+        for i, path in enumerate(STAGE_SETTINGS):
+            with cols[i % 2]:
+                widgets[path] = widget_for(ctx, infos[path])
+                widgets[path].visible = vis[path]
+    widgets["section"] = section
+    return widgets
+
+
+def build_stage_view(ctx) -> dict:
+    """The live view of a dpo / orpo / grpo run (hidden until such a run is shown)."""
+    import gradio as gr
+
+    with gr.Group(visible=False, elem_id="train-stage-view") as box:
+        line = gr.Markdown(elem_id="train-stage-line")
+        chart = gr.Plot(label=ctx.t("train.stage_view"), elem_id="train-stage-chart")
+        samples = gr.HTML("", elem_id="train-samples")
+    return {"box": box, "line": line, "chart": chart, "samples": samples,
+            "seen": gr.State({"run": None, "key": None})}
+
+
+def wire_stage(ctx, settings: dict, view: dict, run_sel, timer, refresh) -> None:
+    from core.train.live import STAGE_SETTINGS
+    from gui.tabs import bind
+
+    settings["train.stage"].change(bind(on_stage, ctx), inputs=settings["train.stage"],
+                                   outputs=[settings["section"], *(settings[p] for p in STAGE_SETTINGS)])
+    outputs = [view["box"], view["line"], view["chart"], view["samples"], view["seen"]]
+    run_sel.change(bind(show_stage, ctx), inputs=[run_sel, view["seen"]], outputs=outputs)
+    refresh.click(bind(show_stage, ctx), inputs=[run_sel, view["seen"]], outputs=outputs)
+    timer.tick(bind(poll_stage, ctx), inputs=[run_sel, view["seen"]], outputs=outputs, show_progress="hidden")
+
+
 # ---------------------------------------------------------------------------------------- build
 def build(ctx) -> None:
     import gradio as gr
@@ -454,6 +672,8 @@ def build(ctx) -> None:
                 picker = model_picker.build(ctx)
                 fields.update({"model.name_or_path": picker["choice"], "model.method": picker["method"],
                                "model.quant": picker["quant"], "model.hub": picker["hub"]})
+                stage_settings = build_stage_settings(ctx, infos)  # the stage decides the mix kind: before Data
+                fields.update({p: w for p, w in stage_settings.items() if p != "section"})
                 gr.Markdown("### " + t("train.section.data"))
                 with gr.Row(equal_height=True):
                     mixes = mix_choices(ctx)
@@ -489,6 +709,7 @@ def build(ctx) -> None:
                 progress = gr.HTML("", elem_id="train-progress")
                 status = gr.Markdown(t("train.no_run"), elem_id="train-status")
                 chart = gr.Plot(label=t("train.chart.title"), elem_id="train-chart")
+                stage_view = build_stage_view(ctx)
                 with gr.Accordion(t("train.log"), open=False, elem_id="train-log-box"):
                     log = gr.Code(value="", language=None, lines=14, max_lines=30, elem_id="train-log",
                                   interactive=False)
@@ -512,5 +733,6 @@ def build(ctx) -> None:
     mix.change(bind(show_mix, ctx), inputs=mix, outputs=mix_about)
     mix_refresh.click(bind(refresh_mixes, ctx), inputs=mix, outputs=[mix, mix_about])
     tab.select(bind(refresh_mixes, ctx), inputs=mix, outputs=[mix, mix_about])
+    wire_stage(ctx, stage_settings, stage_view, run_sel, timer, run_refresh)
     if ctx.blocks is not None:
         ctx.blocks.load(bind(initial, ctx), inputs=seen, outputs=panel)
