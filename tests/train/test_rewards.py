@@ -243,3 +243,22 @@ def test_the_documented_example_reward_file_loads_and_scores(tmp_path):
     comps = ["<think>\n想一想\n</think>\n\n答案是四十二", "<think>\nx\n</think>\n\n" + "same\n" * 10]
     assert fns[1](prompts=[THINKING] * 2, completions=comps, answer=["42", "42"]) == [1.0, 0.0]
     assert fns[2](prompts=[THINKING] * 2, completions=comps, answer=["42", "42"]) == [0.0, -1.0]
+
+
+def test_rewards_read_completions_as_trl_decodes_them_with_qwen3s_tokenizer():
+    """TRL decodes completions with skip_special_tokens: Qwen3's think tags are not special tokens,
+    so they stay in the text, and the end-of-turn token goes."""
+    from transformers import AutoTokenizer
+
+    from core.data.tokenizer import qwen3_tokenizer_dir
+
+    tok = AutoTokenizer.from_pretrained(qwen3_tokenizer_dir())
+    ids = tok("<think>\n6 sevens\n</think>\n\nIt is \\boxed{42}.<|im_end|>", add_special_tokens=False)["input_ids"]
+    text = tok.decode(ids, skip_special_tokens=True)
+    assert text == "<think>\n6 sevens\n</think>\n\nIt is \\boxed{42}."
+    msgs = [{"role": "user", "content": "What is 6 * 7?"}]
+    thinking = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    direct = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert format_reward(prompts=[thinking], completions=[text]) == [1.0]
+    assert answer_reward(prompts=[thinking], completions=[text], answer=["42"]) == [1.0]
+    assert format_reward(prompts=[direct, direct], completions=["It is \\boxed{42}.", text]) == [1.0, 0.5]
