@@ -1,0 +1,178 @@
+"""Per-card estimates for several cards (ddp, fsdp) and for the stages beyond SFT (dpo, orpo, grpo)."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.config import DataConfig, ModelConfig, RLConfig, RunConfig, TrainConfig
+from core.hardware.catalog import get_model, lora_param_count, param_counts
+from core.hardware.estimate import (
+    GIB,
+    calibrate,
+    estimate_run,
+    estimate_training,
+    gpu_count_of,
+    load_coefficients,
+)
+from core.settings import ConfigError
+
+BASE = dict(seq_len=2048, micro_batch=1)
+
+
+def est(model="qwen3-8b", method="lora", **kw):
+    return estimate_training(model, method=method, **{**BASE, **kw})
+
+
+# ------------------------------------------------------------------------------------ strategies
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_ddp_per_card_is_one_cards_figure(method):
+    for n in (2, 4, 8):
+        assert est(method=method, strategy="ddp", gpus=n).total_gib == est(method=method).total_gib
+    # ... and single ignores the card count
+    assert est(method=method, strategy="single", gpus=4).total_gib == est(method=method).total_gib
+
+
+def test_fsdp_shards_weights_and_adapter_state_and_adds_the_gathered_parts():
+    c = load_coefficients()
+    arch = get_model("qwen3-32b").arch
+    counts = param_counts(arch)
+    one = est("qwen3-32b", strategy="fsdp", gpus=1)
+    two = est("qwen3-32b", strategy="fsdp", gpus=2)
+    four = est("qwen3-32b", strategy="fsdp", gpus=4)
+    assert one.total_gib > two.total_gib > four.total_gib
+    # fsdp runs on transformers + PEFT
+    assert two.setup["backend"] == "peft" and two.setup["strategy"] == "fsdp" and two.setup["gpus"] == 2
+    # weights: linear bf16 / N + embedding etc. / N + the root kept whole + gather_layers layers
+    layer = counts.linear / arch.layers * 2.0
+    want = (counts.linear * 2.0 / 2 + (counts.embed + counts.other) * c.get("backends.peft.embed_bytes_lora") / 2
+            + (counts.embed + counts.other) * c.get("strategies.fsdp.root_gather_bytes")
+            + layer * c.get("strategies.fsdp.gather_layers")) / GIB
+    assert two.breakdown["weights"] == pytest.approx(want, abs=0.002)
+    n_lora = lora_param_count(arch, 16, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                         "down_proj"])
+    assert two.breakdown["lora"] == pytest.approx(n_lora * 10.0 / 2 / GIB, abs=0.002)
+    # activations and logits are per card, as on one card of the same backend
+    peft = est("qwen3-32b", backend="peft", grad_ckpt="on")
+    assert two.breakdown["activations"] == peft.breakdown["activations"]
+    assert two.breakdown["logits"] == peft.breakdown["logits"]
+
+
+def test_fsdp_makes_qwen3_32b_lora_fit_two_48gb_cards():
+    one_card = est("qwen3-32b", seq_len=1024)
+    two_cards = est("qwen3-32b", seq_len=1024, strategy="fsdp", gpus=2)
+    assert one_card.total_gib > 48 and two_cards.total_gib <= 48 * 0.9
+
+
+def test_bad_strategy_and_gpus_name_the_setting():
+    with pytest.raises(ConfigError, match="train.strategy"):
+        est(strategy="zero3")
+    with pytest.raises(ConfigError, match="gpus"):
+        est(strategy="fsdp", gpus=0)
+
+
+def test_gpu_count_of_the_setting():
+    assert gpu_count_of("auto") is None and gpu_count_of("") is None
+    assert gpu_count_of("2") == 2 and gpu_count_of("0,1") == 2 and gpu_count_of("1,3,5") == 3
+    assert gpu_count_of("two") is None
+
+
+# ---------------------------------------------------------------------------------------- stages
+def test_sft_keeps_its_five_parts_and_its_figures():
+    sft = est(method="qlora", micro_batch=2)
+    assert est(method="qlora", micro_batch=2, stage="sft", rl=RLConfig(kl_beta=0.5)).total_gib == sft.total_gib
+    assert set(sft.breakdown) == {"weights", "lora", "activations", "logits", "overhead"}
+    assert sft.phase == "step" and sft.phases == {"step": sft.total_gib}
+
+
+def test_orpo_is_a_pair_per_row_with_no_reference():
+    c = load_coefficients()
+    arch = get_model("qwen3-8b").arch
+    orpo = est(method="qlora", stage="orpo", micro_batch=2)
+    sft4 = est(method="qlora", micro_batch=4)  # 2 rows x (chosen + rejected) = 4 sequences
+    assert orpo.breakdown["activations"] == sft4.breakdown["activations"]
+    assert orpo.breakdown["reference"] == 0.0
+    assert orpo.breakdown["logits"] == pytest.approx(4 * 2048 * arch.vocab * c.get("stages.logits_bytes") / GIB,
+                                                     abs=0.002)
+
+
+def test_dpo_reference_pass_counts_unless_precomputed():
+    orpo = est(method="qlora", stage="orpo", micro_batch=2)
+    dpo = est(method="qlora", stage="dpo", micro_batch=2)
+    pre = est(method="qlora", stage="dpo", micro_batch=2, precompute_ref=True)
+    # The reference is the adapter disabled: no second copy of the weights.
+    assert dpo.breakdown["weights"] == orpo.breakdown["weights"]
+    assert dpo.breakdown["reference"] > 0 and dpo.total_gib > orpo.total_gib
+    # Precomputed: a pass of its own before training, smaller than the step, so the step is the peak.
+    assert pre.total_gib == orpo.total_gib and pre.phase == "step"
+    assert set(pre.phases) == {"step", "reference"} and pre.phases["reference"] < pre.phases["step"]
+    assert dpo.setup["precompute_ref"] is False and pre.setup["precompute_ref"] is True
+
+
+def test_grpo_counts_completions_generations_and_the_kl_reference():
+    rl = RLConfig(max_prompt_len=256, max_completion_len=1024, num_generations=8, kl_beta=0.0)
+    base = est(method="qlora", stage="grpo", micro_batch=4, rl=rl)
+    assert set(base.phases) == {"step", "generation"}
+    assert base.setup["prompt_len"] == 256 and base.setup["completion_len"] == 1024
+    # the training forward covers prompt + completion tokens of micro_batch completions
+    sft = est(method="qlora", micro_batch=4, seq_len=256 + 1024)
+    assert base.phases["step"] >= sft.total_gib
+    # more completions decoded at once: a bigger KV cache, and at some point the generation is the peak
+    gens = [est(method="qlora", stage="grpo", micro_batch=4, rl=rl, generation_batch=g).phases["generation"]
+            for g in (4, 16, 64)]
+    assert gens == sorted(gens) and len(set(gens)) == 3
+    big = est(method="qlora", stage="grpo", micro_batch=4, rl=rl, generation_batch=256)
+    assert big.phase == "generation" and big.breakdown["generation"] > 0 and big.breakdown["activations"] == 0
+    assert sum(big.breakdown.values()) == pytest.approx(big.total_gib, abs=0.01)
+    longer = est(method="qlora", stage="grpo", micro_batch=4, rl=RLConfig(max_completion_len=4096))
+    assert longer.total_gib > est(method="qlora", stage="grpo", micro_batch=4, rl=RLConfig()).total_gib
+    # a KL penalty adds a reference pass (adapter disabled), not a copy of the weights
+    kl = est(method="qlora", stage="grpo", micro_batch=4, rl=RLConfig(**{**rl.__dict__, "kl_beta": 0.04}))
+    assert set(kl.phases) == {"step", "generation", "reference"} and kl.setup["kl"] is True
+    assert kl.breakdown["weights"] == base.breakdown["weights"]
+
+
+def test_rl_settings_as_a_dict_and_bad_values():
+    a = est(method="qlora", stage="grpo", micro_batch=2, rl={"max_completion_len": 2048})
+    b = est(method="qlora", stage="grpo", micro_batch=2, rl=RLConfig(max_completion_len=2048))
+    assert a.total_gib == b.total_gib
+    with pytest.raises(ConfigError, match="rl.max_completion_len"):
+        est(stage="grpo", rl={"max_completion_len": 0})
+    with pytest.raises(ConfigError, match="train.stage"):
+        est(stage="ppo")
+
+
+def _cfg(**train):
+    return RunConfig(model=ModelConfig(name_or_path="qwen3-8b", method="qlora"),
+                     train=TrainConfig(**{"micro_batch": 2, **train}), data=DataConfig(mix_dir="m"))
+
+
+def test_estimate_run_reads_stage_rl_and_strategy_from_the_config():
+    cfg = _cfg(stage="grpo", grad_accum=4)
+    cfg.rl.max_completion_len = 2048
+    got = estimate_run(cfg)
+    want = estimate_training("qwen3-8b", method="qlora", seq_len=2048, micro_batch=2, rank=cfg.lora.r,
+                             stage="grpo", rl=cfg.rl, generation_batch=8)
+    assert got.total_gib == want.total_gib
+    fsdp = estimate_run(_cfg(strategy="fsdp", gpus="0,1"))
+    assert fsdp.setup["gpus"] == 2 and fsdp.setup["strategy"] == "fsdp"
+    assert estimate_run(_cfg(strategy="fsdp", gpus="auto"), gpus=4).setup["gpus"] == 4
+    with pytest.raises(ConfigError, match="train.micro_batch"):
+        estimate_run(_cfg(micro_batch="auto"))
+    assert estimate_run(_cfg(micro_batch="auto"), micro_batch=1).setup["micro_batch"] == 1
+
+
+def test_stage_points_refit_the_stage_coefficients():
+    c = load_coefficients()
+    truth = c.with_values({"stages.logits_bytes": 4.0, "stages.kv_bytes": 2.6})
+    pts = []
+    for model in ("qwen3-0.6b", "qwen3-4b", "qwen3-8b"):
+        for stage, mb, gen in (("orpo", 1, None), ("orpo", 2, None), ("grpo", 2, 64), ("grpo", 4, 128)):
+            rl = {"max_prompt_len": 256, "max_completion_len": 1024}
+            e = estimate_training(model, method="qlora", seq_len=2048, micro_batch=mb, stage=stage, rl=rl,
+                                  generation_batch=gen, coefficients=truth)
+            pts.append({"model": model, "method": "qlora", "seq_len": 2048, "micro_batch": mb, "stage": stage,
+                        "rl": rl, "generation_batch": gen, "status": "ok", "peak_alloc_gib": e.alloc_gib})
+    fit = calibrate(pts, c)
+    assert fit.coefficients.get("stages.logits_bytes") == pytest.approx(4.0, rel=0.05)
+    assert fit.max_abs_error < 0.02
+    assert {r["stage"] for r in fit.rows} == {"orpo", "grpo"}
