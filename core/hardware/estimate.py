@@ -516,7 +516,7 @@ def estimate_run(cfg, *, model=None, micro_batch: int | None = None, backend: st
     stage = getattr(t, "stage", "sft")
     strategy = getattr(t, "strategy", "single")
     if gpus is None:
-        gpus = gpu_count_of(getattr(t, "gpus", "auto")) or 1
+        gpus = 1 if strategy == "single" else (gpu_count_of(getattr(t, "gpus", "auto")) or visible_gpu_count())
     generation = mb * t.grad_accum if stage == "grpo" else None
     return estimate_training(model or cfg.model.name_or_path, method=cfg.model.method, seq_len=t.max_seq_len,
                              micro_batch=mb, rank=cfg.lora.r, target_modules=list(cfg.lora.target_modules),
@@ -525,6 +525,21 @@ def estimate_run(cfg, *, model=None, micro_batch: int | None = None, backend: st
                              generation_batch=generation,
                              precompute_ref=bool(getattr(getattr(cfg, "rl", None), "precompute_ref", False)),
                              strategy=strategy, gpus=max(int(gpus), 1), coefficients=coefficients)
+
+
+def visible_gpu_count() -> int:
+    """Cards a run with ``train.gpus: auto`` gets: the launcher's WORLD_SIZE inside a run, else the
+    GPUs NVML reports (at least 1, so that an estimate is always per one card or more)."""
+    import os
+
+    text = os.environ.get("WORLD_SIZE", "").strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    from core.hardware.detect import HardwareReport, detect_gpus
+
+    report = HardwareReport()
+    detect_gpus(report)
+    return max(len(report.gpus), 1)
 
 
 def gpu_count_of(setting) -> int | None:

@@ -73,11 +73,15 @@ def divisors_up_to(n: int, limit: int) -> list[int]:
 def choose_micro_batch(model, *, vram_gib: float | None, grad_accum: int, method: str, seq_len: int,
                        rank: int = 32, target_modules=None, grad_ckpt: str = "unsloth",
                        backend: str = "unsloth", quant: str = "auto", optimizer: str = "adamw_8bit",
-                       coefficients=None) -> Choice:
+                       stage: str = "sft", rl=None, precompute_ref: bool = False, strategy: str = "single",
+                       gpus: int = 1, coefficients=None) -> Choice:
     """The auto micro-batch for ``model`` (catalog key, model folder, Arch or catalog entry) on a
     card of ``vram_gib`` (None: no GPU). ``grad_accum`` is the setting as written (it counts
     micro-batches of REFERENCE_MICRO_BATCH rows); the returned accumulation keeps the effective
-    batch exact."""
+    batch exact. Everything is per card: with ``strategy`` ddp / fsdp over ``gpus`` cards each one
+    takes its own micro-batch. ``stage`` / ``rl`` (train.stage, the rl section): a dpo / orpo row is a
+    chosen + rejected pair; for grpo the micro-batch counts completions, and the rollouts decode
+    the whole effective batch at once (TRL generates for every accumulation step together)."""
     from core.config import ALL_LINEAR
     from core.hardware.estimate import estimate_training
 
@@ -95,7 +99,9 @@ def choose_micro_batch(model, *, vram_gib: float | None, grad_accum: int, method
     def est(m: int) -> float:
         return estimate_training(model, method=method, seq_len=seq_len, micro_batch=m, rank=rank,
                                  target_modules=targets, grad_ckpt=grad_ckpt, backend=backend, quant=quant,
-                                 optimizer=opt, coefficients=coefficients).total_gib
+                                 optimizer=opt, stage=stage, rl=rl, precompute_ref=precompute_ref,
+                                 generation_batch=total if stage == "grpo" else None, strategy=strategy,
+                                 gpus=gpus, coefficients=coefficients).total_gib
 
     # The estimate grows with the micro-batch, so the largest that fits is found by bisection.
     lo, hi = 0, total
@@ -106,14 +112,17 @@ def choose_micro_batch(model, *, vram_gib: float | None, grad_accum: int, method
         else:
             hi = mid - 1
     room = f"{vram_gib:.1f} GiB less a {SAFETY_MARGIN:.0%} margin = {budget:.1f} GiB"
+    unit = {"grpo": "completion", "dpo": "preference pair", "orpo": "preference pair"}.get(stage, "row")
     if lo == 0:
         one = est(1)
         return Choice(1, total, total,
-                      f"micro-batch auto: even 1 row of {seq_len} tokens is estimated at {one:.1f} GiB, over the "
+                      f"micro-batch auto: even 1 {unit} of {seq_len} tokens is estimated at {one:.1f} GiB, over the "
                       f"{room}; training may run out of memory (shorter max_seq_len, QLoRA or a smaller model "
                       f"would fit)", round(one, 2), round(budget, 2), fits=False)
     m = max(divisors_up_to(total, lo))
-    why = (f"micro-batch auto: {m} x {total // m} accumulation = {total} rows per step "
+    rows = "completions" if stage == "grpo" else "rows"
+    per_card = f" per GPU ({gpus} GPUs, {strategy})" if strategy != "single" and gpus > 1 else ""
+    why = (f"micro-batch auto: {m} x {total // m} accumulation = {total} {rows} per step{per_card} "
            f"({REFERENCE_MICRO_BATCH} x grad_accum {grad_accum}); estimated peak {est(m):.1f} GiB of {room}")
     if lo < total and m < lo:
         why += f"; {lo} would fit but does not divide {total}, so {m}"
@@ -172,6 +181,20 @@ def card_gib(device: str) -> tuple[float | None, str]:
     return usable, where
 
 
+def stage_options(cfg) -> dict:
+    """choose_micro_batch's stage and card arguments for a RunConfig, in this process: the card count
+    of a ddp / fsdp run is its launcher's WORLD_SIZE (torchrun and accelerate set it)."""
+    t = cfg.train
+    strategy = getattr(t, "strategy", "single")
+    gpus = 1
+    if strategy != "single":
+        text = os.environ.get("WORLD_SIZE", "").strip()
+        gpus = int(text) if text.isdigit() and int(text) > 0 else 1
+    rl = getattr(cfg, "rl", None)
+    return {"stage": getattr(t, "stage", "sft"), "rl": rl,
+            "precompute_ref": bool(getattr(rl, "precompute_ref", False)), "strategy": strategy, "gpus": gpus}
+
+
 def resolve(cfg, run_dir, model_path, backend: str, echo=print) -> Choice | None:
     """Settle ``cfg.train.micro_batch`` (and ``grad_accum``) before the model loads (so a memory
     cap holds for loading too), and say what was chosen and why in the log and status.json.
@@ -196,7 +219,7 @@ def resolve(cfg, run_dir, model_path, backend: str, echo=print) -> Choice | None
                                     method=cfg.model.method, seq_len=t.max_seq_len, rank=cfg.lora.r,
                                     target_modules=cfg.lora.target_modules, grad_ckpt=t.gradient_checkpointing,
                                     backend=backend if backend in ("unsloth", "peft") else "peft",
-                                    quant=cfg.model.quant, optimizer=optimizer)
+                                    quant=cfg.model.quant, optimizer=optimizer, **stage_options(cfg))
     except (KeyError, ValueError, OSError) as exc:
         if isinstance(exc, ConfigError) and exc.where.startswith(("train.", CAP_ENV)):
             raise

@@ -134,14 +134,10 @@ def total_steps(cfg, train_rows: int | None) -> int | None:
 
 
 def _estimate(cfg, micro_batch: int) -> float:
-    from core.hardware.estimate import estimate_training
+    """Per-card peak of ``cfg`` at ``micro_batch``: stage, rl settings, strategy and cards included."""
+    from core.hardware.estimate import estimate_run
 
-    backend = cfg.model.backend if cfg.model.backend in ("unsloth", "peft") else "unsloth"
-    optimizer = cfg.train.optimizer if cfg.train.optimizer != "auto" else "adamw_8bit"
-    return estimate_training(cfg.model.name_or_path, method=cfg.model.method, seq_len=cfg.train.max_seq_len,
-                             micro_batch=micro_batch, rank=cfg.lora.r, target_modules=list(cfg.lora.target_modules),
-                             grad_ckpt=cfg.train.gradient_checkpointing, backend=backend,
-                             quant=cfg.model.quant, optimizer=optimizer).total_gib
+    return estimate_run(cfg, micro_batch=micro_batch).total_gib
 
 
 # ---------------------------------------------------------------------------------- the rules
