@@ -5,6 +5,11 @@ verdict  fits   the estimate leaves at least 10% of the card free
          no     it does not fit
 The best pick is the largest model that fits with headroom (16-bit LoRA before QLoRA for the same
 model, since it trains the unquantized weights).
+
+Several cards (:func:`recommend_for_cards`): every model x method is judged per card for ddp (each
+card holds the whole model; the Unsloth backend) and fsdp (the model sharded over the cards;
+transformers + PEFT), and gets the strategy to use: ddp where it fits (no sharding traffic, and the
+faster backend), else fsdp. "Qwen3-32B LoRA 16-bit fits 2 x 48 GB with fsdp" is such a row.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from core.hardware.detect import HardwareReport
 from core.hardware.estimate import HEADROOM, Coefficients, estimate_training, load_coefficients
 
 METHOD_ORDER = ("lora", "qlora")
+MULTI_STRATEGIES = ("ddp", "fsdp")  # in order of preference when both fit
+METHOD_WORDS = {"lora": "LoRA 16-bit", "qlora": "QLoRA 4-bit"}
 SEQ_STEP = 256
 VERDICT_ORDER = {"fits": 0, "tight": 1, "no": 2}
 
@@ -51,6 +58,14 @@ def verdict_for(est_gib: float, vram_gib: float) -> str:
 def _est(entry: ModelEntry, method: str, seq_len: int, micro_batch: int, opts: dict, c: Coefficients):
     return estimate_training(entry.arch, method=method, seq_len=seq_len, micro_batch=micro_batch,
                              coefficients=c, **opts)
+
+
+def strategy_options(strategy: str, gpus: int, opts: dict) -> dict:
+    """Estimator options of one strategy: fsdp trains on transformers + PEFT with recompute."""
+    out = {**opts, "strategy": strategy, "gpus": gpus}
+    if strategy == "fsdp":
+        out.update(backend="peft", grad_ckpt="on" if opts.get("grad_ckpt") == "unsloth" else opts.get("grad_ckpt"))
+    return out
 
 
 def max_seq_len(entry: ModelEntry, method: str, vram_gib: float, opts: dict, c: Coefficients) -> int:
@@ -113,12 +128,113 @@ def best_pick(recs: list[Recommendation]) -> Recommendation | None:
     return min(fitting, key=lambda r: (-r.params_b, METHOD_ORDER.index(r.method)))
 
 
+@dataclass
+class MultiRecommendation:
+    """One model x method on ``gpus`` cards of ``vram_gib`` each; every figure is per card."""
+
+    model: str
+    display: str
+    method: str
+    strategy: str  # the one to use: ddp where it fits, else fsdp (the better verdict when neither does)
+    est_gib: float  # per card, with that strategy
+    verdict: str
+    ddp_gib: float
+    fsdp_gib: float
+    ddp_verdict: str
+    fsdp_verdict: str
+    micro_batch: int  # what micro_batch auto picks per card with that strategy (0: does not fit)
+    max_seq_len: int  # longest sequence that fits with headroom at micro-batch 1 with that strategy
+    effective_batch: int  # rows per optimizer step over all cards at the default accumulation
+    seq_len: int
+    params_b: float
+    gpus: int
+    vram_gib: float
+    headroom_gib: float
+    breakdown: dict = field(default_factory=dict)
+    best: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def sentence(self) -> str:
+        """E.g. "Qwen3-32B LoRA 16-bit fits 2 x 48 GB with fsdp (about 41.5 GiB per card)"."""
+        word = {"fits": "fits", "tight": "just fits", "no": "does not fit"}[self.verdict]
+        text = f"{self.display} {METHOD_WORDS[self.method]} {word} {self.gpus} x {self.vram_gib:g} GB"
+        if self.verdict == "no":
+            return text + f" (about {min(self.ddp_gib, self.fsdp_gib):.1f} GiB per card at best)"
+        return text + f" with {self.strategy} (about {self.est_gib:.1f} GiB per card)"
+
+
+def _pick_strategy(verdicts: dict[str, str], gib: dict[str, float]) -> str:
+    # The better verdict; between equals the preferred strategy, unless neither fits (then the
+    # smaller need, the one closer to fitting).
+    return min(MULTI_STRATEGIES, key=lambda k: (VERDICT_ORDER[verdicts[k]], gib[k] if verdicts[k] == "no" else 0,
+                                                MULTI_STRATEGIES.index(k)))
+
+
+def recommend_for_cards(gpus: int, vram_gib: float, *, seq_len: int = 2048, rank: int = 16,
+                        backend: str = "unsloth", grad_ckpt: str = "unsloth",
+                        catalog: dict[str, ModelEntry] | None = None,
+                        coefficients: Coefficients | None = None) -> list[MultiRecommendation]:
+    """Every catalog model x method on ``gpus`` cards of ``vram_gib`` each (the smallest card when
+    they differ: every card must hold its share), best first."""
+    from core.config import TrainConfig
+    from core.train.autobatch import effective_batch
+
+    catalog = catalog if catalog is not None else load_catalog()
+    c = coefficients or load_coefficients()
+    base = {"rank": rank, "backend": backend, "grad_ckpt": grad_ckpt}
+    accum = TrainConfig().grad_accum
+    out = []
+    for entry in catalog.values():
+        for method in METHOD_ORDER:
+            ests = {k: _est(entry, method, seq_len, 1, strategy_options(k, gpus, base), c) for k in MULTI_STRATEGIES}
+            verdicts = {k: verdict_for(e.total_gib, vram_gib) for k, e in ests.items()}
+            chosen = _pick_strategy(verdicts, {k: e.total_gib for k, e in ests.items()})
+            opts = strategy_options(chosen, gpus, base)
+            est = ests[chosen]
+            out.append(MultiRecommendation(
+                model=entry.key, display=entry.display, method=method, strategy=chosen,
+                est_gib=round(est.total_gib, 2), verdict=verdicts[chosen],
+                ddp_gib=round(ests["ddp"].total_gib, 2), fsdp_gib=round(ests["fsdp"].total_gib, 2),
+                ddp_verdict=verdicts["ddp"], fsdp_verdict=verdicts["fsdp"],
+                micro_batch=suggest_micro_batch(entry, method, seq_len, vram_gib, opts, c),
+                max_seq_len=max_seq_len(entry, method, vram_gib, opts, c),
+                effective_batch=effective_batch(accum) * gpus, seq_len=seq_len, params_b=entry.params_b,
+                gpus=gpus, vram_gib=round(vram_gib, 2), headroom_gib=round(vram_gib - est.total_gib, 2),
+                breakdown=dict(est.breakdown)))
+    out.sort(key=lambda r: (VERDICT_ORDER[r.verdict], -r.params_b, METHOD_ORDER.index(r.method)))
+    pick = best_pick(out)
+    if pick is not None:
+        pick.best = True
+    return out
+
+
+def multi_card(report: HardwareReport, gpus: int | None = None, **kwargs) -> dict | None:
+    """The several-card plan of ``report``: its first ``gpus`` cards (default all), judged at the
+    smallest card's memory. None for one card."""
+    n = len(report.gpus) if gpus is None else gpus
+    cards = report.gpus[:n]
+    if n < 2 or len(cards) < n:
+        return None
+    vram = min(g.total_gib for g in cards)
+    rows = recommend_for_cards(n, vram, **kwargs)
+    best = next((r for r in rows if r.best), None)
+    return {"gpus": n, "vram_gib": round(vram, 2), "ids": [g.index for g in cards],
+            "cards": [g.name for g in cards], "recommendations": [r.to_dict() for r in rows],
+            "best": best.to_dict() if best else None,
+            "sentence": best.sentence() if best else
+            f"No Qwen3 fits {n} x {vram:g} GB with 10% headroom at {kwargs.get('seq_len', 2048)} tokens."}
+
+
 def recommend(report: HardwareReport, *, seq_len: int = 2048, rank: int = 16, backend: str = "unsloth",
-              grad_ckpt: str = "unsloth") -> dict:
-    """{"gpus": [...], "recommendations": [...], "best": {...} | None, "message": str}.
+              grad_ckpt: str = "unsloth", gpus: int | None = None) -> dict:
+    """{"gpus": [...], "recommendations": [...], "best": {...} | None, "multi": {...} | None,
+    "message": str}.
 
     Each GPU gets its own rows (``gpu`` and ``card`` say which); ``best`` is the best pick over all
-    cards. Without a GPU the lists are empty and ``message`` says why."""
+    cards. ``multi`` is the plan for training on ``gpus`` of them together (default: all, when there
+    are several; see :func:`multi_card`). Without a GPU the lists are empty and ``message`` says why."""
     catalog = load_catalog()
     c = load_coefficients()
     rows: list[Recommendation] = []
@@ -139,6 +255,8 @@ def recommend(report: HardwareReport, *, seq_len: int = 2048, rank: int = 16, ba
         "recommendations": [r.to_dict() for r in rows],
         "best": best.to_dict() if best else None,
         "best_per_gpu": [p.to_dict() if p else None for p in best_gpus.values()],
+        "multi": multi_card(report, gpus, seq_len=seq_len, rank=rank, backend=backend, grad_ckpt=grad_ckpt,
+                            catalog=catalog, coefficients=c),
         "seq_len": seq_len,
         "message": report.message,
         "system": {"driver_version": report.driver_version, "cuda_version": report.cuda_version,

@@ -75,3 +75,23 @@ def test_real_subprocess_without_gpu():
                               timeout=120)
         assert proc.returncode == 0, proc.stderr
         json.loads(proc.stdout)
+
+
+def test_hw_plans_several_cards_you_do_not_have(capsys):
+    out = run_json(capsys, ["hw", "--gpus", "2", "--gpu-memory", "48", "--seq-len", "1024", "--json"])
+    assert out["multi"]["gpus"] == 2 and out["multi"]["vram_gib"] == 48.0
+    rows = {(r["model"], r["method"]): r for r in out["multi"]["recommendations"]}
+    assert rows[("qwen3-32b", "lora")]["strategy"] == "fsdp" and rows[("qwen3-32b", "lora")]["verdict"] == "fits"
+    assert main(["hw", "--gpus", "2", "--vram-gb", "48", "--seq-len", "1024"]) == 0
+    text = capsys.readouterr().out
+    assert "2 GPUs together" in text and "With 2 GPUs:" in text and "train.strategy:" in text
+    assert "Qwen3-32B" in text and "fsdp" in text
+    assert run_json(capsys, ["hw", "--vram-gb", "24", "--json"])["multi"] is None
+
+
+def test_hw_gpus_beyond_the_detected_ones_says_how_to_plan(capsys, monkeypatch):
+    from core.hardware import detect
+
+    monkeypatch.setattr(detect, "detect", lambda *a, **k: detect.simulated(24, count=1))
+    assert main(["hw", "--gpus", "2"]) == 2
+    assert "--gpu-memory" in capsys.readouterr().err
