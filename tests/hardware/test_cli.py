@@ -95,3 +95,20 @@ def test_hw_gpus_beyond_the_detected_ones_says_how_to_plan(capsys, monkeypatch):
     monkeypatch.setattr(detect, "detect", lambda *a, **k: detect.simulated(24, count=1))
     assert main(["hw", "--gpus", "2"]) == 2
     assert "--gpu-memory" in capsys.readouterr().err
+
+
+def test_estimate_stage_and_strategy_flags(capsys):
+    grpo = run_json(capsys, ["estimate", "--model", "qwen3-8b", "--method", "qlora", "--stage", "grpo", "--batch",
+                             "4", "--completion-len", "2048", "--kl-beta", "0.04", "--json"])
+    assert grpo["setup"]["stage"] == "grpo" and grpo["setup"]["completion_len"] == 2048
+    assert grpo["setup"]["generation_batch"] == 16 and set(grpo["phases"]) == {"step", "generation", "reference"}
+    assert {"reference", "generation"} <= set(grpo["breakdown"])
+    dpo = run_json(capsys, ["estimate", "--model", "qwen3-8b", "--method", "qlora", "--stage", "dpo", "--json"])
+    pre = run_json(capsys, ["estimate", "--model", "qwen3-8b", "--method", "qlora", "--stage", "dpo",
+                            "--precompute-ref", "--json"])
+    assert pre["total_gib"] < dpo["total_gib"]
+    fsdp = run_json(capsys, ["estimate", "--model", "qwen3-32b", "--strategy", "fsdp", "--gpus", "4", "--json"])
+    one = run_json(capsys, ["estimate", "--model", "qwen3-32b", "--json"])
+    assert fsdp["setup"]["gpus"] == 4 and fsdp["total_gib"] < one["total_gib"]
+    assert main(["estimate", "--model", "qwen3-8b", "--stage", "grpo", "--completion-len", "0"]) == 2
+    assert "rl.max_completion_len" in capsys.readouterr().err

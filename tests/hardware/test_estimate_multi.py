@@ -176,3 +176,58 @@ def test_stage_points_refit_the_stage_coefficients():
     assert fit.coefficients.get("stages.logits_bytes") == pytest.approx(4.0, rel=0.05)
     assert fit.max_abs_error < 0.02
     assert {r["stage"] for r in fit.rows} == {"orpo", "grpo"}
+
+
+# ------------------------------------------------------------------------- auto micro-batch, pre-run check
+def test_auto_micro_batch_counts_pairs_completions_and_cards():
+    from core.train.autobatch import choose_micro_batch
+
+    kw = dict(vram_gib=24, grad_accum=8, method="qlora", seq_len=2048, rank=16)
+    sft = choose_micro_batch("qwen3-8b", **kw)
+    dpo = choose_micro_batch("qwen3-8b", stage="dpo", **kw)
+    assert dpo.micro_batch < sft.micro_batch  # two sequences per row, and materialised logits
+    assert dpo.effective_batch == sft.effective_batch == 16
+    grpo = choose_micro_batch("qwen3-8b", stage="grpo", rl=RLConfig(max_completion_len=4096), **kw)
+    assert "completions" in grpo.reason and grpo.effective_batch == 16
+    # the rollouts decode the whole effective batch at once, whatever the micro-batch
+    e = estimate_training("qwen3-8b", method="qlora", seq_len=2048, micro_batch=grpo.micro_batch, stage="grpo",
+                          rl=RLConfig(max_completion_len=4096), generation_batch=16)
+    assert grpo.est_gib == pytest.approx(e.total_gib, abs=0.01)
+    # fsdp over 4 cards lets 16-bit Qwen3-14B train on 24 GB cards, per card
+    one = choose_micro_batch("qwen3-14b", vram_gib=24, grad_accum=4, method="lora", seq_len=1024)
+    four = choose_micro_batch("qwen3-14b", vram_gib=24, grad_accum=4, method="lora", seq_len=1024,
+                              strategy="fsdp", gpus=4, backend="peft", grad_ckpt="on")
+    assert not one.fits and four.fits and "per GPU (4 GPUs, fsdp)" in four.reason
+
+
+def test_stage_options_take_the_world_size_of_the_launcher(monkeypatch):
+    from core.train.autobatch import stage_options
+
+    cfg = _cfg(stage="dpo", strategy="ddp")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    opts = stage_options(cfg)
+    assert opts["gpus"] == 4 and opts["strategy"] == "ddp" and opts["stage"] == "dpo" and opts["rl"] is cfg.rl
+    assert stage_options(_cfg())["gpus"] == 1  # single: one card whatever the launcher says
+    monkeypatch.delenv("WORLD_SIZE")
+    assert stage_options(cfg)["gpus"] == 1
+
+
+def test_pre_run_check_warns_per_card_with_the_stage(monkeypatch):
+    from core.train.validate import Card, check_run
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    card = Card("NVIDIA RTX 4090", 24.0)
+    sft = _cfg(micro_batch=4)
+    grpo = _cfg(micro_batch=4, stage="grpo", grad_accum=8)
+    grpo.rl.max_completion_len = 4096
+    grpo.rl.num_generations = 8
+    assert not [p for p in check_run(sft, train_rows=1000, card=card) if p.setting == "train.micro_batch"]
+    warned = [p for p in check_run(grpo, train_rows=1000, card=card) if p.setting == "train.micro_batch"]
+    assert warned and warned[0].code in ("micro_batch_over_card", "micro_batch_none_fits")
+    big = RunConfig(model=ModelConfig(name_or_path="qwen3-32b", method="lora"),
+                    train=TrainConfig(micro_batch=1, max_seq_len=1024, strategy="fsdp", gpus="0,1"),
+                    data=DataConfig(mix_dir="m"))
+    assert not [p for p in check_run(big, train_rows=1000, card=Card("L40S", 48.0))
+                if p.setting == "train.micro_batch"]
+    big.train.strategy = "ddp"
+    assert [p for p in check_run(big, train_rows=1000, card=Card("L40S", 48.0)) if p.setting == "train.micro_batch"]
