@@ -107,8 +107,9 @@ def test_estimate_stage_and_strategy_flags(capsys):
     pre = run_json(capsys, ["estimate", "--model", "qwen3-8b", "--method", "qlora", "--stage", "dpo",
                             "--precompute-ref", "--json"])
     assert pre["total_gib"] < dpo["total_gib"]
-    fsdp = run_json(capsys, ["estimate", "--model", "qwen3-32b", "--strategy", "fsdp", "--gpus", "4", "--json"])
-    one = run_json(capsys, ["estimate", "--model", "qwen3-32b", "--json"])
+    fsdp = run_json(capsys, ["estimate", "--model", "qwen3-32b", "--method", "lora", "--strategy", "fsdp",
+                             "--gpus", "4", "--json"])
+    one = run_json(capsys, ["estimate", "--model", "qwen3-32b", "--method", "lora", "--json"])
     assert fsdp["setup"]["gpus"] == 4 and fsdp["total_gib"] < one["total_gib"]
     assert main(["estimate", "--model", "qwen3-8b", "--stage", "grpo", "--completion-len", "0"]) == 2
     assert "rl.max_completion_len" in capsys.readouterr().err
