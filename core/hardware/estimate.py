@@ -36,15 +36,17 @@ Stages beyond SFT (``stage``, ``rl``) run as phases one after another; the peak 
     step        the training forward + backward. dpo / orpo: each row is a chosen + rejected pair,
                 2 sequences of up to seq_len tokens; grpo: micro_batch completions (prompt +
                 completion), logits only for the completion tokens. TRL computes the log-probs
-                from materialised logits (stages.logits_bytes), not the backend's fused loss.
+                from materialised logits (stage_logits_bytes per backend: Unsloth's patched
+                trainers may chunk them), not through the backend's SFT loss.
                 dpo without precomputed reference log-probs also runs the reference forward here
                 (adapter disabled, no copy of the model) while the policy's tensors are alive.
     generation  grpo: the rollouts' KV cache (generation_batch completions of prompt + completion
                 tokens), the prompt prefill of one layer and the sampling logits.
     reference   a no-gradient log-prob pass on its own: dpo with precomputed reference log-probs
                 (before training), grpo with rl.kl_beta > 0 (after the rollouts).
-The stage terms are physical counts whose coefficients have not been measured yet (``stages`` in the
-coefficients file); ``bench/vram_sweep.py --stage`` measures them.
+The stage terms are physical counts whose coefficients have not been measured yet (``stages`` and
+each backend's ``stage_logits_bytes`` in the coefficients file); ``bench/vram_sweep.py --stage``
+measures them.
 """
 
 from __future__ import annotations
@@ -71,7 +73,6 @@ OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "adamw_torch")
 CATEGORIES = ("weights", "lora", "activations", "logits", "overhead")
 # Parts only the stages beyond SFT have (in a breakdown only when they do).
 STAGE_CATEGORIES = ("reference", "generation")
-PHASES = ("step", "generation", "reference")
 
 
 # --------------------------------------------------------------------------------- coefficients
@@ -292,7 +293,7 @@ def training_terms(arch: Arch, s: TrainSetup, c: Coefficients) -> list[Term]:
     terms.append(Term("activations", f"{b}.attn_pair_bytes", float(s.sequences) * s.row_len * s.row_len, "step"))
     # logits / loss: SFT through the backend's loss; the other stages' log-probs come from TRL,
     # which materialises the logits of every position it scores.
-    logits_coef = f"{b}.logits_bytes" if s.stage == "sft" else "stages.logits_bytes"
+    logits_coef = f"{b}.logits_bytes" if s.stage == "sft" else f"{b}.stage_logits_bytes"
     terms.append(Term("logits", logits_coef, s.logit_tokens * arch.vocab, "step"))
     terms += _stage_terms(arch, s)
     # runtime buffers

@@ -91,8 +91,8 @@ def test_orpo_is_a_pair_per_row_with_no_reference():
     sft4 = est(method="qlora", micro_batch=4)  # 2 rows x (chosen + rejected) = 4 sequences
     assert orpo.breakdown["activations"] == sft4.breakdown["activations"]
     assert orpo.breakdown["reference"] == 0.0
-    assert orpo.breakdown["logits"] == pytest.approx(4 * 2048 * arch.vocab * c.get("stages.logits_bytes") / GIB,
-                                                     abs=0.002)
+    per_entry = c.get("backends.unsloth.stage_logits_bytes")
+    assert orpo.breakdown["logits"] == pytest.approx(4 * 2048 * arch.vocab * per_entry / GIB, abs=0.002)
 
 
 def test_dpo_reference_pass_counts_unless_precomputed():
@@ -163,7 +163,7 @@ def test_estimate_run_reads_stage_rl_and_strategy_from_the_config():
 
 def test_stage_points_refit_the_stage_coefficients():
     c = load_coefficients()
-    truth = c.with_values({"stages.logits_bytes": 4.0, "stages.kv_bytes": 2.6})
+    truth = c.with_values({"backends.unsloth.stage_logits_bytes": 4.0, "stages.kv_bytes": 2.6})
     pts = []
     for model in ("qwen3-0.6b", "qwen3-4b", "qwen3-8b"):
         for stage, mb, gen in (("orpo", 1, None), ("orpo", 2, None), ("grpo", 2, 64), ("grpo", 4, 128)):
@@ -173,7 +173,7 @@ def test_stage_points_refit_the_stage_coefficients():
             pts.append({"model": model, "method": "qlora", "seq_len": 2048, "micro_batch": mb, "stage": stage,
                         "rl": rl, "generation_batch": gen, "status": "ok", "peak_alloc_gib": e.alloc_gib})
     fit = calibrate(pts, c)
-    assert fit.coefficients.get("stages.logits_bytes") == pytest.approx(4.0, rel=0.05)
+    assert fit.coefficients.get("backends.unsloth.stage_logits_bytes") == pytest.approx(4.0, rel=0.05)
     assert fit.max_abs_error < 0.02
     assert {r["stage"] for r in fit.rows} == {"orpo", "grpo"}
 
