@@ -524,7 +524,10 @@ def load_and_train(cfg, run_dir: Path, resume: bool, where: Where, group=None) -
     a ddp / fsdp run (a :class:`core.train.ranks.Group`); rank 0 writes the run folder."""
     main = group is None or group.main
     runs.write_status(run_dir, state="running", phase="loading model")
-    backend, notices = _activate_backend(cfg.model.backend)
+    requested = cfg.model.backend
+    if group is not None and group.strategy == "fsdp" and requested == "auto":
+        requested = "peft"  # fsdp shards on transformers + PEFT (Unsloth keeps a whole copy per GPU)
+    backend, notices = _activate_backend(requested)
     where.backend = backend
     model_path = where.model_path = _resolve_model(cfg)
     runs.write_status(run_dir, backend=backend, model_path=str(model_path))
