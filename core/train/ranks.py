@@ -133,6 +133,8 @@ class Group:
         weight too) before PEFT keeps the adapter's few tensors; here only the trainable (LoRA)
         tensors are gathered, and rank 0 writes them as a plain PEFT adapter, in checkpoints and
         at the end alike."""
+        if self.cpu:
+            _cpu_checkpoint_loading(trainer)
         if self.strategy != "fsdp":
             return
 
@@ -172,6 +174,31 @@ def _fsdp_on_cpu() -> None:
             self.fsdp_plugin = fsdp_plugin
 
     AcceleratorState.__init__ = init
+
+
+def _cpu_checkpoint_loading(trainer) -> None:
+    """The CPU testing path: with several processes the Trainer loads a checkpoint's optimizer onto
+    its device, which accelerate names "cpu:0" on the CPU, and torch.load knows no such location.
+    The load is pointed at "cpu" (the same memory); GPU runs load onto their own card as usual."""
+    import torch
+
+    original = trainer._load_optimizer_and_scheduler
+
+    def load(checkpoint):
+        real = torch.load
+
+        def cpu_load(*args, **kwargs):
+            if str(kwargs.get("map_location", "")).startswith("cpu"):
+                kwargs["map_location"] = "cpu"
+            return real(*args, **kwargs)
+
+        torch.load = cpu_load
+        try:
+            return original(checkpoint)
+        finally:
+            torch.load = real
+
+    trainer._load_optimizer_and_scheduler = load
 
 
 def watch_launcher(pid: int, interval: float = WATCH_INTERVAL_S) -> threading.Thread:
