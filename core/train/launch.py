@@ -98,9 +98,10 @@ def writes_run_folder() -> bool:
 
 
 # ------------------------------------------------------------------------------------ the GPUs
-def visible_gpu_count() -> int:
+def visible_gpu_count(ask_torch: bool = True) -> int:
     """GPUs this process may use: CUDA_VISIBLE_DEVICES when set, else what NVML counts (torch's
-    count as a fallback). Never initialises CUDA in this process."""
+    count as a fallback when ``ask_torch``: importing torch takes seconds, which a single-GPU start
+    from the web server need not spend). Never initialises CUDA in this process."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         names = [v.strip() for v in visible.split(",") if v.strip()]
@@ -116,6 +117,8 @@ def visible_gpu_count() -> int:
         finally:
             pynvml.nvmlShutdown()
     except Exception:  # no driver, no NVML: ask torch (which finds none on a CPU machine)
+        if not ask_torch:
+            return 0
         try:
             import torch
 
@@ -183,7 +186,7 @@ def plan(cfg, available: int | None = None) -> Plan:
     t = cfg.train
     strategy = t.strategy
     if strategy not in MULTI:
-        ids = resolve_gpus(t.gpus, "single", visible_gpu_count() if available is None else available)
+        ids = resolve_gpus(t.gpus, "single", visible_gpu_count(ask_torch=False) if available is None else available)
         return Plan("single", ids, 1)
     n_cpu = cpu_ranks()
     count = visible_gpu_count() if available is None else available

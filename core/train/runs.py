@@ -291,6 +291,7 @@ def start_run(config, runs_dir: str | Path | None = None, name: str | None = Non
     """
     from core.config import RunConfig, load_run_config
     from core.settings import dump_yaml
+    from core.train.launch import plan
 
     if isinstance(config, (str, os.PathLike)):
         cfg = load_run_config(config)
@@ -300,10 +301,8 @@ def start_run(config, runs_dir: str | Path | None = None, name: str | None = Non
         cfg = copy.deepcopy(config)
     else:
         raise TypeError(f"config must be a RunConfig or a YAML path, not {type(config).__name__}")
-    runs_root = Path(runs_dir if runs_dir is not None else cfg.runs_dir).resolve()
-    from core.train.launch import plan
-
     plan(cfg)  # a train.gpus naming GPUs this machine lacks is refused here, before a folder exists
+    runs_root = Path(runs_dir if runs_dir is not None else cfg.runs_dir).resolve()
     cfg.runs_dir = str(runs_root)
     cfg.name = name or cfg.name or new_run_name(cfg.model.name_or_path, cfg.model.method)
     check_run_name(cfg.name)

@@ -37,7 +37,7 @@ SECTIONS = {
               "train.train_empty_think"],
     "advanced": ["train.optimizer", "train.weight_decay", "train.max_grad_norm", "train.seed",
                  "train.logging_steps", "train.save_steps", "train.save_total_limit", "train.eval_steps",
-                 "train.report_to", "model.backend", "model.dtype", "model.trust_remote_code"],
+                 "train.report_to", "model.backend", "model.dtype", "model.trust_remote_code", "train.strategy"],
 }
 STATE_ICON = {"queued": "⏳", "running": "▶", "stopping": "⏸", "stopped": "■", "done": "✓", "failed": "✗"}
 
