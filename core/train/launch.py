@@ -36,7 +36,12 @@ CPU_RANKS_ENV = "QWENTUNE_CPU_RANKS"
 # Set by the launcher parent for its ranks: its pid (the run's owner). A rank sees its launcher die
 # through it and ends too, so no rank keeps training for a run nobody owns.
 LAUNCHER_ENV = "QWENTUNE_LAUNCHER_PID"
+# A folder of the launcher parent's (outside the run folder) where a failing rank other than 0 says
+# how it failed, for the parent to record.
+REPORTS_ENV = "QWENTUNE_RANK_REPORTS"
 ACCELERATE_CONFIG = "accelerate.yaml"
+# How a rank's failure begins when it only saw another rank of the run end (core.train.ranks).
+PEER_LOST = "another process of this"
 MULTI = ("ddp", "fsdp")
 # Decoder layer classes FSDP wraps one by one (each layer's weights gathered only while it runs).
 DECODER_LAYERS = {"qwen3": "Qwen3DecoderLayer", "qwen3_moe": "Qwen3MoeDecoderLayer",
@@ -293,7 +298,7 @@ def worker_command(run_dir: Path, *, resume: bool) -> list[str]:
     return core_command(["train", str(run_dir), *(["--resume"] if resume else [])])
 
 
-def rank_env(p: Plan, base: dict | None = None) -> dict:
+def rank_env(p: Plan, base: dict | None = None, reports: Path | None = None) -> dict:
     """The environment of the ranks: the parent's pid, the GPUs they may see, CPU settings when the
     ranks run on the CPU, and no job record (the parent's job is the run's)."""
     from core.procs import RECORD_ENV
@@ -303,6 +308,8 @@ def rank_env(p: Plan, base: dict | None = None) -> dict:
     env["QWENTUNE_LOG_REDIRECTED"] = "1"  # their output reaches train.log through the parent
     env["PYTHONUNBUFFERED"] = "1"
     env.pop(RECORD_ENV, None)
+    if reports is not None:
+        env[REPORTS_ENV] = str(reports)
     visible = p.visible_devices()
     if visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = visible
@@ -329,8 +336,9 @@ def run_ranks(cfg, run_dir: Path, resume: bool, p: Plan, model_path: Path | None
     a rank died without recording it (kill -9, a crash in C code): the run is marked failed and
     resumable here. The ranks run in a session of their own, so a Ctrl-C in the terminal reaches
     only this process, which turns it into a stop request (the worker's signal handler)."""
-    import signal
+    import shutil
     import subprocess
+    import tempfile
 
     from core.procs import ROOT
     from core.train import runs
@@ -340,32 +348,72 @@ def run_ranks(cfg, run_dir: Path, resume: bool, p: Plan, model_path: Path | None
     cmd = rank_command(run_dir, config_file, resume=resume)
     where = f"GPUs {','.join(map(str, p.gpus))}" if p.gpus else "the CPU (gloo, testing)"
     log(f"starting {p.world_size} {p.strategy} processes on {where}: {' '.join(cmd[1:])}")
-    proc = subprocess.Popen(cmd, cwd=str(ROOT), env=rank_env(p), stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-    runs.write_status(run_dir, agent_pid=proc.pid, rank_pids=None)
+    reports = Path(tempfile.mkdtemp(prefix="qwentune-ranks-"))
     try:
-        rc = proc.wait()
-    except BaseException:  # aborted (a second Ctrl-C): take every rank down with the launcher
-        _kill_ranks(run_dir, proc)
-        raise
-    status = runs.RunFolder(run_dir).read_status_raw() or runs.Status()
-    if status.state in runs.ACTIVE:
-        _kill_ranks(run_dir, proc)
-        ended = (f"signal {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}") if rc else "exit code 0"
-        ckpt = runs.RunFolder(run_dir).latest_checkpoint()
-        error = (f"a training process of this {p.world_size}-process run ended without recording why "
-                 f"(the launcher ended with {ended}); train.log shows which rank ended first")
-        advice = ("Resume continues from " + ckpt.name + "." if ckpt else
-                  "Resume starts again from step 0 (no checkpoint yet).")
-        log(f"error: {error}\n{advice}")
-        runs.write_status(run_dir, state="failed", phase="", finished=runs.now_iso(), error=error,
-                          error_kind="run", advice=advice, resumable=True)
-        return EXIT_FAILED
+        proc = subprocess.Popen(cmd, cwd=str(ROOT), env=rank_env(p, reports=reports), stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        runs.write_status(run_dir, agent_pid=proc.pid, rank_pids=None)
+        try:
+            rc = proc.wait()
+        except BaseException:  # aborted (a second Ctrl-C): take every rank down with the launcher
+            _kill_ranks(run_dir, proc)
+            raise
+        status = runs.RunFolder(run_dir).read_status_raw() or runs.Status()
+        report = _first_report(reports)
+        if status.state in runs.ACTIVE:
+            _kill_ranks(run_dir, proc)
+            return _record_lost_rank(run_dir, p, rc, report)
+        if (status.state == "failed" and report is not None and not report.get("peer_lost")
+                and (status.error or "").startswith(PEER_LOST)):
+            return _record_lost_rank(run_dir, p, rc, report)  # rank 0 only saw the rank that failed go
+    finally:
+        shutil.rmtree(reports, ignore_errors=True)
     if status.state in ("done", "stopped"):
         return EXIT_OK
     if status.oom:
         return EXIT_OOM
     return EXIT_BY_KIND.get(status.error_kind or "", EXIT_FAILED)
+
+
+def _first_report(reports: Path) -> dict | None:
+    """The failure a rank other than 0 reported; a rank's own error before one that only saw a peer go."""
+    import json
+
+    found = []
+    for path in sorted(reports.glob("rank-*.json")):
+        try:
+            found.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    found.sort(key=lambda r: bool(r.get("peer_lost")))
+    return found[0] if found else None
+
+
+def _record_lost_rank(run_dir: Path, p: Plan, rc: int, report: dict | None) -> int:
+    """The ranks ended while status.json still says the run is active: record the failure."""
+    import signal
+
+    from core.train import runs
+    from core.train.worker import EXIT_BY_KIND, EXIT_FAILED, EXIT_OOM, log
+
+    ckpt = runs.RunFolder(run_dir).latest_checkpoint()
+    resume = ("Resume continues from " + ckpt.name + "." if ckpt else
+              "Resume starts again from step 0 (no checkpoint yet).")
+    if report is not None:
+        error, kind = f"rank {report.get('rank')}: {report.get('error')}", report.get("kind") or "run"
+        advice, resumable = report.get("advice") or resume, bool(report.get("resumable", True))
+        oom = bool(report.get("oom"))
+    else:
+        ended = (f"signal {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}") if rc else "exit code 0"
+        error = (f"a training process of this {p.world_size}-process run ended without recording why "
+                 f"(the launcher ended with {ended}); train.log shows which rank ended first")
+        kind, advice, resumable, oom = "run", resume, True, False
+    log(f"error: {error}\n{advice}")
+    runs.write_status(run_dir, state="failed", phase="", finished=runs.now_iso(), error=error, error_kind=kind,
+                      advice=advice, resumable=resumable, **({"oom": True} if oom else {}))
+    if oom:
+        return EXIT_OOM
+    return EXIT_BY_KIND.get(kind, EXIT_FAILED)
 
 
 def _kill_ranks(run_dir: Path, proc) -> None:

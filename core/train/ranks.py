@@ -24,7 +24,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from core.train import runs
-from core.train.launch import RankInfo
+from core.train.launch import PEER_LOST, RankInfo
 
 WATCH_INTERVAL_S = 1.0
 
@@ -265,7 +265,36 @@ def run_rank(cfg, info: RankInfo, resume: bool) -> int:
         if info.main:
             _exit(worker._record_failure(cfg, run_dir, _explained(exc, info), where.model_path, where.backend))
         traceback.print_exc()
+        _report_failure(cfg, info, exc, where)
         _exit(worker.EXIT_FAILED)
+
+
+def _report_failure(cfg, info: RankInfo, exc: BaseException, where) -> None:
+    """A rank other than 0 that fails tells the launcher parent how, through a file in the parent's
+    report folder (outside the run folder, which only rank 0 writes); the parent records it when no
+    rank could (torchrun ends rank 0 before it hears of the failure)."""
+    import json
+
+    from core.errors import outcome
+    from core.train import worker
+    from core.train.launch import REPORTS_ENV
+
+    folder = os.environ.get(REPORTS_ENV)
+    if not folder:
+        return
+    exc = _explained(exc, info)
+    if worker.is_oom(exc):
+        report = {"kind": "resource", "error": f"Out of GPU memory: {str(exc).splitlines()[0][:300]}",
+                  "advice": worker.oom_advice(cfg, where.model_path, where.backend), "resumable": True, "oom": True}
+    else:
+        result = outcome(exc)
+        report = {"kind": result.kind, "error": result.error, "advice": result.advice,
+                  "resumable": result.resumable, "oom": False}
+    report.update(rank=info.rank, peer_lost=exc.__class__.__name__ == "QwenTuneError" and exc.__cause__ is not None)
+    try:
+        Path(folder, f"rank-{info.rank}.json").write_text(json.dumps(report), encoding="utf-8")
+    except OSError as err:  # the traceback above is in train.log; the parent reports the exit code
+        print(f"rank {info.rank}: could not report the failure to the launcher: {err}", flush=True)
 
 
 def _exit(code: int):
@@ -290,7 +319,7 @@ def _explained(exc: BaseException, info: RankInfo) -> BaseException:
     if not lost:
         return exc
     traceback.print_exc()
-    err = QwenTuneError(f"another process of this {info.world_size}-process run ended, so rank {info.rank} "
+    err = QwenTuneError(f"{PEER_LOST} {info.world_size}-process run ended, so rank {info.rank} "
                         f"stopped too ({text.splitlines()[0][:200]})",
                         "See train.log for the process that ended first; resume continues from the newest "
                         "checkpoint.", kind="run")

@@ -138,6 +138,29 @@ def test_fsdp_refuses_unsloth_and_old_bitsandbytes(tmp_path):
     assert check_strategy(cfg, bnb_version="0.42.0") == []
 
 
+def test_a_rank_failure_reported_to_the_parent_is_recorded(tmp_path):
+    """A rank other than 0 that fails writes its outcome to the parent's report folder; the parent
+    records it (an error of its own wins over one that only saw a peer go)."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "rank-2.json").write_text(json.dumps({"rank": 2, "kind": "run", "error": "lost peer",
+                                                      "advice": "", "resumable": True, "peer_lost": True}))
+    (reports / "rank-1.json").write_text(json.dumps({"rank": 1, "kind": "resource", "oom": True, "resumable": True,
+                                                      "error": "Out of GPU memory: boom", "advice": "Try less."}))
+    report = launch._first_report(reports)
+    assert report["rank"] == 1
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    runs.write_status(run_dir, state="running")
+    code = launch._record_lost_rank(run_dir, launch.Plan("ddp", (0, 1, 2), 3), 1, report)
+    st = runs.read_status(run_dir)
+    assert code == 3 and st.state == "failed" and st.oom and st.error_kind == "resource"
+    assert st.error == "rank 1: Out of GPU memory: boom" and st.advice == "Try less." and st.resumable
+    launch._record_lost_rank(run_dir, launch.Plan("ddp", (0, 1), 2), -9, None)
+    st = runs.read_status(run_dir)
+    assert st.error_kind == "run" and st.resumable and "signal SIGKILL" in st.error
+
+
 # ------------------------------------------------------------------------------- real runs
 STEPS = 6
 
