@@ -361,6 +361,8 @@ class ProgressCallback(TrainerCallback):
         return self.group.decide(asked) if self.group is not None else asked
 
     def _batch_words(self, args) -> str:
+        if args is None:
+            return ""
         world = self.group.world_size if self.group is not None else 1
         mb, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
         if world == 1:
