@@ -113,6 +113,7 @@ def multi_text(multi: dict, seq_len: int) -> list[str]:
     lines.append(f"With {multi['gpus']} GPUs: {multi['sentence']}.")
     best = multi["best"]
     if best:
-        lines.append(f"  train.strategy: {best['strategy']}, train.gpus: {multi['gpus']} (effective batch "
-                     f"{best['effective_batch']} rows: micro-batch x accumulation x {multi['gpus']} cards)")
+        lines.append(f"  train.strategy: {best['strategy']}, train.gpus: {multi['gpus']}; micro-batch auto: "
+                     f"{best['micro_batch']} per card, effective batch {best['effective_batch']} rows over the "
+                     f"{multi['gpus']} cards")
     return lines

@@ -82,14 +82,15 @@ def max_seq_len(entry: ModelEntry, method: str, vram_gib: float, opts: dict, c: 
 
 
 def suggest_micro_batch(entry: ModelEntry, method: str, seq_len: int, vram_gib: float, opts: dict,
-                        c: Coefficients) -> int:
+                        c: Coefficients, rows: int | None = None) -> int:
     """What ``train.micro_batch: auto`` picks on this card at the default effective batch (1 when
-    only a tight fit at batch 1 is possible, 0 when nothing fits)."""
+    only a tight fit at batch 1 is possible, 0 when nothing fits). ``rows``: this card's share of
+    the step's rows on several cards (core.train.autobatch.share_rows)."""
     from core.config import TrainConfig
     from core.train.autobatch import choose_micro_batch
 
     choice = choose_micro_batch(entry.arch, vram_gib=vram_gib, grad_accum=TrainConfig().grad_accum, method=method,
-                                seq_len=seq_len, coefficients=c, **opts)
+                                seq_len=seq_len, coefficients=c, rows=rows, **opts)
     if choice.fits:
         return choice.micro_batch
     return 1 if _est(entry, method, seq_len, 1, opts, c).total_gib <= vram_gib else 0
@@ -144,7 +145,7 @@ class MultiRecommendation:
     fsdp_verdict: str
     micro_batch: int  # what micro_batch auto picks per card with that strategy (0: does not fit)
     max_seq_len: int  # longest sequence that fits with headroom at micro-batch 1 with that strategy
-    effective_batch: int  # rows per optimizer step over all cards at the default accumulation
+    effective_batch: int  # rows per optimizer step over all cards with micro_batch auto, default accumulation
     seq_len: int
     params_b: float
     gpus: int
@@ -179,12 +180,13 @@ def recommend_for_cards(gpus: int, vram_gib: float, *, seq_len: int = 2048, rank
     """Every catalog model x method on ``gpus`` cards of ``vram_gib`` each (the smallest card when
     they differ: every card must hold its share), best first."""
     from core.config import TrainConfig
-    from core.train.autobatch import effective_batch
+    from core.train.autobatch import share_rows
 
     catalog = catalog if catalog is not None else load_catalog()
     c = coefficients or load_coefficients()
     base = {"rank": rank, "backend": backend, "grad_ckpt": grad_ckpt}
-    accum = TrainConfig().grad_accum
+    # micro_batch auto shares the step's rows over the cards (each card fits its share).
+    share, _ = share_rows(TrainConfig().grad_accum, gpus)
     out = []
     for entry in catalog.values():
         for method in METHOD_ORDER:
@@ -198,9 +200,9 @@ def recommend_for_cards(gpus: int, vram_gib: float, *, seq_len: int = 2048, rank
                 est_gib=round(est.total_gib, 2), verdict=verdicts[chosen],
                 ddp_gib=round(ests["ddp"].total_gib, 2), fsdp_gib=round(ests["fsdp"].total_gib, 2),
                 ddp_verdict=verdicts["ddp"], fsdp_verdict=verdicts["fsdp"],
-                micro_batch=suggest_micro_batch(entry, method, seq_len, vram_gib, opts, c),
+                micro_batch=suggest_micro_batch(entry, method, seq_len, vram_gib, opts, c, rows=share),
                 max_seq_len=max_seq_len(entry, method, vram_gib, opts, c),
-                effective_batch=effective_batch(accum) * gpus, seq_len=seq_len, params_b=entry.params_b,
+                effective_batch=share * gpus, seq_len=seq_len, params_b=entry.params_b,
                 gpus=gpus, vram_gib=round(vram_gib, 2), headroom_gib=round(vram_gib - est.total_gib, 2),
                 breakdown=dict(est.breakdown)))
     out.sort(key=lambda r: (VERDICT_ORDER[r.verdict], -r.params_b, METHOD_ORDER.index(r.method)))

@@ -187,7 +187,49 @@ def check_run(cfg, *, train_rows: int | None = None, card: Card | None = None) -
                            params={"warmup": t.warmup_steps, "steps": steps, "suggest": suggest}))
     if card is not None and fixed_micro_batch(cfg) is not None:  # "auto" picks what fits itself
         out += _memory(cfg, card)
+    out += check_strategy(cfg)
     return sorted(out, key=lambda p: p.level != "error")
+
+
+# bitsandbytes stores 4-bit weights in another dtype (bnb_4bit_quant_storage) from this version on;
+# FSDP can only shard the packed weights when they are stored as the compute dtype.
+BNB_QUANT_STORAGE = (0, 43, 0)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    import re
+
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
+
+
+def check_strategy(cfg, bnb_version: str | None = None) -> list[Problem]:
+    """What train.strategy allows (ddp / fsdp): fsdp shards on transformers + PEFT, so it refuses
+    model.backend unsloth, and QLoRA only where bitsandbytes can store 4-bit weights as the compute
+    dtype. ``bnb_version``: the installed bitsandbytes (default: looked up; "" = not installed)."""
+    t, m = cfg.train, cfg.model
+    out: list[Problem] = []
+    if t.strategy != "fsdp":
+        return out
+    if m.backend == "unsloth":
+        out.append(Problem("model.backend", "fsdp_needs_peft",
+                           "fsdp shards the model on the transformers + PEFT backend; Unsloth trains a whole "
+                           "copy per GPU: use train.strategy ddp with Unsloth, or model.backend auto / peft"))
+    if m.method == "qlora":
+        if bnb_version is None:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                bnb_version = version("bitsandbytes")
+            except PackageNotFoundError:
+                bnb_version = ""
+        need = ".".join(map(str, BNB_QUANT_STORAGE))
+        if bnb_version and _version(bnb_version) < BNB_QUANT_STORAGE:
+            out.append(Problem("model.method", "fsdp_qlora_old_bnb",
+                               f"QLoRA with fsdp needs bitsandbytes {need} or newer (its 4-bit weights stored "
+                               f"as the compute dtype, which FSDP can shard); {bnb_version} is installed: "
+                               f"pip install -U bitsandbytes, or use train.strategy ddp",
+                               params={"need": need, "have": bnb_version}))
+    return out
 
 
 def _memory(cfg, card: Card) -> list[Problem]:

@@ -18,7 +18,8 @@ Hardware tab's "Use this model" fill these widgets).
 GPUs: a multi-select of the detected cards (name and free memory, read through core.hardware.detect
 when the tab opens) writes ``train.gpus``, whose own text box stays the setting (presets and "Use
 this model" fill it; it is shown for typing only where no GPU is detected); ``train.strategy`` is a
-dropdown; the effective batch shown is micro-batch x accumulation x cards.
+dropdown; the effective batch shown is micro-batch x accumulation x cards (with micro-batch auto,
+the rows auto keeps, shared by the cards).
 
 The worker's notes (backend, batching, QLoRA, checkpointing) and phases are English in status.json
 (for the log and the CLI); their codes (core.train.notices) are shown here in the page's language.
@@ -33,7 +34,8 @@ from core.fmt import duration
 
 POLL_SECONDS = 1.5
 TRAIN_FIELDS = "train.fields"
-# Settings the tab shows, by section; every other RunConfig setting keeps its default.
+# Settings the tab shows, by section; every other RunConfig setting keeps its default. train.gpus and
+# train.strategy are in the GPU section (build_gpu_section).
 SECTIONS = {
     "lora": ["lora.r", "lora.alpha", "lora.dropout", "lora.use_rslora", "lora.target_modules"],
     "train": ["train.learning_rate", "train.lr_scheduler", "train.warmup_steps", "train.epochs",
@@ -287,8 +289,10 @@ def card_count(strategy, setting, detected: int) -> int:
 
 
 def effective_batch_text(ctx, micro_batch, grad_accum, strategy, setting, detected) -> str:
-    """micro-batch x accumulation x cards = rows per optimizer step (auto counts the rows it keeps)."""
-    from core.train.autobatch import REFERENCE_MICRO_BATCH, is_auto
+    """Rows per optimizer step over every card: micro-batch x accumulation x cards for a fixed
+    micro-batch; with auto, the 2 x grad_accum rows auto keeps, shared by the cards where they divide
+    (core.train.autobatch.share_rows, what the run does)."""
+    from core.train.autobatch import REFERENCE_MICRO_BATCH, effective_batch, is_auto, share_rows
 
     try:
         accum = max(int(grad_accum), 1)
@@ -297,8 +301,16 @@ def effective_batch_text(ctx, micro_batch, grad_accum, strategy, setting, detect
     except (TypeError, ValueError):
         return ""  # a half-typed number: Start names the setting
     cards = card_count(strategy, setting, detected)
-    key = "train.effective_batch_auto" if auto else "train.effective_batch"
-    text = ctx.t(key, micro=micro, accum=accum, cards=cards, total=micro * accum * cards)
+    if not auto:
+        text = ctx.t("train.effective_batch", micro=micro, accum=accum, cards=cards, total=micro * accum * cards)
+    else:
+        rows, _ = share_rows(accum, cards)
+        total = effective_batch(accum)
+        if cards == 1 or rows * cards == total:
+            text = ctx.t("train.effective_batch_auto", accum=accum, total=total, share=rows, cards=cards)
+        else:
+            text = ctx.t("train.effective_batch_auto_uneven", accum=accum, rows=total, cards=cards,
+                         total=total * cards)
     if strategy != "single" and cards < 2:
         text += " " + ctx.t("train.strategy_one_card", strategy=strategy)
     return text

@@ -86,7 +86,9 @@ def test_effective_batch_is_micro_times_accumulation_times_cards():
     assert "8 rows" in tab.effective_batch_text(ctx, 4, 2, "single", "0,1", 2)
     assert "24 rows" in tab.effective_batch_text(ctx, 4, 2, "fsdp", "auto", 3)  # auto: every detected card
     auto = tab.effective_batch_text(ctx, "auto", 4, "ddp", "2", 4)
-    assert "auto" in auto and "16 rows" in auto  # auto keeps 2 x accumulation rows per card
+    assert "auto" in auto and "8 rows" in auto and "4 on each of 2" in auto  # 2 x 4 rows, shared
+    uneven = tab.effective_batch_text(ctx, "auto", 4, "ddp", "3", 4)
+    assert "24 rows" in uneven and "multiple of 3" in uneven  # 8 rows do not divide over 3 cards
     assert "single" in tab.effective_batch_text(ctx, 2, 4, "ddp", "1,", 2)  # ddp on one card: said so
     assert tab.effective_batch_text(ctx, "4x", 2, "ddp", "auto", 2) == ""
     zh = tab.effective_batch_text(AppContext(runs_dir="runs", demo=False, lang="zh"), 4, 2, "ddp", "0,1", 2)

@@ -200,16 +200,28 @@ def test_auto_micro_batch_counts_pairs_completions_and_cards():
     assert not one.fits and four.fits and "per GPU (4 GPUs, fsdp)" in four.reason
 
 
-def test_stage_options_take_the_world_size_of_the_launcher(monkeypatch):
+def test_stage_options_count_the_runs_processes():
     from core.train.autobatch import stage_options
 
     cfg = _cfg(stage="dpo", strategy="ddp")
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    opts = stage_options(cfg)
+    opts = stage_options(cfg, world_size=4)
     assert opts["gpus"] == 4 and opts["strategy"] == "ddp" and opts["stage"] == "dpo" and opts["rl"] is cfg.rl
-    assert stage_options(_cfg())["gpus"] == 1  # single: one card whatever the launcher says
-    monkeypatch.delenv("WORLD_SIZE")
+    assert stage_options(_cfg(), world_size=4)["gpus"] == 1  # single: one card
     assert stage_options(cfg)["gpus"] == 1
+
+
+def test_auto_on_several_cards_fits_each_cards_share():
+    from core.train.autobatch import choose_micro_batch, share_rows
+
+    rows, _ = share_rows(8, 4)  # 2 x 8 = 16 rows per step over 4 cards
+    assert rows == 4
+    choice = choose_micro_batch("qwen3-8b", vram_gib=80, grad_accum=8, method="qlora", seq_len=2048,
+                                strategy="ddp", gpus=4, rows=rows, stage="grpo")
+    assert choice.effective_batch == 4 and choice.micro_batch * choice.grad_accum == 4
+    # grpo: this card's rollouts decode its share of the step at once
+    e = estimate_training("qwen3-8b", method="qlora", seq_len=2048, micro_batch=choice.micro_batch, stage="grpo",
+                          generation_batch=4, strategy="ddp", gpus=4, rank=32)
+    assert choice.est_gib == pytest.approx(e.total_gib, abs=0.01)
 
 
 def test_pre_run_check_warns_per_card_with_the_stage(monkeypatch):
