@@ -96,16 +96,19 @@ def visible_gpu_ids(hardware) -> list[int]:
 
 
 def resolve_gpu_ids(setting, strategy: str, visible: list[int]) -> list[int]:
-    """The cards a run with ``train.gpus`` = ``setting`` and ``train.strategy`` takes out of the
-    ``visible`` ones: auto = the first for single, every one for ddp / fsdp; a count (2) = the
-    first that many; a list (0,1) = those ids. A single-process run uses the first of them."""
-    text = str(setting if setting is not None else "auto").strip().lower()
+    """The cards (NVML indexes) a run with ``train.gpus`` = ``setting`` and ``train.strategy`` takes
+    out of the ``visible`` ones (visible_gpu_ids): auto = the first for single, every one for ddp /
+    fsdp; a count (2) = the first that many; a list (0,1; one id alone "1,") = those, numbered as
+    the launcher numbers them: within CUDA_VISIBLE_DEVICES where it is set (core.train.launch).
+    A single-process run uses the first of them; ids that are not there are left out."""
+    text = str(setting if setting is not None else "auto").strip().lower().strip("[]")
     if not visible:
         return []
     if text in ("", "auto"):
         ids = list(visible) if strategy != "single" else visible[:1]
     elif "," in text:
-        ids = [int(p) for p in text.split(",") if p.strip().isdigit()]
+        positions = [int(p) for p in text.split(",") if p.strip().isdigit()]
+        ids = [visible[i] for i in positions if i < len(visible)]
     elif text.isdigit():
         ids = list(visible[:max(int(text), 1)])
     else:
@@ -114,12 +117,13 @@ def resolve_gpu_ids(setting, strategy: str, visible: list[int]) -> list[int]:
 
 
 def run_gpu_ids(run: dict, visible: list[int], cfg=None) -> list[int]:
-    """The cards an active run holds: its status's ``gpus`` once the launcher wrote them, else the
-    ones its settings name (a queued run, or a run folder from before several GPUs)."""
+    """The cards (NVML indexes) an active run holds: its status's ``gpus`` once the launcher wrote
+    them (numbered within CUDA_VISIBLE_DEVICES, like train.gpus), else the ones its settings name (a
+    queued run, or a run folder from before several GPUs)."""
     status = run.get("status") or {}
     held = status.get("gpus")
     if isinstance(held, list) and held and all(isinstance(g, int) and not isinstance(g, bool) for g in held):
-        return list(held)
+        return [visible[g] if g < len(visible) else g for g in held]
     if cfg is None:
         cfg = _run_config(run)[0]
     if cfg is None:
@@ -192,9 +196,9 @@ def may_start_gpu_work(kind: str, *, runs_dir: str | Path, demo: bool = False, n
     chat model before the next generation): it counts toward "both fit" but is not needed again
     from the free memory. ``hardware`` is a core.hardware.detect report (read fresh when omitted);
     ``gpus`` the NVML indexes of the cards the work uses (default: the first visible one, where
-    chat, evaluation and single-GPU training run); ``exclude_run`` leaves out the run the work
-    belongs to (e.g. a run about to be resumed). ``device="cpu"``: the work runs on the CPU (e.g.
-    ``--device cpu``), so it is always allowed."""
+    chat, evaluation and single-GPU training run; resolve_gpu_ids turns a train.gpus value into
+    them); ``exclude_run`` leaves out the run the work belongs to (e.g. a run about to be resumed).
+    ``device="cpu"``: the work runs on the CPU (e.g. ``--device cpu``), so it is always allowed."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
     if demo or device == "cpu":

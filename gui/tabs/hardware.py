@@ -50,10 +50,18 @@ def compute(sim_gib: float | None, seq_len: int, rank: int, gpu_index: int | Non
     chosen = gpu_index if gpu_index in indexes else (indexes[0] if indexes else None)
     result["rows"] = [r for r in result["recommendations"] if r["gpu"] == chosen]
     result["chosen_gpu"] = chosen
+    # What train.gpus gets from a row: the cards numbered as the launcher numbers them (within
+    # CUDA_VISIBLE_DEVICES where it is set); a count for simulated cards.
+    from core.gpu_queue import visible_gpu_ids
+
+    visible = [] if report.simulated else visible_gpu_ids(report)
+    for r in result["rows"]:
+        pos = visible.index(r["gpu"]) if r["gpu"] in visible else None
+        r["gpus_setting"] = "auto" if not pos else f"{pos},"
     multi = result.get("multi")
     if multi:
-        # What train.gpus gets from a row: the detected cards' ids; a count for simulated ones.
-        setting = str(multi["gpus"]) if report.simulated else ",".join(str(i) for i in multi["ids"])
+        positions = [visible.index(i) for i in multi["ids"] if i in visible]
+        setting = ",".join(map(str, positions)) if len(positions) == multi["gpus"] else str(multi["gpus"])
         for r in multi["recommendations"] + ([multi["best"]] if multi["best"] else []):
             r["gpus_setting"] = setting
     return result
@@ -202,7 +210,8 @@ def selection_for(row: dict) -> dict:
     else:
         # One card: the first is what auto takes; another is named as a list of one id ("1,"),
         # since a bare number counts cards.
-        strategy, gpus = "single", "auto" if not row.get("gpu") else f"{row['gpu']},"
+        strategy = "single"
+        gpus = row.get("gpus_setting") or ("auto" if not row.get("gpu") else f"{row['gpu']},")
     return {"model": row["model"], "method": row["method"], "seq_len": row["seq_len"],
             "micro_batch": AUTO, "auto_batch": max(int(row["micro_batch"] or 0), 1),
             "rank": row.get("rank", 16), "display": row["display"], "est_gib": row["est_gib"],

@@ -253,9 +253,17 @@ def detect_hardware():
 
 
 def gpu_choices(ctx, report) -> list[tuple[str, str]]:
-    """(label, id) per detected GPU: its name and the memory free now."""
-    return [(ctx.t("train.gpu_choice", index=g.index, name=g.name, free=f"{g.free_gib:.1f}",
-                   total=f"{g.total_gib:.1f}"), str(g.index)) for g in report.gpus]
+    """(label, id) per GPU a run can use: its name and the memory free now, numbered as train.gpus
+    and the launcher number them (within CUDA_VISIBLE_DEVICES where it is set)."""
+    from core.gpu_queue import visible_gpu_ids
+
+    cards = {g.index: g for g in report.gpus}
+    out = []
+    for pos, index in enumerate(visible_gpu_ids(report)):
+        g = cards[index]
+        out.append((ctx.t("train.gpu_choice", index=pos, name=g.name, free=f"{g.free_gib:.1f}",
+                          total=f"{g.total_gib:.1f}"), str(pos)))
+    return out
 
 
 def gpus_setting(selected) -> str:
@@ -335,7 +343,7 @@ def gpus_picked(ctx, selected) -> str:
 
 def gpus_typed(ctx, setting, detected) -> object:
     """The multi-select follows a train.gpus value filled in elsewhere (a preset, the Hardware tab).
-    ``detected``: how many cards it lists (NVML numbers them 0..n-1)."""
+    ``detected``: how many cards it lists (numbered 0..n-1, see gpu_choices)."""
     import gradio as gr
 
     ids = [str(i) for i in range(int(detected or 0))]

@@ -218,3 +218,20 @@ def test_gpu_ids_of_the_settings(monkeypatch):
     assert visible_gpu_ids(hw) == [2, 0]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-abc")
     assert visible_gpu_ids(hw) == [0, 1, 2]
+
+
+def test_ids_within_cuda_visible_devices_are_the_launchers(tmp_path, monkeypatch):
+    """With CUDA_VISIBLE_DEVICES=2,3 a run's GPU 0 is the machine's GPU 2 (the launcher numbers the
+    cards it can see), so it holds up work on GPU 2, not on GPU 0."""
+    from core.gpu_queue import resolve_gpu_ids, run_gpu_ids
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    hw = _cards((24, 23), (24, 23), (24, 2.0), (24, 23))
+    run = _multi_run(tmp_path, "r", "0,", "single", gpus=[0])
+    assert run_gpu_ids({"path": str(run), "status": {"gpus": [0]}}, [2, 3]) == [2]
+    assert resolve_gpu_ids("1,", "single", [2, 3]) == [3] and resolve_gpu_ids("0,5", "ddp", [2, 3]) == [2]
+    d = may_start_gpu_work("chat", runs_dir=tmp_path, hardware=hw, need_gib=20.0)
+    assert d.gpus == [2] and not d.allowed and d.run == "r"  # chat goes to the first visible card: GPU 2
+    d = may_start_gpu_work("chat", runs_dir=tmp_path, hardware=hw, need_gib=20.0, gpus=[3])
+    assert d.allowed and d.code == "idle"
+

@@ -127,3 +127,12 @@ def test_the_ticks_and_the_hardware_tab_are_wired_to_train_gpus(monkeypatch, tmp
     # "Use this model" on the Hardware tab fills the strategy and the GPUs too
     filled = set().union(*outputs_of(app.qt_ctx.shared["selected_model"], "change"))
     assert {fields["train.strategy"]._id, setting._id} <= filled
+
+
+def test_cards_are_numbered_as_the_launcher_numbers_them(monkeypatch):
+    from gui.app import AppContext
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # only the L40S: it is the run's GPU 0
+    choices = tab.gpu_choices(AppContext(runs_dir="runs", demo=False), _two_cards())
+    assert len(choices) == 1 and choices[0][1] == "0" and "NVIDIA L40S" in choices[0][0]
+

@@ -133,14 +133,18 @@ def test_detected_cards_hand_their_ids_to_train_gpus(monkeypatch):
     report = HardwareReport(gpus=[GpuInfo(index=i, name="NVIDIA L40S", total_gib=44.5, free_gib=44.0,
                                           used_gib=0.5, bf16=True) for i in range(2)])
     monkeypatch.setattr(tab, "read_hardware", lambda sim, count=1: report)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     result = tab.compute(0, 2048, 16)
     row = {**result["multi"]["best"], "rank": 16}
     choice = tab.selection_for(row)
     assert choice["gpus"] == "0,1" and choice["strategy"] in ("ddp", "fsdp")
     single = tab.selection_for({**result["rows"][0], "rank": 16})
     assert single["strategy"] == "single" and single["gpus"] == "auto"
-    second = tab.selection_for({**result["rows"][0], "gpu": 1, "rank": 16})
+    second = tab.selection_for({**tab.compute(0, 2048, 16, gpu_index=1)["rows"][0], "rank": 16})
     assert second["gpus"] == "1,"  # a list of one id: a bare "1" would count cards
+    # numbered as the launcher numbers them: with CUDA_VISIBLE_DEVICES=1 the L40S is the run's GPU 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert tab.selection_for({**tab.compute(0, 2048, 16, gpu_index=1)["rows"][0], "rank": 16})["gpus"] == "auto"
     _, message = tab.use(AppContext(runs_dir="runs", demo=False), row)
     assert "0,1" in message and choice["strategy"] in message
     for lang in ("en", "zh"):
