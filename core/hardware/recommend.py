@@ -56,8 +56,28 @@ def verdict_for(est_gib: float, vram_gib: float) -> str:
 
 
 def _est(entry: ModelEntry, method: str, seq_len: int, micro_batch: int, opts: dict, c: Coefficients):
+    extra = {}
+    if opts.get("stage") == "grpo":
+        # The rollouts decode all of a step's completions at once: micro_batch auto's rows per card.
+        from core.config import TrainConfig
+        from core.train.autobatch import effective_batch
+
+        extra["generation_batch"] = max(micro_batch, opts.get("rows") or effective_batch(TrainConfig().grad_accum))
     return estimate_training(entry.arch, method=method, seq_len=seq_len, micro_batch=micro_batch,
-                             coefficients=c, **opts)
+                             coefficients=c, **{k: v for k, v in opts.items() if k != "rows"}, **extra)
+
+
+def stage_rl(rl=None) -> dict:
+    """The rl settings a recommendation is judged at: core.config.RLConfig's, or the given ones
+    (an RLConfig or a dict of its fields)."""
+    from core.config import RLConfig
+
+    base = RLConfig()
+    out = {k: getattr(base, k) for k in ("max_prompt_len", "max_completion_len", "num_generations", "kl_beta")}
+    if rl is not None:
+        get = rl.get if isinstance(rl, dict) else (lambda k, d=None: getattr(rl, k, d))
+        out.update({k: get(k) for k in out if get(k) is not None})
+    return out
 
 
 def strategy_options(strategy: str, gpus: int, opts: dict) -> dict:
@@ -69,16 +89,27 @@ def strategy_options(strategy: str, gpus: int, opts: dict) -> dict:
 
 
 def max_seq_len(entry: ModelEntry, method: str, vram_gib: float, opts: dict, c: Coefficients) -> int:
-    """Longest multiple of 256 (up to the model's context) that fits with headroom at batch 1."""
+    """Longest multiple of 256 (up to the model's context) that fits with headroom at batch 1. For
+    grpo: the longest prompt + completion, the prompt at rl.max_prompt_len and the completion in
+    steps of 256."""
     budget = vram_gib * (1 - HEADROOM)
-    lo, hi = 0, entry.context_len // SEQ_STEP  # in steps; the estimate grows with length
+    grpo = opts.get("stage") == "grpo"
+    prompt = int(stage_rl(opts.get("rl"))["max_prompt_len"]) if grpo else 0
+    lo, hi = 0, max(entry.context_len - prompt, 0) // SEQ_STEP  # in steps; the estimate grows with length
+
+    def fits(steps: int) -> bool:
+        if grpo:
+            rl = {**stage_rl(opts.get("rl")), "max_completion_len": steps * SEQ_STEP}
+            return _est(entry, method, prompt + steps * SEQ_STEP, 1, {**opts, "rl": rl}, c).total_gib <= budget
+        return _est(entry, method, steps * SEQ_STEP, 1, opts, c).total_gib <= budget
+
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if _est(entry, method, mid * SEQ_STEP, 1, opts, c).total_gib <= budget:
+        if fits(mid):
             lo = mid
         else:
             hi = mid - 1
-    return lo * SEQ_STEP
+    return prompt + lo * SEQ_STEP if lo else 0
 
 
 def suggest_micro_batch(entry: ModelEntry, method: str, seq_len: int, vram_gib: float, opts: dict,
@@ -90,19 +121,39 @@ def suggest_micro_batch(entry: ModelEntry, method: str, seq_len: int, vram_gib: 
     from core.train.autobatch import choose_micro_batch
 
     choice = choose_micro_batch(entry.arch, vram_gib=vram_gib, grad_accum=TrainConfig().grad_accum, method=method,
-                                seq_len=seq_len, coefficients=c, rows=rows, **opts)
+                                seq_len=seq_len, coefficients=c, rows=rows,
+                                **{k: v for k, v in opts.items() if k != "rows"})
     if choice.fits:
         return choice.micro_batch
     return 1 if _est(entry, method, seq_len, 1, opts, c).total_gib <= vram_gib else 0
 
 
+def row_length(seq_len: int, opts: dict) -> int:
+    """The tokens of one row a recommendation is judged at: rl's prompt + completion for grpo."""
+    if opts.get("stage") == "grpo":
+        rl = stage_rl(opts.get("rl"))
+        return int(rl["max_prompt_len"]) + int(rl["max_completion_len"])
+    return seq_len
+
+
+def _base_opts(rank: int, backend: str, grad_ckpt: str, stage: str, rl) -> dict:
+    opts = {"rank": rank, "backend": backend, "grad_ckpt": grad_ckpt}
+    if stage != "sft":
+        opts.update(stage=stage, rl=stage_rl(rl))
+    return opts
+
+
 def recommend_for_vram(vram_gib: float, *, seq_len: int = 2048, rank: int = 16, backend: str = "unsloth",
                        grad_ckpt: str = "unsloth", catalog: dict[str, ModelEntry] | None = None,
-                       coefficients: Coefficients | None = None, gpu: int = 0, card: str = "") -> list[Recommendation]:
-    """Every catalog model x method for one card, best first (fits > tight > no, then larger)."""
+                       coefficients: Coefficients | None = None, gpu: int = 0, card: str = "",
+                       stage: str = "sft", rl=None) -> list[Recommendation]:
+    """Every catalog model x method for one card, best first (fits > tight > no, then larger).
+    ``stage`` / ``rl`` (train.stage and the rl settings, default RLConfig's): judge preference or
+    GRPO training instead of SFT (for grpo the rows' length is rl's prompt + completion, not
+    ``seq_len``)."""
     catalog = catalog if catalog is not None else load_catalog()
     c = coefficients or load_coefficients()
-    opts = {"rank": rank, "backend": backend, "grad_ckpt": grad_ckpt}
+    opts = _base_opts(rank, backend, grad_ckpt, stage, rl)
     out = []
     for entry in catalog.values():
         for method in METHOD_ORDER:
@@ -112,7 +163,7 @@ def recommend_for_vram(vram_gib: float, *, seq_len: int = 2048, rank: int = 16, 
                 verdict=verdict_for(est.total_gib, vram_gib),
                 max_seq_len=max_seq_len(entry, method, vram_gib, opts, c),
                 micro_batch=suggest_micro_batch(entry, method, seq_len, vram_gib, opts, c),
-                seq_len=seq_len, params_b=entry.params_b, vram_gib=round(vram_gib, 2),
+                seq_len=row_length(seq_len, opts), params_b=entry.params_b, vram_gib=round(vram_gib, 2),
                 headroom_gib=round(vram_gib - est.total_gib, 2), gpu=gpu, card=card,
                 breakdown=dict(est.breakdown)))
     out.sort(key=lambda r: (VERDICT_ORDER[r.verdict], -r.params_b, METHOD_ORDER.index(r.method)))
@@ -176,17 +227,19 @@ def _pick_strategy(verdicts: dict[str, str], gib: dict[str, float]) -> str:
 def recommend_for_cards(gpus: int, vram_gib: float, *, seq_len: int = 2048, rank: int = 16,
                         backend: str = "unsloth", grad_ckpt: str = "unsloth",
                         catalog: dict[str, ModelEntry] | None = None,
-                        coefficients: Coefficients | None = None) -> list[MultiRecommendation]:
+                        coefficients: Coefficients | None = None, stage: str = "sft",
+                        rl=None) -> list[MultiRecommendation]:
     """Every catalog model x method on ``gpus`` cards of ``vram_gib`` each (the smallest card when
-    they differ: every card must hold its share), best first."""
+    they differ: every card must hold its share), best first. ``stage`` / ``rl``: as for
+    recommend_for_vram."""
     from core.config import TrainConfig
     from core.train.autobatch import share_rows
 
     catalog = catalog if catalog is not None else load_catalog()
     c = coefficients or load_coefficients()
-    base = {"rank": rank, "backend": backend, "grad_ckpt": grad_ckpt}
     # micro_batch auto shares the step's rows over the cards (each card fits its share).
     share, _ = share_rows(TrainConfig().grad_accum, gpus)
+    base = {**_base_opts(rank, backend, grad_ckpt, stage, rl), "rows": share}
     out = []
     for entry in catalog.values():
         for method in METHOD_ORDER:
@@ -200,9 +253,10 @@ def recommend_for_cards(gpus: int, vram_gib: float, *, seq_len: int = 2048, rank
                 est_gib=round(est.total_gib, 2), verdict=verdicts[chosen],
                 ddp_gib=round(ests["ddp"].total_gib, 2), fsdp_gib=round(ests["fsdp"].total_gib, 2),
                 ddp_verdict=verdicts["ddp"], fsdp_verdict=verdicts["fsdp"],
-                micro_batch=suggest_micro_batch(entry, method, seq_len, vram_gib, opts, c, rows=share),
+                micro_batch=suggest_micro_batch(entry, method, seq_len, vram_gib,
+                                                {k: v for k, v in opts.items() if k != "rows"}, c, rows=share),
                 max_seq_len=max_seq_len(entry, method, vram_gib, opts, c),
-                effective_batch=share * gpus, seq_len=seq_len, params_b=entry.params_b,
+                effective_batch=share * gpus, seq_len=row_length(seq_len, opts), params_b=entry.params_b,
                 gpus=gpus, vram_gib=round(vram_gib, 2), headroom_gib=round(vram_gib - est.total_gib, 2),
                 breakdown=dict(est.breakdown)))
     out.sort(key=lambda r: (VERDICT_ORDER[r.verdict], -r.params_b, METHOD_ORDER.index(r.method)))
@@ -230,7 +284,7 @@ def multi_card(report: HardwareReport, gpus: int | None = None, **kwargs) -> dic
 
 
 def recommend(report: HardwareReport, *, seq_len: int = 2048, rank: int = 16, backend: str = "unsloth",
-              grad_ckpt: str = "unsloth", gpus: int | None = None) -> dict:
+              grad_ckpt: str = "unsloth", gpus: int | None = None, stage: str = "sft", rl=None) -> dict:
     """{"gpus": [...], "recommendations": [...], "best": {...} | None, "multi": {...} | None,
     "message": str}.
 
@@ -244,7 +298,8 @@ def recommend(report: HardwareReport, *, seq_len: int = 2048, rank: int = 16, ba
     for g in report.gpus:
         if g.total_gib not in cache:
             cache[g.total_gib] = recommend_for_vram(g.total_gib, seq_len=seq_len, rank=rank, backend=backend,
-                                                    grad_ckpt=grad_ckpt, catalog=catalog, coefficients=c)
+                                                    grad_ckpt=grad_ckpt, catalog=catalog, coefficients=c,
+                                                    stage=stage, rl=rl)
         for r in cache[g.total_gib]:
             rows.append(Recommendation(**{**r.to_dict(), "gpu": g.index, "card": g.name}))
     best = best_pick(rows)
@@ -258,8 +313,10 @@ def recommend(report: HardwareReport, *, seq_len: int = 2048, rank: int = 16, ba
         "best": best.to_dict() if best else None,
         "best_per_gpu": [p.to_dict() if p else None for p in best_gpus.values()],
         "multi": multi_card(report, gpus, seq_len=seq_len, rank=rank, backend=backend, grad_ckpt=grad_ckpt,
-                            catalog=catalog, coefficients=c),
+                            catalog=catalog, coefficients=c, stage=stage, rl=rl),
         "seq_len": seq_len,
+        "stage": stage,
+        "rl": stage_rl(rl) if stage != "sft" else None,
         "message": report.message,
         "system": {"driver_version": report.driver_version, "cuda_version": report.cuda_version,
                    "ram_total_gib": report.ram_total_gib, "ram_available_gib": report.ram_available_gib,

@@ -113,3 +113,15 @@ def test_estimate_stage_and_strategy_flags(capsys):
     assert fsdp["setup"]["gpus"] == 4 and fsdp["total_gib"] < one["total_gib"]
     assert main(["estimate", "--model", "qwen3-8b", "--stage", "grpo", "--completion-len", "0"]) == 2
     assert "rl.max_completion_len" in capsys.readouterr().err
+
+
+def test_hw_judges_a_stage(capsys):
+    out = run_json(capsys, ["hw", "--vram-gb", "24", "--stage", "grpo", "--completion-len", "2048", "--json"])
+    assert out["stage"] == "grpo" and out["rl"]["max_completion_len"] == 2048
+    assert {r["seq_len"] for r in out["recommendations"]} == {512 + 2048}
+    sft = run_json(capsys, ["hw", "--vram-gb", "24", "--json"])
+    assert sft["stage"] == "sft" and sft["rl"] is None
+    assert main(["hw", "--vram-gb", "24", "--stage", "dpo"]) == 0
+    assert "for dpo (chosen + rejected sequences of 2048 tokens)" in capsys.readouterr().out
+    assert main(["hw", "--vram-gb", "24", "--stage", "grpo", "--num-generations", "1"]) == 2
+    assert "--num-generations" in capsys.readouterr().err

@@ -139,3 +139,28 @@ def test_recommend_adds_the_multi_card_plan_for_several_gpus():
     mixed = HardwareReport(gpus=[GpuInfo(index=0, name="A", total_gib=80.0, free_gib=80.0, used_gib=0.0),
                                  GpuInfo(index=1, name="B", total_gib=24.0, free_gib=24.0, used_gib=0.0)])
     assert recommend(mixed)["multi"]["vram_gib"] == 24.0
+
+
+# ---------------------------------------------------------------------------------------- stages
+def test_stage_recommendations_use_the_stage_terms():
+    from core.config import RLConfig
+
+    sft = {(r.model, r.method): r for r in recommend_for_vram(24, seq_len=2048)}
+    dpo = {(r.model, r.method): r for r in recommend_for_vram(24, seq_len=2048, stage="dpo")}
+    for key, r in dpo.items():
+        est = estimate_training(key[0], method=key[1], seq_len=2048, micro_batch=1, stage="dpo")
+        assert r.est_gib == pytest.approx(est.total_gib, abs=0.01) and r.est_gib > sft[key].est_gib
+    rl = RLConfig(max_prompt_len=256, max_completion_len=2048, num_generations=8)
+    grpo = recommend_for_vram(24, stage="grpo", rl=rl)
+    r = next(x for x in grpo if x.model == "qwen3-8b" and x.method == "qlora")
+    # judged at rl's prompt + completion, the rollouts decoding micro_batch auto's 8 completions at once
+    want = estimate_training("qwen3-8b", method="qlora", seq_len=2048, micro_batch=1, stage="grpo", rl=rl,
+                             generation_batch=8)
+    assert r.seq_len == 256 + 2048 and r.est_gib == pytest.approx(want.total_gib, abs=0.01)
+    # the longest row: prompt + the longest completion that fits
+    assert r.max_seq_len > 256 and (r.max_seq_len - 256) % 256 == 0
+    longest = RLConfig(max_prompt_len=256, max_completion_len=r.max_seq_len - 256, num_generations=8)
+    assert estimate_training("qwen3-8b", method="qlora", seq_len=2048, micro_batch=1, stage="grpo", rl=longest,
+                             generation_batch=8).total_gib <= 24 * 0.9
+    multi = recommend(simulated(24, count=2), stage="grpo", rl=rl)["multi"]
+    assert multi["recommendations"] and all(x["seq_len"] == 256 + 2048 for x in multi["recommendations"])
