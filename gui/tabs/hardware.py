@@ -39,13 +39,14 @@ def read_hardware(sim_gib: float | None, sim_count: int = 1):
 
 
 def compute(sim_gib: float | None, seq_len: int, rank: int, gpu_index: int | None = None,
-            sim_count: int = 1) -> dict:
+            sim_count: int = 1, stage: str = "sft") -> dict:
     """Detected (or simulated) hardware, the recommendations for one of its cards, and with
-    several cards the plan for all of them together (``multi``, None for one card)."""
+    several cards the plan for all of them together (``multi``, None for one card). ``stage``:
+    train.stage to judge (the rl section at its defaults)."""
     from core.hardware.recommend import recommend
 
     report = read_hardware(sim_gib, sim_count)
-    result = recommend(report, seq_len=int(seq_len), rank=int(rank))
+    result = recommend(report, seq_len=int(seq_len), rank=int(rank), stage=stage or "sft")
     indexes = [g["index"] for g in result["gpus"]]
     chosen = gpu_index if gpu_index in indexes else (indexes[0] if indexes else None)
     result["rows"] = [r for r in result["recommendations"] if r["gpu"] == chosen]
@@ -58,12 +59,14 @@ def compute(sim_gib: float | None, seq_len: int, rank: int, gpu_index: int | Non
     for r in result["rows"]:
         pos = visible.index(r["gpu"]) if r["gpu"] in visible else None
         r["gpus_setting"] = "auto" if not pos else f"{pos},"
+        r["stage"] = result["stage"]
     multi = result.get("multi")
     if multi:
         positions = [visible.index(i) for i in multi["ids"] if i in visible]
         setting = ",".join(map(str, positions)) if len(positions) == multi["gpus"] else str(multi["gpus"])
         for r in multi["recommendations"] + ([multi["best"]] if multi["best"] else []):
             r["gpus_setting"] = setting
+            r["stage"] = result["stage"]
     return result
 
 
@@ -215,14 +218,14 @@ def selection_for(row: dict) -> dict:
     return {"model": row["model"], "method": row["method"], "seq_len": row["seq_len"],
             "micro_batch": AUTO, "auto_batch": max(int(row["micro_batch"] or 0), 1),
             "rank": row.get("rank", 16), "display": row["display"], "est_gib": row["est_gib"],
-            "strategy": strategy, "gpus": gpus}
+            "strategy": strategy, "gpus": gpus, "stage": row.get("stage") or "sft"}
 
 
 # Where each part of the choice goes in the Train tab's widgets (ctx.shared["train.fields"], the
 # contract of gui/presets.py: dotted RunConfig path -> component).
 TRAIN_FIELD_OF = {"model.name_or_path": "model", "model.method": "method", "train.max_seq_len": "seq_len",
                   "train.micro_batch": "micro_batch", "lora.r": "rank", "train.strategy": "strategy",
-                  "train.gpus": "gpus"}
+                  "train.gpus": "gpus", "train.stage": "stage"}
 
 
 def train_updates(choice: dict | None, paths: list[str]) -> list:
@@ -258,9 +261,19 @@ def use(ctx, row) -> tuple:
     return choice, t("hardware.used_demo", **values, est=f"{choice['est_gib']:.1f}", card=card)
 
 
+def stage_info(t) -> str:
+    """What the stage choice judges; grpo's rows come from the rl section's defaults."""
+    from core.config import RLConfig
+
+    rl = RLConfig()
+    return t("hardware.stage_info", prompt=rl.max_prompt_len, completion=rl.max_completion_len,
+             gens=rl.num_generations)
+
+
 def build(ctx) -> None:
     import gradio as gr
 
+    from core.choices import STAGES
     from gui.tabs import bind
 
     t = ctx.t
@@ -270,9 +283,9 @@ def build(ctx) -> None:
     multi_headers = [t(f"hardware.col.{c}") for c in ("best", "model", "method", "ddp", "fsdp", "strategy",
                                                        "verdict", "max_seq", "batch")]
 
-    def view(sim_gib, seq_len, rank, gpu_choice, sim_count):
+    def view(sim_gib, seq_len, rank, gpu_choice, sim_count, stage):
         gpu_index = int(gpu_choice) if gpu_choice not in (None, "") else None
-        result = compute(sim_gib, seq_len, rank, gpu_index, sim_count=int(sim_count or 1))
+        result = compute(sim_gib, seq_len, rank, gpu_index, sim_count=int(sim_count or 1), stage=stage)
         multi = result.get("multi")
         multi_rows = multi["recommendations"] if multi else []
         for r in result["rows"] + multi_rows:
@@ -311,6 +324,8 @@ def build(ctx) -> None:
                                info=t("hardware.rank_info"), elem_id="hw-rank")
             sim_count = gr.Number(value=1, minimum=1, maximum=64, precision=0, label=t("hardware.sim_count"),
                                   info=t("hardware.sim_count_info"), elem_id="hw-sim-count")
+            stage = gr.Dropdown(choices=[(t(f"hardware.stage.{k}"), k) for k in STAGES], value="sft",
+                                label=t("hardware.stage"), info=stage_info(t), elem_id="hw-stage")
             gpu = gr.Dropdown(choices=[], value=None, label=t("hardware.gpu"), visible=False, elem_id="hw-gpu")
         best = gr.Markdown(elem_id="hw-best")
         table = gr.Dataframe(headers=headers, value=None, interactive=False, wrap=True, elem_id="hw-table",
@@ -333,11 +348,11 @@ def build(ctx) -> None:
     ctx.shared["selected_model"] = selected_model
     ctx.shared["hardware.use_button"] = use_btn
 
-    inputs = [sim, seq, rank, gpu, sim_count]
+    inputs = [sim, seq, rank, gpu, sim_count, stage]
     outputs = [cards, table, best, rows_state, row_state, plot, gpu, use_btn, multi_md, multi_table, multi_state]
     tab.select(view, inputs=inputs, outputs=outputs)
     refresh_btn.click(view, inputs=inputs, outputs=outputs)
-    for control in (sim, seq, rank, gpu, sim_count):
+    for control in (sim, seq, rank, gpu, sim_count, stage):
         control.change(view, inputs=inputs, outputs=outputs)
     live.change(lambda on: gr.Timer(active=bool(on)), inputs=live, outputs=timer)
     timer.tick(cards_only, inputs=[sim, sim_count], outputs=cards)

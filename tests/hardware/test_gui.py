@@ -157,3 +157,16 @@ def test_use_this_model_also_fills_strategy_and_gpus():
     choice = tab.selection_for({**tab.compute(48, 1024, 16, sim_count=2)["multi"]["best"], "rank": 16})
     updates = tab.train_updates(choice, ["train.strategy", "train.gpus"])
     assert [u["value"] for u in updates] == [choice["strategy"], choice["gpus"]]
+
+
+def test_a_stage_is_judged_and_handed_to_the_train_tab(t):
+    sft = {(r["model"], r["method"]): r for r in tab.compute(24, 2048, 16)["rows"]}
+    dpo = tab.compute(24, 2048, 16, stage="dpo")
+    assert dpo["stage"] == "dpo"
+    assert all(r["est_gib"] > sft[(r["model"], r["method"])]["est_gib"] for r in dpo["rows"])
+    grpo = tab.compute(24, 2048, 16, stage="grpo")
+    assert {r["seq_len"] for r in grpo["rows"]} == {512 + 1024}  # rl's defaults, not the length box
+    choice = tab.selection_for({**grpo["rows"][0], "rank": 16})
+    assert choice["stage"] == "grpo" and tab.selection_for({**next(iter(sft.values())), "rank": 16})["stage"] == "sft"
+    assert "512" in tab.stage_info(t) and "1024" in tab.stage_info(t)
+    assert tab.TRAIN_FIELD_OF["train.stage"] == "stage"
