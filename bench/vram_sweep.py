@@ -11,6 +11,11 @@ Run on a GPU machine (resumable: run it again to continue where a time budget or
     python bench/vram_sweep.py --smoke --stage dpo   # CPU check of one stage point
     python bench/fit_vram.py --write           # then refit core/hardware/vram_coefficients.json
 
+Several GPUs (``--strategy ddp|fsdp --gpus N``): a few 16-bit LoRA and QLoRA points trained on N
+cards through the same launcher the app uses (train.strategy, train.gpus); rank 0 records its
+card's peak, which the estimator's per-card figure is compared with. ``--smoke --strategy ddp``
+runs two CPU processes (QWENTUNE_CPU_RANKS) to check the plumbing.
+
 Stage points (``--stage dpo|orpo|grpo|all``) measure the estimator's stage terms, which start as
 physical counts nobody has measured: dpo / orpo rows are synthetic preference pairs (chosen and
 rejected replies of the same length, so each sequence is about seq_len tokens), grpo rows are prompts
@@ -77,6 +82,8 @@ class Point:
     completion_len: int = 512  # rl.max_completion_len (grpo)
     num_generations: int = 4  # rl.num_generations (grpo)
     kl_beta: float = 0.0  # rl.kl_beta (grpo: > 0 adds the reference pass)
+    strategy: str = "single"  # train.strategy
+    gpus: int = 1  # train.gpus (a count) for ddp / fsdp
 
     @property
     def name(self) -> str:
@@ -85,13 +92,16 @@ class Point:
         if self.stage == "grpo":
             stage += f"-p{self.prompt_len}-c{self.completion_len}-g{self.num_generations}"
             stage += f"-kl{self.kl_beta:g}" if self.kl_beta else ""
+        cards = "" if self.strategy == "single" else f"-{self.strategy}{self.gpus}"
         return (f"vram-{self.model}-{self.method}-s{self.seq_len}-b{self.micro_batch}-{self.backend}-"
-                f"{self.grad_ckpt}{rank}{stage}").replace(".", "_")
+                f"{self.grad_ckpt}{rank}{stage}{cards}").replace(".", "_")
 
     def key(self, card: str) -> tuple:
         base = (card, self.model, self.method, self.seq_len, self.micro_batch, self.rank, self.grad_ckpt,
                 self.backend)
-        return base if self.stage == "sft" else base + (self.stage, *self.rl_key())
+        if self.stage != "sft":
+            base += (self.stage, *self.rl_key())
+        return base if self.strategy == "single" else base + (self.strategy, self.gpus)
 
     def rl(self) -> dict:
         """The run's rl section (and what a line records for bench/fit_vram.py's point_setup)."""
@@ -162,6 +172,19 @@ STAGE_POINTS: dict[str, list[tuple]] = {
              ("qwen3-4b", "lora", 8, 512, 1024, 4, 0.04), ("qwen3-8b", "qlora", 8, 256, 2048, 8, 0.04)],
 }
 STAGE_NAMES = tuple(STAGE_POINTS)
+
+
+# --strategy: per-card peaks on several cards. fsdp points are what one card cannot hold (or only
+# just); ddp points check that a card needs what one card alone needs.
+MULTI_POINTS: dict[str, list[tuple[str, str, int, int]]] = {
+    "fsdp": [("qwen3-8b", "lora", 2048, 1), ("qwen3-14b", "lora", 2048, 1), ("qwen3-32b", "lora", 1024, 1),
+             ("qwen3-14b", "qlora", 2048, 2), ("qwen3-32b", "qlora", 2048, 1)],
+    "ddp": [("qwen3-4b", "lora", 2048, 2), ("qwen3-8b", "qlora", 2048, 2), ("qwen3-14b", "lora", 1024, 1)],
+}
+
+
+def multi_grid(strategy: str, gpus: int) -> list[Point]:
+    return [Point(m, meth, s, b, strategy=strategy, gpus=gpus) for (m, meth, s, b) in MULTI_POINTS[strategy]]
 
 
 def stage_grid(stages: tuple[str, ...]) -> list[Point]:
@@ -496,11 +519,14 @@ def build_stage_mix(point: Point, work: Path, tokenizer_dir: Path, rows: int = 8
 def run_config(point: Point, shape_dir: Path, mix_dir: Path, runs_dir: Path, run_name: str) -> dict:
     from core.config import ALL_LINEAR
 
-    if point.stage != "sft":
+    if point.stage != "sft" or point.strategy != "single":
         cfg = run_config(Point(point.model, point.method, point.seq_len, point.micro_batch, point.backend,
                                point.grad_ckpt, point.rank), shape_dir, mix_dir, runs_dir, run_name)
-        cfg["train"].update(stage=point.stage, packing="off")  # TRL's trainers batch the pairs / prompts
-        cfg["rl"] = point.rl()
+        if point.stage != "sft":
+            cfg["train"].update(stage=point.stage, packing="off")  # TRL's trainers batch the pairs / prompts
+            cfg["rl"] = point.rl()
+        if point.strategy != "single":
+            cfg["train"].update(strategy=point.strategy, gpus=str(point.gpus))
         return cfg
     return {
         "name": run_name,
@@ -523,8 +549,9 @@ def _tail(path: Path, chars: int = 3000) -> str:
         return ""
 
 
-def run_point(point: Point, work: Path, timeout_s: float, keep_runs: bool, arch=None) -> dict:
-    """Train one point through the CLI and return its result line (without card and versions)."""
+def run_point(point: Point, work: Path, timeout_s: float, keep_runs: bool, arch=None, cpu_ranks: int = 0) -> dict:
+    """Train one point through the CLI and return its result line (without card and versions).
+    ``cpu_ranks``: run a ddp / fsdp point as that many CPU processes (the plumbing check)."""
     import yaml
 
     from core.hardware.catalog import get_model
@@ -544,6 +571,10 @@ def run_point(point: Point, work: Path, timeout_s: float, keep_runs: bool, arch=
     run_dir = runs_dir / run_name
     t0 = time.perf_counter()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if cpu_ranks:
+        from core.train.launch import CPU_RANKS_ENV
+
+        env[CPU_RANKS_ENV] = str(cpu_ranks)
     try:
         proc = subprocess.run([sys.executable, "-m", "core", "train", str(config_path)], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout_s)
@@ -575,6 +606,9 @@ def run_point(point: Point, work: Path, timeout_s: float, keep_runs: bool, arch=
         "steps": status.get("step"), "dtype": status.get("dtype"), "train_runtime_s": status.get("train_runtime_s"),
         "wall_s": round(wall, 1), "arch": arch.to_dict(), "run": run_name,
     }
+    if point.strategy != "single":
+        # What core.hardware.estimate.point_setup reads: the peak is rank 0's card's.
+        line.update(strategy=point.strategy, gpus=point.gpus, world_size=status.get("world_size"))
     if point.stage != "sft":
         # What core.hardware.estimate.point_setup reads to estimate the same phases.
         per_row = point.prompt_len + point.completion_len if point.stage == "grpo" else 2 * max(row_tokens)
@@ -617,12 +651,13 @@ def point_key(line: dict) -> tuple:
             int(line.get("micro_batch", 0)), int(line.get("rank", RANK)), line.get("grad_ckpt"),
             line.get("backend_requested", line.get("backend")))
     stage = line.get("stage", "sft")
-    if stage == "sft":
-        return base
-    rl = line.get("rl") or {}
-    extra = (int(rl.get("max_prompt_len", 0)), int(rl.get("max_completion_len", 0)),
-             int(rl.get("num_generations", 0)), float(rl.get("kl_beta", 0.0))) if stage == "grpo" else ()
-    return base + (stage, *extra)
+    if stage != "sft":
+        rl = line.get("rl") or {}
+        extra = (int(rl.get("max_prompt_len", 0)), int(rl.get("max_completion_len", 0)),
+                 int(rl.get("num_generations", 0)), float(rl.get("kl_beta", 0.0))) if stage == "grpo" else ()
+        base += (stage, *extra)
+    strategy = line.get("strategy", "single")
+    return base if strategy == "single" else base + (strategy, int(line.get("gpus", 1)))
 
 
 def done_keys(out: Path) -> set[tuple]:
@@ -650,18 +685,20 @@ def append_line(out: Path, line: dict) -> None:
         os.fsync(f.fileno())
 
 
-def smoke_point(stage: str = "sft") -> tuple[Point, object]:
-    """A demo-sized shape (the demo model's architecture), 16-bit LoRA: runs on the CPU."""
+def smoke_point(stage: str = "sft", strategy: str = "single", gpus: int = 2) -> tuple[Point, object]:
+    """A demo-sized shape (the demo model's architecture), 16-bit LoRA: runs on the CPU (a ddp /
+    fsdp one as ``gpus`` CPU processes)."""
     import json as _json
 
     from core.demo import ensure_demo_model
     from core.hardware.catalog import Arch
 
     arch = Arch.from_hf_config(_json.loads((ensure_demo_model() / "config.json").read_text()))
+    cards = {} if strategy == "single" else {"strategy": strategy, "gpus": gpus}
     if stage == "grpo":
         return Point(SMOKE_MODEL, "lora", 64 + 32, 4, stage="grpo", prompt_len=64, completion_len=32,
-                     num_generations=4, kl_beta=0.04), arch
-    return Point(SMOKE_MODEL, "lora", 128, 2, stage=stage), arch
+                     num_generations=4, kl_beta=0.04, **cards), arch
+    return Point(SMOKE_MODEL, "lora", 128, 2, stage=stage, **cards), arch
 
 
 def main(argv=None) -> int:
@@ -676,6 +713,9 @@ def main(argv=None) -> int:
                    help="Long rows (8k-32k tokens), ranks 64 / 128 and transformers + PEFT points, about "
                         "a third held out of the fit.")
     p.add_argument("--smoke", action="store_true", help="CPU plumbing check: a demo-sized shape, one point.")
+    p.add_argument("--strategy", default="", choices=["", *MULTI_POINTS],
+                   help="Measure per-card peaks on several GPUs (ddp or fsdp) instead; --gpus cards each.")
+    p.add_argument("--gpus", type=int, default=2, help="With --strategy: how many cards (default 2).")
     p.add_argument("--stage", default="", choices=["", *STAGE_NAMES, "all"],
                    help="Measure the stages beyond sft instead (dpo, orpo, grpo or all): their memory terms "
                         "in the estimator. With --smoke: one demo-sized point of that stage.")
@@ -694,10 +734,20 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     arches = {}
     stages = STAGE_NAMES if args.stage == "all" else (args.stage,) if args.stage else ()
+    if args.gpus < 2 and args.strategy:
+        p.error("--gpus must be 2 or more with --strategy")
+    cpu_ranks = 0
     if args.smoke:
-        point, arch = smoke_point(stages[0] if stages else "sft")
+        point, arch = smoke_point(stages[0] if stages else "sft", args.strategy or "single", args.gpus)
         points, arches[point.model] = [point], arch
         out = args.out or work / "vram_smoke.jsonl"
+        cpu_ranks = args.gpus if args.strategy else 0
+    elif args.strategy:
+        points = multi_grid(args.strategy, args.gpus)
+        if args.models:
+            keep = {m.strip() for m in args.models.split(",")}
+            points = [pt for pt in points if pt.model in keep]
+        out = args.out or DEFAULT_OUT
     elif stages:
         points = stage_grid(stages)
         if args.models:
@@ -731,7 +781,8 @@ def main(argv=None) -> int:
                   "continue", flush=True)
             break
         print(f"[{n}/{len(todo)}] {pt.name} ...", flush=True)
-        line = run_point(pt, work, args.point_timeout, args.keep_runs, arches.get(pt.model))
+        line = run_point(pt, work, args.point_timeout, args.keep_runs, arches.get(pt.model),
+                         cpu_ranks=cpu_ranks if card == "cpu" else 0)
         line = {**meta, **line, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         append_line(out, line)
         slowest = max(slowest, line["wall_s"])

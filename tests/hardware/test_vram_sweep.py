@@ -263,3 +263,36 @@ def test_stage_smoke_point_trains_through_the_cli(tmp_path, stage):
     line = json.loads(out.read_text().splitlines()[0])
     assert line["status"] == "ok", line.get("log_tail")
     assert line["stage"] == stage and line["steps"] == sweep.MAX_STEPS and line["rl"]
+
+
+# ------------------------------------------------------------------------ --strategy (several GPUs)
+def test_multi_card_points_carry_the_strategy_and_are_estimated_per_card(tmp_path):
+    from core.config import RunConfig
+    from core.hardware.estimate import estimate_setup, estimate_training, point_setup
+    from core.settings import from_dict
+
+    points = sweep.multi_grid("fsdp", 4) + sweep.multi_grid("ddp", 2)
+    keys = [p.key("c") for p in points]
+    assert len(set(keys)) == len(keys) and not set(keys) & {p.key("c") for p in sweep.grid("extended")}
+    p = next(q for q in points if q.model == "qwen3-32b" and q.method == "lora")
+    assert p.name.endswith("-fsdp4")
+    cfg = from_dict(RunConfig, sweep.run_config(p, tmp_path / "shape", tmp_path / "mix", tmp_path / "runs", "x"))
+    assert cfg.train.strategy == "fsdp" and cfg.train.gpus == "4" and cfg.train.stage == "sft"
+    line = {"card": "c", "model": p.model, "method": p.method, "seq_len": p.seq_len, "micro_batch": p.micro_batch,
+            "rank": p.rank, "grad_ckpt": p.grad_ckpt, "backend": "peft", "backend_requested": p.backend,
+            "strategy": p.strategy, "gpus": p.gpus, "status": "ok"}
+    assert sweep.point_key(line) == p.key("c")
+    arch, setup = point_setup(line)
+    want = estimate_training(p.model, method=p.method, seq_len=p.seq_len, micro_batch=p.micro_batch,
+                             strategy="fsdp", gpus=4)
+    assert estimate_setup(arch, setup).total_gib == want.total_gib
+
+
+@pytest.mark.slow
+def test_multi_card_smoke_point_runs_two_cpu_processes(tmp_path):
+    out = tmp_path / "smoke.jsonl"
+    assert sweep.main(["--smoke", "--strategy", "ddp", "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    line = json.loads(out.read_text().splitlines()[0])
+    assert line["status"] == "ok", line.get("log_tail")
+    assert line["strategy"] == "ddp" and line["gpus"] == 2 and line["world_size"] == 2
+    assert line["steps"] == sweep.MAX_STEPS
