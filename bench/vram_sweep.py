@@ -8,6 +8,7 @@ Run on a GPU machine (resumable: run it again to continue where a time budget or
     python bench/vram_sweep.py --wide          # 8k-32k rows, ranks 64/128, PEFT; some held out
     python bench/vram_sweep.py --smoke         # CPU plumbing check: demo-sized shape, one point
     python bench/vram_sweep.py --stage all     # dpo / orpo / grpo points (train.stage, the rl settings)
+    python bench/vram_sweep.py --strategy fsdp --gpus 2   # per-card peaks on 2 GPUs (ddp or fsdp)
     python bench/vram_sweep.py --smoke --stage dpo   # CPU check of one stage point
     python bench/fit_vram.py --write           # then refit core/hardware/vram_coefficients.json
 

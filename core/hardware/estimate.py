@@ -530,12 +530,16 @@ def estimate_run(cfg, *, model=None, micro_batch: int | None = None, backend: st
 
 def visible_gpu_count() -> int:
     """Cards a run with ``train.gpus: auto`` gets: the launcher's WORLD_SIZE inside a run, else the
-    GPUs NVML reports (at least 1, so that an estimate is always per one card or more)."""
+    GPUs this process may use (CUDA_VISIBLE_DEVICES where set, else what NVML reports), at least 1 so
+    that an estimate is per one card or more."""
     import os
 
     text = os.environ.get("WORLD_SIZE", "").strip()
     if text.isdigit() and int(text) > 0:
         return int(text)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return max(len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"]), 1)
     from core.hardware.detect import HardwareReport, detect_gpus
 
     report = HardwareReport()

@@ -243,3 +243,17 @@ def test_pre_run_check_warns_per_card_with_the_stage(monkeypatch):
                 if p.setting == "train.micro_batch"]
     big.train.strategy = "ddp"
     assert [p for p in check_run(big, train_rows=1000, card=Card("L40S", 48.0)) if p.setting == "train.micro_batch"]
+
+
+def test_auto_gpus_count_the_cards_the_run_gets(monkeypatch):
+    from core.hardware.estimate import visible_gpu_count
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    assert visible_gpu_count() == 3
+    assert estimate_run(_cfg(strategy="fsdp", gpus="auto")).setup["gpus"] == 3
+    monkeypatch.setenv("WORLD_SIZE", "2")  # inside a rank: the launcher's count
+    assert visible_gpu_count() == 2
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpu_count() == 1  # none visible: the estimate is still per one card
