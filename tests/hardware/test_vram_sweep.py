@@ -197,7 +197,7 @@ def test_stage_grid_has_every_stage_and_keys_apart_from_sft():
     grpo = [p for p in points if p.stage == "grpo"]
     assert any(p.kl_beta > 0 for p in grpo) and any(p.kl_beta == 0 for p in grpo)
     assert sweep.Point("qwen3-8b", "qlora", 2048, 2).key("c") == (
-        "c", "qwen3-8b", "qlora", 2048, 2, 16, "unsloth", "auto")  # sft keys as before: old lines still match
+        "c", "qwen3-8b", "qlora", 2048, 2, 16, "unsloth", "auto")  # sft keys carry no stage: stored lines match
 
 
 def test_stage_run_config_is_a_valid_run_config(tmp_path):
