@@ -38,7 +38,7 @@ def table(rows: list[dict], title: str) -> str:
                      f"{r['seq_len']:>6}{r['micro_batch']:>3}{r['measured_gib']:>10.2f}{r['estimated_gib']:>10.2f}"
                      f"{r['error'] * 100:>7.1f}%{nvml:>8}{r['estimated_total_gib']:>8.2f}"
                      f"{'  r' + str(r['rank']) if r.get('rank', 16) != 16 else ''}"
-                     f"{'  held out' if r.get('held_out') else ''}")
+                     f"{'  held out' if r.get('held_out') else ''}{_tags(r)}")
     if rows:
         worst = max(abs(r["error"]) for r in rows)
         mean = sum(abs(r["error"]) for r in rows) / len(rows)
@@ -46,20 +46,29 @@ def table(rows: list[dict], title: str) -> str:
     return "\n".join(lines)
 
 
+def _tags(row: dict) -> str:
+    """The stage and the cards of a point beyond plain single-GPU SFT."""
+    tags = []
+    if row.get("stage", "sft") != "sft":
+        tags.append(row["stage"])
+    if row.get("strategy", "single") != "single":
+        tags.append(f"{row['gpus']} x {row['strategy']}")
+    return "".join("  " + t for t in tags)
+
+
 def oom_report(points: list[dict], coefficients) -> list[str]:
     """Whether the estimate agrees that out-of-memory points could not fit their card."""
-    from core.hardware.estimate import estimate_training, point_setup
+    from core.hardware.estimate import estimate_setup, point_setup
 
     out = []
     for p in points:
         if p.get("status") != "oom":
             continue
         arch, s = point_setup(p)
-        est = estimate_training(arch, method=s.method, seq_len=s.seq_len, micro_batch=s.micro_batch, rank=s.rank,
-                                target_modules=s.target_modules, grad_ckpt=s.grad_ckpt, backend=s.backend,
-                                quant=s.quant, coefficients=coefficients)
-        out.append(f"  oom: {p.get('card')} {p.get('model')} {s.method} {s.seq_len}x{s.micro_batch}: estimate "
-                   f"{est.total_gib:.1f} GiB")
+        est = estimate_setup(arch, s, coefficients)
+        stage = f" {s.stage}" if s.stage != "sft" else ""
+        out.append(f"  oom: {p.get('card')} {p.get('model')} {s.method}{stage} {s.seq_len}x{s.micro_batch}: "
+                   f"estimate {est.total_gib:.1f} GiB")
     return out
 
 
@@ -212,7 +221,8 @@ def markdown_table(points: list[dict], seq_len: int = 2048, micro_batch: int = 2
     def measured(key: str, method: str) -> str:
         hits = [p for p in points if p.get("model") == key and p.get("method") == method
                 and p.get("seq_len") == seq_len and p.get("micro_batch") == micro_batch
-                and p.get("backend") == "unsloth" and p.get("status") in ("ok", "oom")]
+                and p.get("backend") == "unsloth" and p.get("status") in ("ok", "oom")
+                and p.get("stage", "sft") == "sft"]
         if not hits:
             return "—"
         p = hits[-1]

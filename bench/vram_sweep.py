@@ -7,7 +7,22 @@ Run on a GPU machine (resumable: run it again to continue where a time budget or
     python bench/vram_sweep.py --extended      # ~30 points, for a tighter fit (run it twice or more)
     python bench/vram_sweep.py --wide          # 8k-32k rows, ranks 64/128, PEFT; some held out
     python bench/vram_sweep.py --smoke         # CPU plumbing check: demo-sized shape, one point
+    python bench/vram_sweep.py --stage all     # dpo / orpo / grpo points (train.stage, the rl settings)
+    python bench/vram_sweep.py --strategy fsdp --gpus 2   # per-card peaks on 2 GPUs (ddp or fsdp)
+    python bench/vram_sweep.py --smoke --stage dpo   # CPU check of one stage point
     python bench/fit_vram.py --write           # then refit core/hardware/vram_coefficients.json
+
+Several GPUs (``--strategy ddp|fsdp --gpus N``): a few 16-bit LoRA and QLoRA points trained on N
+cards through the same launcher the app uses (train.strategy, train.gpus); rank 0 records its
+card's peak, which the estimator's per-card figure is compared with. ``--smoke --strategy ddp``
+runs two CPU processes (QWENTUNE_CPU_RANKS) to check the plumbing.
+
+Stage points (``--stage dpo|orpo|grpo|all``) measure the estimator's stage terms, which start as
+physical counts nobody has measured: dpo / orpo rows are synthetic preference pairs (chosen and
+rejected replies of the same length, so each sequence is about seq_len tokens), grpo rows are prompts
+of about rl.max_prompt_len tokens with a reference answer; the random-init model almost never
+samples the end-of-sequence token, so every completion runs to rl.max_completion_len (the worst
+case the estimate is for). grad_accum is 1, so the rollouts of a step decode micro_batch completions.
 
 Per point it runs `python -m core train CONFIG.yaml` in a subprocess (exactly what the GUI runs),
 max_steps 3, on
@@ -35,6 +50,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,16 +78,40 @@ class Point:
     grad_ckpt: str = "unsloth"
     rank: int = RANK
     held_out: bool = False  # kept out of the fit (bench/fit_vram.py): these points judge it
+    stage: str = "sft"  # train.stage; the rl settings below matter for the stages beyond sft
+    prompt_len: int = 256  # rl.max_prompt_len (grpo)
+    completion_len: int = 512  # rl.max_completion_len (grpo)
+    num_generations: int = 4  # rl.num_generations (grpo)
+    kl_beta: float = 0.0  # rl.kl_beta (grpo: > 0 adds the reference pass)
+    strategy: str = "single"  # train.strategy
+    gpus: int = 1  # train.gpus (a count) for ddp / fsdp
 
     @property
     def name(self) -> str:
         rank = f"-r{self.rank}" if self.rank != RANK else ""
+        stage = "" if self.stage == "sft" else f"-{self.stage}"
+        if self.stage == "grpo":
+            stage += f"-p{self.prompt_len}-c{self.completion_len}-g{self.num_generations}"
+            stage += f"-kl{self.kl_beta:g}" if self.kl_beta else ""
+        cards = "" if self.strategy == "single" else f"-{self.strategy}{self.gpus}"
         return (f"vram-{self.model}-{self.method}-s{self.seq_len}-b{self.micro_batch}-{self.backend}-"
-                f"{self.grad_ckpt}{rank}").replace(".", "_")
+                f"{self.grad_ckpt}{rank}{stage}{cards}").replace(".", "_")
 
     def key(self, card: str) -> tuple:
-        return (card, self.model, self.method, self.seq_len, self.micro_batch, self.rank, self.grad_ckpt,
+        base = (card, self.model, self.method, self.seq_len, self.micro_batch, self.rank, self.grad_ckpt,
                 self.backend)
+        if self.stage != "sft":
+            base += (self.stage, *self.rl_key())
+        return base if self.strategy == "single" else base + (self.strategy, self.gpus)
+
+    def rl(self) -> dict:
+        """The run's rl section (and what a line records for bench/fit_vram.py's point_setup)."""
+        return {"max_prompt_len": self.prompt_len, "max_completion_len": self.completion_len,
+                "num_generations": self.num_generations, "kl_beta": self.kl_beta}
+
+    def rl_key(self) -> tuple:
+        return (self.prompt_len, self.completion_len, self.num_generations, float(self.kl_beta)) \
+            if self.stage == "grpo" else ()
 
 
 # ------------------------------------------------------------------------------------------ grid
@@ -119,6 +159,47 @@ WIDE: list[tuple] = [
     ("qwen3-8b", "qlora", 16384, 1, "peft", "on", 16, False),
     ("qwen3-14b", "qlora", 4096, 1, "peft", "on", 64, True),
 ]
+
+
+# --stage: one set per stage beyond sft, small to large, so a time budget leaves a spread. dpo / orpo:
+# (model, method, seq_len, micro_batch) with micro_batch counting preference rows; grpo: (model,
+# method, micro_batch completions, prompt_len, completion_len, num_generations, kl_beta).
+STAGE_POINTS: dict[str, list[tuple]] = {
+    "dpo": [("qwen3-0.6b", "lora", 1024, 1), ("qwen3-4b", "qlora", 1024, 2), ("qwen3-8b", "qlora", 2048, 1),
+            ("qwen3-4b", "lora", 2048, 1), ("qwen3-8b", "qlora", 1024, 2)],
+    "orpo": [("qwen3-0.6b", "lora", 1024, 2), ("qwen3-4b", "qlora", 2048, 1), ("qwen3-8b", "qlora", 1024, 2)],
+    "grpo": [("qwen3-0.6b", "lora", 4, 256, 512, 4, 0.0), ("qwen3-4b", "qlora", 4, 256, 1024, 4, 0.0),
+             ("qwen3-0.6b", "lora", 8, 256, 1024, 8, 0.04), ("qwen3-8b", "qlora", 4, 256, 1024, 4, 0.0),
+             ("qwen3-4b", "lora", 8, 512, 1024, 4, 0.04), ("qwen3-8b", "qlora", 8, 256, 2048, 8, 0.04)],
+}
+STAGE_NAMES = tuple(STAGE_POINTS)
+
+
+# --strategy: per-card peaks on several cards. fsdp points are what one card cannot hold (or only
+# just); ddp points check that a card needs what one card alone needs.
+MULTI_POINTS: dict[str, list[tuple[str, str, int, int]]] = {
+    "fsdp": [("qwen3-8b", "lora", 2048, 1), ("qwen3-14b", "lora", 2048, 1), ("qwen3-32b", "lora", 1024, 1),
+             ("qwen3-14b", "qlora", 2048, 2), ("qwen3-32b", "qlora", 2048, 1)],
+    "ddp": [("qwen3-4b", "lora", 2048, 2), ("qwen3-8b", "qlora", 2048, 2), ("qwen3-14b", "lora", 1024, 1)],
+}
+
+
+def multi_grid(strategy: str, gpus: int) -> list[Point]:
+    return [Point(m, meth, s, b, strategy=strategy, gpus=gpus) for (m, meth, s, b) in MULTI_POINTS[strategy]]
+
+
+def stage_grid(stages: tuple[str, ...]) -> list[Point]:
+    out = []
+    for stage in stages:
+        for spec in STAGE_POINTS[stage]:
+            if stage == "grpo":
+                model, method, mb, prompt, completion, gens, kl = spec
+                out.append(Point(model, method, prompt + completion, mb, stage=stage, prompt_len=prompt,
+                                 completion_len=completion, num_generations=gens, kl_beta=kl))
+            else:
+                model, method, seq_len, mb = spec
+                out.append(Point(model, method, seq_len, mb, stage=stage))
+    return out
 
 
 def wide_grid() -> list[Point]:
@@ -346,10 +427,108 @@ def build_mix(seq_len: int, work: Path, tokenizer_dir: Path, rows: int = 8) -> t
     return out, counts
 
 
+def _fit_words(target: int, n_tokens, seed: int) -> int:
+    """The most words (of _words(), from ``seed`` on) whose text ``n_tokens`` counts at most ``target``."""
+    lo, hi, best = 1, max(target, 1), 0
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if n_tokens(mid) <= target:
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    if not best:
+        raise ValueError(f"{target} tokens is too short for a row")
+    return best
+
+
+def _filler(n_words: int, seed: int) -> str:
+    words = _words()
+    return " ".join(words[(seed * 7919 + k) % len(words)] for k in range(n_words))
+
+
+def _prompt_tokens(tok, question: str, n: int, seed: int) -> int:
+    """Tokens of a prompt row as the template renders it with the generation prompt."""
+    text = f"{question} {_filler(n, seed)}"
+    rendered = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                       tokenize=False)
+    return len(tok(rendered, add_special_tokens=False)["input_ids"])
+
+
+def _chosen_tokens(tok, question: str, n: int, seed: int) -> int:
+    from core.data.conversation import Conversation, Message
+    from core.data.render import render_batch
+
+    conv = Conversation(messages=[Message("user", question), Message("assistant", _filler(n, seed))])
+    return render_batch([conv], tok)[0].n_tokens
+
+
+def build_stage_mix(point: Point, work: Path, tokenizer_dir: Path, rows: int = 8) -> tuple[Path, list[int]]:
+    """<work>/mixes/<stage>-...: the rows a stage trains on, in the #20 data contract (a preference
+    row: the chosen reply last, the alternative as "rejected"; a prompt row: a user turn with
+    meta.expected_answer; manifest "kind"). Returns the folder and each row's longest sequence in
+    tokens. Cached."""
+    from transformers import AutoTokenizer
+
+    from core.data.conversation import Conversation, Message
+    from core.data.mixdir import write_mix_dir
+    from core.data.render import render_batch
+    from core.data.tokenizer import tokenizer_info
+
+    tag = f"{point.stage}-s{point.seq_len}" + (f"-p{point.prompt_len}" if point.stage == "grpo" else "")
+    out = work / "mixes" / tag
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("row_tokens") and len(manifest["row_tokens"]) == rows:
+            return out, manifest["row_tokens"]
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    train_rows, counts = [], []
+    for seed in range(rows):
+        question = f"Question {seed}: please explain."
+        if point.stage == "grpo":
+            prompt_tokens = partial(_prompt_tokens, tok, question, seed=seed)
+            n = _fit_words(point.prompt_len - ROW_MARGIN, prompt_tokens, seed)
+            conv = Conversation(messages=[Message("user", f"{question} {_filler(n, seed)}")], source="synthetic",
+                                origin=f"synthetic[{seed}]", meta={"expected_answer": str(seed + 40)})
+            train_rows.append({"conversation": conv.to_json(), "source": "synthetic", "n_tokens": prompt_tokens(n)})
+            counts.append(prompt_tokens(n))
+            continue
+
+        chosen_tokens = partial(_chosen_tokens, tok, question, seed=seed)
+        n = _fit_words(max(point.seq_len - ROW_MARGIN, 16), chosen_tokens, seed)
+        chosen = Conversation(messages=[Message("user", question), Message("assistant", _filler(n, seed))],
+                              source="synthetic", origin=f"synthetic[{seed}]")
+        rendered = render_batch([chosen], tok)[0]
+        data = chosen.to_json()
+        # The alternative reply: as long, other words (the shift keeps it within the same token count
+        # give or take a few, and the pair's sequences equally long is the case the estimate is for).
+        data["rejected"] = {"role": "assistant", "content": _filler(n, seed + 1000)}
+        train_rows.append({"conversation": data, "text": rendered.text, "n_tokens": rendered.n_tokens,
+                           "source": "synthetic"})
+        counts.append(rendered.n_tokens)
+    kind = "prompt" if point.stage == "grpo" else "preference"
+    manifest = {"sources": [{"name": "synthetic", "path": "bench/vram_sweep.py", "rows": rows}], "seed": 0,
+                "kind": kind, "max_seq_len": point.seq_len, "tokenizer": tokenizer_info(tok), "row_tokens": counts,
+                "note": f"synthetic {kind} rows for the VRAM sweep's {point.stage} points"}
+    if out.exists():
+        shutil.rmtree(out)
+    write_mix_dir(out, train_rows, [], manifest)
+    return out, counts
+
+
 # ------------------------------------------------------------------------------------- one point
 def run_config(point: Point, shape_dir: Path, mix_dir: Path, runs_dir: Path, run_name: str) -> dict:
     from core.config import ALL_LINEAR
 
+    if point.stage != "sft" or point.strategy != "single":
+        cfg = run_config(Point(point.model, point.method, point.seq_len, point.micro_batch, point.backend,
+                               point.grad_ckpt, point.rank), shape_dir, mix_dir, runs_dir, run_name)
+        if point.stage != "sft":
+            cfg["train"].update(stage=point.stage, packing="off")  # TRL's trainers batch the pairs / prompts
+            cfg["rl"] = point.rl()
+        if point.strategy != "single":
+            cfg["train"].update(strategy=point.strategy, gpus=str(point.gpus))
+        return cfg
     return {
         "name": run_name,
         "runs_dir": str(runs_dir),
@@ -371,15 +550,19 @@ def _tail(path: Path, chars: int = 3000) -> str:
         return ""
 
 
-def run_point(point: Point, work: Path, timeout_s: float, keep_runs: bool, arch=None) -> dict:
-    """Train one point through the CLI and return its result line (without card and versions)."""
+def run_point(point: Point, work: Path, timeout_s: float, keep_runs: bool, arch=None, cpu_ranks: int = 0) -> dict:
+    """Train one point through the CLI and return its result line (without card and versions).
+    ``cpu_ranks``: run a ddp / fsdp point as that many CPU processes (the plumbing check)."""
     import yaml
 
     from core.hardware.catalog import get_model
 
     arch = arch or get_model(point.model).arch
     shape_dir = build_shape(point.model, work, arch)
-    mix_dir, row_tokens = build_mix(point.seq_len, work, shape_dir)
+    if point.stage == "sft":
+        mix_dir, row_tokens = build_mix(point.seq_len, work, shape_dir)
+    else:
+        mix_dir, row_tokens = build_stage_mix(point, work, shape_dir)
     runs_dir = work / "runs"
     run_name = f"{point.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     config_path = work / "configs" / f"{run_name}.yaml"
@@ -389,6 +572,10 @@ def run_point(point: Point, work: Path, timeout_s: float, keep_runs: bool, arch=
     run_dir = runs_dir / run_name
     t0 = time.perf_counter()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if cpu_ranks:
+        from core.train.launch import CPU_RANKS_ENV
+
+        env[CPU_RANKS_ENV] = str(cpu_ranks)
     try:
         proc = subprocess.run([sys.executable, "-m", "core", "train", str(config_path)], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout_s)
@@ -420,6 +607,14 @@ def run_point(point: Point, work: Path, timeout_s: float, keep_runs: bool, arch=
         "steps": status.get("step"), "dtype": status.get("dtype"), "train_runtime_s": status.get("train_runtime_s"),
         "wall_s": round(wall, 1), "arch": arch.to_dict(), "run": run_name,
     }
+    if point.strategy != "single":
+        # What core.hardware.estimate.point_setup reads: the peak is rank 0's card's.
+        line.update(strategy=point.strategy, gpus=point.gpus, world_size=status.get("world_size"))
+    if point.stage != "sft":
+        # What core.hardware.estimate.point_setup reads to estimate the same phases.
+        per_row = point.prompt_len + point.completion_len if point.stage == "grpo" else 2 * max(row_tokens)
+        line.update(stage=point.stage, rl=point.rl(), generation_batch=point.micro_batch,
+                    tokens_per_step=per_row * point.micro_batch)
     if state != "ok":
         line["error"] = status.get("error") or f"exit code {rc}"
         line["log_tail"] = _tail(run_dir / "train.log") or output[-3000:]
@@ -453,9 +648,17 @@ def versions() -> dict:
 
 
 def point_key(line: dict) -> tuple:
-    return (line.get("card"), line.get("model"), line.get("method"), int(line.get("seq_len", 0)),
+    base = (line.get("card"), line.get("model"), line.get("method"), int(line.get("seq_len", 0)),
             int(line.get("micro_batch", 0)), int(line.get("rank", RANK)), line.get("grad_ckpt"),
             line.get("backend_requested", line.get("backend")))
+    stage = line.get("stage", "sft")
+    if stage != "sft":
+        rl = line.get("rl") or {}
+        extra = (int(rl.get("max_prompt_len", 0)), int(rl.get("max_completion_len", 0)),
+                 int(rl.get("num_generations", 0)), float(rl.get("kl_beta", 0.0))) if stage == "grpo" else ()
+        base += (stage, *extra)
+    strategy = line.get("strategy", "single")
+    return base if strategy == "single" else base + (strategy, int(line.get("gpus", 1)))
 
 
 def done_keys(out: Path) -> set[tuple]:
@@ -483,15 +686,20 @@ def append_line(out: Path, line: dict) -> None:
         os.fsync(f.fileno())
 
 
-def smoke_point() -> tuple[Point, object]:
-    """A demo-sized shape (the demo model's architecture), 16-bit LoRA: runs on the CPU."""
+def smoke_point(stage: str = "sft", strategy: str = "single", gpus: int = 2) -> tuple[Point, object]:
+    """A demo-sized shape (the demo model's architecture), 16-bit LoRA: runs on the CPU (a ddp /
+    fsdp one as ``gpus`` CPU processes)."""
     import json as _json
 
     from core.demo import ensure_demo_model
     from core.hardware.catalog import Arch
 
     arch = Arch.from_hf_config(_json.loads((ensure_demo_model() / "config.json").read_text()))
-    return Point(SMOKE_MODEL, "lora", 128, 2), arch
+    cards = {} if strategy == "single" else {"strategy": strategy, "gpus": gpus}
+    if stage == "grpo":
+        return Point(SMOKE_MODEL, "lora", 64 + 32, 4, stage="grpo", prompt_len=64, completion_len=32,
+                     num_generations=4, kl_beta=0.04, **cards), arch
+    return Point(SMOKE_MODEL, "lora", 128, 2, stage=stage, **cards), arch
 
 
 def main(argv=None) -> int:
@@ -506,6 +714,12 @@ def main(argv=None) -> int:
                    help="Long rows (8k-32k tokens), ranks 64 / 128 and transformers + PEFT points, about "
                         "a third held out of the fit.")
     p.add_argument("--smoke", action="store_true", help="CPU plumbing check: a demo-sized shape, one point.")
+    p.add_argument("--strategy", default="", choices=["", *MULTI_POINTS],
+                   help="Measure per-card peaks on several GPUs (ddp or fsdp) instead; --gpus cards each.")
+    p.add_argument("--gpus", type=int, default=2, help="With --strategy: how many cards (default 2).")
+    p.add_argument("--stage", default="", choices=["", *STAGE_NAMES, "all"],
+                   help="Measure the stages beyond sft instead (dpo, orpo, grpo or all): their memory terms "
+                        "in the estimator. With --smoke: one demo-sized point of that stage.")
     p.add_argument("--models", default="", help="Comma-separated catalog keys to keep (default: all in the grid).")
     p.add_argument("--backends", default="auto", help="Comma-separated backends to request (auto, unsloth, peft).")
     p.add_argument("--no-peft-extra", action="store_true", help="Skip the few transformers + PEFT points.")
@@ -520,10 +734,27 @@ def main(argv=None) -> int:
     work = args.work.expanduser()
     work.mkdir(parents=True, exist_ok=True)
     arches = {}
+    stages = STAGE_NAMES if args.stage == "all" else (args.stage,) if args.stage else ()
+    if args.gpus < 2 and args.strategy:
+        p.error("--gpus must be 2 or more with --strategy")
+    cpu_ranks = 0
     if args.smoke:
-        point, arch = smoke_point()
+        point, arch = smoke_point(stages[0] if stages else "sft", args.strategy or "single", args.gpus)
         points, arches[point.model] = [point], arch
         out = args.out or work / "vram_smoke.jsonl"
+        cpu_ranks = args.gpus if args.strategy else 0
+    elif args.strategy:
+        points = multi_grid(args.strategy, args.gpus)
+        if args.models:
+            keep = {m.strip() for m in args.models.split(",")}
+            points = [pt for pt in points if pt.model in keep]
+        out = args.out or DEFAULT_OUT
+    elif stages:
+        points = stage_grid(stages)
+        if args.models:
+            keep = {m.strip() for m in args.models.split(",")}
+            points = [pt for pt in points if pt.model in keep]
+        out = args.out or DEFAULT_OUT
     else:
         backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
         level = "wide" if args.wide else "quick" if args.quick else "extended" if args.extended else "default"
@@ -551,7 +782,8 @@ def main(argv=None) -> int:
                   "continue", flush=True)
             break
         print(f"[{n}/{len(todo)}] {pt.name} ...", flush=True)
-        line = run_point(pt, work, args.point_timeout, args.keep_runs, arches.get(pt.model))
+        line = run_point(pt, work, args.point_timeout, args.keep_runs, arches.get(pt.model),
+                         cpu_ranks=cpu_ranks if card == "cpu" else 0)
         line = {**meta, **line, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         append_line(out, line)
         slowest = max(slowest, line["wall_s"])

@@ -5,10 +5,18 @@ server. Both on one card is fine when they fit, and an out-of-memory crash of th
 they do not. The rule (:func:`may_start_gpu_work`):
 
 * demo mode, work on the CPU or no NVIDIA GPU: always allowed (CPU work does not compete for VRAM);
-* no active training run (queued / running / stopping, per its run folder): allowed;
-* an active run: allowed only when the estimator says both fit - the work's estimate plus the
-  run's peak (the larger of its estimate and its measured peak) within 95% of the card's memory -
-  and the work's estimate fits in the memory free right now; otherwise refused, with the numbers.
+* every card the work would use is judged on its own; a training run counts on every card it
+  holds (``gpus`` in its status.json, else the cards its train.gpus / train.strategy name), so a
+  run on GPU 1 does not hold up chat on GPU 0;
+* no active training run (queued / running / stopping, per its run folder) on the work's cards:
+  allowed;
+* active runs on a card: allowed only when the estimator says they all fit - the work's estimate
+  plus each run's peak on that card (the larger of its per-card estimate and its measured peak)
+  within 95% of the card's memory - and the work's estimate fits in the memory free right now;
+  otherwise refused, with the numbers of the first card that does not fit.
+
+Needs are per card: a ddp / fsdp run needs its per-card estimate on each of its cards
+(:func:`may_start_run` judges a whole RunConfig that way).
 
 The decision carries a reason ``code``; the GUI shows ``ctx.t(decision.key, **decision.values)``
 (strings ``gpu_queue.<code>`` in gui/strings/app.yaml) and the CLI :meth:`GpuDecision.message`.
@@ -48,7 +56,8 @@ class GpuDecision:
     code: str  # cpu | idle | fits | busy | busy_unknown | too_big
     values: dict[str, Any] = field(default_factory=dict)
     run: str | None = None  # the training run that holds the GPU, if any
-    gpu_index: int | None = None  # the card the decision is about
+    gpu_index: int | None = None  # the card the decision is about (the first that does not fit)
+    gpus: list[int] = field(default_factory=list)  # every card the work would use
 
     @property
     def key(self) -> str:
@@ -71,37 +80,90 @@ def active_runs(runs_dir: str | Path, exclude: str | None = None) -> list[dict]:
     return [r for r in list_runs(runs_dir) if r["state"] in ACTIVE and r["name"] != exclude]
 
 
-def training_peak_gib(run: dict) -> tuple[float | None, str]:
-    """(peak GiB of a run, why unknown): the larger of the estimator's figure for its config and
-    the peak the worker measured so far; None when neither is available."""
+def visible_gpu_ids(hardware) -> list[int]:
+    """NVML indexes of the cards this process may use, in CUDA's order: CUDA_VISIBLE_DEVICES (as
+    ids) where it is set, else every card."""
+    import os
+
+    indexes = [g.index for g in getattr(hardware, "gpus", []) or []]
+    text = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if text is None or not text.strip():
+        return indexes
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not all(p.isdigit() for p in parts):  # UUIDs or MIG names: the order is CUDA's, not ours
+        return indexes
+    return [int(p) for p in parts if int(p) in indexes]
+
+
+def resolve_gpu_ids(setting, strategy: str, visible: list[int]) -> list[int]:
+    """The cards (NVML indexes) a run with ``train.gpus`` = ``setting`` and ``train.strategy`` takes
+    out of the ``visible`` ones (visible_gpu_ids): auto = the first for single, every one for ddp /
+    fsdp; a count (2) = the first that many; a list (0,1; one id alone "1,") = those, numbered as
+    the launcher numbers them: within CUDA_VISIBLE_DEVICES where it is set (core.train.launch).
+    A single-process run uses the first of them; ids that are not there are left out."""
+    text = str(setting if setting is not None else "auto").strip().lower().strip("[]")
+    if not visible:
+        return []
+    if text in ("", "auto"):
+        ids = list(visible) if strategy != "single" else visible[:1]
+    elif "," in text:
+        positions = [int(p) for p in text.split(",") if p.strip().isdigit()]
+        ids = [visible[i] for i in positions if i < len(visible)]
+    elif text.isdigit():
+        ids = list(visible[:max(int(text), 1)])
+    else:
+        ids = visible[:1]
+    return ids[:1] if strategy == "single" else ids
+
+
+def run_gpu_ids(run: dict, visible: list[int], cfg=None) -> list[int]:
+    """The cards (NVML indexes) an active run holds: its status's ``gpus`` once the launcher wrote
+    them (numbered within CUDA_VISIBLE_DEVICES, like train.gpus), else the ones its settings name (a
+    queued run, or a run folder from before several GPUs)."""
+    status = run.get("status") or {}
+    held = status.get("gpus")
+    if isinstance(held, list) and held and all(isinstance(g, int) and not isinstance(g, bool) for g in held):
+        return [visible[g] if g < len(visible) else g for g in held]
+    if cfg is None:
+        cfg = _run_config(run)[0]
+    if cfg is None:
+        return visible[:1]
+    return resolve_gpu_ids(cfg.train.gpus, cfg.train.strategy, visible) or visible[:1]
+
+
+def _run_config(run: dict):
     from core.config import load_run_config
+    from core.settings import ConfigError
+
+    try:
+        return load_run_config(Path(run["path"]) / "config.yaml"), ""
+    except ConfigError as exc:
+        return None, str(exc)
+
+
+def training_peak_gib(run: dict, cards: int | None = None) -> tuple[float | None, str]:
+    """(peak GiB of a run on each of its cards, why unknown): the larger of the estimator's
+    per-card figure for its config (stage, strategy and ``cards`` included; default the count its
+    status or settings give) and the peak the worker measured so far; None when neither is known."""
     from core.settings import ConfigError
 
     status = run.get("status") or {}
     measured = status.get("peak_alloc_gib")
     estimate = None
-    why = ""
-    config_path = Path(run["path"]) / "config.yaml"
-    try:
-        cfg = load_run_config(config_path)
-    except ConfigError as exc:
-        cfg, why = None, str(exc)
+    cfg, why = _run_config(run)
     if cfg is not None:
-        from core.hardware.estimate import estimate_training
+        from core.hardware.estimate import estimate_run
         from core.train.autobatch import planned_micro_batch
 
+        if cards is None:
+            held = status.get("gpus")
+            cards = len(held) if isinstance(held, list) and held else status.get("world_size")
         model = status.get("model_path") or cfg.model.name_or_path
         backend = status.get("backend") or cfg.model.backend
-        backend = backend if backend in ("unsloth", "peft") else "unsloth"
-        optimizer = cfg.train.optimizer if cfg.train.optimizer != "auto" else "adamw_8bit"
         try:
-            estimate = estimate_training(
-                model, method=cfg.model.method, seq_len=cfg.train.max_seq_len,
-                micro_batch=planned_micro_batch(cfg.train.micro_batch, status),
-                rank=cfg.lora.r, target_modules=cfg.lora.target_modules,
-                grad_ckpt=cfg.train.gradient_checkpointing, backend=backend, quant=cfg.model.quant,
-                optimizer=optimizer,
-            ).total_gib
+            estimate = estimate_run(cfg, model=model, backend=backend,
+                                    micro_batch=planned_micro_batch(cfg.train.micro_batch, status),
+                                    gpus=cards if isinstance(cards, int) and cards > 0 else None).total_gib
         except (ConfigError, KeyError, ValueError) as exc:
             why = f"{cfg.model.name_or_path}: {exc}"
     known = [x for x in (estimate, measured) if isinstance(x, (int, float))]
@@ -125,16 +187,18 @@ def inference_need_gib(model: str, *, method: str = "lora", context_len: int = 4
 def may_start_gpu_work(kind: str, *, runs_dir: str | Path, demo: bool = False, need_gib: float | None = None,
                        model: str | None = None, method: str = "lora", context_len: int = 4096,
                        adapter_rank: int = 0, resident_gib: float = 0.0, exclude_run: str | None = None,
-                       device: str = "auto", hardware=None) -> GpuDecision:
+                       device: str = "auto", hardware=None, gpus: list[int] | None = None) -> GpuDecision:
     """May GPU work of ``kind`` (chat, eval, train, export) start now, given the active training runs?
 
-    Give ``need_gib`` (the work's VRAM, e.g. from the estimator), or ``model`` (+ method, context,
-    adapter rank) to have the inference estimate computed here. ``resident_gib`` is what the work
-    already holds on the card (e.g. ``torch.cuda.memory_allocated()`` of a loaded chat model before
-    the next generation): it counts toward "both fit" but is not needed again from the free memory.
-    ``hardware`` is a core.hardware.detect report (read fresh when omitted); ``exclude_run`` leaves
-    out the run the work belongs to (e.g. a run about to be resumed). ``device="cpu"``: the work
-    runs on the CPU (e.g. ``--device cpu``), so it is always allowed."""
+    Give ``need_gib`` (the work's VRAM on each of its cards, e.g. from the estimator), or ``model``
+    (+ method, context, adapter rank) to have the inference estimate computed here. ``resident_gib``
+    is what the work already holds on the card (e.g. ``torch.cuda.memory_allocated()`` of a loaded
+    chat model before the next generation): it counts toward "both fit" but is not needed again
+    from the free memory. ``hardware`` is a core.hardware.detect report (read fresh when omitted);
+    ``gpus`` the NVML indexes of the cards the work uses (default: the first visible one, where
+    chat, evaluation and single-GPU training run; resolve_gpu_ids turns a train.gpus value into
+    them); ``exclude_run`` leaves out the run the work belongs to (e.g. a run about to be resumed).
+    ``device="cpu"``: the work runs on the CPU (e.g. ``--device cpu``), so it is always allowed."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
     if demo or device == "cpu":
@@ -143,34 +207,74 @@ def may_start_gpu_work(kind: str, *, runs_dir: str | Path, demo: bool = False, n
         from core.hardware.detect import detect
 
         hardware = detect()
-    gpus = list(getattr(hardware, "gpus", []) or [])
-    if not gpus:
+    cards = {g.index: g for g in list(getattr(hardware, "gpus", []) or [])}
+    if not cards:
         return GpuDecision(True, "cpu")
+    visible = visible_gpu_ids(hardware) or list(cards)
+    wanted = [g for g in (gpus if gpus else visible[:1]) if g in cards] or visible[:1]
     if need_gib is None and model:
         need_gib = inference_need_gib(model, method=method, context_len=context_len, adapter_rank=adapter_rank)
-    # Single-process training uses the first visible card, and so does the chat engine.
-    gpu = gpus[0]
-    base = {"gpu": gpu.name, "total_gib": _gib(gpu.total_gib), "free_gib": _gib(gpu.free_gib),
-            "need_gib": _gib(need_gib)}
-    runs = active_runs(runs_dir, exclude=exclude_run)
     to_allocate = None if need_gib is None else max(0.0, need_gib - resident_gib)
-    if not runs:
-        if to_allocate is not None and to_allocate > gpu.free_gib:
-            # Told, not refused: nothing else of ours is on the card, so waiting would not help.
-            return GpuDecision(True, "too_big", base, gpu_index=gpu.index)
-        return GpuDecision(True, "idle", base, gpu_index=gpu.index)
-    names = ", ".join(r["name"] for r in runs)
-    peaks, whys = [], []
-    for run in runs:
-        peak, why = training_peak_gib(run)
-        peaks.append(peak)
-        if why:
-            whys.append(why)
-    values = dict(base, run=names)
-    if need_gib is None or any(p is None for p in peaks):
-        detail = "; ".join(whys) or "the model's size is not known"
-        return GpuDecision(False, "busy_unknown", dict(values, detail=detail), run=names, gpu_index=gpu.index)
-    train_gib = sum(peaks)
-    values["train_gib"] = _gib(train_gib)
-    both_fit = need_gib + train_gib <= gpu.total_gib * USABLE_FRACTION and to_allocate <= gpu.free_gib
-    return GpuDecision(both_fit, "fits" if both_fit else "busy", values, run=names, gpu_index=gpu.index)
+    holders = []  # (run, its cards, its per-card peak, why unknown)
+    for run in active_runs(runs_dir, exclude=exclude_run):
+        cfg, _ = _run_config(run)
+        held = run_gpu_ids(run, visible, cfg)
+        if set(held) & set(wanted):
+            peak, why = training_peak_gib(run, cards=len(held))
+            holders.append((run, held, peak, why))
+
+    def base(gpu) -> dict:
+        return {"gpu": gpu.name, "total_gib": _gib(gpu.total_gib), "free_gib": _gib(gpu.free_gib),
+                "need_gib": _gib(need_gib)}
+
+    if not holders:
+        for index in wanted:
+            gpu = cards[index]
+            if to_allocate is not None and to_allocate > gpu.free_gib:
+                # Told, not refused: nothing else of ours is on the card, so waiting would not help.
+                return GpuDecision(True, "too_big", base(gpu), gpu_index=index, gpus=wanted)
+        return GpuDecision(True, "idle", base(cards[wanted[0]]), gpu_index=wanted[0], gpus=wanted)
+    verdict = None
+    for index in wanted:
+        gpu = cards[index]
+        on_card = [h for h in holders if index in h[1]]
+        if not on_card:  # none of our runs there: a lack of free memory is not something to wait for
+            continue
+        names = ", ".join(h[0]["name"] for h in on_card)
+        values = dict(base(gpu), run=names)
+        if need_gib is None or any(h[2] is None for h in on_card):
+            detail = "; ".join(h[3] for h in on_card if h[3]) or "the model's size is not known"
+            return GpuDecision(False, "busy_unknown", dict(values, detail=detail), run=names, gpu_index=index,
+                               gpus=wanted)
+        train_gib = sum(h[2] for h in on_card)
+        values["train_gib"] = _gib(train_gib)
+        fits = need_gib + train_gib <= gpu.total_gib * USABLE_FRACTION and to_allocate <= gpu.free_gib
+        if not fits:
+            return GpuDecision(False, "busy", values, run=names, gpu_index=index, gpus=wanted)
+        verdict = verdict or GpuDecision(True, "fits", values, run=names, gpu_index=index, gpus=wanted)
+    return verdict
+
+
+def may_start_run(cfg, *, runs_dir: str | Path, hardware=None, exclude_run: str | None = None,
+                  micro_batch: int | None = None) -> GpuDecision:
+    """May the training run ``cfg`` (a RunConfig) start now next to the active runs? Its cards
+    (train.gpus / train.strategy) each need its per-card estimate; a card another run holds is
+    shared only when both fit. ``micro_batch``: the one to judge when the setting is auto (default
+    the reference micro-batch auto starts from)."""
+    from core.hardware.estimate import estimate_run
+    from core.settings import ConfigError
+    from core.train.autobatch import planned_micro_batch
+
+    if hardware is None:
+        from core.hardware.detect import detect
+
+        hardware = detect()
+    visible = visible_gpu_ids(hardware)
+    ids = resolve_gpu_ids(cfg.train.gpus, cfg.train.strategy, visible)
+    try:
+        need = estimate_run(cfg, micro_batch=micro_batch or planned_micro_batch(cfg.train.micro_batch),
+                            gpus=max(len(ids), 1)).total_gib
+    except (ConfigError, KeyError, ValueError, OSError):
+        need = None
+    return may_start_gpu_work("train", runs_dir=runs_dir, need_gib=need, hardware=hardware,
+                              exclude_run=exclude_run, gpus=ids)

@@ -87,6 +87,8 @@ class Status(Mapping):
     strategy: str | None = None
     world_size: int | None = None  # processes (one per GPU) of a ddp / fsdp run
     gpus: list | None = None  # the GPU ids the run holds
+    agent_pid: int | None = None  # ddp / fsdp: accelerate's launcher, started by the worker (``pid``)
+    rank_pids: list | None = None  # ddp / fsdp: the rank processes, rank 0 first
     model: str | None = None
     method: str | None = None
     model_path: str | None = None
@@ -490,7 +492,7 @@ class RunFolder:
             if dead:
                 ckpt = self.latest_checkpoint()
                 status.update(
-                    state="failed", lost=True, resumable=True,
+                    state="failed", lost=True, resumable=True, error_kind=status.error_kind or "run",
                     error=status.error or "The training process ended without saying why (killed, "
                                           "crashed, or the machine restarted). See train.log.",
                     advice=status.advice or ("Resume continues from " + ckpt.name if ckpt else

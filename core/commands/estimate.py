@@ -40,6 +40,26 @@ def add_arguments(p) -> None:
     opt = _info("train.optimizer")
     p.add_argument("--optimizer", default="adamw_8bit", choices=[c for c in opt.choices if c != "auto"],
                    help=opt.help)
+    stage = _info("train.stage")
+    p.add_argument("--stage", default=stage.default, choices=list(stage.choices),
+                   help=stage.help + " dpo / orpo: --batch counts preference rows (2 sequences each); grpo: "
+                        "completions.")
+    strategy = _info("train.strategy")
+    p.add_argument("--strategy", default=strategy.default, choices=list(strategy.choices),
+                   help=strategy.help + " The estimate is per GPU.")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs of a ddp / fsdp run (fsdp shards over them).")
+    for flag, path in (("--prompt-len", "rl.max_prompt_len"), ("--completion-len", "rl.max_completion_len"),
+                       ("--num-generations", "rl.num_generations")):
+        info = _info(path)
+        p.add_argument(flag, type=int, default=info.default, help=info.help)
+    kl = _info("rl.kl_beta")
+    p.add_argument("--kl-beta", type=float, default=kl.default, help=kl.help)
+    p.add_argument("--generation-batch", type=int, default=None,
+                   help="grpo: completions decoded at once per GPU (default --batch x 4, TRL's micro-batch x "
+                        "grad_accum at the default accumulation).")
+    p.add_argument("--precompute-ref", action="store_true",
+                   help="dpo: reference log-probs computed once before training (TRL's "
+                        "precompute_ref_log_probs) instead of in every step.")
     p.add_argument("--inference", action="store_true",
                    help="Estimate chatting instead: weights + adapter (--rank, 0 for none) + KV cache "
                         "for --seq-len tokens of context and --batch sequences.")
@@ -57,9 +77,16 @@ def run(args) -> int:
         est = estimate_inference(args.model, method=args.method, context_len=args.seq_len, batch=args.batch,
                                  adapter_rank=args.rank, target_modules=targets, quant=args.quant)
     else:
+        from core.config import TrainConfig
+
+        rl = {"max_prompt_len": args.prompt_len, "max_completion_len": args.completion_len,
+              "num_generations": args.num_generations, "kl_beta": args.kl_beta}
+        generation = args.generation_batch or (args.batch * TrainConfig().grad_accum if args.stage == "grpo" else None)
         est = estimate_training(args.model, method=args.method, seq_len=args.seq_len, micro_batch=args.batch,
                                 rank=args.rank, target_modules=targets, grad_ckpt=args.grad_ckpt,
-                                backend=args.backend, quant=args.quant, optimizer=args.optimizer)
+                                backend=args.backend, quant=args.quant, optimizer=args.optimizer,
+                                stage=args.stage, rl=rl, generation_batch=generation,
+                                precompute_ref=args.precompute_ref, strategy=args.strategy, gpus=args.gpus)
     if args.json:
         print_json({**est.to_dict(), "model": args.model, "kind": "inference" if args.inference else "training"})
         return 0
@@ -71,4 +98,9 @@ def run(args) -> int:
         print(f"  {name:<{width}}  {gib:7.2f} GiB")
     print(f"  {'total':<{width}}  {est.total_gib:7.2f} GiB   (allocated by PyTorch: {est.alloc_gib:.2f} GiB; "
           "the rest is allocator slack and the CUDA context)")
+    if len(est.phases) > 1:
+        phases = ", ".join(f"{k} {v:.2f} GiB" for k, v in est.phases.items())
+        print(f"  phases: {phases}; the peak is the {est.phase} phase")
+    if not args.inference and est.setup.get("strategy") != "single":
+        print(f"  per GPU, {est.setup['gpus']} GPUs with {est.setup['strategy']}")
     return 0

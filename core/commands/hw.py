@@ -8,14 +8,30 @@ HELP = "Show GPUs, RAM and disk, and which Qwen3 model and method fit each GPU."
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--vram-gb", type=float, default=None,
-                   help="Simulate a card with this much memory (GiB as nvidia-smi shows it, e.g. 12, "
-                        "24, 80) instead of detecting GPUs.")
-    p.add_argument("--gpus", type=int, default=1, help="With --vram-gb: how many such cards.")
+    p.add_argument("--vram-gb", "--gpu-memory", dest="vram_gb", type=float, default=None,
+                   help="Plan for cards you do not have: each with this much memory (GiB as nvidia-smi shows "
+                        "it, e.g. 12, 24, 80) instead of detecting GPUs.")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="Train on this many cards together (ddp or fsdp): with --vram-gb, that many such cards "
+                        "(default 1); else the first that many detected GPUs (default: all of them). With 2 or "
+                        "more the per-card plan for ddp and fsdp is shown too.")
     p.add_argument("--seq-len", type=int, default=2048, help="Sequence length to judge at (tokens).")
     p.add_argument("--rank", type=int, default=16, help="LoRA rank to judge at.")
     p.add_argument("--backend", default="unsloth", choices=["unsloth", "peft"],
                    help="Training backend to judge for (unsloth is the GPU default).")
+    from core.commands.estimate import _info
+
+    stage = _info("train.stage")
+    p.add_argument("--stage", default=stage.default, choices=list(stage.choices),
+                   help="Judge this training stage: " + stage.help + " For grpo the rows are --prompt-len + "
+                        "--completion-len tokens (not --seq-len), and 'max seq' is the longest prompt + "
+                        "completion that fits.")
+    for flag, path in (("--prompt-len", "rl.max_prompt_len"), ("--completion-len", "rl.max_completion_len"),
+                       ("--num-generations", "rl.num_generations")):
+        info = _info(path)
+        p.add_argument(flag, type=int, default=info.default, help=info.help)
+    kl = _info("rl.kl_beta")
+    p.add_argument("--kl-beta", type=float, default=kl.default, help=kl.help)
     p.add_argument("--json", action="store_true", help="Print one JSON document.")
 
 
@@ -27,12 +43,23 @@ def run(args) -> int:
     if args.vram_gb is not None and args.vram_gb <= 0:
         print("error: --vram-gb must be a positive number", file=sys.stderr)
         return 2
-    if args.seq_len < 16 or args.gpus < 1 or args.rank < 1:
+    if args.seq_len < 16 or (args.gpus is not None and args.gpus < 1) or args.rank < 1:
         print("error: --seq-len must be >= 16, --gpus and --rank >= 1", file=sys.stderr)
         return 2
-    report = simulated(args.vram_gb, count=args.gpus) if args.vram_gb else detect()
+    report = simulated(args.vram_gb, count=args.gpus or 1) if args.vram_gb else detect()
+    if args.gpus is not None and not args.vram_gb and report.gpus and args.gpus > len(report.gpus):
+        print(f"error: --gpus {args.gpus}, but {len(report.gpus)} GPU(s) are detected; to plan for cards you "
+              f"do not have add --gpu-memory GB (e.g. --gpus {args.gpus} --gpu-memory 48)", file=sys.stderr)
+        return 2
+    if min(args.prompt_len, args.completion_len) < 8 or args.num_generations < 2 or args.kl_beta < 0:
+        print("error: --prompt-len and --completion-len must be >= 8, --num-generations >= 2, --kl-beta >= 0",
+              file=sys.stderr)
+        return 2
+    rl = {"max_prompt_len": args.prompt_len, "max_completion_len": args.completion_len,
+          "num_generations": args.num_generations, "kl_beta": args.kl_beta}
     result = recommend(report, seq_len=args.seq_len, rank=args.rank, backend=args.backend,
-                       grad_ckpt="unsloth" if args.backend == "unsloth" else "on")
+                       grad_ckpt="unsloth" if args.backend == "unsloth" else "on", gpus=args.gpus,
+                       stage=args.stage, rl=rl)
     if args.json:
         print_json(result)
         return 0
@@ -67,10 +94,11 @@ def format_text(result: dict) -> str:
     lines.append(f"RAM {ram}; disk {disk}")
     if result["message"] and result["gpus"]:
         lines.append(result["message"])
+    at = judged_at(result)
     for g in result["gpus"]:
         rows = [r for r in result["recommendations"] if r["gpu"] == g["index"]]
         lines.append("")
-        lines.append(f"GPU {g['index']} ({g['name']}, {g['total_gib']:.0f} GiB) at {result['seq_len']} tokens:")
+        lines.append(f"GPU {g['index']} ({g['name']}, {g['total_gib']:.0f} GiB) {at}:")
         lines.append(f"  {'model':<24}{'method':<8}{'est GiB':>9}  {'verdict':<7}{'max seq':>9}{'batch':>7}")
         for r in rows:
             mark = "  <- best pick" if r["best"] else ""
@@ -85,4 +113,38 @@ def format_text(result: dict) -> str:
     elif result["gpus"]:
         lines.append("")
         lines.append("No model fits with 10% headroom; try a shorter --seq-len.")
+    multi = result.get("multi")
+    if multi:
+        lines += [""] + multi_text(multi, at)
     return "\n".join(lines)
+
+
+def judged_at(result: dict) -> str:
+    """What the tables judge: "at 2048 tokens", or the stage and its rows."""
+    stage, rl = result.get("stage", "sft"), result.get("rl") or {}
+    if stage == "grpo":
+        return (f"for grpo (prompts of {rl['max_prompt_len']} + completions of {rl['max_completion_len']} tokens, "
+                f"{rl['num_generations']} per prompt{', KL reference' if rl['kl_beta'] else ''})")
+    if stage in ("dpo", "orpo"):
+        return f"for {stage} (chosen + rejected sequences of {result['seq_len']} tokens)"
+    return f"at {result['seq_len']} tokens"
+
+
+def multi_text(multi: dict, at: str) -> list[str]:
+    """The several-card table: GiB per card with ddp and with fsdp, and the strategy to use."""
+    ids = ",".join(str(i) for i in multi["ids"])
+    lines = [f"{multi['gpus']} GPUs together (GPU {ids}, {multi['vram_gib']:.0f} GiB each) {at}, GiB per card:",
+             f"  {'model':<24}{'method':<8}{'ddp':>8}{'fsdp':>8}  {'use':<6}{'verdict':<8}{'max seq':>8}"
+             f"{'batch':>7}"]
+    for r in multi["recommendations"]:
+        mark = "  <- best pick" if r["best"] else ""
+        lines.append(f"  {r['display']:<24}{r['method']:<8}{r['ddp_gib']:>8.1f}{r['fsdp_gib']:>8.1f}  "
+                     f"{r['strategy']:<6}{r['verdict']:<8}{r['max_seq_len']:>8}{r['micro_batch']:>7}{mark}")
+    lines.append("")
+    lines.append(f"With {multi['gpus']} GPUs: {multi['sentence']}.")
+    best = multi["best"]
+    if best:
+        lines.append(f"  train.strategy: {best['strategy']}, train.gpus: {multi['gpus']}; micro-batch auto: "
+                     f"{best['micro_batch']} per card, effective batch {best['effective_batch']} rows over the "
+                     f"{multi['gpus']} cards")
+    return lines

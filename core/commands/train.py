@@ -62,13 +62,14 @@ def run(args) -> int:
     import sys
 
     from core.settings import dump_yaml
+    from core.train.launch import rank_info
     from core.train.runs import check_run_name
 
     cfg = resolve_config(args)
     check_run_name(cfg.name)
     # A resumed run keeps the settings it started with; a name already in use is the worker's
-    # error to report.
-    if not args.resume and not _taken(cfg):
+    # error to report. A rank of a ddp / fsdp run was checked by its launcher.
+    if not args.resume and rank_info() is None and not _taken(cfg):
         check_settings(cfg)
     if args.dry_run:
         sys.stdout.write(dump_yaml(cfg))

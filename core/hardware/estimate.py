@@ -23,6 +23,30 @@ measurements (``bench/results/vram.jsonl``, written by ``bench/vram_sweep.py``; 
 
 ``Estimate.alloc_gib`` is comparable with ``torch.cuda.max_memory_allocated``; ``total_gib`` adds the
 allocator slack and the CUDA context, which is what nvidia-smi shows and what must fit on the card.
+
+Several cards (``strategy``, ``gpus``): every figure is per card. ddp keeps a whole copy of the model
+on each card, so its figure is one card's at the micro-batch per card. fsdp (transformers + PEFT:
+Unsloth does not shard) divides the weights and the adapter's parameters, gradients and optimizer
+states by the number of cards and adds what FSDP gathers back: the root module (embedding, LM head,
+final norm), kept whole from the forward to the backward, and ``gather_layers`` decoder layers
+unsharded at a time (the one computing and the one prefetched), plus the collectives' buffers.
+
+Stages beyond SFT (``stage``, ``rl``) run as phases one after another; the peak is the largest:
+
+    step        the training forward + backward. dpo / orpo: each row is a chosen + rejected pair,
+                2 sequences of up to seq_len tokens; grpo: micro_batch completions (prompt +
+                completion), logits only for the completion tokens. TRL computes the log-probs
+                from materialised logits (stage_logits_bytes per backend: Unsloth's patched
+                trainers may chunk them), not through the backend's SFT loss.
+                dpo without precomputed reference log-probs also runs the reference forward here
+                (adapter disabled, no copy of the model) while the policy's tensors are alive.
+    generation  grpo: the rollouts' KV cache (generation_batch completions of prompt + completion
+                tokens), the prompt prefill of one layer and the sampling logits.
+    reference   a no-gradient log-prob pass on its own: dpo with precomputed reference log-probs
+                (before training), grpo with rl.kl_beta > 0 (after the rollouts).
+The stage terms are physical counts whose coefficients have not been measured yet (``stages`` and
+each backend's ``stage_logits_bytes`` in the coefficients file); ``bench/vram_sweep.py --stage``
+measures them.
 """
 
 from __future__ import annotations
@@ -33,7 +57,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from core.choices import METHODS, QUANTS
+from core.choices import METHODS, QUANTS, STAGES, STRATEGIES
 from core.config import ALL_LINEAR
 from core.hardware.catalog import Arch, ModelEntry, get_model, lora_param_count, param_counts
 from core.settings import ConfigError
@@ -47,6 +71,8 @@ GRAD_CKPT = ("unsloth", "on", "off")
 BACKENDS = ("unsloth", "peft")
 OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "adamw_torch")
 CATEGORIES = ("weights", "lora", "activations", "logits", "overhead")
+# Parts only the stages beyond SFT have (in a breakdown only when they do).
+STAGE_CATEGORIES = ("reference", "generation")
 
 
 # --------------------------------------------------------------------------------- coefficients
@@ -113,22 +139,57 @@ class TrainSetup:
     backend: str = "unsloth"
     quant: str = "auto"
     optimizer: str = "adamw_8bit"
+    stage: str = "sft"
+    strategy: str = "single"
+    world_size: int = 1  # cards of a ddp / fsdp run (1 for single)
+    # grpo: prompt + completion tokens of one sequence, completions per prompt, completions decoded
+    # at once per card (0: micro_batch) and whether a reference pass runs (rl.kl_beta > 0)
+    prompt_len: int = 512
+    completion_len: int = 1024
+    num_generations: int = 4
+    generation_batch: int = 0
+    kl: bool = False
+    precompute_ref: bool = False  # dpo: TRL's precompute_ref_log_probs
+
+    @property
+    def sequences(self) -> int:
+        """Sequences of one micro-batch in the training forward: a dpo / orpo row is two."""
+        return 2 * self.micro_batch if self.stage in ("dpo", "orpo") else self.micro_batch
+
+    @property
+    def row_len(self) -> int:
+        """Tokens of one sequence: prompt + completion for grpo, else seq_len."""
+        return self.prompt_len + self.completion_len if self.stage == "grpo" else self.seq_len
 
     @property
     def tokens(self) -> int:
-        return self.seq_len * self.micro_batch
+        return self.row_len * self.sequences
+
+    @property
+    def logit_tokens(self) -> int:
+        """Positions whose logits the loss needs: grpo keeps only the completion's."""
+        return self.sequences * (self.completion_len if self.stage == "grpo" else self.row_len)
+
+    @property
+    def shards(self) -> int:
+        return self.world_size if self.strategy == "fsdp" else 1
+
+    @property
+    def train_backend(self) -> str:
+        # FSDP shards through transformers + PEFT; Unsloth's patched model does not shard.
+        return "peft" if self.strategy == "fsdp" else self.backend
 
     @property
     def ckpt_mode(self) -> str:
         # Offloaded checkpointing is Unsloth's; the PEFT backend falls back to standard recompute.
-        return "on" if self.backend == "peft" and self.grad_ckpt == "unsloth" else self.grad_ckpt
+        return "on" if self.train_backend == "peft" and self.grad_ckpt == "unsloth" else self.grad_ckpt
 
     def resolved_quant(self, arch: Arch) -> str:
         if self.method != "qlora":
             return "none"
         if self.quant != "auto":
             return self.quant
-        return "dynamic4" if self.backend == "unsloth" and not arch.is_moe else "bnb4"
+        return "dynamic4" if self.train_backend == "unsloth" and not arch.is_moe else "bnb4"
 
 
 def _check(name: str, value, choices) -> None:
@@ -181,48 +242,113 @@ def catalog_entry_for_repo(repo: str) -> ModelEntry | None:
 # ---------------------------------------------------------------------------------- the terms
 @dataclass(frozen=True)
 class Term:
-    """``coef`` (a coefficient path, or None for a fixed term) x ``units`` bytes-per-unit counts."""
+    """``coef`` (a coefficient path, or None for a fixed term) x ``units`` bytes-per-unit counts.
+    ``phase``: shared (held through every phase: weights, adapter, buffers) or the phase it belongs
+    to (step, generation, reference; see the module docstring)."""
 
     category: str
     coef: str | None
     units: float  # for coef=None: bytes
+    phase: str = "shared"
 
 
 def training_terms(arch: Arch, s: TrainSetup, c: Coefficients) -> list[Term]:
-    b = f"backends.{s.backend}"
+    """Every term of every phase (see :func:`phase_terms` for the ones of one phase)."""
+    b = f"backends.{s.train_backend}"
     act = f"{b}.activations.{s.ckpt_mode}"
     counts = param_counts(arch)
+    shards = s.shards
     terms: list[Term] = []
-    # weights
+    # weights (fsdp: each card stores 1/N of them)
     if s.method == "lora":
-        terms.append(Term("weights", None, counts.linear * 2.0))
-        terms.append(Term("weights", f"{b}.embed_bytes_lora", counts.embed + counts.other))
+        linear_bytes = 2.0
+        embed_coef = f"{b}.embed_bytes_lora"
     else:
         nf4 = c.get("nf4_bytes_per_param")
         kept16 = c.get("dynamic4_extra_frac") if s.resolved_quant(arch) == "dynamic4" else 0.0
-        terms.append(Term("weights", None, counts.linear * (nf4 + kept16 * (2.0 - nf4))))
-        terms.append(Term("weights", f"{b}.embed_bytes_qlora", counts.embed + counts.other))
-    # adapter: fp32 parameters + fp32 gradients + optimizer states
+        linear_bytes = nf4 + kept16 * (2.0 - nf4)
+        embed_coef = f"{b}.embed_bytes_qlora"
+    terms.append(Term("weights", None, counts.linear * linear_bytes / shards))
+    terms.append(Term("weights", embed_coef, (counts.embed + counts.other) / shards))
+    if s.strategy == "fsdp":
+        # What FSDP gathers back: the root module (embedding, LM head, final norm) stays whole from
+        # the forward through the backward; decoder layers are gathered a few at a time.
+        f = "strategies.fsdp"
+        terms.append(Term("weights", f"{f}.root_gather_bytes", counts.embed + counts.other))
+        terms.append(Term("weights", f"{f}.gather_layers", counts.linear / arch.layers * linear_bytes))
+        terms.append(Term("overhead", f"{f}.comm_gib", GIB))
+    # adapter: fp32 parameters + fp32 gradients + optimizer states (fsdp: sharded like the weights)
     n_lora = lora_param_count(arch, s.rank, s.target_modules)
-    terms.append(Term("lora", None, n_lora * c.get(f"lora_state_bytes.{s.optimizer}")))
-    # activations
+    terms.append(Term("lora", None, n_lora * c.get(f"lora_state_bytes.{s.optimizer}") / shards))
+    # activations of the training step
     tokens = s.tokens
-    terms.append(Term("activations", f"{act}.ckpt_bytes", arch.layers * tokens * arch.hidden))
+    terms.append(Term("activations", f"{act}.ckpt_bytes", arch.layers * tokens * arch.hidden, "step"))
     layer_bytes = tokens * layer_activation_elems(arch, s.rank, len(s.target_modules)) * 2.0
     if s.ckpt_mode == "off":
         layer_bytes *= arch.layers
-    terms.append(Term("activations", f"{act}.layer_scale", layer_bytes))
+    terms.append(Term("activations", f"{act}.layer_scale", layer_bytes, "step"))
     # Attention that materialises a (query x key) tensor per row for one layer at a time: a 4-D
     # mask, or scores where the kernel falls back to plain matmuls. Zero where fused kernels only
     # keep per-token statistics; long rows (8k-32k tokens) decide the coefficient.
-    terms.append(Term("activations", f"{b}.attn_pair_bytes", float(s.micro_batch) * s.seq_len * s.seq_len))
-    # logits / loss
-    terms.append(Term("logits", f"{b}.logits_bytes", tokens * arch.vocab))
+    terms.append(Term("activations", f"{b}.attn_pair_bytes", float(s.sequences) * s.row_len * s.row_len, "step"))
+    # logits / loss: SFT through the backend's loss; the other stages' log-probs come from TRL,
+    # which materialises the logits of every position it scores.
+    logits_coef = f"{b}.logits_bytes" if s.stage == "sft" else f"{b}.stage_logits_bytes"
+    terms.append(Term("logits", logits_coef, s.logit_tokens * arch.vocab, "step"))
+    terms += _stage_terms(arch, s)
     # runtime buffers
     if s.method == "qlora":
         terms.append(Term("overhead", f"{b}.dequant_copies", largest_linear(arch) * 2.0))
     terms.append(Term("overhead", f"{b}.overhead_gib", GIB))
     return terms
+
+
+def _no_grad_pass(arch: Arch, sequences: int, row_len: int, logit_len: int, phase: str) -> list[Term]:
+    """A forward without gradients (a reference log-prob pass): one layer's transient tensors at a
+    time and the logits of the positions scored."""
+    return [Term("reference", "stages.ref_logits_bytes", sequences * logit_len * arch.vocab, phase),
+            Term("reference", None, sequences * row_len * forward_width(arch) * 2.0, phase)]
+
+
+def _stage_terms(arch: Arch, s: TrainSetup) -> list[Term]:
+    terms: list[Term] = []
+    if s.stage == "dpo":
+        # The reference is the model with the adapter disabled (no copy). Computed inside the step,
+        # its logits come on top of the policy's; precomputed, it is a pass of its own before training.
+        terms += _no_grad_pass(arch, s.sequences, s.row_len, s.row_len,
+                               "reference" if s.precompute_ref else "step")
+    elif s.stage == "grpo":
+        rows = s.generation_batch or s.micro_batch
+        prompt = s.prompt_len
+        terms.append(Term("generation", "stages.kv_bytes",
+                          2.0 * arch.layers * arch.kv_dim * rows * (prompt + s.completion_len), "generation"))
+        # The prefill of one layer for every prompt, and the sampling's fp32 logits (+ softmax).
+        terms.append(Term("generation", None, rows * prompt * forward_width(arch) * 2.0, "generation"))
+        terms.append(Term("generation", None, rows * arch.vocab * 4.0 * 2, "generation"))
+        if s.kl:
+            # Reference log-probs (adapter disabled) in chunks of micro_batch completions, after the
+            # rollouts and before the step.
+            terms += _no_grad_pass(arch, s.micro_batch, s.row_len, s.completion_len, "reference")
+    return terms
+
+
+def phase_terms(arch: Arch, s: TrainSetup, c: Coefficients, phase: str) -> list[Term]:
+    """The terms held during ``phase``: the shared ones and the phase's own."""
+    return [t for t in training_terms(arch, s, c) if t.phase in ("shared", phase)]
+
+
+def phases_of(s: TrainSetup) -> tuple[str, ...]:
+    if s.stage == "grpo":
+        return ("step", "generation", "reference") if s.kl else ("step", "generation")
+    if s.stage == "dpo" and s.precompute_ref:
+        return ("step", "reference")
+    return ("step",)
+
+
+def forward_width(arch: Arch) -> int:
+    """Elements per token one decoder layer's forward holds at once without gradients (q/k/v, the
+    SwiGLU intermediates, residuals)."""
+    return arch.q_dim + 2 * arch.kv_dim + 3 * arch.active_intermediate + 2 * arch.hidden
 
 
 def layer_activation_elems(arch: Arch, rank: int = 0, n_targets: int = 0) -> int:
@@ -253,54 +379,183 @@ class Estimate:
     breakdown: dict[str, float]
     alloc_gib: float = 0.0  # comparable with torch.cuda.max_memory_allocated
     setup: dict = field(default_factory=dict)
+    phase: str = "step"  # the phase that sets the peak (see the module docstring)
+    phases: dict[str, float] = field(default_factory=dict)  # total GiB of each phase
 
     def to_dict(self) -> dict:
         return {"total_gib": self.total_gib, "breakdown": dict(self.breakdown),
-                "alloc_gib": self.alloc_gib, "setup": dict(self.setup)}
+                "alloc_gib": self.alloc_gib, "setup": dict(self.setup), "phase": self.phase,
+                "phases": dict(self.phases)}
 
 
-def _setup(method, seq_len, micro_batch, rank, target_modules, grad_ckpt, backend, quant, optimizer) -> TrainSetup:
+def rl_values(rl) -> dict:
+    """The estimator's view of a core.config.RLConfig (or a dict with its field names)."""
+    if rl is None:
+        return {}
+    get = rl.get if isinstance(rl, dict) else (lambda k, d=None: getattr(rl, k, d))
+    out = {}
+    for key, name in (("max_prompt_len", "prompt_len"), ("max_completion_len", "completion_len"),
+                      ("num_generations", "num_generations")):
+        if get(key) is not None:
+            out[name] = get(key)
+    if get("kl_beta") is not None:
+        out["kl"] = float(get("kl_beta")) > 0
+    return out
+
+
+def _setup(method, seq_len, micro_batch, rank, target_modules, grad_ckpt, backend, quant, optimizer,
+           stage: str = "sft", strategy: str = "single", gpus: int = 1, rl=None, generation_batch=None,
+           precompute_ref: bool = False) -> TrainSetup:
     _check("method", method, METHODS)
     _check("grad_ckpt", grad_ckpt, GRAD_CKPT)
     _check("backend", backend, BACKENDS)
     _check("quant", quant, QUANTS)
     _check("optimizer", optimizer, OPTIMIZERS)
+    _check("train.stage", stage, STAGES)
+    _check("train.strategy", strategy, STRATEGIES)
     targets = tuple(target_modules)
     if not targets:
         raise ConfigError("choose at least one target module", "target_modules")
+    world = 1 if strategy == "single" else _positive("gpus", gpus)
+    extra = rl_values(rl)
+    for name, where in (("prompt_len", "rl.max_prompt_len"), ("completion_len", "rl.max_completion_len"),
+                        ("num_generations", "rl.num_generations")):
+        if name in extra:
+            extra[name] = _positive(where, extra[name])
+    if generation_batch is not None:
+        extra["generation_batch"] = _positive("generation_batch", generation_batch)
     return TrainSetup(method=method, seq_len=_positive("seq_len", seq_len),
                       micro_batch=_positive("micro_batch", micro_batch), rank=_positive("rank", rank),
                       target_modules=targets, grad_ckpt=grad_ckpt, backend=backend, quant=quant,
-                      optimizer=optimizer)
+                      optimizer=optimizer, stage=stage, strategy=strategy, world_size=world,
+                      precompute_ref=bool(precompute_ref), **extra)
 
 
 def _sum_terms(terms: list[Term], c: Coefficients) -> dict[str, float]:
-    out = dict.fromkeys(CATEGORIES, 0.0)
+    out = dict.fromkeys(CATEGORIES + STAGE_CATEGORIES, 0.0)
     for t in terms:
         out[t.category] += (c.get(t.coef) if t.coef else 1.0) * t.units / GIB
     return out
 
 
+def peak_terms(arch: Arch, s: TrainSetup, c: Coefficients) -> tuple[str, list[Term]]:
+    """(phase, its terms) of the phase with the largest allocation."""
+    best = None
+    for phase in phases_of(s):
+        terms = phase_terms(arch, s, c, phase)
+        alloc = sum(_sum_terms(terms, c).values())
+        if best is None or alloc > best[0]:
+            best = (alloc, phase, terms)
+    return best[1], best[2]
+
+
+def _finish(parts: dict[str, float], c: Coefficients) -> tuple[float, float, dict[str, float]]:
+    parts = dict(parts)
+    alloc = sum(parts.values())
+    parts["overhead"] += alloc * c.get("reserve_frac") + c.get("cuda_context_gib")
+    return alloc, sum(parts.values()), parts
+
+
 def estimate_training(arch_or_key: str | Arch | ModelEntry, *, method: str, seq_len: int, micro_batch: int,
                       rank: int = 16, target_modules=ALL_LINEAR, grad_ckpt: str = "unsloth",
                       backend: str = "unsloth", quant: str = "auto", optimizer: str = "adamw_8bit",
+                      stage: str = "sft", rl=None, generation_batch: int | None = None,
+                      precompute_ref: bool = False, strategy: str = "single", gpus: int = 1,
                       coefficients: Coefficients | None = None) -> Estimate:
-    """Peak training VRAM in GiB with its breakdown (weights, lora, activations, logits, overhead).
+    """Peak training VRAM in GiB per card, with its breakdown (weights, lora, activations, logits,
+    overhead; reference and generation for the stages that have them).
 
     ``quant`` (QLoRA): auto = Unsloth's dynamic 4-bit for dense models on the Unsloth backend,
-    else plain bnb 4-bit; nf4 (quantized on load) takes as much memory as bnb4."""
+    else plain bnb 4-bit; nf4 (quantized on load) takes as much memory as bnb4.
+    ``stage`` (train.stage) with ``rl`` (a core.config.RLConfig, or a dict of its fields): dpo / orpo
+    count ``micro_batch`` preference rows of ``seq_len`` tokens per sequence; grpo counts
+    ``micro_batch`` completions of rl.max_prompt_len + rl.max_completion_len tokens, and
+    ``generation_batch`` completions decoded at once per card (None: micro_batch; TRL's default is
+    micro_batch x grad_accum). ``precompute_ref``: dpo with TRL's precompute_ref_log_probs.
+    ``strategy`` and ``gpus`` (the number of cards): see the module docstring."""
     arch = resolve_arch(arch_or_key)
-    s = _setup(method, seq_len, micro_batch, rank, target_modules, grad_ckpt, backend, quant, optimizer)
+    s = _setup(method, seq_len, micro_batch, rank, target_modules, grad_ckpt, backend, quant, optimizer,
+               stage, strategy, gpus, rl, generation_batch, precompute_ref)
     c = coefficients or load_coefficients()
-    parts = _sum_terms(training_terms(arch, s, c), c)
-    alloc = sum(parts.values())
-    parts["overhead"] += alloc * c.get("reserve_frac") + c.get("cuda_context_gib")
-    total = sum(parts.values())
+    phases = {}
+    for phase in phases_of(s):
+        phases[phase] = round(_finish(_sum_terms(phase_terms(arch, s, c, phase), c), c)[1], 3)
+    peak, terms = peak_terms(arch, s, c)
+    alloc, total, parts = _finish(_sum_terms(terms, c), c)
+    if s.stage == "sft":
+        parts = {k: v for k, v in parts.items() if k in CATEGORIES}
     setup = {"method": s.method, "seq_len": s.seq_len, "micro_batch": s.micro_batch, "rank": s.rank,
-             "target_modules": list(s.target_modules), "grad_ckpt": s.grad_ckpt, "backend": s.backend,
-             "quant": s.resolved_quant(arch), "optimizer": s.optimizer}
+             "target_modules": list(s.target_modules), "grad_ckpt": s.grad_ckpt, "backend": s.train_backend,
+             "quant": s.resolved_quant(arch), "optimizer": s.optimizer, "stage": s.stage,
+             "strategy": s.strategy, "gpus": s.world_size}
+    if s.stage == "grpo":
+        setup.update(prompt_len=s.prompt_len, completion_len=s.completion_len,
+                     generation_batch=s.generation_batch or s.micro_batch, kl=s.kl)
+    elif s.stage == "dpo":
+        setup["precompute_ref"] = s.precompute_ref
     return Estimate(total_gib=round(total, 3), breakdown={k: round(v, 3) for k, v in parts.items()},
-                    alloc_gib=round(alloc, 3), setup=setup)
+                    alloc_gib=round(alloc, 3), setup=setup, phase=peak, phases=phases)
+
+
+def estimate_run(cfg, *, model=None, micro_batch: int | None = None, backend: str | None = None,
+                 optimizer: str | None = None, gpus: int | None = None,
+                 coefficients: Coefficients | None = None) -> Estimate:
+    """The per-card estimate of a core.config.RunConfig: stage, rl settings, strategy and cards
+    included. ``model`` (default cfg.model.name_or_path), ``micro_batch`` (default the setting;
+    required while it is auto), ``backend`` (default the setting, auto counting as unsloth),
+    ``optimizer`` (auto counting as adamw_8bit) and ``gpus`` (default: the count train.gpus names,
+    else 1) override what the run will really get."""
+    t = cfg.train
+    mb = micro_batch if micro_batch is not None else t.micro_batch
+    if not isinstance(mb, int):
+        raise ConfigError("an estimate needs a whole micro-batch; auto picks one when the run starts",
+                          "train.micro_batch")
+    backend = backend or cfg.model.backend
+    backend = backend if backend in BACKENDS else "unsloth"
+    optimizer = optimizer or t.optimizer
+    optimizer = optimizer if optimizer in OPTIMIZERS else "adamw_8bit"
+    stage = getattr(t, "stage", "sft")
+    strategy = getattr(t, "strategy", "single")
+    if gpus is None:
+        gpus = 1 if strategy == "single" else (gpu_count_of(getattr(t, "gpus", "auto")) or visible_gpu_count())
+    generation = mb * t.grad_accum if stage == "grpo" else None
+    return estimate_training(model or cfg.model.name_or_path, method=cfg.model.method, seq_len=t.max_seq_len,
+                             micro_batch=mb, rank=cfg.lora.r, target_modules=list(cfg.lora.target_modules),
+                             grad_ckpt=t.gradient_checkpointing, backend=backend, quant=cfg.model.quant,
+                             optimizer=optimizer, stage=stage, rl=getattr(cfg, "rl", None),
+                             generation_batch=generation,
+                             precompute_ref=bool(getattr(getattr(cfg, "rl", None), "precompute_ref", False)),
+                             strategy=strategy, gpus=max(int(gpus), 1), coefficients=coefficients)
+
+
+def visible_gpu_count() -> int:
+    """Cards a run with ``train.gpus: auto`` gets: the launcher's WORLD_SIZE inside a run, else the
+    GPUs this process may use (CUDA_VISIBLE_DEVICES where set, else what NVML reports), at least 1 so
+    that an estimate is per one card or more."""
+    import os
+
+    text = os.environ.get("WORLD_SIZE", "").strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return max(len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"]), 1)
+    from core.hardware.detect import HardwareReport, detect_gpus
+
+    report = HardwareReport()
+    detect_gpus(report)
+    return max(len(report.gpus), 1)
+
+
+def gpu_count_of(setting) -> int | None:
+    """How many cards a train.gpus value names: "2" -> 2, "0,1" -> 2, "auto" -> None (every visible
+    card, known only on the machine)."""
+    text = str(setting if setting is not None else "auto").strip().lower()
+    if text in ("", "auto"):
+        return None
+    if "," in text:
+        return len([p for p in text.split(",") if p.strip()])
+    return int(text) if text.isdigit() and int(text) > 0 else None
 
 
 def estimate_inference(arch_or_key: str | Arch | ModelEntry, *, method: str, context_len: int, batch: int = 1,
@@ -328,8 +583,7 @@ def estimate_inference(arch_or_key: str | Arch | ModelEntry, *, method: str, con
     kv = 2 * arch.layers * arch.kv_dim * context_len * batch * 2.0
     # Prefill runs without gradients: only one layer's transient tensors (q/k/v, the SwiGLU
     # intermediates, residuals) exist at a time, in chunks of at most 8192 tokens; no full logits.
-    width = arch.q_dim + 2 * arch.kv_dim + 3 * arch.active_intermediate + 2 * arch.hidden
-    prefill = min(context_len, 8192) * batch * width * 2.0
+    prefill = min(context_len, 8192) * batch * forward_width(arch) * 2.0
     if method == "qlora":
         prefill += largest_linear(arch) * 2.0
     parts = {"weights": weights / GIB, "adapter": adapter / GIB, "kv_cache": kv / GIB,
@@ -362,7 +616,10 @@ def point_setup(point: dict) -> tuple[Arch, TrainSetup]:
     s = _setup(point["method"], int(point["seq_len"]), int(point["micro_batch"]), int(point.get("rank", 16)),
                targets, point.get("grad_ckpt", "unsloth"), point.get("backend", "unsloth"),
                point.get("quant", "auto") if point.get("quant") in QUANTS else "auto",
-               point.get("optimizer", "adamw_8bit") if point.get("optimizer") in OPTIMIZERS else "adamw_8bit")
+               point.get("optimizer", "adamw_8bit") if point.get("optimizer") in OPTIMIZERS else "adamw_8bit",
+               stage=point.get("stage", "sft"), strategy=point.get("strategy", "single"),
+               gpus=int(point.get("gpus", 1)), rl=point.get("rl"), generation_batch=point.get("generation_batch"),
+               precompute_ref=bool(point.get("precompute_ref", False)))
     return arch, s
 
 
@@ -385,7 +642,8 @@ def calibrate(points: list[dict], base: Coefficients | None = None, *, prior: fl
     pts = [p for p in usable_points(points) if not p.get("held_out")]  # held-out points judge the fit
     if not pts:
         raise ValueError("no usable measurements (need status ok and peak_alloc_gib > 0)")
-    rows_terms = [training_terms(*point_setup(p), base) for p in pts]
+    # A point measures the peak of one phase: the one the current coefficients say is largest.
+    rows_terms = [peak_terms(*point_setup(p), base)[1] for p in pts]
     names = sorted({t.coef for terms in rows_terms for t in terms if t.coef})
     index = {n: i for i, n in enumerate(names)}
     y = np.array([float(p["peak_alloc_gib"]) for p in pts])
@@ -435,19 +693,29 @@ def calibrate(points: list[dict], base: Coefficients | None = None, *, prior: fl
     return FitResult(coeffs, compare(points, coeffs))
 
 
+def estimate_setup(arch: Arch, s: TrainSetup, c: Coefficients | None = None) -> Estimate:
+    """:func:`estimate_training` of a TrainSetup (as :func:`point_setup` reads one)."""
+    rl = {"max_prompt_len": s.prompt_len, "max_completion_len": s.completion_len,
+          "num_generations": s.num_generations, "kl_beta": 1.0 if s.kl else 0.0}
+    return estimate_training(arch, method=s.method, seq_len=s.seq_len, micro_batch=s.micro_batch, rank=s.rank,
+                             target_modules=s.target_modules, grad_ckpt=s.grad_ckpt, backend=s.backend,
+                             quant=s.quant, optimizer=s.optimizer, stage=s.stage, rl=rl,
+                             generation_batch=s.generation_batch or None, precompute_ref=s.precompute_ref,
+                             strategy=s.strategy, gpus=s.world_size, coefficients=c)
+
+
 def compare(points: list[dict], coefficients: Coefficients | None = None) -> list[dict]:
     """Per usable point: measured vs estimated allocated peak (and NVML used vs total)."""
     c = coefficients or load_coefficients()
     rows = []
     for p in usable_points(points):
         arch, s = point_setup(p)
-        est = estimate_training(arch, method=s.method, seq_len=s.seq_len, micro_batch=s.micro_batch,
-                                rank=s.rank, target_modules=s.target_modules, grad_ckpt=s.grad_ckpt,
-                                backend=s.backend, quant=s.quant, optimizer=s.optimizer, coefficients=c)
+        est = estimate_setup(arch, s, c)
         measured = float(p["peak_alloc_gib"])
         nvml = p.get("nvml_used_gib")
         rows.append({
-            "card": p.get("card", ""), "model": p.get("model", ""), "method": s.method, "seq_len": s.seq_len,
+            "card": p.get("card", ""), "model": p.get("model", ""), "method": s.method, "stage": s.stage,
+            "strategy": s.strategy, "gpus": s.world_size, "seq_len": s.seq_len,
             "micro_batch": s.micro_batch, "rank": s.rank, "grad_ckpt": s.grad_ckpt, "backend": s.backend,
             "measured_gib": measured, "estimated_gib": est.alloc_gib,
             "error": (est.alloc_gib - measured) / measured,

@@ -73,20 +73,29 @@ def divisors_up_to(n: int, limit: int) -> list[int]:
 def choose_micro_batch(model, *, vram_gib: float | None, grad_accum: int, method: str, seq_len: int,
                        rank: int = 32, target_modules=None, grad_ckpt: str = "unsloth",
                        backend: str = "unsloth", quant: str = "auto", optimizer: str = "adamw_8bit",
-                       coefficients=None) -> Choice:
+                       stage: str = "sft", rl=None, precompute_ref: bool = False, strategy: str = "single",
+                       gpus: int = 1, coefficients=None, rows: int | None = None) -> Choice:
     """The auto micro-batch for ``model`` (catalog key, model folder, Arch or catalog entry) on a
     card of ``vram_gib`` (None: no GPU). ``grad_accum`` is the setting as written (it counts
     micro-batches of REFERENCE_MICRO_BATCH rows); the returned accumulation keeps the effective
-    batch exact."""
+    batch exact. ``rows``: the rows this card trains per optimizer step, when that is not
+    REFERENCE_MICRO_BATCH x grad_accum (one process of a ddp run trains its share).
+
+    Everything is per card: with ``strategy`` ddp / fsdp over ``gpus`` cards the estimate is each
+    card's (fsdp shards the model over them). ``stage`` / ``rl`` (train.stage, the rl section): a
+    dpo / orpo row is a chosen + rejected pair; for grpo the micro-batch counts completions, and the
+    rollouts decode all of this card's rows of a step at once (TRL generates for every accumulation
+    step together)."""
     from core.config import ALL_LINEAR
     from core.hardware.estimate import estimate_training
 
     if isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1:
         raise ConfigError(f"must be a whole number >= 1, got {grad_accum!r}", "train.grad_accum")
-    total = effective_batch(grad_accum)
+    total = effective_batch(grad_accum) if rows is None else int(rows)
     if vram_gib is None or vram_gib <= 0:
-        return Choice(REFERENCE_MICRO_BATCH, grad_accum, total,
-                      f"micro-batch auto: no CUDA GPU, so {REFERENCE_MICRO_BATCH} x {grad_accum} accumulation "
+        m = max(divisors_up_to(total, REFERENCE_MICRO_BATCH))
+        return Choice(m, total // m, total,
+                      f"micro-batch auto: no CUDA GPU, so {m} x {total // m} accumulation "
                       f"= {total} rows per step (nothing to fit on the CPU)")
     budget = vram_gib * (1 - SAFETY_MARGIN)
     opt = optimizer if optimizer != "auto" else "adamw_8bit"
@@ -95,7 +104,9 @@ def choose_micro_batch(model, *, vram_gib: float | None, grad_accum: int, method
     def est(m: int) -> float:
         return estimate_training(model, method=method, seq_len=seq_len, micro_batch=m, rank=rank,
                                  target_modules=targets, grad_ckpt=grad_ckpt, backend=backend, quant=quant,
-                                 optimizer=opt, coefficients=coefficients).total_gib
+                                 optimizer=opt, stage=stage, rl=rl, precompute_ref=precompute_ref,
+                                 generation_batch=total if stage == "grpo" else None, strategy=strategy,
+                                 gpus=gpus, coefficients=coefficients).total_gib
 
     # The estimate grows with the micro-batch, so the largest that fits is found by bisection.
     lo, hi = 0, total
@@ -106,15 +117,19 @@ def choose_micro_batch(model, *, vram_gib: float | None, grad_accum: int, method
         else:
             hi = mid - 1
     room = f"{vram_gib:.1f} GiB less a {SAFETY_MARGIN:.0%} margin = {budget:.1f} GiB"
+    unit = {"grpo": "completion", "dpo": "preference pair", "orpo": "preference pair"}.get(stage, "row")
     if lo == 0:
         one = est(1)
         return Choice(1, total, total,
-                      f"micro-batch auto: even 1 row of {seq_len} tokens is estimated at {one:.1f} GiB, over the "
+                      f"micro-batch auto: even 1 {unit} of {seq_len} tokens is estimated at {one:.1f} GiB, over the "
                       f"{room}; training may run out of memory (shorter max_seq_len, QLoRA or a smaller model "
                       f"would fit)", round(one, 2), round(budget, 2), fits=False)
     m = max(divisors_up_to(total, lo))
-    why = (f"micro-batch auto: {m} x {total // m} accumulation = {total} rows per step "
-           f"({REFERENCE_MICRO_BATCH} x grad_accum {grad_accum}); estimated peak {est(m):.1f} GiB of {room}")
+    kind = "completions" if stage == "grpo" else "rows"
+    source = f"{REFERENCE_MICRO_BATCH} x grad_accum {grad_accum}" if rows is None else "this GPU's share"
+    per_card = f" per GPU ({gpus} GPUs, {strategy})" if strategy != "single" and gpus > 1 else ""
+    why = (f"micro-batch auto: {m} x {total // m} accumulation = {total} {kind} per step{per_card} "
+           f"({source}); estimated peak {est(m):.1f} GiB of {room}")
     if lo < total and m < lo:
         why += f"; {lo} would fit but does not divide {total}, so {m}"
     elif lo == total:
@@ -172,10 +187,38 @@ def card_gib(device: str) -> tuple[float | None, str]:
     return usable, where
 
 
-def resolve(cfg, run_dir, model_path, backend: str, echo=print) -> Choice | None:
+def stage_options(cfg, world_size: int = 1) -> dict:
+    """choose_micro_batch's stage and card arguments for a RunConfig: train.stage, the rl section,
+    train.strategy and the number of cards (``world_size``, the processes of a ddp / fsdp run)."""
+    t = cfg.train
+    strategy = getattr(t, "strategy", "single")
+    rl = getattr(cfg, "rl", None)
+    return {"stage": getattr(t, "stage", "sft"), "rl": rl,
+            "precompute_ref": bool(getattr(rl, "precompute_ref", False)), "strategy": strategy,
+            "gpus": max(int(world_size), 1) if strategy != "single" else 1}
+
+
+def share_rows(grad_accum: int, world_size: int) -> tuple[int, str]:
+    """micro_batch auto on ``world_size`` processes (ddp / fsdp): the rows each process trains per
+    optimizer step, keeping the effective batch (REFERENCE_MICRO_BATCH x grad_accum) where it
+    divides over the processes, and the sentence that says what happened."""
+    total = effective_batch(grad_accum)
+    if world_size <= 1:
+        return total, ""
+    if total % world_size == 0:
+        return total // world_size, (f"{total} rows per step shared by {world_size} processes: "
+                                     f"{total // world_size} each")
+    return total, (f"{total} rows per step do not divide over {world_size} processes, so each trains {total} "
+                   f"and the effective batch is {total * world_size} rows (a grad_accum that makes "
+                   f"{REFERENCE_MICRO_BATCH} x grad_accum a multiple of {world_size} keeps it)")
+
+
+def resolve(cfg, run_dir, model_path, backend: str, echo=print, world_size: int = 1) -> Choice | None:
     """Settle ``cfg.train.micro_batch`` (and ``grad_accum``) before the model loads (so a memory
     cap holds for loading too), and say what was chosen and why in the log and status.json.
-    Returns the choice for auto, None for a fixed micro-batch."""
+    Returns the choice for auto, None for a fixed micro-batch. ``world_size``: processes of a
+    ddp / fsdp run; each is fitted to its own card, and the effective batch counts them all
+    (micro_batch x grad_accum x world_size)."""
     from core.train import runs
     from core.train.backends import cuda_available
 
@@ -185,8 +228,9 @@ def resolve(cfg, run_dir, model_path, backend: str, echo=print) -> Choice | None
         if device == "cuda":
             apply_memory_cap()
         runs.write_status(run_dir, micro_batch=t.micro_batch, grad_accum=t.grad_accum,
-                          effective_batch=t.micro_batch * t.grad_accum, micro_batch_reason=None)
+                          effective_batch=t.micro_batch * t.grad_accum * world_size, micro_batch_reason=None)
         return None
+    rows, shared = share_rows(t.grad_accum, world_size)
     optimizer = t.optimizer
     if optimizer == "auto":
         optimizer = "adamw_8bit" if device == "cuda" else "adamw_torch"
@@ -196,17 +240,21 @@ def resolve(cfg, run_dir, model_path, backend: str, echo=print) -> Choice | None
                                     method=cfg.model.method, seq_len=t.max_seq_len, rank=cfg.lora.r,
                                     target_modules=cfg.lora.target_modules, grad_ckpt=t.gradient_checkpointing,
                                     backend=backend if backend in ("unsloth", "peft") else "peft",
-                                    quant=cfg.model.quant, optimizer=optimizer)
+                                    quant=cfg.model.quant, optimizer=optimizer,
+                                    rows=rows if world_size > 1 else None, **stage_options(cfg, world_size))
     except (KeyError, ValueError, OSError) as exc:
         if isinstance(exc, ConfigError) and exc.where.startswith(("train.", CAP_ENV)):
             raise
-        total = effective_batch(t.grad_accum)
-        choice = Choice(REFERENCE_MICRO_BATCH, t.grad_accum, total,
+        m = max(divisors_up_to(rows, REFERENCE_MICRO_BATCH))
+        choice = Choice(m, rows // m, rows,
                         f"micro-batch auto: no memory estimate for this model ({exc}), so "
-                        f"{REFERENCE_MICRO_BATCH} x {t.grad_accum} accumulation = {total} rows per step")
+                        f"{m} x {rows // m} accumulation = {rows} rows per step")
     t.micro_batch, t.grad_accum = choice.micro_batch, choice.grad_accum
     if device == "cuda" and choice.est_gib is not None:
         choice = replace(choice, reason=f"{choice.reason} ({where})")
+    if shared:
+        choice = replace(choice, reason=f"{choice.reason}; {shared}",
+                         effective_batch=choice.effective_batch * world_size)
     echo(choice.reason)
     runs.write_status(run_dir, micro_batch=choice.micro_batch, grad_accum=choice.grad_accum,
                       effective_batch=choice.effective_batch, micro_batch_reason=choice.reason,

@@ -153,14 +153,22 @@ def _check_tokenizer(tokenizer, path: Path) -> None:
         tokenizer.pad_token = "<|endoftext|>" if "<|endoftext|>" in tokenizer.get_vocab() else tokenizer.eos_token
 
 
-def load(cfg, model_path: Path, backend: str) -> Loaded:
-    """Load the base model with LoRA adapters attached, ready for the trainer."""
+def load(cfg, model_path: Path, backend: str, *, rank_device: int | None = None, strategy: str = "single") -> Loaded:
+    """Load the base model with LoRA adapters attached, ready for the trainer.
+
+    ``rank_device``: this process is one rank of a ddp / fsdp run and loads its own copy onto that
+    GPU (``device_map={"": local_rank}``; for QLoRA each rank quantizes its own 4-bit copy there).
+    ``strategy`` fsdp: the 4-bit weights are stored in the compute dtype, so FSDP can shard them
+    like 16-bit ones (bitsandbytes' ``bnb_4bit_quant_storage``)."""
     if backend == "unsloth":
-        return _load_unsloth(cfg, model_path)
-    return _load_peft(cfg, model_path)
+        if strategy == "fsdp":
+            raise ConfigError("fsdp shards the model on the transformers + PEFT backend; Unsloth trains one "
+                              "copy per GPU: use strategy ddp, or model.backend peft", "model.backend")
+        return _load_unsloth(cfg, model_path, rank_device)
+    return _load_peft(cfg, model_path, rank_device, strategy)
 
 
-def _load_unsloth(cfg, path: Path) -> Loaded:
+def _load_unsloth(cfg, path: Path, rank_device: int | None = None) -> Loaded:
     import torch
     from unsloth import FastLanguageModel
 
@@ -183,6 +191,7 @@ def _load_unsloth(cfg, path: Path) -> Loaded:
         random_state=cfg.train.seed,
         trust_remote_code=cfg.model.trust_remote_code,
         use_exact_model_name=True,  # a local folder stays itself, never swapped for a hub repo
+        **({"device_map": {"": rank_device}} if rank_device is not None else {}),
     )
     if method == "qlora":
         notices.append(Notice("qlora_prequantized" if prequant else "qlora_nf4_on_load"))
@@ -202,7 +211,7 @@ def _load_unsloth(cfg, path: Path) -> Loaded:
     return Loaded(model, tokenizer, "unsloth", method, dtype, "cuda", notices)
 
 
-def _load_peft(cfg, path: Path) -> Loaded:
+def _load_peft(cfg, path: Path, rank_device: int | None = None, strategy: str = "single") -> Loaded:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -226,14 +235,18 @@ def _load_peft(cfg, path: Path) -> Loaded:
     torch_dtype = getattr(torch, dtype)
     kwargs = {"dtype": torch_dtype, "trust_remote_code": cfg.model.trust_remote_code,
               "attn_implementation": "sdpa"}
-    if cuda:
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    if cuda and not (strategy == "fsdp" and method == "lora"):
+        kwargs["device_map"] = {"": rank_device if rank_device is not None else torch.cuda.current_device()}
+    # fsdp, 16-bit: loaded on the CPU (rank 0 only, the others get empty weights: accelerate's
+    # cpu_ram_efficient_loading) and moved to the GPUs shard by shard, so no card ever holds it all.
     if method == "qlora" and not prequant:
         from transformers import BitsAndBytesConfig
 
+        # FSDP shards parameters of one dtype: the packed 4-bit weights are stored as that dtype.
+        storage = {"bnb_4bit_quant_storage": torch_dtype} if strategy == "fsdp" else {}
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch_dtype)
+            bnb_4bit_compute_dtype=torch_dtype, **storage)
         notices.append(Notice("qlora_nf4_bnb"))
     elif method == "qlora":
         notices.append(Notice("qlora_prequantized"))

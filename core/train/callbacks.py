@@ -301,8 +301,12 @@ class ProgressCallback(TrainerCallback):
     status writes. Call :meth:`flush` when ``trainer.train`` ends by an exception."""
 
     def __init__(self, run_dir: str | Path, counter: TokenCounter, gpu: GpuSampler, echo=print,
-                 writer: LogWriter | None = None):
+                 writer: LogWriter | None = None, group=None):
         self.run_dir = Path(run_dir)
+        # ddp / fsdp (a core.train.ranks.Group): every rank runs this callback and takes part in its
+        # collectives (the stop decision, the token count); only rank 0 writes.
+        self.group = group
+        self.main = group is None or group.main
         self.stop_path = self.run_dir / runs.STOP_FLAG
         self.counter = counter
         self.gpu = gpu
@@ -322,6 +326,8 @@ class ProgressCallback(TrainerCallback):
 
     # -- helpers
     def _emit(self, kind: str, payload, line=None) -> None:
+        if not self.main:
+            return
         if self.writer.error is not None:
             self.writer.flush()  # raises: a log that cannot be written stops the run, loudly
         self.writer.submit(kind, payload, line)
@@ -332,6 +338,12 @@ class ProgressCallback(TrainerCallback):
         """Write everything still queued (training ended, stopped or failed)."""
         self.training = False
         self.writer.close()
+
+    def tokens_total(self) -> int:
+        """Training tokens so far, over every rank (a collective under ddp / fsdp)."""
+        if self.group is None:
+            return self.counter.tokens
+        return self.group.total(self.counter.tokens)
 
     def _eta(self, step: int) -> float | None:
         done = step - self.first_step
@@ -348,15 +360,17 @@ class ProgressCallback(TrainerCallback):
         self.total_steps = state.max_steps
         if self.gpu.cuda:  # peaks of training, not of loading (a 16-bit shard may pass through on load)
             self.gpu.torch.cuda.reset_peak_memory_stats()
-        runs.write_status(self.run_dir, state="running", phase="training", step=state.global_step,
-                          total_steps=state.max_steps, train_started=runs.now_iso())
-        self.echo(f"training: {state.max_steps} steps (starting at step {state.global_step})")
+        if self.main:
+            runs.write_status(self.run_dir, state="running", phase="training", step=state.global_step,
+                              total_steps=state.max_steps, train_started=runs.now_iso())
+            self.echo(f"training: {state.max_steps} steps (starting at step {state.global_step})"
+                      + self._batch_words(args))
         self.training = True
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.step_delay:
             time.sleep(self.step_delay)
-        if not self.stop_requested and self.stop_path.exists():
+        if not self.stop_requested and self._stop_asked():
             self.stop_requested = True
             self._emit("status", {"state": "stopping"})
             self._emit("echo", f"stop requested: ending after step {state.global_step} and saving the adapter")
@@ -364,6 +378,22 @@ class ProgressCallback(TrainerCallback):
             control.should_training_stop = True
             control.should_save = True  # a checkpoint at the stop point, so resume continues here
         return control
+
+    def _stop_asked(self) -> bool:
+        """The stop file is there. Under ddp / fsdp rank 0 looks and every rank gets its answer
+        (one broadcast per step), so all stop on the same step and save one checkpoint."""
+        asked = self.stop_path.exists() if self.main else False
+        return self.group.decide(asked) if self.group is not None else asked
+
+    def _batch_words(self, args) -> str:
+        if args is None:
+            return ""
+        world = self.group.world_size if self.group is not None else 1
+        mb, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
+        if world == 1:
+            return f"; batch {mb} x {accum} accumulation = {mb * accum} rows per step"
+        return (f"; batch {mb} x {accum} accumulation x {world} processes = {mb * accum * world} rows per step "
+                f"({self.group.strategy})")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = dict(logs or {})
@@ -374,7 +404,7 @@ class ProgressCallback(TrainerCallback):
             self.last_eval_step = step
             row = {"step": step, "total_steps": self.total_steps, "epoch": _clean(state.epoch),
                    "loss": None, "eval_loss": self.last_eval_loss, "learning_rate": None,
-                   "grad_norm": None, "tokens_per_s": None, "tokens": self.counter.tokens,
+                   "grad_norm": None, "tokens_per_s": None, "tokens": self.tokens_total(),
                    "elapsed_s": round(now - self.t0, 3) if self.t0 else None, "eta_s": self._eta(step),
                    **stage_metrics(logs)}
             self._emit("row", row)
@@ -383,7 +413,7 @@ class ProgressCallback(TrainerCallback):
             return
         if "loss" not in logs:
             return  # the end-of-training summary; the worker reports it
-        tokens = self.counter.tokens
+        tokens = self.tokens_total()
         # Over the last few logs: tokens are counted as batches are collated, one batch ahead of the
         # step that trains them, so a single interval jitters (most at epoch ends).
         self.window = (self.window + [(now, tokens)])[-(TPS_WINDOW + 1):]

@@ -38,8 +38,21 @@ __all__ = ["ACTIVE", "ROOT", "STATES", "RunError", "RunFolder", "Status", "now_i
 
 # ------------------------------------------------------------------------------------ status
 def write_status(run_dir: str | Path, **updates: Any) -> Status:
-    """Merge ``updates`` into status.json (atomic; known fields only). Only the run's owner calls this."""
-    return RunFolder(run_dir).update_status(**updates)
+    """Merge ``updates`` into status.json (atomic; known fields only). Only the run's owner calls this.
+
+    In a rank other than 0 of a ddp / fsdp run nothing is written (rank 0 writes for the run): the
+    status is returned as it would read with the updates, so callers behave alike on every rank."""
+    from core.train.launch import writes_run_folder
+
+    folder = RunFolder(run_dir)
+    if not writes_run_folder():
+        Status.check_fields(updates)
+        try:
+            status = folder.read_status_raw() or Status()
+        except DamagedFile:
+            status = Status()
+        return status.update(**updates)
+    return folder.update_status(**updates)
 
 
 def read_status(run_dir: str | Path) -> Status:
@@ -181,8 +194,12 @@ def new_run_name(model_name: str, method: str) -> str:
 
 
 def _worker_args(run_dir: Path, resume: bool) -> list[str]:
-    """The worker is always given the run folder itself: the folder is the run."""
-    return ["train", str(run_dir), *(["--resume"] if resume else [])]
+    """The worker is always given the run folder itself: the folder is the run. Whatever the
+    strategy, it is ``python -m core train RUN_DIR`` (core.train.launch.worker_command): for ddp /
+    fsdp that process is the launcher parent of the ranks."""
+    from core.train.launch import worker_command
+
+    return worker_command(run_dir, resume=resume)[3:]
 
 
 def _spawn(args: list[str], run_dir: Path):
@@ -274,6 +291,7 @@ def start_run(config, runs_dir: str | Path | None = None, name: str | None = Non
     """
     from core.config import RunConfig, load_run_config
     from core.settings import dump_yaml
+    from core.train.launch import plan
 
     if isinstance(config, (str, os.PathLike)):
         cfg = load_run_config(config)
@@ -283,6 +301,7 @@ def start_run(config, runs_dir: str | Path | None = None, name: str | None = Non
         cfg = copy.deepcopy(config)
     else:
         raise TypeError(f"config must be a RunConfig or a YAML path, not {type(config).__name__}")
+    plan(cfg)  # a train.gpus naming GPUs this machine lacks is refused here, before a folder exists
     runs_root = Path(runs_dir if runs_dir is not None else cfg.runs_dir).resolve()
     cfg.runs_dir = str(runs_root)
     cfg.name = name or cfg.name or new_run_name(cfg.model.name_or_path, cfg.model.method)
@@ -322,17 +341,14 @@ def kill_run(run_dir: str | Path, timeout: float = 10.0) -> dict:
     if status["state"] not in ACTIVE and not pid_alive(pid):
         raise RunError(f"run {run_dir.name} is not running (state: {status['state']})")
     if pid and pid_alive(pid):
-        try:
-            # The worker leads its own process group when the GUI started it: take its children too.
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, signal.SIGKILL)
-            else:
-                os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        deadline = time.time() + timeout
-        while pid_alive(pid) and time.time() < deadline:
-            time.sleep(0.05)
+        _kill_group_or_pid(pid)
+    # A ddp / fsdp run: accelerate's launcher and each rank lead sessions of their own.
+    others = [p for p in [status.get("agent_pid"), *(status.get("rank_pids") or [])] if p != pid and pid_alive(p)]
+    for other in others:
+        _kill_group_or_pid(other)
+    deadline = time.time() + timeout
+    while any(pid_alive(p) for p in [pid, *others] if p) and time.time() < deadline:
+        time.sleep(0.05)
     ckpt = latest_checkpoint(run_dir)
     (run_dir / STOP_FLAG).unlink(missing_ok=True)
     return write_status(
@@ -340,6 +356,18 @@ def kill_run(run_dir: str | Path, timeout: float = 10.0) -> dict:
         error=None, advice=("Stopped at once; resume continues from " + ckpt.name) if ckpt else
         "Stopped at once before the first checkpoint; resume starts again from step 0.",
     )
+
+
+def _kill_group_or_pid(pid: int) -> None:
+    """SIGKILL ``pid`` and, when it leads its own process group (the GUI starts the worker in a
+    session of its own), its children too."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def resume_run(run_dir: str | Path) -> Path:
@@ -355,8 +383,8 @@ def resume_run(run_dir: str | Path) -> Path:
     if status.unreadable:
         raise RunError(f"run {run_dir.name} cannot be resumed: {status.error}")
     (run_dir / STOP_FLAG).unlink(missing_ok=True)
-    write_status(run_dir, state="queued", pid=None, queued=now_iso(), error=None, error_kind=None, advice=None,
-                 killed=False, lost=False, disk_full=None, oom=None)
+    write_status(run_dir, state="queued", pid=None, agent_pid=None, rank_pids=None, queued=now_iso(), error=None,
+                 error_kind=None, advice=None, killed=False, lost=False, disk_full=None, oom=None)
     _spawn(_worker_args(run_dir, resume=True), run_dir)
     return run_dir
 

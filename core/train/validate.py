@@ -134,14 +134,10 @@ def total_steps(cfg, train_rows: int | None) -> int | None:
 
 
 def _estimate(cfg, micro_batch: int) -> float:
-    from core.hardware.estimate import estimate_training
+    """Per-card peak of ``cfg`` at ``micro_batch``: stage, rl settings, strategy and cards included."""
+    from core.hardware.estimate import estimate_run
 
-    backend = cfg.model.backend if cfg.model.backend in ("unsloth", "peft") else "unsloth"
-    optimizer = cfg.train.optimizer if cfg.train.optimizer != "auto" else "adamw_8bit"
-    return estimate_training(cfg.model.name_or_path, method=cfg.model.method, seq_len=cfg.train.max_seq_len,
-                             micro_batch=micro_batch, rank=cfg.lora.r, target_modules=list(cfg.lora.target_modules),
-                             grad_ckpt=cfg.train.gradient_checkpointing, backend=backend,
-                             quant=cfg.model.quant, optimizer=optimizer).total_gib
+    return estimate_run(cfg, micro_batch=micro_batch).total_gib
 
 
 # ---------------------------------------------------------------------------------- the rules
@@ -192,6 +188,7 @@ def check_run(cfg, *, train_rows: int | None = None, card: Card | None = None) -
     if card is not None and fixed_micro_batch(cfg) is not None:  # "auto" picks what fits itself
         out += _memory(cfg, card)
     out += stage_problems(cfg)
+    out += check_strategy(cfg)
     return sorted(out, key=lambda p: p.level != "error")
 
 
@@ -299,6 +296,47 @@ def stage_problems(cfg, kind: str | None = None) -> list[Problem]:
 
 def _stage_for(kind: str) -> str:
     return {"sft": "sft", "preference": "dpo or orpo", "prompt": "grpo"}.get(kind, "sft")
+
+
+# bitsandbytes stores 4-bit weights in another dtype (bnb_4bit_quant_storage) from this version on;
+# FSDP can only shard the packed weights when they are stored as the compute dtype.
+BNB_QUANT_STORAGE = (0, 43, 0)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    import re
+
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
+
+
+def check_strategy(cfg, bnb_version: str | None = None) -> list[Problem]:
+    """What train.strategy allows (ddp / fsdp): fsdp shards on transformers + PEFT, so it refuses
+    model.backend unsloth, and QLoRA only where bitsandbytes can store 4-bit weights as the compute
+    dtype. ``bnb_version``: the installed bitsandbytes (default: looked up; "" = not installed)."""
+    t, m = cfg.train, cfg.model
+    out: list[Problem] = []
+    if t.strategy != "fsdp":
+        return out
+    if m.backend == "unsloth":
+        out.append(Problem("model.backend", "fsdp_needs_peft",
+                           "fsdp shards the model on the transformers + PEFT backend; Unsloth trains a whole "
+                           "copy per GPU: use train.strategy ddp with Unsloth, or model.backend auto / peft"))
+    if m.method == "qlora":
+        if bnb_version is None:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                bnb_version = version("bitsandbytes")
+            except PackageNotFoundError:
+                bnb_version = ""
+        need = ".".join(map(str, BNB_QUANT_STORAGE))
+        if bnb_version and _version(bnb_version) < BNB_QUANT_STORAGE:
+            out.append(Problem("model.method", "fsdp_qlora_old_bnb",
+                               f"QLoRA with fsdp needs bitsandbytes {need} or newer (its 4-bit weights stored "
+                               f"as the compute dtype, which FSDP can shard); {bnb_version} is installed: "
+                               f"pip install -U bitsandbytes, or use train.strategy ddp",
+                               params={"need": need, "have": bnb_version}))
+    return out
 
 
 def _memory(cfg, card: Card) -> list[Problem]:

@@ -29,7 +29,11 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_OOM, EXIT_STOPPED = 0, 1, 2, 3, 0
 
 
 def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    """A line of train.log. Under ddp / fsdp only rank 0 speaks (the others would repeat it)."""
+    from core.train.launch import writes_run_folder
+
+    if writes_run_folder():
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # ------------------------------------------------------------------------------- train.log tee
@@ -396,6 +400,7 @@ def build_trainer(cfg, loaded, train_tok, eval_tok, run_dir: Path, callbacks, pa
         include_num_input_tokens_seen="no",
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient: no search per step
         gradient_checkpointing=False,  # the backend already set it up on the model
         # Rows are pre-tokenized and already fit max_seq_len; padding-free TRL wants max_length None.
         max_length=None if packing == "padding_free" else t.max_seq_len,
@@ -430,7 +435,16 @@ def trainable_summary(model) -> dict:
 
 
 def run(cfg, *, resume: bool = False) -> int:
-    """Train ``cfg`` (a resolved RunConfig) in this process. Returns the exit code."""
+    """Train ``cfg`` (a resolved RunConfig) in this process (strategy single), or start its ranks
+    and watch them (ddp / fsdp: this process is the launcher parent, see core.train.launch), or be
+    one of those ranks. Returns the exit code."""
+    from core.train.launch import rank_info
+
+    info = rank_info()
+    if info is not None:
+        from core.train import ranks
+
+        return ranks.run_rank(cfg, info, resume)
     run_dir = prepare_run_dir(cfg, resume)
     tee = None
     if os.environ.get("QWENTUNE_LOG_REDIRECTED") != "1":
@@ -451,7 +465,7 @@ def _run(cfg, run_dir: Path, resume: bool, reserve: FailureReserve) -> int:
     log(f"run {cfg.name} in {run_dir} (pid {os.getpid()}{', resuming' if resume else ''})")
     runs.write_status(run_dir, state="running", phase="starting", pid=os.getpid(), started=runs.now_iso(),
                       finished=None, error=None, error_kind=None, advice=None, killed=False, lost=False,
-                      oom=None, disk_full=None, resumable=False,
+                      oom=None, disk_full=None, resumable=False, agent_pid=None, rank_pids=None,
                       model=cfg.model.name_or_path, method=cfg.model.method, run=cfg.name, waiting_for=None,
                       **({} if resume else {"step": 0, "total_steps": 0,
                                             "created": runs.read_status(run_dir).get("created") or runs.now_iso()}))
@@ -472,63 +486,100 @@ def _run(cfg, run_dir: Path, resume: bool, reserve: FailureReserve) -> int:
             break
 
     lock = GpuLock(Path(cfg.runs_dir).expanduser())
-    model_path = None
-    backend = "?"
+    where = Where()
     try:
         if not lock.acquire(run_dir):
             runs.write_status(run_dir, state="stopped", phase="", finished=runs.now_iso(), resumable=True,
                               advice="Stopped while waiting for another run.")
             return EXIT_STOPPED
-        runs.write_status(run_dir, state="running", phase="loading model")
-        backend, notices = _activate_backend(cfg.model.backend)
-        model_path = _resolve_model(cfg)
-        runs.write_status(run_dir, backend=backend, model_path=str(model_path))
-        train_convs, eval_convs, manifest, mix_dir = _load_data(cfg, run_dir, model_path, resume)
-        from core.train import autobatch, backends
+        from core.train import launch
 
-        autobatch.resolve(cfg, run_dir, model_path, backend, echo=log)  # micro_batch auto -> a number
-        log(f"loading {model_path} with {backend} ({cfg.model.method})")
-        t_load = time.perf_counter()
-        loaded = backends.load(cfg, model_path, backend)
-        notices += loaded.notices
-        for n in notices:
-            log("note: " + n)
-        params = trainable_summary(loaded.model)
-        log(f"model loaded in {time.perf_counter() - t_load:.1f}s: {params['trainable_params']:,} trainable of "
-            f"{params['total_params']:,} parameters")
-        from core.train.data import mix_tokenizer_notice, tokenize_run
-
-        train_tok = tokenize_run(cfg, train_convs, loaded.tokenizer)
-        eval_tok = tokenize_run(cfg, eval_convs, loaded.tokenizer) if eval_convs else None
-        mix_note = mix_tokenizer_notice(manifest, loaded.tokenizer, train_tok, cfg.train.max_seq_len)
-        if mix_note:
-            log("note: " + mix_note)
-            notices.append(mix_note)
-        _check_rows(cfg, train_tok, "train")
-        log(f"data: {train_tok.summary()}" + (f"; eval: {eval_tok.summary()}" if eval_tok else ""))
-        runs.write_status(run_dir, backend=backend, method=loaded.method, dtype=loaded.dtype,
-                          device=loaded.device, notices=notices, notice_codes=codes_of(notices),
-                          mix_dir=str(mix_dir),
-                          data=train_tok.summary(), eval_data=eval_tok.summary() if eval_tok else None,
-                          **params)
-        if (run_dir / runs.STOP_FLAG).exists():
-            (run_dir / runs.STOP_FLAG).unlink(missing_ok=True)
-            runs.write_status(run_dir, state="stopped", phase="", finished=runs.now_iso(), resumable=True,
-                              advice="Stopped before the first step.")
-            return EXIT_STOPPED
-        return _train(cfg, run_dir, loaded, train_tok, eval_tok, resume)
+        plan = launch.plan(cfg)
+        runs.write_status(run_dir, strategy=plan.strategy, world_size=plan.world_size, gpus=list(plan.gpus))
+        if plan.multi:
+            runs.write_status(run_dir, state="running", phase="starting processes")
+            where.model_path = _resolve_model(cfg)
+            _load_data(cfg, run_dir, where.model_path, resume)  # an inline mix is built once, here
+            return launch.run_ranks(cfg, run_dir, resume, plan, where.model_path)
+        launch.select_gpus(plan, cfg.train.gpus)
+        return load_and_train(cfg, run_dir, resume, where)
     except KeyboardInterrupt:
         log("aborted")
         runs.write_status(run_dir, state="stopped", phase="", finished=runs.now_iso(), resumable=True,
                           advice="Aborted; resume continues from the newest checkpoint.")
         return 130
     except BaseException as exc:
-        return _record_failure(cfg, run_dir, exc, model_path, backend, reserve)
+        return _record_failure(cfg, run_dir, exc, where.model_path, where.backend, reserve)
     finally:
         (run_dir / runs.STOP_FLAG).unlink(missing_ok=True)
         lock.release()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@dataclass
+class Where:
+    """How far a start got, for the failure report (the model folder and backend, once known)."""
+
+    model_path: Path | None = None
+    backend: str = "?"
+
+
+def load_and_train(cfg, run_dir: Path, resume: bool, where: Where, group=None) -> int:
+    """Load the backend, the model and the data, then train. ``group``: this process is one rank of
+    a ddp / fsdp run (a :class:`core.train.ranks.Group`); rank 0 writes the run folder."""
+    main = group is None or group.main
+    runs.write_status(run_dir, state="running", phase="loading model")
+    requested = cfg.model.backend
+    if group is not None and group.strategy == "fsdp" and requested == "auto":
+        requested = "peft"  # fsdp shards on transformers + PEFT (Unsloth keeps a whole copy per GPU)
+    backend, notices = _activate_backend(requested)
+    where.backend = backend
+    model_path = where.model_path = _resolve_model(cfg)
+    runs.write_status(run_dir, backend=backend, model_path=str(model_path))
+    # Ranks read the mix the launcher built (an inline mix is never rebuilt under a running rank).
+    train_convs, eval_convs, manifest, mix_dir = _load_data(cfg, run_dir, model_path, resume or group is not None,
+                                                            keep_manifest=group is None)
+    from core.train import autobatch, backends
+
+    world = group.world_size if group is not None else 1
+    autobatch.resolve(cfg, run_dir, model_path, backend, echo=log, world_size=world)  # auto -> a number
+    if group is not None:
+        group.agree_on_batch(cfg, run_dir)
+    log(f"loading {model_path} with {backend} ({cfg.model.method})")
+    t_load = time.perf_counter()
+    loaded = backends.load(cfg, model_path, backend, **(group.load_kwargs(cfg) if group is not None else {}))
+    notices += loaded.notices
+    for n in notices:
+        log("note: " + n)
+    params = trainable_summary(loaded.model)
+    log(f"model loaded in {time.perf_counter() - t_load:.1f}s: {params['trainable_params']:,} trainable of "
+        f"{params['total_params']:,} parameters")
+    from core.train.data import mix_tokenizer_notice, tokenize_run
+
+    train_tok = tokenize_run(cfg, train_convs, loaded.tokenizer)
+    eval_tok = tokenize_run(cfg, eval_convs, loaded.tokenizer) if eval_convs else None
+    mix_note = mix_tokenizer_notice(manifest, loaded.tokenizer, train_tok, cfg.train.max_seq_len)
+    if mix_note:
+        log("note: " + mix_note)
+        notices.append(mix_note)
+    _check_rows(cfg, train_tok, "train")
+    log(f"data: {train_tok.summary()}" + (f"; eval: {eval_tok.summary()}" if eval_tok else ""))
+    runs.write_status(run_dir, backend=backend, method=loaded.method, dtype=loaded.dtype,
+                      device=loaded.device, notices=notices, notice_codes=codes_of(notices),
+                      mix_dir=str(mix_dir),
+                      data=train_tok.summary(), eval_data=eval_tok.summary() if eval_tok else None,
+                      **params)
+    stop = (run_dir / runs.STOP_FLAG).exists() if main else False
+    if group is not None:
+        stop = group.decide(stop)  # every rank stops here, or none does
+    if stop:
+        if main:
+            (run_dir / runs.STOP_FLAG).unlink(missing_ok=True)
+        runs.write_status(run_dir, state="stopped", phase="", finished=runs.now_iso(), resumable=True,
+                          advice="Stopped before the first step.")
+        return EXIT_STOPPED
+    return _train(cfg, run_dir, loaded, train_tok, eval_tok, resume, group)
 
 
 # Exit codes by error kind: a setting, the data or the model must change (2), or running again can help (1).
@@ -627,13 +678,13 @@ def _resolve_model(cfg) -> Path:
     return resolve_model_path(cfg.model)
 
 
-def _load_data(cfg, run_dir: Path, model_path: Path, resume: bool):
+def _load_data(cfg, run_dir: Path, model_path: Path, resume: bool, keep_manifest: bool = True):
     import json
 
     from core.train.data import load_mix
 
     train, evals, manifest, mix_dir = load_mix(cfg, run_dir, model_path, resume, echo=log)
-    if cfg.data.mix_dir:  # keep what this run trained on, even if the mix folder changes later
+    if cfg.data.mix_dir and keep_manifest:  # keep what this run trained on, even if the mix folder changes later
         (run_dir / "mix_manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
                                                    encoding="utf-8")
     return train, evals, manifest, mix_dir
@@ -663,13 +714,13 @@ class Prepared:
     gc_policy: object = None
 
 
-def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log) -> Prepared:
+def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log, group=None) -> Prepared:
     from core.train.callbacks import GpuSampler, ProgressCallback, TokenCounter
     from core.train.data import choose_packing
 
     counter = TokenCounter(echo=echo)
     gpu = GpuSampler()
-    progress = ProgressCallback(run_dir, counter, gpu, echo=echo)
+    progress = ProgressCallback(run_dir, counter, gpu, echo=echo, group=group)
     packing, why = choose_packing(cfg.train.packing, [len(x) for x in train_tok.input_ids], cfg.train.micro_batch,
                                   cfg.train.max_seq_len)
     if cfg.train.stage != "sft":  # TRL's dpo / orpo / grpo trainers batch their own (padded) rows
@@ -694,6 +745,8 @@ def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log) -
 
     gc_policy = GcPolicy()
     trainer = build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, [progress, gc_policy], packing)
+    if group is not None:
+        group.install(trainer)
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our callback prints one readable line per step
@@ -730,16 +783,19 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def _train(cfg, run_dir: Path, loaded, train_tok, eval_tok, resume: bool) -> int:
+def _train(cfg, run_dir: Path, loaded, train_tok, eval_tok, resume: bool, group=None) -> int:
     from core.train.backends import save_adapter
 
+    main = group is None or group.main
     folder = runs.RunFolder(run_dir)
-    prepared = prepare_trainer(cfg, run_dir, loaded, train_tok, eval_tok)
-    trainer, progress, counter, gpu = prepared.trainer, prepared.progress, prepared.counter, prepared.gpu
+    prepared = prepare_trainer(cfg, run_dir, loaded, train_tok, eval_tok, group=group)
+    trainer, progress, gpu = prepared.trainer, prepared.progress, prepared.gpu
     ckpt = folder.latest_checkpoint() if resume else None
+    if group is not None:
+        ckpt = group.same_checkpoint(ckpt, folder)
     if resume:
         log(f"resuming from {ckpt.path}" if ckpt else "no checkpoint to resume from: starting at step 0")
-    if ckpt is not None:
+    if ckpt is not None and main:
         trim_metrics(folder, ckpt.step)  # the steps after the checkpoint are trained (and logged) again
     finished = ckpt is not None and checkpoint_is_last(ckpt.path)
     runs.write_status(run_dir, state="running", phase="finishing" if finished else "training",
@@ -767,10 +823,13 @@ def _train(cfg, run_dir: Path, loaded, train_tok, eval_tok, resume: bool) -> int
         runs.write_status(run_dir, phase="evaluating")
         final_eval = trainer.evaluate().get("eval_loss")
     runs.write_status(run_dir, phase="saving adapter")
-    adapter = save_adapter(trainer.model, loaded.tokenizer, run_dir / runs.ADAPTER)
+    if group is not None:
+        adapter = group.save_adapter(trainer, loaded.tokenizer, run_dir / runs.ADAPTER)
+    else:
+        adapter = save_adapter(trainer.model, loaded.tokenizer, run_dir / runs.ADAPTER)
     log(f"adapter saved to {adapter}")
     state = "stopped" if stopped else "done"
-    tokens = counter.tokens
+    tokens = progress.tokens_total()
     end = {"state": state, "phase": "", "finished": runs.now_iso(), "step": trainer.state.global_step,
            "total_steps": trainer.state.max_steps or None,
            "eval_loss": final_eval if final_eval is not None else progress.last_eval_loss,

@@ -1,13 +1,19 @@
 """Hardware tab: the GPUs (live memory, load, temperature), which Qwen3 fits each card, the memory
 breakdown of a chosen row, and "Use this model", which hands the choice to the Train tab.
 
+With several GPUs (detected, or a simulated card count above 1) a second table plans training on
+all of them together: per model x method the memory per card with ddp and with fsdp, and the
+strategy to use (core.hardware.recommend.recommend_for_cards).
+
 Shared with other tabs: ``ctx.shared["selected_model"]`` is a ``gr.State`` holding None until the
 user clicks "Use this model", then a dict ``{"model": "qwen3-8b", "method": "qlora", "seq_len": 2048,
-"micro_batch": "auto", "auto_batch": 2, "rank": 16, "display": "Qwen3-8B", "est_gib": 7.9}``
-(``auto_batch``: what ``micro_batch: auto`` picks on that card). Other tabs may listen to its
-``.change`` event (in a ``ctx.after_build`` hook: this tab is built first). This tab itself fills the
-Train tab's widgets registered in ``ctx.shared["train.fields"]`` (model.name_or_path, model.method,
-train.max_seq_len, train.micro_batch, lora.r) when the choice changes.
+"micro_batch": "auto", "auto_batch": 2, "rank": 16, "display": "Qwen3-8B", "est_gib": 7.9,
+"strategy": "single", "gpus": "auto"}`` (``auto_batch``: what ``micro_batch: auto`` picks on that
+card; ``strategy`` / ``gpus``: train.strategy and train.gpus, e.g. "fsdp" and "0,1" for a row of
+the several-GPU table). Other tabs may listen to its ``.change`` event (in a ``ctx.after_build``
+hook: this tab is built first). This tab itself fills the Train tab's widgets registered in
+``ctx.shared["train.fields"]`` (model.name_or_path, model.method, train.max_seq_len,
+train.micro_batch, lora.r, train.strategy, train.gpus) when the choice changes.
 """
 
 # No `from __future__ import annotations` here: Gradio reads the event handlers' annotations
@@ -19,26 +25,48 @@ DEMO_SIMULATED_GIB = 24  # with no GPU, show what a common 24 GB card could do
 REFRESH_SECONDS = 5
 VERDICT_ICON = {"fits": "✓", "tight": "⚠", "no": "✗"}  # plain symbols: every font has them
 PARTS = ("weights", "lora", "activations", "logits", "overhead")
+STAGE_PARTS = ("reference", "generation")  # only in the breakdowns of the stages beyond SFT
 PART_COLORS = {"weights": "#2563eb", "lora": "#16a34a", "activations": "#ea580c", "logits": "#9333ea",
-               "overhead": "#64748b"}
+               "overhead": "#64748b", "reference": "#0891b2", "generation": "#db2777"}
 
 
-def read_hardware(sim_gib: float | None):
+def read_hardware(sim_gib: float | None, sim_count: int = 1):
     from core.hardware.detect import detect, simulated
 
-    return simulated(float(sim_gib)) if sim_gib and sim_gib > 0 else detect()
+    if sim_gib and sim_gib > 0:
+        return simulated(float(sim_gib), count=max(int(sim_count or 1), 1))
+    return detect()
 
 
-def compute(sim_gib: float | None, seq_len: int, rank: int, gpu_index: int | None = None) -> dict:
-    """Detected (or simulated) hardware and the recommendations for one of its cards."""
+def compute(sim_gib: float | None, seq_len: int, rank: int, gpu_index: int | None = None,
+            sim_count: int = 1, stage: str = "sft") -> dict:
+    """Detected (or simulated) hardware, the recommendations for one of its cards, and with
+    several cards the plan for all of them together (``multi``, None for one card). ``stage``:
+    train.stage to judge (the rl section at its defaults)."""
     from core.hardware.recommend import recommend
 
-    report = read_hardware(sim_gib)
-    result = recommend(report, seq_len=int(seq_len), rank=int(rank))
+    report = read_hardware(sim_gib, sim_count)
+    result = recommend(report, seq_len=int(seq_len), rank=int(rank), stage=stage or "sft")
     indexes = [g["index"] for g in result["gpus"]]
     chosen = gpu_index if gpu_index in indexes else (indexes[0] if indexes else None)
     result["rows"] = [r for r in result["recommendations"] if r["gpu"] == chosen]
     result["chosen_gpu"] = chosen
+    # What train.gpus gets from a row: the cards numbered as the launcher numbers them (within
+    # CUDA_VISIBLE_DEVICES where it is set); a count for simulated cards.
+    from core.gpu_queue import visible_gpu_ids
+
+    visible = [] if report.simulated else visible_gpu_ids(report)
+    for r in result["rows"]:
+        pos = visible.index(r["gpu"]) if r["gpu"] in visible else None
+        r["gpus_setting"] = "auto" if not pos else f"{pos},"
+        r["stage"] = result["stage"]
+    multi = result.get("multi")
+    if multi:
+        positions = [visible.index(i) for i in multi["ids"] if i in visible]
+        setting = ",".join(map(str, positions)) if len(positions) == multi["gpus"] else str(multi["gpus"])
+        for r in multi["recommendations"] + ([multi["best"]] if multi["best"] else []):
+            r["gpus_setting"] = setting
+            r["stage"] = result["stage"]
     return result
 
 
@@ -116,6 +144,32 @@ def best_text(t, result: dict) -> str:
              max_seq=best["max_seq_len"])
 
 
+def multi_table_rows(t, multi: dict | None) -> list[list]:
+    """The several-GPU table: GiB per card with ddp and with fsdp, and the strategy to use."""
+    out = []
+    for r in (multi or {}).get("recommendations", []):
+        verdict, method = r["verdict"], r["method"]
+        out.append(["★" if r["best"] else "", r["display"], t(f"hardware.method.{method}"), r["ddp_gib"],
+                    r["fsdp_gib"], r["strategy"], f"{VERDICT_ICON[verdict]} {t(f'hardware.verdict.{verdict}')}",
+                    r["max_seq_len"] or "—", r["micro_batch"] or "—"])
+    return out
+
+
+def multi_text(t, multi: dict | None, seq_len: int) -> str:
+    """The several-GPU plan in a sentence, e.g. Qwen3-32B LoRA 16-bit fits 2 x 48 GB with fsdp."""
+    if not multi:
+        return ""
+    best = multi["best"]
+    head = t("hardware.multi.head", n=multi["gpus"], gib=f"{multi['vram_gib']:g}")
+    if best is None:
+        return head + " " + t("hardware.multi.no_fit", n=multi["gpus"], gib=f"{multi['vram_gib']:g}",
+                              seq_len=seq_len)
+    return head + " " + t("hardware.multi.best", model=best["display"], method=t(f"hardware.method.{best['method']}"),
+                          n=multi["gpus"], gib=f"{multi['vram_gib']:g}", strategy=best["strategy"],
+                          est=f"{best['est_gib']:.1f}", seq_len=seq_len, batch=best["micro_batch"],
+                          effective=best["effective_batch"])
+
+
 def breakdown_figure(t, row: dict | None):
     import plotly.graph_objects as go
 
@@ -125,7 +179,11 @@ def breakdown_figure(t, row: dict | None):
         return fig
     method = row["method"]
     label = f"{row['display']} · {t(f'hardware.method.{method}')}"
-    for part in PARTS:
+    if row.get("strategy"):
+        label += f" · {row['gpus']} x {row['strategy']}"
+    for part in PARTS + STAGE_PARTS:
+        if part not in row["breakdown"] and part in STAGE_PARTS:
+            continue
         value = float(row["breakdown"].get(part, 0.0))
         name = t(f"hardware.part.{part}")
         fig.add_trace(go.Bar(x=[label], y=[value], name=name,
@@ -150,15 +208,24 @@ def selection_for(row: dict) -> dict:
     number, for the message."""
     from core.train.autobatch import AUTO
 
+    if row.get("strategy"):  # a row of the several-GPU table
+        strategy, gpus = row["strategy"], row.get("gpus_setting") or str(row["gpus"])
+    else:
+        # One card: the first is what auto takes; another is named as a list of one id ("1,"),
+        # since a bare number counts cards.
+        strategy = "single"
+        gpus = row.get("gpus_setting") or ("auto" if not row.get("gpu") else f"{row['gpu']},")
     return {"model": row["model"], "method": row["method"], "seq_len": row["seq_len"],
             "micro_batch": AUTO, "auto_batch": max(int(row["micro_batch"] or 0), 1),
-            "rank": row.get("rank", 16), "display": row["display"], "est_gib": row["est_gib"]}
+            "rank": row.get("rank", 16), "display": row["display"], "est_gib": row["est_gib"],
+            "strategy": strategy, "gpus": gpus, "stage": row.get("stage") or "sft"}
 
 
 # Where each part of the choice goes in the Train tab's widgets (ctx.shared["train.fields"], the
 # contract of gui/presets.py: dotted RunConfig path -> component).
 TRAIN_FIELD_OF = {"model.name_or_path": "model", "model.method": "method", "train.max_seq_len": "seq_len",
-                  "train.micro_batch": "micro_batch", "lora.r": "rank"}
+                  "train.micro_batch": "micro_batch", "lora.r": "rank", "train.strategy": "strategy",
+                  "train.gpus": "gpus", "train.stage": "stage"}
 
 
 def train_updates(choice: dict | None, paths: list[str]) -> list:
@@ -182,25 +249,46 @@ def use(ctx, row) -> tuple:
     choice = selection_for(row)
     values = dict(model=choice["display"], method=t(f"hardware.method.{choice['method']}"),
                   seq_len=choice["seq_len"], batch=choice["auto_batch"])
+    if choice["strategy"] != "single":
+        values = dict(values, strategy=choice["strategy"], n=row["gpus"], gpus=choice["gpus"])
+        if not ctx.demo:
+            return choice, t("hardware.used_multi", **values)
+        card = t("hardware.simulated_cards", n=row["gpus"], gib=f"{row.get('vram_gib') or 0:g}")
+        return choice, t("hardware.used_multi_demo", **values, est=f"{choice['est_gib']:.1f}", card=card)
     if not ctx.demo:
         return choice, t("hardware.used", **values)
     card = t("hardware.simulated_card", gib=f"{row.get('vram_gib') or 0:g}")
     return choice, t("hardware.used_demo", **values, est=f"{choice['est_gib']:.1f}", card=card)
 
 
+def stage_info(t) -> str:
+    """What the stage choice judges; grpo's rows come from the rl section's defaults."""
+    from core.config import RLConfig
+
+    rl = RLConfig()
+    return t("hardware.stage_info", prompt=rl.max_prompt_len, completion=rl.max_completion_len,
+             gens=rl.num_generations)
+
+
 def build(ctx) -> None:
     import gradio as gr
 
+    from core.choices import STAGES
     from gui.tabs import bind
 
     t = ctx.t
     headers = [t(f"hardware.col.{c}") for c in ("best", "model", "method", "est", "verdict", "max_seq", "batch")]
     default_sim = DEMO_SIMULATED_GIB if ctx.demo else 0
 
-    def view(sim_gib, seq_len, rank, gpu_choice):
+    multi_headers = [t(f"hardware.col.{c}") for c in ("best", "model", "method", "ddp", "fsdp", "strategy",
+                                                       "verdict", "max_seq", "batch")]
+
+    def view(sim_gib, seq_len, rank, gpu_choice, sim_count, stage):
         gpu_index = int(gpu_choice) if gpu_choice not in (None, "") else None
-        result = compute(sim_gib, seq_len, rank, gpu_index)
-        for r in result["rows"]:
+        result = compute(sim_gib, seq_len, rank, gpu_index, sim_count=int(sim_count or 1), stage=stage)
+        multi = result.get("multi")
+        multi_rows = multi["recommendations"] if multi else []
+        for r in result["rows"] + multi_rows:
             r["rank"] = int(rank)
         chosen = next((r for r in result["rows"] if r["best"]), result["rows"][0] if result["rows"] else None)
         gpu_choices = [(f"GPU {g['index']}: {g['name']}", str(g["index"])) for g in result["gpus"]]
@@ -208,10 +296,12 @@ def build(ctx) -> None:
                 result["rows"], chosen, breakdown_figure(t, chosen),
                 gr.update(choices=gpu_choices, value=str(result["chosen_gpu"]) if gpu_choices else None,
                           visible=len(gpu_choices) > 1),
-                gr.update(interactive=chosen is not None))
+                gr.update(interactive=chosen is not None),
+                gr.update(value=multi_text(t, multi, int(seq_len)), visible=bool(multi)),
+                gr.update(value=multi_table_rows(t, multi), visible=bool(multi)), multi_rows)
 
-    def cards_only(sim_gib):
-        return gpu_cards_html(t, report_view(read_hardware(sim_gib)))
+    def cards_only(sim_gib, sim_count):
+        return gpu_cards_html(t, report_view(read_hardware(sim_gib, int(sim_count or 1))))
 
     def pick(rows, evt: gr.SelectData):
         index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -232,10 +322,17 @@ def build(ctx) -> None:
                               info=t("hardware.seq_len_info"), allow_custom_value=True, elem_id="hw-seq")
             rank = gr.Dropdown(choices=[8, 16, 32, 64, 128], value=16, label=t("hardware.rank"),
                                info=t("hardware.rank_info"), elem_id="hw-rank")
+            sim_count = gr.Number(value=1, minimum=1, maximum=64, precision=0, label=t("hardware.sim_count"),
+                                  info=t("hardware.sim_count_info"), elem_id="hw-sim-count")
+            stage = gr.Dropdown(choices=[(t(f"hardware.stage.{k}"), k) for k in STAGES], value="sft",
+                                label=t("hardware.stage"), info=stage_info(t), elem_id="hw-stage")
             gpu = gr.Dropdown(choices=[], value=None, label=t("hardware.gpu"), visible=False, elem_id="hw-gpu")
         best = gr.Markdown(elem_id="hw-best")
         table = gr.Dataframe(headers=headers, value=None, interactive=False, wrap=True, elem_id="hw-table",
                              label=t("hardware.table"), max_height=460)
+        multi_md = gr.Markdown(visible=False, elem_id="hw-multi-best")
+        multi_table = gr.Dataframe(headers=multi_headers, value=None, interactive=False, wrap=True, visible=False,
+                                   elem_id="hw-multi-table", label=t("hardware.multi.table"), max_height=460)
         gr.Markdown(t("hardware.legend"))
         plot = gr.Plot(label=t("hardware.chart.label"), elem_id="hw-chart")
         with gr.Row(equal_height=True):
@@ -243,6 +340,7 @@ def build(ctx) -> None:
                                 interactive=False)
             used_msg = gr.Markdown(elem_id="hw-used")
         rows_state = gr.State([])
+        multi_state = gr.State([])
         row_state = gr.State(None)
         selected_model = gr.State(None)
         timer = gr.Timer(REFRESH_SECONDS, active=False)
@@ -250,15 +348,16 @@ def build(ctx) -> None:
     ctx.shared["selected_model"] = selected_model
     ctx.shared["hardware.use_button"] = use_btn
 
-    inputs = [sim, seq, rank, gpu]
-    outputs = [cards, table, best, rows_state, row_state, plot, gpu, use_btn]
+    inputs = [sim, seq, rank, gpu, sim_count, stage]
+    outputs = [cards, table, best, rows_state, row_state, plot, gpu, use_btn, multi_md, multi_table, multi_state]
     tab.select(view, inputs=inputs, outputs=outputs)
     refresh_btn.click(view, inputs=inputs, outputs=outputs)
-    for control in (sim, seq, rank, gpu):
+    for control in (sim, seq, rank, gpu, sim_count, stage):
         control.change(view, inputs=inputs, outputs=outputs)
     live.change(lambda on: gr.Timer(active=bool(on)), inputs=live, outputs=timer)
-    timer.tick(cards_only, inputs=sim, outputs=cards)
+    timer.tick(cards_only, inputs=[sim, sim_count], outputs=cards)
     table.select(pick, inputs=rows_state, outputs=[row_state, plot, use_btn])
+    multi_table.select(pick, inputs=multi_state, outputs=[row_state, plot, use_btn])
     use_btn.click(bind(use, ctx), inputs=row_state, outputs=[selected_model, used_msg])
     def fill_train_tab():
         # Runs once every tab exists: the Train tab is built after this one.

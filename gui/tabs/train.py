@@ -20,6 +20,12 @@ in the order of ``ctx.shared["train.fields"]``.
 Shared: ``ctx.shared["train.fields"]`` = {dotted RunConfig path: widget} (the presets section and the
 Hardware tab's "Use this model" fill these widgets).
 
+GPUs: a multi-select of the detected cards (name and free memory, read through core.hardware.detect
+when the tab opens) writes ``train.gpus``, whose own text box stays the setting (presets and "Use
+this model" fill it; it is shown for typing only where no GPU is detected); ``train.strategy`` is a
+dropdown; the effective batch shown is micro-batch x accumulation x cards (with micro-batch auto,
+the rows auto keeps, shared by the cards).
+
 The worker's notes (backend, batching, QLoRA, checkpointing) and phases are English in status.json
 (for the log and the CLI); their codes (core.train.notices) are shown here in the page's language.
 """
@@ -33,7 +39,8 @@ from core.fmt import duration
 
 POLL_SECONDS = 1.5
 TRAIN_FIELDS = "train.fields"
-# Settings the tab shows, by section; every other RunConfig setting keeps its default.
+# Settings the tab shows, by section; every other RunConfig setting keeps its default. train.gpus and
+# train.strategy are in the GPU section (build_gpu_section).
 SECTIONS = {
     "lora": ["lora.r", "lora.alpha", "lora.dropout", "lora.use_rslora", "lora.target_modules"],
     "train": ["train.learning_rate", "train.lr_scheduler", "train.warmup_steps", "train.epochs",
@@ -239,6 +246,156 @@ def figure(ctx, metrics: list[dict]):
     fig.update_yaxes(title_text=t("train.chart.lr"), row=2, col=1, secondary_y=False)
     fig.update_yaxes(title_text=t("train.chart.grad_norm"), row=2, col=1, secondary_y=True)
     return fig
+
+
+# ------------------------------------------------------------------------------------ GPUs
+# The GPU multi-select (train.gpus), train.strategy and the effective batch they give.
+def detect_hardware():
+    """The GPUs here (core.hardware.detect never raises; no GPU gives an empty list)."""
+    from core.hardware import detect
+
+    return detect.detect()
+
+
+def gpu_choices(ctx, report) -> list[tuple[str, str]]:
+    """(label, id) per GPU a run can use: its name and the memory free now, numbered as train.gpus
+    and the launcher number them (within CUDA_VISIBLE_DEVICES where it is set)."""
+    from core.gpu_queue import visible_gpu_ids
+
+    cards = {g.index: g for g in report.gpus}
+    out = []
+    for pos, index in enumerate(visible_gpu_ids(report)):
+        g = cards[index]
+        out.append((ctx.t("train.gpu_choice", index=pos, name=g.name, free=f"{g.free_gib:.1f}",
+                          total=f"{g.total_gib:.1f}"), str(pos)))
+    return out
+
+
+def gpus_setting(selected) -> str:
+    """The train.gpus value of the ticked cards: none = auto; one = a list of one id ("1,"), since
+    a bare number counts cards; several = their ids ("0,1")."""
+    ids = sorted({int(x) for x in (selected or []) if str(x).strip().isdigit()})
+    if not ids:
+        return "auto"
+    return f"{ids[0]}," if len(ids) == 1 else ",".join(str(i) for i in ids)
+
+
+def ticked_from(setting, ids: list[str]) -> list[str]:
+    """The cards to show ticked for a train.gpus value: its ids, the first N for a count, none for auto."""
+    from core.hardware.estimate import gpu_count_of
+
+    text = str(setting or "auto").strip().lower()
+    if "," in text:
+        return [i for i in (p.strip() for p in text.split(",")) if i in ids]
+    count = gpu_count_of(text)
+    return ids[:count] if count else []
+
+
+def card_count(strategy, setting, detected: int) -> int:
+    """Cards a run of these settings trains on: 1 for single, else the cards train.gpus names (auto:
+    every detected GPU)."""
+    from core.hardware.estimate import gpu_count_of
+
+    if strategy == "single":
+        return 1
+    return gpu_count_of(setting) or max(int(detected or 0), 1)
+
+
+def effective_batch_text(ctx, micro_batch, grad_accum, strategy, setting, detected) -> str:
+    """Rows per optimizer step over every card: micro-batch x accumulation x cards for a fixed
+    micro-batch; with auto, the 2 x grad_accum rows auto keeps, shared by the cards where they divide
+    (core.train.autobatch.share_rows, what the run does)."""
+    from core.train.autobatch import REFERENCE_MICRO_BATCH, effective_batch, is_auto, share_rows
+
+    try:
+        accum = max(int(grad_accum), 1)
+        auto = is_auto(micro_batch) or micro_batch in (None, "")
+        micro = REFERENCE_MICRO_BATCH if auto else max(int(str(micro_batch).strip()), 1)
+    except (TypeError, ValueError):
+        return ""  # a half-typed number: Start names the setting
+    cards = card_count(strategy, setting, detected)
+    if not auto:
+        text = ctx.t("train.effective_batch", micro=micro, accum=accum, cards=cards, total=micro * accum * cards)
+    else:
+        rows, _ = share_rows(accum, cards)
+        total = effective_batch(accum)
+        if cards == 1 or rows * cards == total:
+            text = ctx.t("train.effective_batch_auto", accum=accum, total=total, share=rows, cards=cards)
+        else:
+            text = ctx.t("train.effective_batch_auto_uneven", accum=accum, rows=total, cards=cards,
+                         total=total * cards)
+    if strategy != "single" and cards < 2:
+        text += " " + ctx.t("train.strategy_one_card", strategy=strategy)
+    return text
+
+
+def gpu_refresh(ctx, setting, micro_batch, grad_accum, strategy) -> tuple:
+    """(multi-select, text box, GPUs note, effective batch, detected count): the cards read again."""
+    import gradio as gr
+
+    report = detect_hardware()
+    choices = gpu_choices(ctx, report)
+    ids = [value for _, value in choices]
+    note = ctx.t("train.gpus_none", message=report.message) if not choices else ""
+    return (gr.update(choices=choices, value=ticked_from(setting, ids), visible=bool(choices)),
+            gr.update(visible=not choices), note,
+            effective_batch_text(ctx, micro_batch, grad_accum, strategy, setting, len(choices)), len(choices))
+
+
+def gpus_picked(ctx, selected) -> str:
+    return gpus_setting(selected)
+
+
+def gpus_typed(ctx, setting, detected) -> object:
+    """The multi-select follows a train.gpus value filled in elsewhere (a preset, the Hardware tab).
+    ``detected``: how many cards it lists (numbered 0..n-1, see gpu_choices)."""
+    import gradio as gr
+
+    ids = [str(i) for i in range(int(detected or 0))]
+    return gr.update(value=ticked_from(setting, ids)) if ids else gr.update()
+
+
+def build_gpu_section(ctx, infos: dict, fields: dict) -> dict:
+    """The GPU widgets (in the current layout); registers train.strategy and train.gpus in ``fields``."""
+    import gradio as gr
+
+    t = ctx.t
+    report = detect_hardware()
+    choices = gpu_choices(ctx, report)
+    gr.Markdown("### " + t("train.section.gpus"))
+    with gr.Row(equal_height=True):
+        pick = gr.CheckboxGroup(choices=choices, value=[], label=t("train.gpus_pick"),
+                                info=t("train.gpus_pick_info"), visible=bool(choices), scale=3,
+                                elem_id="train-gpus-pick")
+        strategy = widget_for(ctx, infos["train.strategy"])
+    setting = widget_for(ctx, infos["train.gpus"])
+    setting.visible = not choices  # typed only where there is nothing to tick (e.g. for a preset)
+    note = gr.Markdown(t("train.gpus_none", message=report.message) if not choices else "",
+                       elem_id="train-gpus-note")
+    batch = gr.Markdown("", elem_id="train-effective-batch")
+    detected = gr.State(len(choices))
+    fields["train.strategy"] = strategy
+    fields["train.gpus"] = setting
+    return {"pick": pick, "setting": setting, "strategy": strategy, "note": note, "batch": batch,
+            "detected": detected}
+
+
+def wire_gpu_section(ctx, w: dict, fields: dict, tab) -> None:
+    """Events of the GPU widgets; after every field exists (micro-batch and accumulation come later)."""
+    from gui.tabs import bind
+
+    micro, accum = fields["train.micro_batch"], fields["train.grad_accum"]
+    batch_inputs = [micro, accum, w["strategy"], w["setting"], w["detected"]]
+    # .input: only the user's ticks write the setting, so a programmatic tick does not echo back.
+    w["pick"].input(bind(gpus_picked, ctx), inputs=w["pick"], outputs=w["setting"])
+    w["setting"].change(bind(gpus_typed, ctx), inputs=[w["setting"], w["detected"]], outputs=w["pick"])
+    for box in (micro, accum, w["strategy"], w["setting"]):
+        box.change(bind(effective_batch_text, ctx), inputs=batch_inputs, outputs=w["batch"])
+    refresh = [w["setting"], micro, accum, w["strategy"]]
+    tab.select(bind(gpu_refresh, ctx), inputs=refresh,
+               outputs=[w["pick"], w["setting"], w["note"], w["batch"], w["detected"]])
+    if ctx.blocks is not None:
+        ctx.blocks.load(bind(effective_batch_text, ctx), inputs=batch_inputs, outputs=w["batch"])
 
 
 # ------------------------------------------------------------------------------------ handlers
@@ -684,6 +841,7 @@ def build(ctx) -> None:
                                             elem_id="train-mix-refresh")
                 mix_about = gr.Markdown(mix_info(ctx, mixes[0][1] if mixes else ""), elem_id="train-mix-info")
                 fields["data.mix_dir"] = mix
+                gpu_widgets = build_gpu_section(ctx, infos, fields)
                 for section, open_ in (("lora", False), ("train", True), ("advanced", False)):
                     with gr.Accordion(t(f"train.section.{section}"), open=open_, elem_id=f"train-sec-{section}"):
                         with gr.Row():
@@ -718,6 +876,7 @@ def build(ctx) -> None:
 
     ctx.shared[TRAIN_FIELDS] = fields
     components = list(fields.values())  # in field_paths(ctx) order: what config_from() reads
+    wire_gpu_section(ctx, gpu_widgets, fields, tab)
 
     panel = [run_sel, progress, status, chart, log, stop, kill, resume, seen]
     start.click(bind(on_start, ctx), inputs=components, outputs=[message, run_sel]).then(

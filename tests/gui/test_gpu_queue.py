@@ -136,3 +136,102 @@ def test_memory_the_work_already_holds_is_not_asked_for_again(tmp_path):
     assert not may_start_gpu_work("chat", runs_dir=tmp_path, hardware=card, need_gib=9.0).allowed
     d = may_start_gpu_work("chat", runs_dir=tmp_path, hardware=card, need_gib=9.0, resident_gib=6.0)
     assert d.allowed and d.code == "fits"
+
+
+# ------------------------------------------------------------------------------- several cards
+def _cards(*specs) -> HardwareReport:
+    return HardwareReport(gpus=[GpuInfo(index=i, name=f"GPU{i}", total_gib=total, free_gib=free,
+                                        used_gib=total - free) for i, (total, free) in enumerate(specs)])
+
+
+def _multi_run(runs: Path, name: str, gpus_setting: str, strategy: str, model: str = "qwen3-8b", **status) -> Path:
+    run = runs / name
+    run.mkdir(parents=True)
+    cfg = RunConfig(name=name, model=ModelConfig(name_or_path=model, method="qlora"),
+                    train=TrainConfig(max_seq_len=2048, micro_batch=2, gpus=gpus_setting, strategy=strategy),
+                    data=DataConfig(mix_dir="mixes/x"))
+    dump_yaml(cfg, run / "config.yaml")
+    (run / "status.json").write_text(json.dumps({"state": "running", "pid": os.getpid(), "model": model,
+                                                 "method": "qlora", **status}))
+    return run
+
+
+def test_a_run_on_another_card_does_not_hold_up_chat(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    _multi_run(tmp_path, "on-gpu1", "1,", "ddp", gpus=[1])  # status says it holds GPU 1 only
+    hw = _cards((12, 11.5), (12, 2.0))
+    d = may_start_gpu_work("chat", runs_dir=tmp_path, hardware=hw, need_gib=11.0)
+    assert d.allowed and d.code == "idle" and d.gpus == [0]
+    # the same chat on GPU 1 waits for the run
+    d = may_start_gpu_work("chat", runs_dir=tmp_path, hardware=hw, need_gib=11.0, gpus=[1])
+    assert not d.allowed and d.code == "busy" and d.run == "on-gpu1" and d.gpu_index == 1
+    assert "GPU1" in d.message()
+
+
+def test_every_card_a_ddp_run_holds_counts_with_its_per_card_need(tmp_path, monkeypatch):
+    from core.gpu_queue import may_start_run, training_peak_gib
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    run = _multi_run(tmp_path, "ddp-run", "2", "ddp")  # queued-like: no gpus in status yet
+    hw = _cards((24, 20), (24, 20), (24, 24))
+    peak, _ = training_peak_gib({"path": str(run), "status": {}}, cards=2)
+    assert peak == pytest.approx(_train_gib(), abs=0.01)  # ddp: one card's figure on each card
+    for card in (0, 1):
+        d = may_start_gpu_work("eval", runs_dir=tmp_path, hardware=hw, need_gib=24 * 0.95 - peak + 0.5,
+                               gpus=[card])
+        assert not d.allowed and d.gpu_index == card and d.values["train_gib"] == f"{peak:.1f}"
+    assert may_start_gpu_work("eval", runs_dir=tmp_path, hardware=hw, need_gib=20.0, gpus=[2]).code == "idle"
+    # a new two-card run on GPUs 1 and 2 conflicts on GPU 1 (both do not fit there)
+    cfg = RunConfig(name="new", model=ModelConfig(name_or_path="qwen3-14b", method="lora"),
+                    train=TrainConfig(micro_batch=1, gpus="1,2", strategy="ddp"), data=DataConfig(mix_dir="m"))
+    d = may_start_run(cfg, runs_dir=tmp_path, hardware=hw)
+    assert not d.allowed and d.code == "busy" and d.gpus == [1, 2] and d.gpu_index == 1 and d.run == "ddp-run"
+    # on GPU 2 alone (count it as a single-card run) it only needs free memory
+    cfg.train.gpus, cfg.train.strategy = "2,", "single"
+    cfg.model.method = "qlora"
+    assert may_start_run(cfg, runs_dir=tmp_path, hardware=_cards((24, 20), (24, 20), (24, 24))).gpus == [2]
+
+
+def test_fsdp_runs_count_their_sharded_per_card_peak(tmp_path, monkeypatch):
+    from core.gpu_queue import training_peak_gib
+    from core.hardware.estimate import estimate_training
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    run = _multi_run(tmp_path, "fsdp-run", "0,1", "fsdp", model="qwen3-32b", gpus=[0, 1])
+    peak, why = training_peak_gib({"path": str(run), "status": {"gpus": [0, 1]}})
+    want = estimate_training("qwen3-32b", method="qlora", seq_len=2048, micro_batch=2, rank=32, strategy="fsdp",
+                             gpus=2).total_gib
+    assert why == "" and peak == pytest.approx(want, abs=0.01)
+
+
+def test_gpu_ids_of_the_settings(monkeypatch):
+    from core.gpu_queue import resolve_gpu_ids, visible_gpu_ids
+
+    assert resolve_gpu_ids("auto", "single", [0, 1, 2]) == [0]
+    assert resolve_gpu_ids("auto", "ddp", [0, 1, 2]) == [0, 1, 2]
+    assert resolve_gpu_ids("2", "fsdp", [0, 1, 2]) == [0, 1]
+    assert resolve_gpu_ids("1,2", "ddp", [0, 1, 2]) == [1, 2]
+    assert resolve_gpu_ids("1,2", "single", [0, 1, 2]) == [1]
+    assert resolve_gpu_ids("auto", "ddp", []) == []
+    hw = _cards((24, 24), (24, 24), (24, 24))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0")
+    assert visible_gpu_ids(hw) == [2, 0]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-abc")
+    assert visible_gpu_ids(hw) == [0, 1, 2]
+
+
+def test_ids_within_cuda_visible_devices_are_the_launchers(tmp_path, monkeypatch):
+    """With CUDA_VISIBLE_DEVICES=2,3 a run's GPU 0 is the machine's GPU 2 (the launcher numbers the
+    cards it can see), so it holds up work on GPU 2, not on GPU 0."""
+    from core.gpu_queue import resolve_gpu_ids, run_gpu_ids
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    hw = _cards((24, 23), (24, 23), (24, 2.0), (24, 23))
+    run = _multi_run(tmp_path, "r", "0,", "single", gpus=[0])
+    assert run_gpu_ids({"path": str(run), "status": {"gpus": [0]}}, [2, 3]) == [2]
+    assert resolve_gpu_ids("1,", "single", [2, 3]) == [3] and resolve_gpu_ids("0,5", "ddp", [2, 3]) == [2]
+    d = may_start_gpu_work("chat", runs_dir=tmp_path, hardware=hw, need_gib=20.0)
+    assert d.gpus == [2] and not d.allowed and d.run == "r"  # chat goes to the first visible card: GPU 2
+    d = may_start_gpu_work("chat", runs_dir=tmp_path, hardware=hw, need_gib=20.0, gpus=[3])
+    assert d.allowed and d.code == "idle"
+

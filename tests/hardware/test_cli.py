@@ -75,3 +75,53 @@ def test_real_subprocess_without_gpu():
                               timeout=120)
         assert proc.returncode == 0, proc.stderr
         json.loads(proc.stdout)
+
+
+def test_hw_plans_several_cards_you_do_not_have(capsys):
+    out = run_json(capsys, ["hw", "--gpus", "2", "--gpu-memory", "48", "--seq-len", "1024", "--json"])
+    assert out["multi"]["gpus"] == 2 and out["multi"]["vram_gib"] == 48.0
+    rows = {(r["model"], r["method"]): r for r in out["multi"]["recommendations"]}
+    assert rows[("qwen3-32b", "lora")]["strategy"] == "fsdp" and rows[("qwen3-32b", "lora")]["verdict"] == "fits"
+    assert main(["hw", "--gpus", "2", "--vram-gb", "48", "--seq-len", "1024"]) == 0
+    text = capsys.readouterr().out
+    assert "2 GPUs together" in text and "With 2 GPUs:" in text and "train.strategy:" in text
+    assert "Qwen3-32B" in text and "fsdp" in text
+    assert run_json(capsys, ["hw", "--vram-gb", "24", "--json"])["multi"] is None
+
+
+def test_hw_gpus_beyond_the_detected_ones_says_how_to_plan(capsys, monkeypatch):
+    from core.hardware import detect
+
+    monkeypatch.setattr(detect, "detect", lambda *a, **k: detect.simulated(24, count=1))
+    assert main(["hw", "--gpus", "2"]) == 2
+    assert "--gpu-memory" in capsys.readouterr().err
+
+
+def test_estimate_stage_and_strategy_flags(capsys):
+    grpo = run_json(capsys, ["estimate", "--model", "qwen3-8b", "--method", "qlora", "--stage", "grpo", "--batch",
+                             "4", "--completion-len", "2048", "--kl-beta", "0.04", "--json"])
+    assert grpo["setup"]["stage"] == "grpo" and grpo["setup"]["completion_len"] == 2048
+    assert grpo["setup"]["generation_batch"] == 16 and set(grpo["phases"]) == {"step", "generation", "reference"}
+    assert {"reference", "generation"} <= set(grpo["breakdown"])
+    dpo = run_json(capsys, ["estimate", "--model", "qwen3-8b", "--method", "qlora", "--stage", "dpo", "--json"])
+    pre = run_json(capsys, ["estimate", "--model", "qwen3-8b", "--method", "qlora", "--stage", "dpo",
+                            "--precompute-ref", "--json"])
+    assert pre["total_gib"] < dpo["total_gib"]
+    fsdp = run_json(capsys, ["estimate", "--model", "qwen3-32b", "--method", "lora", "--strategy", "fsdp",
+                             "--gpus", "4", "--json"])
+    one = run_json(capsys, ["estimate", "--model", "qwen3-32b", "--method", "lora", "--json"])
+    assert fsdp["setup"]["gpus"] == 4 and fsdp["total_gib"] < one["total_gib"]
+    assert main(["estimate", "--model", "qwen3-8b", "--stage", "grpo", "--completion-len", "0"]) == 2
+    assert "rl.max_completion_len" in capsys.readouterr().err
+
+
+def test_hw_judges_a_stage(capsys):
+    out = run_json(capsys, ["hw", "--vram-gb", "24", "--stage", "grpo", "--completion-len", "2048", "--json"])
+    assert out["stage"] == "grpo" and out["rl"]["max_completion_len"] == 2048
+    assert {r["seq_len"] for r in out["recommendations"]} == {512 + 2048}
+    sft = run_json(capsys, ["hw", "--vram-gb", "24", "--json"])
+    assert sft["stage"] == "sft" and sft["rl"] is None
+    assert main(["hw", "--vram-gb", "24", "--stage", "dpo"]) == 0
+    assert "for dpo (chosen + rejected sequences of 2048 tokens)" in capsys.readouterr().out
+    assert main(["hw", "--vram-gb", "24", "--stage", "grpo", "--num-generations", "1"]) == 2
+    assert "--num-generations" in capsys.readouterr().err

@@ -183,3 +183,116 @@ def test_run_config_carries_the_rank_and_the_line_the_held_out_flag(tmp_path):
     cfg = from_dict(RunConfig, sweep.run_config(p, tmp_path / "shape", tmp_path / "mix", tmp_path / "runs", "x"))
     assert cfg.lora.r == 128 and cfg.lora.alpha == 128
     assert p.name.endswith("-r128") and sweep.Point("qwen3-8b", "qlora", 2048, 2).name.endswith("-unsloth")
+
+
+# --------------------------------------------------------------------------- --stage (dpo, orpo, grpo)
+def test_stage_grid_has_every_stage_and_keys_apart_from_sft():
+    points = sweep.stage_grid(sweep.STAGE_NAMES)
+    assert {p.stage for p in points} == {"dpo", "orpo", "grpo"}
+    keys = [p.key("c") for p in points]
+    assert len(set(keys)) == len(keys) and not set(keys) & {p.key("c") for p in sweep.grid("extended")}
+    for p in points:
+        if p.stage == "grpo":
+            assert p.seq_len == p.prompt_len + p.completion_len and p.micro_batch % p.num_generations == 0
+    grpo = [p for p in points if p.stage == "grpo"]
+    assert any(p.kl_beta > 0 for p in grpo) and any(p.kl_beta == 0 for p in grpo)
+    assert sweep.Point("qwen3-8b", "qlora", 2048, 2).key("c") == (
+        "c", "qwen3-8b", "qlora", 2048, 2, 16, "unsloth", "auto")  # sft keys carry no stage: stored lines match
+
+
+def test_stage_run_config_is_a_valid_run_config(tmp_path):
+    from core.config import RunConfig
+    from core.settings import from_dict
+
+    for p in sweep.stage_grid(sweep.STAGE_NAMES):
+        cfg = from_dict(RunConfig, sweep.run_config(p, tmp_path / "shape", tmp_path / "mix", tmp_path / "runs", "x"))
+        assert cfg.train.stage == p.stage and cfg.train.micro_batch == p.micro_batch and cfg.train.grad_accum == 1
+        assert cfg.rl.max_completion_len == p.completion_len and cfg.rl.kl_beta == p.kl_beta
+        assert cfg.train.max_seq_len == p.seq_len
+
+
+def test_a_stage_line_is_estimated_with_the_same_phases(tmp_path):
+    from core.hardware.estimate import estimate_setup, point_setup
+
+    p = next(q for q in sweep.stage_grid(("grpo",)) if q.kl_beta > 0)
+    line = {"card": "c", "model": p.model, "method": p.method, "seq_len": p.seq_len, "micro_batch": p.micro_batch,
+            "rank": p.rank, "grad_ckpt": p.grad_ckpt, "backend": "unsloth", "backend_requested": p.backend,
+            "stage": p.stage, "rl": p.rl(), "generation_batch": p.micro_batch, "status": "ok"}
+    assert sweep.point_key(line) == p.key("c")
+    arch, setup = point_setup(line)
+    assert setup.stage == "grpo" and setup.kl and setup.completion_len == p.completion_len
+    assert set(estimate_setup(arch, setup).phases) == {"step", "generation", "reference"}
+    out = tmp_path / "vram.jsonl"
+    sweep.append_line(out, {**line, "status": "ok"})
+    assert p.key("c") in sweep.done_keys(out)
+
+
+@pytest.mark.parametrize("stage", ["dpo", "grpo"])
+def test_stage_mix_rows_follow_the_data_contract(tmp_path, stage):
+    from transformers import AutoTokenizer
+
+    from core.demo import ensure_demo_model
+
+    point, _ = sweep.smoke_point(stage)
+    mix, counts = sweep.build_stage_mix(point, tmp_path, ensure_demo_model(), rows=3)
+    manifest = json.loads((mix / "manifest.json").read_text())
+    rows = [json.loads(x) for x in (mix / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and manifest["kind"] == ("prompt" if stage == "grpo" else "preference")
+    tok = AutoTokenizer.from_pretrained(str(ensure_demo_model()))
+    for row, n in zip(rows, counts):
+        conv = row["conversation"]
+        if stage == "grpo":
+            assert [m["role"] for m in conv["messages"]] == ["user"] and conv["meta"]["expected_answer"]
+            assert point.prompt_len - sweep.ROW_MARGIN - 8 <= n <= point.prompt_len - sweep.ROW_MARGIN
+        else:
+            assert conv["messages"][-1]["role"] == "assistant" and conv["rejected"]["role"] == "assistant"
+            assert conv["rejected"]["content"] != conv["messages"][-1]["content"]
+            assert n <= point.seq_len and len(tok(conv["rejected"]["content"])["input_ids"]) < point.seq_len
+    assert sweep.build_stage_mix(point, tmp_path, ensure_demo_model(), rows=3)[1] == counts  # cached
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["dpo", "grpo"])
+def test_stage_smoke_point_trains_through_the_cli(tmp_path, stage):
+    import importlib.util
+
+    if importlib.util.find_spec("core.train.stages") is None:
+        pytest.skip("the dpo / orpo / grpo trainers (core.train.stages) are not in this checkout")
+    out = tmp_path / "smoke.jsonl"
+    assert sweep.main(["--smoke", "--stage", stage, "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    line = json.loads(out.read_text().splitlines()[0])
+    assert line["status"] == "ok", line.get("log_tail")
+    assert line["stage"] == stage and line["steps"] == sweep.MAX_STEPS and line["rl"]
+
+
+# ------------------------------------------------------------------------ --strategy (several GPUs)
+def test_multi_card_points_carry_the_strategy_and_are_estimated_per_card(tmp_path):
+    from core.config import RunConfig
+    from core.hardware.estimate import estimate_setup, estimate_training, point_setup
+    from core.settings import from_dict
+
+    points = sweep.multi_grid("fsdp", 4) + sweep.multi_grid("ddp", 2)
+    keys = [p.key("c") for p in points]
+    assert len(set(keys)) == len(keys) and not set(keys) & {p.key("c") for p in sweep.grid("extended")}
+    p = next(q for q in points if q.model == "qwen3-32b" and q.method == "lora")
+    assert p.name.endswith("-fsdp4")
+    cfg = from_dict(RunConfig, sweep.run_config(p, tmp_path / "shape", tmp_path / "mix", tmp_path / "runs", "x"))
+    assert cfg.train.strategy == "fsdp" and cfg.train.gpus == "4" and cfg.train.stage == "sft"
+    line = {"card": "c", "model": p.model, "method": p.method, "seq_len": p.seq_len, "micro_batch": p.micro_batch,
+            "rank": p.rank, "grad_ckpt": p.grad_ckpt, "backend": "peft", "backend_requested": p.backend,
+            "strategy": p.strategy, "gpus": p.gpus, "status": "ok"}
+    assert sweep.point_key(line) == p.key("c")
+    arch, setup = point_setup(line)
+    want = estimate_training(p.model, method=p.method, seq_len=p.seq_len, micro_batch=p.micro_batch,
+                             strategy="fsdp", gpus=4)
+    assert estimate_setup(arch, setup).total_gib == want.total_gib
+
+
+@pytest.mark.slow
+def test_multi_card_smoke_point_runs_two_cpu_processes(tmp_path):
+    out = tmp_path / "smoke.jsonl"
+    assert sweep.main(["--smoke", "--strategy", "ddp", "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    line = json.loads(out.read_text().splitlines()[0])
+    assert line["status"] == "ok", line.get("log_tail")
+    assert line["strategy"] == "ddp" and line["gpus"] == 2 and line["world_size"] == 2
+    assert line["steps"] == sweep.MAX_STEPS
