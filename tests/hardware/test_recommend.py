@@ -117,11 +117,13 @@ def test_cards_rows_judge_ddp_and_fsdp_per_card():
 def test_more_cards_make_bigger_models_fit():
     from core.hardware.recommend import recommend_for_cards
 
-    def fitting(n):
-        return {(r.model, r.method) for r in recommend_for_cards(n, 24) if r.verdict == "fits"}
+    def fitting(n, verdicts=("fits",)):
+        return {(r.model, r.method) for r in recommend_for_cards(n, 24) if r.verdict in verdicts}
 
     assert fitting(2) <= fitting(4) <= fitting(8)
-    assert ("qwen3-32b", "qlora") in fitting(4) and ("qwen3-32b", "lora") in fitting(8)
+    # 32B in 16 bits on 8 x 24 GB sits at the 90% line (about 21.7 GiB per card): fits or just fits
+    assert ("qwen3-32b", "qlora") in fitting(4) and ("qwen3-32b", "lora") in fitting(8, ("fits", "tight"))
+    assert ("qwen3-32b", "lora") not in fitting(4, ("fits", "tight"))
     none = recommend_for_cards(2, 2)
     assert not any(r.best for r in none)
     hopeless = next(r for r in none if r.model == "qwen3-235b-a22b" and r.method == "lora")
