@@ -182,30 +182,23 @@ def run_bare(loaded, args, seq: int, mb: int) -> dict:
             "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
 
 
-def run_trainer(loaded, args, cfg_dict: dict, auto_gc: bool = False) -> dict:
-    """worker.run, in this process, with the loaded model handed to it instead of a second load.
-    ``auto_gc``: leave Python's collector automatic (core.train.gcpolicy off), for comparison."""
+def run_trainer(loaded, args, cfg_dict: dict) -> dict:
+    """worker.run, in this process, with the loaded model handed to it instead of a second load."""
     import shutil
 
     from core.config import RunConfig
     from core.settings import from_dict
-    from core.train import backends, gcpolicy, worker
+    from core.train import backends, worker
 
     cfg = from_dict(RunConfig, cfg_dict)
     run_dir = Path(cfg.runs_dir) / cfg.name
     shutil.rmtree(run_dir, ignore_errors=True)
     original = backends.load
     backends.load = lambda *_a, **_k: loaded
-    policy = gcpolicy.GcPolicy
-    if auto_gc:
-        gcpolicy.GcPolicy = type("AutoGc", (policy,), {"on_train_begin": lambda *a, **k: None,
-                                                        "on_step_end": lambda *a, **k: None,
-                                                        "on_save": lambda *a, **k: None})
     try:
         rc = worker.run(cfg)
     finally:
         backends.load = original
-        gcpolicy.GcPolicy = policy
         import gc
 
         # The worker froze the heap (settle_heap), its trainer included: let the next run collect it.
@@ -279,14 +272,11 @@ def child(args) -> int:
         runs += [(f"trainer-{p}", p, mb, args.accum) for p in args.packings.split(",") if p and p != "auto"]
         if args.auto_compare:
             runs += [("mb2x4", "auto", 2, 4), ("mb-auto", "auto", "auto", 4)]
-        if args.gc_compare:
-            runs += [("trainer-autogc", "auto", mb, args.accum)]
         for kind, packing, m, accum in runs:
             name = f"grid-{shape}-{method}-{seq}x{mb}-{kind}"
             row = dict(common, kind=kind, seq=seq, micro_batch=m, accum=accum, packing_requested=packing)
             try:
-                res = run_trainer(loaded, args, base_config(args, shape, method, seq, m, accum, packing, name),
-                                  auto_gc=kind == "trainer-autogc")
+                res = run_trainer(loaded, args, base_config(args, shape, method, seq, m, accum, packing, name))
                 row.update(res, **mfu(seq, res["tokens_per_s"]))
                 b = bare.get((seq, mb), {})
                 if kind == "trainer" or kind.startswith("trainer-"):
@@ -344,9 +334,6 @@ def main(argv=None) -> int:
     p.add_argument("--packings", default="auto", help="train.packing modes per point (auto always runs).")
     p.add_argument("--auto-compare", action="store_true",
                    help="Also micro_batch 2 x accum 4 vs micro_batch auto x accum 4 at each point's length.")
-    p.add_argument("--gc-compare", action="store_true",
-                   help="Also run each point's trainer with Python's automatic garbage collection "
-                        "(core.train.gcpolicy off), kind trainer-autogc.")
     p.add_argument("--weights", default="random", choices=("random", "sparse"),
                    help="random: bf16 checkpoints with random weights (written to --work; 28 GB for 14B). "
                         "sparse: zero weights in sparse files (no disk, instant), same shapes.")
@@ -400,9 +387,8 @@ def main(argv=None) -> int:
         for method in methods:
             cmd = [sys.executable, __file__, "--child", f"{shape}:{method}"] + [
                 f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                if k not in ("child", "auto_compare", "gc_compare") and v is not None]
+                if k not in ("child", "auto_compare") and v is not None]
             cmd += ["--auto-compare"] if args.auto_compare else []
-            cmd += ["--gc-compare"] if args.gc_compare else []
             t = time.time()
             try:
                 proc = subprocess.run(cmd, cwd=ROOT, timeout=args.child_timeout)

@@ -711,7 +711,6 @@ class Prepared:
     counter: object
     gpu: object
     packing: str
-    gc_policy: object = None
 
 
 def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log, group=None) -> Prepared:
@@ -741,10 +740,7 @@ def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log, g
             status = runs.read_status(run_dir)
             runs.write_status(run_dir, notices=list(status.notices or []) + [note],
                               notice_codes=list(status.notice_codes or []) + codes_of([note]))
-    from core.train.gcpolicy import GcPolicy
-
-    gc_policy = GcPolicy()
-    trainer = build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, [progress, gc_policy], packing)
+    trainer = build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, [progress], packing)
     if group is not None:
         group.install(trainer)
     from transformers.trainer_callback import PrinterCallback
@@ -768,7 +764,7 @@ def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log, g
             counter.paused = False
 
     trainer.evaluate = evaluate
-    return Prepared(trainer, progress, counter, gpu, packing, gc_policy)
+    return Prepared(trainer, progress, counter, gpu, packing)
 
 
 def settle_heap() -> None:
@@ -812,8 +808,6 @@ def _train(cfg, run_dir: Path, loaded, train_tok, eval_tok, resume: bool, group=
         try:
             result = trainer.train(resume_from_checkpoint=str(ckpt.path) if ckpt else None)
         finally:  # the log writer's queue lands before any status below (or the failure's)
-            if prepared.gc_policy is not None:
-                prepared.gc_policy.restore()
             progress.flush()
         train_s = time.perf_counter() - t0
     stopped = progress.stop_requested

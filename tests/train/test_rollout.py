@@ -212,3 +212,31 @@ def test_the_greedy_check_runs_once_per_model(demo_model_path, demo_tokenizer, p
     for _ in range(3):
         generate_completions(model, demo_tokenizer, prompts, max_new_tokens=4, temperature=1.0)
     assert checks == [1] and getattr(model, rollout.CHECKED_ATTR) is True
+
+
+def test_a_near_tie_in_the_greedy_check_is_not_a_disagreement(demo_model_path, demo_tokenizer, prompts,
+                                                               monkeypatch):
+    """Two correct decodes may break a near tie differently (bf16 logits, random-init weights): the
+    check compares up to the first near tie and trusts the engine; a clear disagreement still fails."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(demo_model_path)
+    theirs, scores = rollout._hf_greedy_with_scores(model, demo_tokenizer, prompts[0], None)
+    assert len(theirs) == rollout.CHECK_TOKENS and len(scores) == rollout.CHECK_TOKENS
+    runner_up = int(scores[1][0].topk(2).indices[1])
+    forked = [theirs[0], runner_up, 5, 6]  # the same first token, then the runner-up
+    monkeypatch.setattr(rollout, "_engine_generate", lambda m, t, p, *a: [list(forked) for _ in p])
+
+    tie = list(scores)
+    tie[1] = scores[1].clone()
+    tie[1][0, runner_up] = tie[1][0, theirs[1]] - 1e-3
+    monkeypatch.setattr(rollout, "_hf_greedy_with_scores", lambda *a: (theirs, tuple(tie)))
+    assert rollout._engine_disagrees(model, demo_tokenizer, prompts[0], None) is None
+
+    clear = list(scores)
+    clear[1] = scores[1].clone()
+    clear[1][0, runner_up] = tie[1][0, theirs[1]] - 5.0
+    monkeypatch.setattr(rollout, "_hf_greedy_with_scores", lambda *a: (theirs, tuple(clear)))
+    assert "differ from model.generate" in rollout._engine_disagrees(model, demo_tokenizer, prompts[0], None)
+    assert torch.equal(scores[0], tie[0])
