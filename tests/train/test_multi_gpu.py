@@ -138,6 +138,19 @@ def test_fsdp_refuses_unsloth_and_old_bitsandbytes(tmp_path):
     assert check_strategy(cfg, bnb_version="0.42.0") == []
 
 
+def test_fsdp_resumes_only_on_the_process_count_of_its_checkpoint(tmp_path):
+    ckpt = tmp_path / "checkpoints" / "checkpoint-3"
+    ckpt.mkdir(parents=True)
+    for name in ("trainer_state.json", "rng_state_0.pth", "rng_state_1.pth"):
+        (ckpt / name).write_text("{}")
+    assert launch.checkpoint_world_size(ckpt) == 2
+    launch.check_resume(tmp_path, launch.Plan("fsdp", (0, 1), 2))
+    launch.check_resume(tmp_path, launch.Plan("ddp", (0, 1, 2), 3))  # ddp: any number
+    with pytest.raises(ConfigError) as err:
+        launch.check_resume(tmp_path, launch.Plan("fsdp", (0, 1, 2), 3))
+    assert err.value.where == "train.gpus" and "written by 2 processes" in err.value.message
+
+
 def test_a_rank_failure_reported_to_the_parent_is_recorded(tmp_path):
     """A rank other than 0 that fails writes its outcome to the parent's report folder; the parent
     records it (an error of its own wins over one that only saw a peer go)."""
