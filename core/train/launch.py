@@ -253,7 +253,8 @@ def accelerate_config(p: Plan, *, mixed_precision: str = "no", layer_class: str 
             "fsdp_state_dict_type": "FULL_STATE_DICT",
             "fsdp_reshard_after_forward": True,
             "fsdp_offload_params": False,
-            "fsdp_cpu_ram_efficient_loading": False,
+            # Rank 0 reads the weights, the others start empty and receive their shards from it.
+            "fsdp_cpu_ram_efficient_loading": True,
             "fsdp_activation_checkpointing": False,
             "fsdp_use_orig_params": True,
         }
