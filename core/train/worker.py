@@ -395,6 +395,7 @@ def build_trainer(cfg, loaded, train_tok, eval_tok, run_dir: Path, callbacks, pa
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient: no search per step
+        log_level_replica="error",  # ranks other than 0 would repeat rank 0's warnings in train.log
         gradient_checkpointing=False,  # the backend already set it up on the model
         # Rows are pre-tokenized and already fit max_seq_len; padding-free TRL wants max_length None.
         max_length=None if packing == "padding_free" else t.max_seq_len,
