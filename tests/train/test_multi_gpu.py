@@ -344,3 +344,21 @@ def test_kill9_of_the_launcher_ends_every_rank(tmp_path, learnable_model, facts_
     assert all_dead(st, timeout=15)
     st = runs.read_status(run_dir)
     assert st.state == "stopped" and st.killed and st.resumable
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["rank 0", "launcher parent"])
+def test_kill9_of_rank_0_or_the_parent_fails_the_run_resumably(tmp_path, learnable_model, facts_mix, monkeypatch,
+                                                               live_runs, victim):
+    """Rank 0 killed: rank 1 is ended by torchrun and the parent records the failure. The parent
+    killed: each rank sees its launcher gone and ends; the run reads as failed from its dead pid."""
+    monkeypatch.setenv(launch.CPU_RANKS_ENV, "2")
+    monkeypatch.setenv("QWENTUNE_STEP_DELAY_S", "0.3")
+    cfg = short_config(learnable_model, facts_mix, tmp_path / "runs", "k9", strategy="ddp", max_steps=40)
+    run_dir = runs.start_run(cfg, tmp_path / "runs")
+    live_runs.append(run_dir)
+    st = wait_until(run_dir, lambda s: s.state == "running" and s.rank_pids and (s.step or 0) >= 2)
+    os.kill(st.rank_pids[0] if victim == "rank 0" else st.pid, signal.SIGKILL)
+    assert all_dead(st, timeout=30), f"a process outlived the kill of the {victim}"
+    st = wait_until(run_dir, lambda s: s.state not in runs.ACTIVE, timeout=30)
+    assert st.state == "failed" and st.resumable and st.error_kind == "run", st
