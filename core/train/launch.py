@@ -241,8 +241,9 @@ def accelerate_config(p: Plan, *, mixed_precision: str = "no", layer_class: str 
         "downcast_bf16": "no",
         "debug": False,
     }
-    if not p.cpu and p.gpus:
-        data["gpu_ids"] = ",".join(str(i) for i in range(len(p.gpus)))  # within CUDA_VISIBLE_DEVICES
+    if p.visible_devices() is not None:
+        # accelerate sets the ranks' CUDA_VISIBLE_DEVICES from this: the GPUs as the machine numbers them
+        data["gpu_ids"] = p.visible_devices()
     if p.strategy == "fsdp":
         data["fsdp_config"] = {
             "fsdp_version": 2,

@@ -76,6 +76,10 @@ def test_visible_devices_count_within_cuda_visible_devices(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
     assert launch.visible_gpu_count() == 3
     assert launch.Plan("ddp", (0, 2), 2).visible_devices() == "4,6"
+    assert launch.accelerate_config(launch.Plan("ddp", (0, 2), 2))["gpu_ids"] == "4,6"
+    env = launch.rank_env(launch.Plan("ddp", (0, 2), 2), base={})
+    assert env["CUDA_VISIBLE_DEVICES"] == "4,6" and env[launch.LAUNCHER_ENV] == str(os.getpid())
+    assert "gpu_ids" not in launch.accelerate_config(launch.Plan("ddp", (), 2, cpu=True))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert launch.Plan("ddp", (0, 2), 2).visible_devices() == "0,2"
 
@@ -84,8 +88,9 @@ def test_accelerate_config_for_fsdp2(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_moe"}))
     layer = launch.decoder_layer_class(tmp_path)
     assert layer == "Qwen3MoeDecoderLayer"
-    data = launch.accelerate_config(launch.Plan("fsdp", (0, 1), 2), layer_class=layer, port=29555)
-    assert data["distributed_type"] == "FSDP" and data["num_processes"] == 2 and data["gpu_ids"] == "0,1"
+    data = launch.accelerate_config(launch.Plan("fsdp", (1, 3), 2), layer_class=layer, port=29555)
+    assert data["distributed_type"] == "FSDP" and data["num_processes"] == 2
+    assert data["gpu_ids"] == launch.Plan("fsdp", (1, 3), 2).visible_devices()  # accelerate sets the ranks' GPUs
     fsdp = data["fsdp_config"]
     assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert fsdp["fsdp_transformer_layer_cls_to_wrap"] == "Qwen3MoeDecoderLayer"
