@@ -440,6 +440,10 @@ def run(cfg, *, resume: bool = False) -> int:
         from core.train import ranks
 
         return ranks.run_rank(cfg, info, resume)
+    if (os.environ.get("WORLD_SIZE") or "1") != "1":
+        raise ConfigError("this process is one of several started by torchrun / accelerate launch; QwenTune starts "
+                          "its own ranks: run `python -m core train` once with train.strategy ddp or fsdp",
+                          "train.strategy")
     run_dir = prepare_run_dir(cfg, resume)
     tee = None
     if os.environ.get("QWENTUNE_LOG_REDIRECTED") != "1":

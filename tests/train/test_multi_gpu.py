@@ -117,6 +117,18 @@ def test_only_rank_0_writes_status(tmp_path, monkeypatch):
     assert runs.write_status(tmp_path, step=8) and runs.read_status(tmp_path).step == 8
 
 
+def test_an_outside_launcher_is_refused(tmp_path, monkeypatch):
+    """`accelerate launch -m core train` by hand would start N workers that each claim the run."""
+    from core.train import worker
+
+    monkeypatch.delenv(launch.LAUNCHER_ENV, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError) as err:
+        worker.run(cfg_with(tmp_path, strategy="ddp"))
+    assert err.value.where == "train.strategy" and not (tmp_path / "x").exists()
+
+
 def test_micro_batch_auto_shares_the_effective_batch():
     assert autobatch.share_rows(4, 2)[0] == 4  # 2 x 4 = 8 rows, 4 per process
     rows, why = autobatch.share_rows(3, 4)  # 6 rows do not divide over 4 processes
