@@ -6,6 +6,7 @@ A run folder is rebuilt purely from disk, so the GUI can be reloaded or restarte
     runs/<name>/status.json         a :class:`Status`: state, pid, error + advice, step, GPU peaks
     runs/<name>/metrics.jsonl       one JSON line per logging step (one line per step after a resume)
     runs/<name>/train.log           the worker's stdout and stderr
+    runs/<name>/accelerate.yaml     ddp / fsdp: the accelerate config the ranks were started with
     runs/<name>/checkpoints/        resumable trainer checkpoints (checkpoint-<step>/)
     runs/<name>/adapter/            the final LoRA adapter (PEFT format)
     runs/<name>/mix/                the inline mix built for this run (when the config had one)

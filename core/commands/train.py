@@ -71,6 +71,10 @@ def run(args) -> int:
     # error to report. A rank of a ddp / fsdp run was checked by its launcher.
     if not args.resume and rank_info() is None and not _taken(cfg):
         check_settings(cfg)
+    if rank_info() is None:
+        from core.train.launch import plan
+
+        plan(cfg)  # train.gpus / train.strategy this machine cannot run: refused before a folder is made
     if args.dry_run:
         sys.stdout.write(dump_yaml(cfg))
         return 0

@@ -241,8 +241,9 @@ def accelerate_config(p: Plan, *, mixed_precision: str = "no", layer_class: str 
         "downcast_bf16": "no",
         "debug": False,
     }
-    if not p.cpu and p.gpus:
-        data["gpu_ids"] = ",".join(str(i) for i in range(len(p.gpus)))  # within CUDA_VISIBLE_DEVICES
+    if p.visible_devices() is not None:
+        # accelerate sets the ranks' CUDA_VISIBLE_DEVICES from this: the GPUs as the machine numbers them
+        data["gpu_ids"] = p.visible_devices()
     if p.strategy == "fsdp":
         data["fsdp_config"] = {
             "fsdp_version": 2,
@@ -253,7 +254,8 @@ def accelerate_config(p: Plan, *, mixed_precision: str = "no", layer_class: str 
             "fsdp_state_dict_type": "FULL_STATE_DICT",
             "fsdp_reshard_after_forward": True,
             "fsdp_offload_params": False,
-            "fsdp_cpu_ram_efficient_loading": False,
+            # Rank 0 reads the weights, the others start empty and receive their shards from it.
+            "fsdp_cpu_ram_efficient_loading": True,
             "fsdp_activation_checkpointing": False,
             "fsdp_use_orig_params": True,
         }
@@ -328,6 +330,28 @@ def select_gpus(p: Plan, spec) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = p.visible_devices()
 
 
+def checkpoint_world_size(ckpt: Path) -> int:
+    """How many processes wrote a checkpoint: the Trainer saves one RNG state per process
+    (rng_state_<rank>.pth), or a single rng_state.pth for one process."""
+    ranks = list(Path(ckpt).glob("rng_state_*.pth"))
+    return len(ranks) if ranks else 1
+
+
+def check_resume(run_dir: Path, p: Plan) -> None:
+    """fsdp resumes on the number of processes that wrote its newest checkpoint (loading the
+    optimizer state onto another number of shards hung in a CPU check); ddp resumes on any number."""
+    from core.runfolder import RunFolder
+
+    ckpt = RunFolder(run_dir).latest_checkpoint()
+    if p.strategy != "fsdp" or ckpt is None:
+        return
+    wrote = checkpoint_world_size(ckpt.path)
+    if wrote != p.world_size:
+        raise ConfigError(f"an fsdp run resumes on as many GPUs as wrote its checkpoint: {ckpt.name} was "
+                          f"written by {wrote} process{'es' if wrote > 1 else ''}, this start has "
+                          f"{p.world_size}; set train.gpus to {wrote} (ddp resumes on any number)", "train.gpus")
+
+
 # ------------------------------------------------------------------------- the launcher parent
 def run_ranks(cfg, run_dir: Path, resume: bool, p: Plan, model_path: Path | None) -> int:
     """Start the ranks through accelerate and wait for them (this process is the launcher parent).
@@ -344,6 +368,8 @@ def run_ranks(cfg, run_dir: Path, resume: bool, p: Plan, model_path: Path | None
     from core.train import runs
     from core.train.worker import EXIT_BY_KIND, EXIT_FAILED, EXIT_OK, EXIT_OOM, log
 
+    if resume:
+        check_resume(run_dir, p)
     config_file = write_accelerate_config(run_dir, p, layer_class=decoder_layer_class(model_path))
     cmd = rank_command(run_dir, config_file, resume=resume)
     where = f"GPUs {','.join(map(str, p.gpus))}" if p.gpus else "the CPU (gloo, testing)"

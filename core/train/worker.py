@@ -401,6 +401,7 @@ def build_trainer(cfg, loaded, train_tok, eval_tok, run_dir: Path, callbacks, pa
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient: no search per step
+        log_level_replica="error",  # ranks other than 0 would repeat rank 0's warnings in train.log
         gradient_checkpointing=False,  # the backend already set it up on the model
         # Rows are pre-tokenized and already fit max_seq_len; padding-free TRL wants max_length None.
         max_length=None if packing == "padding_free" else t.max_seq_len,
@@ -445,6 +446,10 @@ def run(cfg, *, resume: bool = False) -> int:
         from core.train import ranks
 
         return ranks.run_rank(cfg, info, resume)
+    if (os.environ.get("WORLD_SIZE") or "1") != "1":
+        raise ConfigError("this process is one of several started by torchrun / accelerate launch; QwenTune starts "
+                          "its own ranks: run `python -m core train` once with train.strategy ddp or fsdp",
+                          "train.strategy")
     run_dir = prepare_run_dir(cfg, resume)
     tee = None
     if os.environ.get("QWENTUNE_LOG_REDIRECTED") != "1":

@@ -76,6 +76,10 @@ def test_visible_devices_count_within_cuda_visible_devices(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
     assert launch.visible_gpu_count() == 3
     assert launch.Plan("ddp", (0, 2), 2).visible_devices() == "4,6"
+    assert launch.accelerate_config(launch.Plan("ddp", (0, 2), 2))["gpu_ids"] == "4,6"
+    env = launch.rank_env(launch.Plan("ddp", (0, 2), 2), base={})
+    assert env["CUDA_VISIBLE_DEVICES"] == "4,6" and env[launch.LAUNCHER_ENV] == str(os.getpid())
+    assert "gpu_ids" not in launch.accelerate_config(launch.Plan("ddp", (), 2, cpu=True))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert launch.Plan("ddp", (0, 2), 2).visible_devices() == "0,2"
 
@@ -84,8 +88,9 @@ def test_accelerate_config_for_fsdp2(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_moe"}))
     layer = launch.decoder_layer_class(tmp_path)
     assert layer == "Qwen3MoeDecoderLayer"
-    data = launch.accelerate_config(launch.Plan("fsdp", (0, 1), 2), layer_class=layer, port=29555)
-    assert data["distributed_type"] == "FSDP" and data["num_processes"] == 2 and data["gpu_ids"] == "0,1"
+    data = launch.accelerate_config(launch.Plan("fsdp", (1, 3), 2), layer_class=layer, port=29555)
+    assert data["distributed_type"] == "FSDP" and data["num_processes"] == 2
+    assert data["gpu_ids"] == launch.Plan("fsdp", (1, 3), 2).visible_devices()  # accelerate sets the ranks' GPUs
     fsdp = data["fsdp_config"]
     assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert fsdp["fsdp_transformer_layer_cls_to_wrap"] == "Qwen3MoeDecoderLayer"
@@ -112,6 +117,18 @@ def test_only_rank_0_writes_status(tmp_path, monkeypatch):
     assert runs.write_status(tmp_path, step=8) and runs.read_status(tmp_path).step == 8
 
 
+def test_an_outside_launcher_is_refused(tmp_path, monkeypatch):
+    """`accelerate launch -m core train` by hand would start N workers that each claim the run."""
+    from core.train import worker
+
+    monkeypatch.delenv(launch.LAUNCHER_ENV, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError) as err:
+        worker.run(cfg_with(tmp_path, strategy="ddp"))
+    assert err.value.where == "train.strategy" and not (tmp_path / "x").exists()
+
+
 def test_micro_batch_auto_shares_the_effective_batch():
     assert autobatch.share_rows(4, 2)[0] == 4  # 2 x 4 = 8 rows, 4 per process
     rows, why = autobatch.share_rows(3, 4)  # 6 rows do not divide over 4 processes
@@ -136,6 +153,19 @@ def test_fsdp_refuses_unsloth_and_old_bitsandbytes(tmp_path):
     cfg.train.strategy = "ddp"
     cfg.model.backend = "unsloth"
     assert check_strategy(cfg, bnb_version="0.42.0") == []
+
+
+def test_fsdp_resumes_only_on_the_process_count_of_its_checkpoint(tmp_path):
+    ckpt = tmp_path / "checkpoints" / "checkpoint-3"
+    ckpt.mkdir(parents=True)
+    for name in ("trainer_state.json", "rng_state_0.pth", "rng_state_1.pth"):
+        (ckpt / name).write_text("{}")
+    assert launch.checkpoint_world_size(ckpt) == 2
+    launch.check_resume(tmp_path, launch.Plan("fsdp", (0, 1), 2))
+    launch.check_resume(tmp_path, launch.Plan("ddp", (0, 1, 2), 3))  # ddp: any number
+    with pytest.raises(ConfigError) as err:
+        launch.check_resume(tmp_path, launch.Plan("fsdp", (0, 1, 2), 3))
+    assert err.value.where == "train.gpus" and "written by 2 processes" in err.value.message
 
 
 def test_a_rank_failure_reported_to_the_parent_is_recorded(tmp_path):
@@ -331,3 +361,21 @@ def test_kill9_of_the_launcher_ends_every_rank(tmp_path, learnable_model, facts_
     assert all_dead(st, timeout=15)
     st = runs.read_status(run_dir)
     assert st.state == "stopped" and st.killed and st.resumable
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["rank 0", "launcher parent"])
+def test_kill9_of_rank_0_or_the_parent_fails_the_run_resumably(tmp_path, learnable_model, facts_mix, monkeypatch,
+                                                               live_runs, victim):
+    """Rank 0 killed: rank 1 is ended by torchrun and the parent records the failure. The parent
+    killed: each rank sees its launcher gone and ends; the run reads as failed from its dead pid."""
+    monkeypatch.setenv(launch.CPU_RANKS_ENV, "2")
+    monkeypatch.setenv("QWENTUNE_STEP_DELAY_S", "0.3")
+    cfg = short_config(learnable_model, facts_mix, tmp_path / "runs", "k9", strategy="ddp", max_steps=40)
+    run_dir = runs.start_run(cfg, tmp_path / "runs")
+    live_runs.append(run_dir)
+    st = wait_until(run_dir, lambda s: s.state == "running" and s.rank_pids and (s.step or 0) >= 2)
+    os.kill(st.rank_pids[0] if victim == "rank 0" else st.pid, signal.SIGKILL)
+    assert all_dead(st, timeout=30), f"a process outlived the kill of the {victim}"
+    st = wait_until(run_dir, lambda s: s.state not in runs.ACTIVE, timeout=30)
+    assert st.state == "failed" and st.resumable and st.error_kind == "run", st
