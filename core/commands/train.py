@@ -78,6 +78,11 @@ def run(args) -> int:
     if args.dry_run:
         sys.stdout.write(dump_yaml(cfg))
         return 0
+    info = rank_info()
+    if info is not None:  # one process of a ddp / fsdp run, started by its launcher parent
+        from core.train.ranks import run_rank
+
+        return run_rank(cfg, info, args.resume)
     from core.train.worker import run as train
 
     return train(cfg, resume=args.resume)

@@ -23,17 +23,16 @@ from pathlib import Path
 from core.errors import QwenTuneError, outcome
 from core.settings import ConfigError, DamagedFile, dump_yaml
 from core.train import runs
+from core.train.exits import (  # noqa: F401  (the worker's exit codes, also read as worker.EXIT_*)
+    EXIT_BY_KIND,
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_OOM,
+    EXIT_STOPPED,
+    log,
+)
 from core.train.notices import Notice, codes_of
-
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_OOM, EXIT_STOPPED = 0, 1, 2, 3, 0
-
-
-def log(msg: str) -> None:
-    """A line of train.log. Under ddp / fsdp only rank 0 speaks (the others would repeat it)."""
-    from core.train.launch import writes_run_folder
-
-    if writes_run_folder():
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # ------------------------------------------------------------------------------- train.log tee
@@ -437,15 +436,13 @@ def trainable_summary(model) -> dict:
 
 def run(cfg, *, resume: bool = False) -> int:
     """Train ``cfg`` (a resolved RunConfig) in this process (strategy single), or start its ranks
-    and watch them (ddp / fsdp: this process is the launcher parent, see core.train.launch), or be
-    one of those ranks. Returns the exit code."""
+    and watch them (ddp / fsdp: this process is the launcher parent, see core.train.supervise).
+    A rank itself starts in core.train.ranks.run_rank (the train command sends it there). Returns
+    the exit code."""
     from core.train.launch import rank_info
 
-    info = rank_info()
-    if info is not None:
-        from core.train import ranks
-
-        return ranks.run_rank(cfg, info, resume)
+    if rank_info() is not None:  # a rank enters through core.train.ranks.run_rank (the train command)
+        raise RuntimeError("worker.run called in a rank of a ddp / fsdp run; ranks start with ranks.run_rank")
     if (os.environ.get("WORLD_SIZE") or "1") != "1":
         raise ConfigError("this process is one of several started by torchrun / accelerate launch; QwenTune starts "
                           "its own ranks: run `python -m core train` once with train.strategy ddp or fsdp",
@@ -505,7 +502,9 @@ def _run(cfg, run_dir: Path, resume: bool, reserve: FailureReserve) -> int:
             runs.write_status(run_dir, state="running", phase="starting processes")
             where.model_path = _resolve_model(cfg)
             _load_data(cfg, run_dir, where.model_path, resume)  # an inline mix is built once, here
-            return launch.run_ranks(cfg, run_dir, resume, plan, where.model_path)
+            from core.train import supervise
+
+            return supervise.run_ranks(cfg, run_dir, resume, plan, where.model_path)
         launch.select_gpus(plan, cfg.train.gpus)
         return load_and_train(cfg, run_dir, resume, where)
     except KeyboardInterrupt:
@@ -587,8 +586,6 @@ def load_and_train(cfg, run_dir: Path, resume: bool, where: Where, group=None) -
     return _train(cfg, run_dir, loaded, train_tok, eval_tok, resume, group)
 
 
-# Exit codes by error kind: a setting, the data or the model must change (2), or running again can help (1).
-EXIT_BY_KIND = {"config": EXIT_CONFIG, "data": EXIT_CONFIG, "model": EXIT_CONFIG}
 
 
 def _record_failure(cfg, run_dir: Path, exc: BaseException, model_path, backend: str,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from core.settings import ConfigError, dump_yaml
-from core.train import autobatch, launch, runs
+from core.train import autobatch, launch, runs, supervise
 from tests.conftest import ROOT
 from tests.train.conftest import run_config
 
@@ -177,16 +177,16 @@ def test_a_rank_failure_reported_to_the_parent_is_recorded(tmp_path):
                                                       "advice": "", "resumable": True, "peer_lost": True}))
     (reports / "rank-1.json").write_text(json.dumps({"rank": 1, "kind": "resource", "oom": True, "resumable": True,
                                                       "error": "Out of GPU memory: boom", "advice": "Try less."}))
-    report = launch._first_report(reports)
+    report = supervise._first_report(reports)
     assert report["rank"] == 1
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     runs.write_status(run_dir, state="running")
-    code = launch._record_lost_rank(run_dir, launch.Plan("ddp", (0, 1, 2), 3), 1, report)
+    code = supervise._record_lost_rank(run_dir, launch.Plan("ddp", (0, 1, 2), 3), 1, report)
     st = runs.read_status(run_dir)
     assert code == 3 and st.state == "failed" and st.oom and st.error_kind == "resource"
     assert st.error == "rank 1: Out of GPU memory: boom" and st.advice == "Try less." and st.resumable
-    launch._record_lost_rank(run_dir, launch.Plan("ddp", (0, 1), 2), -9, None)
+    supervise._record_lost_rank(run_dir, launch.Plan("ddp", (0, 1), 2), -9, None)
     st = runs.read_status(run_dir)
     assert st.error_kind == "run" and st.resumable and "signal SIGKILL" in st.error
 
