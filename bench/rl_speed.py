@@ -147,8 +147,10 @@ def run_figure(args, figure: str) -> dict:
     lengths = [r["completions/mean_length"] for r in timed if r.get("completions/mean_length") is not None]
     log_text = (run_dir / "train.log").read_text(errors="replace") if (run_dir / "train.log").is_file() else ""
     rollout = status.get("rollout")
-    if rollout == "chat" and "generating with model.generate" in log_text:
-        rollout = "chat -> model.generate (the engine could not take the model; see train.log)"
+    fallback = next((line.split("rollouts: ", 1)[1] for line in log_text.splitlines()
+                     if "rollouts: " in line and "generating with model.generate" in line), None)
+    if rollout == "chat" and fallback:
+        rollout = "chat -> model.generate (the engine could not take the model)"
     return {"stage": stage, "shape": shape, "method": method, "backend": status.get("backend"),
             "steps_per_s": steps / seconds if seconds > 0 else None,
             "s_per_step": seconds / steps if steps else None,
@@ -159,7 +161,8 @@ def run_figure(args, figure: str) -> dict:
             "completion_len": args.completion_len if grpo else None,
             "completion_mean_length": sum(lengths) / len(lengths) if lengths else None,
             "prompt_len": args.prompt_len, "reply_len": None if grpo else args.reply_len,
-            "rollout": rollout, "timed_steps": steps, "build_s": round(build_s, 1), "wall_s": round(wall, 1),
+            "rollout": rollout, "rollout_fallback": fallback,
+            "timed_steps": steps, "build_s": round(build_s, 1), "wall_s": round(wall, 1),
             "loss_first": rows[0]["loss"], "loss_last": end["loss"],
             "margin_last": end.get("rewards/margins"), "reward_last": end.get("reward")}
 
