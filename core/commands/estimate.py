@@ -5,6 +5,16 @@ from __future__ import annotations
 HELP = "Estimate peak GPU memory of LoRA / QLoRA training (or inference) for a Qwen3 model."
 
 
+def add_rl_flags(p) -> None:
+    """The rl settings a memory estimate of the stages reads, as flags (`estimate`, `hw`)."""
+    for flag, path in (("--prompt-len", "rl.max_prompt_len"), ("--completion-len", "rl.max_completion_len"),
+                       ("--num-generations", "rl.num_generations")):
+        info = _info(path)
+        p.add_argument(flag, type=int, default=info.default, help=info.help)
+    kl = _info("rl.kl_beta")
+    p.add_argument("--kl-beta", type=float, default=kl.default, help=kl.help)
+
+
 def _info(path: str):
     """Help text and choices of a RunConfig setting, so flags and config share one definition."""
     from core.config import RunConfig
@@ -48,12 +58,7 @@ def add_arguments(p) -> None:
     p.add_argument("--strategy", default=strategy.default, choices=list(strategy.choices),
                    help=strategy.help + " The estimate is per GPU.")
     p.add_argument("--gpus", type=int, default=1, help="GPUs of a ddp / fsdp run (fsdp shards over them).")
-    for flag, path in (("--prompt-len", "rl.max_prompt_len"), ("--completion-len", "rl.max_completion_len"),
-                       ("--num-generations", "rl.num_generations")):
-        info = _info(path)
-        p.add_argument(flag, type=int, default=info.default, help=info.help)
-    kl = _info("rl.kl_beta")
-    p.add_argument("--kl-beta", type=float, default=kl.default, help=kl.help)
+    add_rl_flags(p)
     p.add_argument("--generation-batch", type=int, default=None,
                    help="grpo: completions decoded at once per GPU (default --batch x 4, TRL's micro-batch x "
                         "grad_accum at the default accumulation).")

@@ -19,19 +19,14 @@ def add_arguments(p) -> None:
     p.add_argument("--rank", type=int, default=16, help="LoRA rank to judge at.")
     p.add_argument("--backend", default="unsloth", choices=["unsloth", "peft"],
                    help="Training backend to judge for (unsloth is the GPU default).")
-    from core.commands.estimate import _info
+    from core.commands.estimate import _info, add_rl_flags
 
     stage = _info("train.stage")
     p.add_argument("--stage", default=stage.default, choices=list(stage.choices),
                    help="Judge this training stage: " + stage.help + " For grpo the rows are --prompt-len + "
                         "--completion-len tokens (not --seq-len), and 'max seq' is the longest prompt + "
                         "completion that fits.")
-    for flag, path in (("--prompt-len", "rl.max_prompt_len"), ("--completion-len", "rl.max_completion_len"),
-                       ("--num-generations", "rl.num_generations")):
-        info = _info(path)
-        p.add_argument(flag, type=int, default=info.default, help=info.help)
-    kl = _info("rl.kl_beta")
-    p.add_argument("--kl-beta", type=float, default=kl.default, help=kl.help)
+    add_rl_flags(p)
     p.add_argument("--json", action="store_true", help="Print one JSON document.")
 
 

@@ -166,11 +166,7 @@ def recommend_for_vram(vram_gib: float, *, seq_len: int = 2048, rank: int = 16, 
                 seq_len=row_length(seq_len, opts), params_b=entry.params_b, vram_gib=round(vram_gib, 2),
                 headroom_gib=round(vram_gib - est.total_gib, 2), gpu=gpu, card=card,
                 breakdown=dict(est.breakdown)))
-    out.sort(key=lambda r: (VERDICT_ORDER[r.verdict], -r.params_b, METHOD_ORDER.index(r.method)))
-    pick = best_pick(out)
-    if pick is not None:
-        pick.best = True
-    return out
+    return _ranked(out)
 
 
 def best_pick(recs: list[Recommendation]) -> Recommendation | None:
@@ -259,6 +255,12 @@ def recommend_for_cards(gpus: int, vram_gib: float, *, seq_len: int = 2048, rank
                 effective_batch=share * gpus, seq_len=row_length(seq_len, opts), params_b=entry.params_b,
                 gpus=gpus, vram_gib=round(vram_gib, 2), headroom_gib=round(vram_gib - est.total_gib, 2),
                 breakdown=dict(est.breakdown)))
+    return _ranked(out)
+
+
+def _ranked(out: list) -> list:
+    """Recommendations in the order the tab shows them (fits first, bigger models first), the best
+    pick marked."""
     out.sort(key=lambda r: (VERDICT_ORDER[r.verdict], -r.params_b, METHOD_ORDER.index(r.method)))
     pick = best_pick(out)
     if pick is not None:

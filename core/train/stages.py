@@ -223,45 +223,12 @@ def grpo_micro_batch(micro_batch: int, grad_accum: int, num_generations: int, wo
 
 # ------------------------------------------------------------------------------------ trainers
 def _train_args(cfg, loaded, run_dir: Path, has_eval: bool, shared: dict, eval_batch: int | None = None) -> dict:
-    """TrainingArguments shared by every stage, from the train section (as SFT's in the worker);
-    ``shared``: the worker's resolved ``optim`` and ``report_to``."""
-    from core.train import runs
+    """TrainingArguments shared by every stage (core.train.trainargs); ``shared``: the worker's
+    resolved ``optim`` and ``report_to``."""
+    from core.train.trainargs import training_args
 
-    t = cfg.train
-    cuda = loaded.device == "cuda"
-    eval_on = has_eval and t.eval_steps > 0
-    return dict(
-        output_dir=str(run_dir / runs.CHECKPOINTS),
-        run_name=cfg.name,
-        per_device_train_batch_size=t.micro_batch,
-        per_device_eval_batch_size=eval_batch or t.micro_batch,
-        gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_steps,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps if t.max_steps > 0 else -1,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=shared["optim"],
-        seed=t.seed,
-        data_seed=t.seed,
-        bf16=loaded.dtype == "bfloat16",
-        fp16=loaded.dtype == "float16",
-        logging_strategy="steps",
-        logging_steps=t.logging_steps,
-        logging_nan_inf_filter=False,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        eval_strategy="steps" if eval_on else "no",
-        eval_steps=t.eval_steps if eval_on else None,
-        report_to=shared["report_to"],
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=cuda,
-        gradient_checkpointing=False,  # the backend set it up on the model (TRL's configs default to on)
-    )
+    return training_args(cfg, loaded, run_dir, has_eval=has_eval, optim=shared["optim"],
+                         report_to=shared["report_to"], eval_batch=eval_batch)
 
 
 def build_trainer(cfg, loaded, train_rows: StageRows, eval_rows: StageRows | None, run_dir: Path, callbacks,

@@ -98,15 +98,21 @@ def model_context(name_or_path: str) -> int | None:
     return entry.context_len if entry else None
 
 
-def mix_rows(mix_dir: str) -> int | None:
-    """Training rows of a saved mix (its manifest), or None when there is no readable manifest."""
+def _manifest(mix_dir: str) -> dict | None:
+    """A saved mix's manifest, or None when there is no readable one (reading the mix later reports
+    why, naming the file)."""
     if not mix_dir:
         return None
     try:
         manifest = json.loads((Path(mix_dir).expanduser() / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    rows = manifest.get("train_rows") if isinstance(manifest, dict) else None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def mix_rows(mix_dir: str) -> int | None:
+    """Training rows of a saved mix (its manifest), or None when there is no readable manifest."""
+    rows = (_manifest(mix_dir) or {}).get("train_rows")
     return rows if isinstance(rows, int) and rows >= 0 else None
 
 
@@ -195,13 +201,8 @@ def check_run(cfg, *, train_rows: int | None = None, card: Card | None = None) -
 def mix_kind(mix_dir: str) -> str | None:
     """The kind of rows a saved mix holds (manifest "kind": sft, preference or prompt; absent = sft),
     or None when there is no readable manifest."""
-    if not mix_dir:
-        return None
-    try:
-        manifest = json.loads((Path(mix_dir).expanduser() / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict):
+    manifest = _manifest(mix_dir)
+    if manifest is None:
         return None
     from core.data.mixdir import mix_kind as manifest_kind
 

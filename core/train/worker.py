@@ -365,43 +365,14 @@ def build_trainer(cfg, loaded, train_tok, eval_tok, run_dir: Path, callbacks, pa
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from core.train.trainargs import training_args
+
     t = cfg.train
-    cuda = loaded.device == "cuda"
     has_eval = eval_tok is not None and eval_tok.rows > 0
     args = SFTConfig(
-        output_dir=str(run_dir / runs.CHECKPOINTS),
-        run_name=cfg.name,
-        per_device_train_batch_size=t.micro_batch,
-        per_device_eval_batch_size=t.micro_batch,
-        gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_steps,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps if t.max_steps > 0 else -1,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=resolve_optimizer(t.optimizer, cuda),
-        seed=t.seed,
-        data_seed=t.seed,
-        bf16=loaded.dtype == "bfloat16",
-        fp16=loaded.dtype == "float16",
-        logging_strategy="steps",
-        logging_steps=t.logging_steps,
-        logging_nan_inf_filter=False,  # the filter syncs the GPU every micro-step
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        eval_strategy="steps" if has_eval and t.eval_steps > 0 else "no",
-        eval_steps=t.eval_steps if has_eval and t.eval_steps > 0 else None,
-        report_to=_report_to(t.report_to, run_dir),
-        disable_tqdm=True,  # progress goes to metrics.jsonl and one line per step in train.log
-        include_num_input_tokens_seen="no",
-        dataloader_num_workers=0,
-        dataloader_pin_memory=cuda,
-        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient: no search per step
-        log_level_replica="error",  # ranks other than 0 would repeat rank 0's warnings in train.log
-        gradient_checkpointing=False,  # the backend already set it up on the model
+        **training_args(cfg, loaded, run_dir, has_eval=has_eval,
+                        optim=resolve_optimizer(t.optimizer, loaded.device == "cuda"),
+                        report_to=_report_to(t.report_to, run_dir)),
         # Rows are pre-tokenized and already fit max_seq_len; padding-free TRL wants max_length None.
         max_length=None if packing == "padding_free" else t.max_seq_len,
         packing=packing == "packing",

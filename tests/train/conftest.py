@@ -39,8 +39,9 @@ def facts_mix(tmp_path_factory) -> Path:
     return write_facts_mix(tmp_path_factory.mktemp("mixes") / "facts")
 
 
-def run_config(model: Path | str, mix: Path, runs_dir: Path, name: str = "", **train):
-    """A RunConfig for a short CPU run (settings checked as a YAML file's would be)."""
+def run_config(model: Path | str, mix: Path, runs_dir: Path, name: str = "", rl: dict | None = None, **train):
+    """A RunConfig for a short CPU run (settings checked as a YAML file's would be); ``train`` and
+    ``rl`` override the train and rl sections."""
     from core.config import RunConfig
     from core.settings import from_dict
 
@@ -52,5 +53,6 @@ def run_config(model: Path | str, mix: Path, runs_dir: Path, name: str = "", **t
         "model": {"name_or_path": str(model), "method": "lora"},
         "lora": {"r": 8, "alpha": 16},
         "train": settings,
+        "rl": rl or {},
         "data": {"mix_dir": str(mix)},
     })

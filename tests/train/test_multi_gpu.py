@@ -23,6 +23,8 @@ from core.settings import ConfigError, dump_yaml
 from core.train import autobatch, launch, runs, supervise
 from tests.conftest import ROOT
 from tests.train.conftest import run_config
+from tests.train.test_training import starts
+from tests.train.test_training import wait_until as _wait_until
 
 
 # --------------------------------------------------------------------------------- the plan
@@ -273,19 +275,8 @@ def test_only_rank_0_writes_the_run_folder(three_runs, strategy):
 
 
 def wait_until(run_dir: Path, cond, timeout: float = 180.0):
-    deadline = time.time() + timeout
-    st = {}
-    while time.time() < deadline:
-        st = runs.read_status(run_dir)
-        if cond(st):
-            return st
-        time.sleep(0.1)
-    raise AssertionError(f"timed out; last status {st}\n{runs.read_log_tail(run_dir, 6000)}")
-
-
-def starts(run_dir: Path) -> list[int]:
-    return [int(m) for m in re.findall(r"training: \d+ steps \(starting at step (\d+)\)",
-                                       (run_dir / "train.log").read_text())]
+    """Several processes start slower than one: a longer default wait than the single-process tests'."""
+    return _wait_until(run_dir, cond, timeout)
 
 
 def all_dead(st, timeout: float = 30.0) -> bool:

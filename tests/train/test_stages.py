@@ -56,21 +56,11 @@ def reward_letters(prompts, completions, answer, **kwargs):
 
 
 def stage_config(model, mix: Path, runs_dir: Path, name: str, stage: str, rl=None, **train):
-    from core.config import RunConfig
-    from core.settings import from_dict
+    from tests.train.conftest import run_config
 
-    settings = {"stage": stage, "max_steps": 12, "micro_batch": 4, "grad_accum": 1, "learning_rate": 5e-3,
-                "warmup_steps": 0, "lr_scheduler": "constant", "max_seq_len": 128, "save_steps": 6,
-                "logging_steps": 1, "eval_steps": 0}
-    settings.update(train)
-    return from_dict(RunConfig, {
-        "name": name, "runs_dir": str(runs_dir),
-        "model": {"name_or_path": str(model), "method": "lora"},
-        "lora": {"r": 8, "alpha": 16},
-        "train": settings,
-        "rl": {"max_prompt_len": 64, **(rl or {})},
-        "data": {"mix_dir": str(mix)},
-    })
+    settings = {"stage": stage, "max_steps": 12, "max_seq_len": 128, "save_steps": 6, "logging_steps": 1,
+                "eval_steps": 0, **train}
+    return run_config(model, mix, runs_dir, name, rl={"max_prompt_len": 64, **(rl or {})}, **settings)
 
 
 def train(cfg, *, resume: bool = False) -> int:
