@@ -107,7 +107,7 @@ def build_adapter(base: Path, out: Path, rank: int) -> Path:
         for m, (din, dout) in dims.items():
             key = f"base_model.model.model.layers.{i}.{part[m]}.{m}"
             tensors[f"{key}.lora_A.weight"] = (torch.randn(rank, din, generator=gen) / din ** 0.5).to(torch.bfloat16)
-            tensors[f"{key}.lora_B.weight"] = (torch.randn(dout, rank, generator=gen) * 0.02).to(torch.bfloat16)
+            tensors[f"{key}.lora_B.weight"] = (torch.randn(dout, rank, generator=gen) * 0.1).to(torch.bfloat16)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "adapter_model.safetensors"))
     (out / "adapter_config.json").write_text(json.dumps({

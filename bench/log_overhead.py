@@ -54,7 +54,7 @@ def measure(steps: int, step_ms: float, slow_disk_ms: float, run_dir: Path) -> d
     writer = LogWriter(run_dir, gpu=gpu, echo=lines.append, write_status=status_write)
     counter = TokenCounter(echo=lines.append)
     cb = ProgressCallback(run_dir, counter, gpu, echo=lines.append, writer=writer)
-    args = SimpleNamespace()
+    args = SimpleNamespace(per_device_train_batch_size=2, gradient_accumulation_steps=4)
     control = SimpleNamespace(should_training_stop=False, should_save=False)
 
     t0 = time.perf_counter()  # the same steps without any logging
