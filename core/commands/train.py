@@ -110,7 +110,7 @@ def check_settings(cfg) -> None:
     from core.train import runs
     from core.train.validate import SettingsProblems, check_run, detected_card, errors, warnings
 
-    problems = check_run(cfg, card=detected_card())
+    problems = check_run(cfg, card=detected_card(cfg))
     for p in warnings(problems):
         print(f"warning: {p}", file=sys.stderr)
     bad = errors(problems)

@@ -368,12 +368,26 @@ def _memory(cfg, card: Card) -> list[Problem]:
                             **({"fits": fits, "fits_need": f"{_estimate(cfg, fits):.1f}"} if fits else {})})]
 
 
-def detected_card() -> Card | None:
-    """The first GPU NVML reports, or None (no GPU: nothing to check the memory against)."""
+def detected_card(cfg=None) -> Card | None:
+    """The GPU to check the memory against, or None (no GPU). With ``cfg``: the smallest of the
+    cards its train.gpus / train.strategy take (every card of a ddp / fsdp run must hold its share);
+    otherwise, or when the settings name no card this machine has, the first one NVML reports."""
     from core.hardware.detect import detect
 
     gpus = detect().gpus
-    return Card(gpus[0].name, gpus[0].total_gib) if gpus else None
+    if not gpus:
+        return None
+    chosen = gpus[:1]
+    if cfg is not None:
+        from core.train.launch import plan
+
+        try:
+            ids = plan(cfg, available=len(gpus)).gpus
+        except ConfigError:  # train.gpus names cards this machine lacks: the launch refuses it
+            ids = ()
+        chosen = [gpus[i] for i in ids if 0 <= i < len(gpus)] or chosen
+    card = min(chosen, key=lambda g: g.total_gib)
+    return Card(card.name, card.total_gib)
 
 
 def raise_for_errors(problems: list[Problem]) -> None:

@@ -301,26 +301,26 @@ def oom_advice(cfg, model_path: Path | None, backend: str) -> str:
 
 
 def _estimate_figure(cfg, model_path, backend, changes: dict) -> str:
+    """The estimator's per-card peak for the run as it was and with ``changes`` (dotted setting ->
+    value), stage, rl settings and cards included (core.hardware.estimate.estimate_run)."""
+    import copy
+    import json
+
     from core.hardware.catalog import Arch
-    from core.hardware.estimate import estimate_training
+    from core.hardware.estimate import estimate_run
 
     if model_path is None:
         return ""
     try:
-        arch = Arch.from_hf_config(__import__("json").loads((Path(model_path) / "config.json").read_text()))
-
-        def est(method, seq, mb, gc):
-            return estimate_training(arch, method=method, seq_len=seq, micro_batch=mb, rank=cfg.lora.r,
-                                     target_modules=list(cfg.lora.target_modules), grad_ckpt=gc,
-                                     backend=backend, quant=cfg.model.quant if method == "qlora" else "auto",
-                                     optimizer="adamw_8bit")
-
-        t = cfg.train
-        before = est(cfg.model.method, t.max_seq_len, t.micro_batch, t.gradient_checkpointing)
-        after = est(changes.get("model.method", cfg.model.method), changes.get("train.max_seq_len", t.max_seq_len),
-                    changes.get("train.micro_batch", t.micro_batch),
-                    changes.get("train.gradient_checkpointing", t.gradient_checkpointing))
-        return (f"Estimated peak: {before.total_gib:.1f} GiB now, about {after.total_gib:.1f} GiB with "
+        arch = Arch.from_hf_config(json.loads((Path(model_path) / "config.json").read_text()))
+        changed = copy.deepcopy(cfg)
+        for path, value in changes.items():
+            section, name = path.split(".")
+            setattr(getattr(changed, section), name, value)
+        before = estimate_run(cfg, model=arch, backend=backend)
+        after = estimate_run(changed, model=arch, backend=backend)
+        per_card = " per GPU" if cfg.train.strategy != "single" else ""
+        return (f"Estimated peak{per_card}: {before.total_gib:.1f} GiB now, about {after.total_gib:.1f} GiB with "
                 "these changes.")
     except Exception as exc:  # an estimate is a courtesy; the advice above stands without it
         return f"(No memory estimate: {exc}.)"

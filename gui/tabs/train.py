@@ -456,13 +456,14 @@ def problems_md(ctx, problems) -> str:
     return "\n\n".join(parts)
 
 
-def check_card(ctx):
-    """The GPU the settings are checked against: none in demo mode (the CPU trains the demo model)."""
+def check_card(ctx, cfg=None):
+    """The GPU the settings are checked against (the smallest the run takes): none in demo mode (the
+    CPU trains the demo model)."""
     if ctx.demo:
         return None
     from core.train.validate import detected_card
 
-    return detected_card()
+    return detected_card(cfg)
 
 
 def on_start(ctx, *values) -> tuple:
@@ -478,7 +479,7 @@ def on_start(ctx, *values) -> tuple:
         cfg = config_from(ctx, list(values))
     except ConfigError as exc:
         return "✗ " + html.escape(str(exc)), gr.skip()
-    problems = check_run(cfg, card=check_card(ctx))
+    problems = check_run(cfg, card=check_card(ctx, cfg))
     if errors(problems):
         return problems_md(ctx, problems), gr.skip()
     try:

@@ -184,6 +184,24 @@ def test_oom_advice_without_smaller_batch_suggests_shorter_rows():
     assert "train.max_seq_len = 2048" in text and "micro_batch" not in text.split("Try")[1].split(".")[0]
 
 
+def test_oom_advice_estimates_the_stage_and_the_cards(demo_model_path):
+    """The figure in the advice is the run's own: a DPO row is a chosen + rejected pair (more memory
+    than SFT at the same settings), and a ddp / fsdp run's figure is per GPU."""
+    import re
+
+    from core.train.worker import oom_advice
+
+    def figure(text):
+        return float(re.search(r"Estimated peak[^:]*: ([\d.]+) GiB now", text).group(1))
+
+    sft = run_config(demo_model_path, Path("x"), Path("r"), micro_batch=4, max_seq_len=2048)
+    dpo = run_config(demo_model_path, Path("x"), Path("r"), micro_batch=4, max_seq_len=2048, stage="dpo")
+    assert figure(oom_advice(dpo, demo_model_path, "peft")) > figure(oom_advice(sft, demo_model_path, "peft"))
+    ddp = run_config(demo_model_path, Path("x"), Path("r"), micro_batch=4, max_seq_len=2048, strategy="ddp",
+                     gpus="2")
+    assert "Estimated peak per GPU:" in oom_advice(ddp, demo_model_path, "peft")
+
+
 # ------------------------------------------------------------------------------- batching
 def test_auto_batching_pads_full_rows_and_buckets_short_ones():
     from core.train.data import choose_packing

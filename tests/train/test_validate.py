@@ -134,3 +134,29 @@ def test_micro_batch_auto_counts_two_rows_per_accumulation_step_and_skips_the_me
     assert total_steps(cfg, 100) == 13
     problems = check_run(cfg, card=Card("NVIDIA GeForce RTX 3060", 12.0))
     assert [p.setting for p in problems] == ["train.warmup_steps"]
+
+
+def test_the_memory_check_uses_the_smallest_card_the_run_takes(monkeypatch):
+    """A ddp / fsdp run must fit on every card it takes; a single run on the card its train.gpus names."""
+    from core.config import RunConfig
+    from core.hardware import detect as hw
+    from core.settings import from_dict
+    from core.train.validate import detected_card
+
+    def three_cards(disk_path="."):
+        return hw.HardwareReport(gpus=[
+            hw.GpuInfo(index=0, name="big", total_gib=80.0, free_gib=80.0, used_gib=0.0),
+            hw.GpuInfo(index=1, name="small", total_gib=24.0, free_gib=24.0, used_gib=0.0),
+            hw.GpuInfo(index=2, name="mid", total_gib=48.0, free_gib=48.0, used_gib=0.0)])
+
+    monkeypatch.setattr(hw, "detect", three_cards)
+
+    def card(**train):
+        return detected_card(from_dict(RunConfig, {"train": train, "data": {"mix_dir": "x"}})).name
+
+    assert card() == "big"  # single, gpus auto: the first card
+    assert card(gpus="2,") == "mid"
+    assert card(strategy="ddp", gpus="0,2") == "mid"
+    assert card(strategy="fsdp", gpus="auto") == "small"
+    assert card(strategy="ddp", gpus="0,7") == "big"  # a card it lacks: the launch refuses, the check uses the first
+    assert detected_card().name == "big"
