@@ -382,6 +382,16 @@ def _conversation(n_words: int, seed: int):
                                   Message("assistant", reply)], source="synthetic", origin=f"synthetic[{seed}]")
 
 
+def _built_mix(out: Path, rows: int) -> list[int] | None:
+    """The row lengths of a mix an earlier point built in ``out`` with ``rows`` rows, or None."""
+    manifest_path = out / "manifest.json"
+    if not manifest_path.exists():
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    counts = manifest.get("row_tokens")
+    return counts if counts and len(counts) == rows else None
+
+
 def build_mix(seq_len: int, work: Path, tokenizer_dir: Path, rows: int = 8) -> tuple[Path, list[int]]:
     """<work>/mixes/s<seq_len>/: ``rows`` conversations of seq_len - ROW_MARGIN tokens or a little
     less under the demo tokenizer. Returns the folder and the rows' token counts. Cached."""
@@ -392,11 +402,9 @@ def build_mix(seq_len: int, work: Path, tokenizer_dir: Path, rows: int = 8) -> t
     from core.data.tokenizer import tokenizer_info
 
     out = work / "mixes" / f"s{seq_len}"
-    manifest_path = out / "manifest.json"
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("row_tokens") and len(manifest["row_tokens"]) == rows:
-            return out, manifest["row_tokens"]
+    built = _built_mix(out, rows)
+    if built is not None:
+        return out, built
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     target = max(seq_len - ROW_MARGIN, 16)
     convs, counts = [], []
@@ -476,11 +484,9 @@ def build_stage_mix(point: Point, work: Path, tokenizer_dir: Path, rows: int = 8
 
     tag = f"{point.stage}-s{point.seq_len}" + (f"-p{point.prompt_len}" if point.stage == "grpo" else "")
     out = work / "mixes" / tag
-    manifest_path = out / "manifest.json"
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("row_tokens") and len(manifest["row_tokens"]) == rows:
-            return out, manifest["row_tokens"]
+    built = _built_mix(out, rows)
+    if built is not None:
+        return out, built
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     train_rows, counts = [], []
     for seed in range(rows):
