@@ -26,7 +26,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from train_speed import LINEARS, SHAPES, _words, build_model  # noqa: E402  (Qwen3's shapes, defined once)
+from train_speed import LINEARS, SHAPES, _words, build_model, train_cli  # noqa: E402  (Qwen3's shapes, defined once)
 
 # figure -> (stage, shape, method)
 FIGURES = {"grpo-0.6b": ("grpo", "0.6b", "lora"), "grpo-4b": ("grpo", "4b", "lora"),
@@ -94,7 +93,6 @@ def build_mix(kind: str, folder: Path, model_dir: Path, rows: int, prompt_len: i
 
 
 def run_figure(args, figure: str) -> dict:
-    import yaml
 
     stage, shape, method = FIGURES[figure]
     shape = args.shape or shape
@@ -126,17 +124,7 @@ def run_figure(args, figure: str) -> dict:
         "data": {"mix_dir": str(mix)},
         "runs_dir": str(runs_dir),
     }
-    cfg_path = work / f"{name}.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    t1 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "core", "train", str(cfg_path), "--name", name], cwd=ROOT,
-                          capture_output=True, text=True, timeout=args.phase_timeout)
-    wall = time.time() - t1
-    run_dir = runs_dir / name
-    status = json.loads((run_dir / "status.json").read_text())
-    if proc.returncode != 0 or status.get("state") != "done":
-        tail = (proc.stdout + proc.stderr)[-3000:]
-        raise RuntimeError(f"{figure} failed (rc {proc.returncode}, {status.get('error')}):\n{tail}")
+    run_dir, status, wall = train_cli(work, name, cfg, args.phase_timeout, figure)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     rows = [r for r in rows if r.get("loss") is not None]
     start = next(r for r in rows if r["step"] == args.warmup)

@@ -309,9 +309,27 @@ def run_loop(kind: str, args) -> dict:
 
 
 # --------------------------------------------------------------------------------- project
+def train_cli(work: Path, name: str, cfg: dict, timeout: int, what: str) -> tuple[Path, dict, float]:
+    """`python -m core train` on ``cfg`` written as work/<name>.yaml: (run folder, status, wall seconds).
+    A run that does not end done raises with ``what``, its error and the output's tail."""
+    import yaml
+
+    cfg_path = work / f"{name}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "core", "train", str(cfg_path), "--name", name], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    wall = time.time() - t0
+    run_dir = Path(cfg["runs_dir"]) / name
+    status = json.loads((run_dir / "status.json").read_text())
+    if proc.returncode != 0 or status.get("state") != "done":
+        tail = (proc.stdout + proc.stderr)[-3000:]
+        raise RuntimeError(f"{what} failed (rc {proc.returncode}, {status.get('error')}):\n{tail}")
+    return run_dir, status, wall
+
+
 def run_project(args, mix: str, packing: str, name: str, method: str = "qlora") -> dict:
     """`python -m core train` on a generated config: exactly what the GUI starts."""
-    import yaml
 
     work = Path(args.work)
     runs_dir = work / "runs"
@@ -327,17 +345,7 @@ def run_project(args, mix: str, packing: str, name: str, method: str = "qlora") 
         "data": {"mix_dir": str(work / mix)},
         "runs_dir": str(runs_dir),
     }
-    cfg_path = work / f"{name}.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "core", "train", str(cfg_path), "--name", name], cwd=ROOT,
-                          capture_output=True, text=True, timeout=args.phase_timeout)
-    wall = time.time() - t0
-    run_dir = runs_dir / name
-    status = json.loads((run_dir / "status.json").read_text())
-    log_tail = (proc.stdout + proc.stderr)[-3000:]
-    if proc.returncode != 0 or status.get("state") != "done":
-        raise RuntimeError(f"project run {name} failed (rc {proc.returncode}, {status.get('error')}):\n{log_tail}")
+    run_dir, status, wall = train_cli(work, name, cfg, args.phase_timeout, f"project run {name}")
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     train_rows = [m for m in metrics if m.get("loss") is not None]
     start = next(m for m in train_rows if m["step"] == args.warmup)
