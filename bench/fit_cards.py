@@ -103,7 +103,8 @@ def run_card(args, cap: float) -> dict:
            "micro_batch_reason": status.get("micro_batch_reason"),
            "micro_batch_est_gib": status.get("micro_batch_est_gib"),
            "peak_alloc_gib": status.get("peak_alloc_gib"), "peak_reserved_gib": reserved,
-           "nvml_used_gib": status.get("nvml_used_gib"), "tokens_per_s": status.get("tokens_per_s"),
+           "nvml_used_gib": status.get("nvml_used_gib"), "nvml_process_gib": status.get("nvml_process_gib"),
+           "tokens_per_s": status.get("tokens_per_s"),
            "under_cap": (reserved + context <= cap) if reserved is not None else None,
            "wall_s": round(time.time() - t0, 1), "device": status.get("gpu_name") or "cpu",
            "backend": status.get("backend"), "date": time.strftime("%Y-%m-%d %H:%M"), "call": args.call}

@@ -1,6 +1,6 @@
 """Speed of the stages after SFT: GRPO steps/s and peak memory, DPO tokens/s, through the project's trainer.
 
-Run on a GPU machine (one call, all three figures, under 8 minutes on one H200):
+Run on a GPU machine (one call, all four figures, about 8 minutes on one H200):
 
     python bench/rl_speed.py --out bench/results
 
@@ -13,6 +13,8 @@ memory, the GUI's code path: worker, stages, callbacks, rollouts):
   * grpo-4b     the same on the Qwen3-4B shape
   * dpo-8b      Qwen3-8B shape, QLoRA nf4 (quantized on load), micro-batch 2 x accumulation 2 of
                 prompt --prompt-len + replies --reply-len tokens (chosen and rejected)
+  * grpo-0.6b-peft  grpo-0.6b on the transformers + PEFT backend, where rl.rollout auto decodes with
+                the chat engine (on the unsloth backend it picks Unsloth's CUDA-graph decode)
 Reported per figure: steps/s and s/step after --warmup optimizer steps, tokens/s (GRPO: prompt +
 completion tokens; DPO: prompt + chosen and prompt + rejected), peak GiB (torch's max allocated and
 reserved during training, NVML's used), the rollout engine and the backend. One JSON line per figure is
@@ -37,9 +39,13 @@ if str(ROOT) not in sys.path:
 
 from train_speed import LINEARS, SHAPES, _words, build_model, train_cli  # noqa: E402  (Qwen3's shapes, defined once)
 
-# figure -> (stage, shape, method)
-FIGURES = {"grpo-0.6b": ("grpo", "0.6b", "lora"), "grpo-4b": ("grpo", "4b", "lora"),
-           "dpo-8b": ("dpo", "8b", "qlora")}
+from core.choices import ROLLOUTS  # noqa: E402
+
+# figure -> (stage, shape, method, backend: None = --backend)
+FIGURES = {"grpo-0.6b": ("grpo", "0.6b", "lora", None), "grpo-4b": ("grpo", "4b", "lora", None),
+           "dpo-8b": ("dpo", "8b", "qlora", None),
+           # the chat engine's rollouts on a GPU: transformers + PEFT, where rl.rollout auto picks them
+           "grpo-0.6b-peft": ("grpo", "0.6b", "lora", "peft")}
 
 
 def log(msg: str) -> None:
@@ -94,8 +100,9 @@ def build_mix(kind: str, folder: Path, model_dir: Path, rows: int, prompt_len: i
 
 def run_figure(args, figure: str) -> dict:
 
-    stage, shape, method = FIGURES[figure]
+    stage, shape, method, backend = FIGURES[figure]
     shape = args.shape or shape
+    backend = backend or args.backend
     work = Path(args.work)
     model_dir = work / f"model-{shape}"
     t0 = time.time()
@@ -111,13 +118,13 @@ def run_figure(args, figure: str) -> dict:
     name = f"bench-{figure}" + (f"-{shape}" if args.shape else "")
     shutil.rmtree(runs_dir / name, ignore_errors=True)
     cfg = {
-        "model": {"name_or_path": str(model_dir), "method": method, "quant": "nf4", "backend": args.backend},
+        "model": {"name_or_path": str(model_dir), "method": method, "quant": "nf4", "backend": backend},
         "lora": {"r": args.rank, "alpha": args.rank, "dropout": 0.0, "target_modules": LINEARS},
         "train": {"stage": stage, "max_steps": args.steps, "micro_batch": micro_batch, "grad_accum": accum,
                   "max_seq_len": args.prompt_len + 2 * args.reply_len + 64, "learning_rate": 1e-5,
                   "warmup_steps": 0, "logging_steps": 1, "save_steps": 100000, "eval_steps": 0,
                   "optimizer": "auto",
-                  "gradient_checkpointing": "unsloth" if args.backend != "peft" else "on"},
+                  "gradient_checkpointing": "unsloth" if backend != "peft" else "on"},
         "rl": {"beta": 0.1, "kl_beta": args.kl_beta, "max_prompt_len": args.prompt_len + 64,
                "max_completion_len": args.completion_len, "num_generations": args.generations,
                "temperature": 1.0, "rewards": ["format", "answer"], "rollout": args.rollout},
@@ -144,7 +151,8 @@ def run_figure(args, figure: str) -> dict:
             "s_per_step": seconds / steps if steps else None,
             "tokens_per_s": (end["tokens"] - start["tokens"]) / seconds if seconds > 0 else None,
             "peak_alloc_gib": status.get("peak_alloc_gib"), "peak_reserved_gib": status.get("peak_reserved_gib"),
-            "nvml_used_gib": status.get("nvml_used_gib"), "micro_batch": status.get("micro_batch") or micro_batch,
+            "nvml_used_gib": status.get("nvml_used_gib"), "nvml_process_gib": status.get("nvml_process_gib"),
+            "micro_batch": status.get("micro_batch") or micro_batch,
             "grad_accum": accum, "num_generations": args.generations if grpo else None,
             "completion_len": args.completion_len if grpo else None,
             "completion_mean_length": sum(lengths) / len(lengths) if lengths else None,
@@ -171,7 +179,7 @@ def main(argv=None) -> int:
     p.add_argument("--kl-beta", type=float, default=0.04, help="GRPO's KL weight (>0 adds the reference "
                                                               "forward, as most recipes do).")
     p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--rollout", default="auto", choices=("auto", "chat", "trl", "vllm"))
+    p.add_argument("--rollout", default="auto", choices=ROLLOUTS)
     p.add_argument("--backend", default="auto", choices=("unsloth", "peft", "auto"))
     p.add_argument("--phase-timeout", type=int, default=300, help="Seconds before a figure is given up.")
     args = p.parse_args(argv)

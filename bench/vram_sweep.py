@@ -8,6 +8,7 @@ Run on a GPU machine (resumable: run it again to continue where a time budget or
     python bench/vram_sweep.py --wide          # 8k-32k rows, ranks 64/128, PEFT; some held out
     python bench/vram_sweep.py --smoke         # CPU plumbing check: demo-sized shape, one point
     python bench/vram_sweep.py --stage all     # dpo / orpo / grpo points (train.stage, the rl settings)
+    python bench/vram_sweep.py --stage all --wide --lanes 6   # both, up to 6 points at once on one card
     python bench/vram_sweep.py --strategy fsdp --gpus 2   # per-card peaks on 2 GPUs (ddp or fsdp)
     python bench/vram_sweep.py --smoke --stage dpo   # CPU check of one stage point
     python bench/fit_vram.py --write           # then refit core/hardware/vram_coefficients.json
@@ -37,6 +38,12 @@ The trainer records torch.cuda.max_memory_allocated and NVML's peak used memory 
 runs/<name>/status.json; one JSON line per point is appended to bench/results/vram.jsonl with the
 card's name (torch.cuda.get_device_name). An out-of-memory point is recorded as status "oom" and the
 sweep goes on. Points already in the file for this card (ok or oom) are skipped.
+
+``--lanes N`` trains up to N points at once on one big card, each in its own runs folder, admitted
+while the sum of their estimates (x 1.3, + 1 GiB) fits the card. torch's peak is per process anyway;
+NVML's whole-card figure would count the neighbours, so such a line's ``nvml_used_gib`` is the
+process's own NVML count plus what the card used idle (the whole-card reading is kept as
+``nvml_device_gib``). A point that runs out of memory beside others is tried again alone.
 """
 
 from __future__ import annotations
@@ -556,11 +563,8 @@ def _tail(path: Path, chars: int = 3000) -> str:
         return ""
 
 
-def run_point(point: Point, work: Path, timeout_s: float, keep_runs: bool, arch=None, cpu_ranks: int = 0) -> dict:
-    """Train one point through the CLI and return its result line (without card and versions).
-    ``cpu_ranks``: run a ddp / fsdp point as that many CPU processes (the plumbing check)."""
-    import yaml
-
+def prepare_point(point: Point, work: Path, arch=None) -> tuple[Path, Path, list[int]]:
+    """The point's shape checkpoint and mix (built once, shared by points that match)."""
     from core.hardware.catalog import get_model
 
     arch = arch or get_model(point.model).arch
@@ -569,7 +573,22 @@ def run_point(point: Point, work: Path, timeout_s: float, keep_runs: bool, arch=
         mix_dir, row_tokens = build_mix(point.seq_len, work, shape_dir)
     else:
         mix_dir, row_tokens = build_stage_mix(point, work, shape_dir)
-    runs_dir = work / "runs"
+    return shape_dir, mix_dir, row_tokens
+
+
+def run_point(point: Point, work: Path, timeout_s: float, keep_runs: bool, arch=None, cpu_ranks: int = 0,
+              lane: int = 0) -> dict:
+    """Train one point through the CLI and return its result line (without card and versions).
+    ``cpu_ranks``: run a ddp / fsdp point as that many CPU processes (the plumbing check). ``lane``:
+    the runs folder of one of several points trained at once (the trainer runs one at a time per
+    runs folder)."""
+    import yaml
+
+    from core.hardware.catalog import get_model
+
+    arch = arch or get_model(point.model).arch
+    shape_dir, mix_dir, row_tokens = prepare_point(point, work, arch)
+    runs_dir = work / ("runs" if not lane else f"runs-lane{lane}")
     run_name = f"{point.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     config_path = work / "configs" / f"{run_name}.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
@@ -608,7 +627,8 @@ def run_point(point: Point, work: Path, timeout_s: float, keep_runs: bool, arch=
         "quant": "nf4" if point.method == "qlora" else "none",
         "optimizer": "adamw_8bit" if status.get("device") == "cuda" else "adamw_torch",
         "status": state, "peak_alloc_gib": status.get("peak_alloc_gib"),
-        "nvml_used_gib": status.get("nvml_used_gib"), "gpu_name": status.get("gpu_name"),
+        "nvml_used_gib": status.get("nvml_used_gib"), "nvml_process_gib": status.get("nvml_process_gib"),
+        "gpu_name": status.get("gpu_name"),
         "row_tokens": max(row_tokens), "tokens_per_step": max(row_tokens) * point.micro_batch,
         "steps": status.get("step"), "dtype": status.get("dtype"), "train_runtime_s": status.get("train_runtime_s"),
         "wall_s": round(wall, 1), "arch": arch.to_dict(), "run": run_name,
@@ -692,6 +712,116 @@ def append_line(out: Path, line: dict) -> None:
         os.fsync(f.fileno())
 
 
+def nvml_card() -> tuple[float, float]:
+    """The first card's used and total memory (GiB), read through NVML (no CUDA context)."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0))
+        return info.used / 2**30, info.total / 2**30
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def point_need_gib(point: Point, arch) -> float:
+    """What the estimator says the point takes on its card, with room for its error: the admission
+    rule of --lanes (a point that ran out of memory beside others is tried again alone)."""
+    from core.hardware.estimate import estimate_setup, point_setup
+
+    line = {"model": point.model, "method": point.method, "seq_len": point.seq_len,
+            "micro_batch": point.micro_batch, "rank": point.rank, "grad_ckpt": point.grad_ckpt,
+            "backend": "peft" if point.backend == "peft" else "unsloth",
+            "quant": "nf4" if point.method == "qlora" else "none", "arch": arch.to_dict()}
+    if point.stage != "sft":
+        line.update(stage=point.stage, rl=point.rl(), generation_batch=point.micro_batch)
+    est = estimate_setup(*point_setup(line))
+    return est.total_gib * 1.3 + 1.0
+
+
+def concurrent_line(line: dict, idle_gib: float, lanes: int) -> dict:
+    """A point trained beside others: NVML's whole-card figure counts them too, so the card-level
+    figure the estimator is judged on is this process's own count plus what the card used idle."""
+    device = line.get("nvml_used_gib")
+    own = line.get("nvml_process_gib")
+    return {**line, "lanes": lanes, "nvml_device_gib": device, "nvml_idle_gib": round(idle_gib, 3),
+            "nvml_used_gib": round(own + idle_gib, 3) if own else None}
+
+
+def run_lanes(todo: list[Point], args, work: Path, out: Path, meta: dict, arches: dict, t_start: float) -> int:
+    """--lanes N: up to N points in flight, each in its own runs folder, admitted while the sum of
+    their estimates fits the card. Shapes and mixes are built first, one at a time."""
+    import threading
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from core.hardware.catalog import get_model
+
+    idle, total = nvml_card()
+    budget = total * 0.92 - idle - args.leave_gib
+    print(f"lanes: {args.lanes}, card {total:.1f} GiB, {idle:.2f} GiB used idle; building shapes and mixes",
+          flush=True)
+    needs = {}
+    for pt in todo:
+        arch = arches.get(pt.model) or get_model(pt.model).arch
+        prepare_point(pt, work, arch)
+        needs[pt.name] = point_need_gib(pt, arch)
+    pending = list(todo)
+    alone: list[Point] = []  # ran out of memory beside others: once more, with the card to itself
+    lanes_free = list(range(1, args.lanes + 1))
+    flight: dict = {}
+    lock = threading.Lock()
+    measured = 0
+    with ThreadPoolExecutor(max_workers=args.lanes) as pool:
+        while pending or alone or flight:
+            late = time.perf_counter() - t_start > args.time_budget
+            if not late:
+                used = sum(needs[pt.name] for pt, _, _ in flight.values())
+                queue = alone if alone else pending
+                for pt in list(queue):
+                    solo = queue is alone
+                    if not lanes_free or (solo and flight):
+                        break
+                    if flight and used + needs[pt.name] > budget:
+                        continue
+                    queue.remove(pt)
+                    lane = lanes_free.pop(0)
+                    print(f"[lane {lane}] {pt.name} (about {needs[pt.name]:.0f} GiB){' alone' if solo else ''} ...",
+                          flush=True)
+                    fut = pool.submit(run_point, pt, work, args.point_timeout, args.keep_runs, arches.get(pt.model),
+                                      lane=lane)
+                    flight[fut] = (pt, lane, solo)
+                    used += needs[pt.name]
+                    if solo:
+                        break
+            if not flight:
+                if late:
+                    left = len(pending) + len(alone)
+                    print(f"time budget reached: {left} points left; run again to continue", flush=True)
+                    break
+                continue
+            done, _ = wait(list(flight), return_when=FIRST_COMPLETED)
+            for fut in done:
+                pt, lane, solo = flight.pop(fut)
+                lanes_free.append(lane)
+                line = fut.result()
+                if line["status"] == "oom" and not solo:
+                    print(f"    {pt.name}: out of memory beside other points; again alone later", flush=True)
+                    alone.append(pt)
+                    continue
+                line = concurrent_line({**meta, **line, "time": time.strftime("%Y-%m-%dT%H:%M:%S")},
+                                       idle, 1 if solo else args.lanes)
+                with lock:
+                    append_line(out, line)
+                measured += 1
+                peak = line["peak_alloc_gib"]
+                print(f"    [lane {lane}] {line['status']}: {pt.name} backend {line['backend']}, peak alloc "
+                      f"{peak if peak is not None else '-'} GiB, own NVML {line['nvml_process_gib'] or '-'} GiB "
+                      f"(card {line['nvml_device_gib'] or '-'}), {line['wall_s']}s"
+                      + (f"; {line.get('error', '')[:300]}" if line["status"] != "ok" else ""), flush=True)
+    print(f"measured {measured} point(s) in {time.perf_counter() - t_start:.0f}s -> {out}", flush=True)
+    return 0
+
+
 def smoke_point(stage: str = "sft", strategy: str = "single", gpus: int = 2) -> tuple[Point, object]:
     """A demo-sized shape (the demo model's architecture), 16-bit LoRA: runs on the CPU (a ddp /
     fsdp one as ``gpus`` CPU processes)."""
@@ -733,6 +863,11 @@ def main(argv=None) -> int:
                    help="Start no new point after this many seconds (the sweep resumes next time).")
     p.add_argument("--point-timeout", type=float, default=420.0, help="Give up on one point after this many s.")
     p.add_argument("--keep-runs", action="store_true", help="Keep the run folders of successful points.")
+    p.add_argument("--lanes", type=int, default=1,
+                   help="Train up to this many points at once on the one card, as the estimate says they "
+                        "fit (their peaks are per process: torch's and NVML's count of the process).")
+    p.add_argument("--leave-gib", type=float, default=0.0,
+                   help="With --lanes: card memory to leave to other work running beside the sweep.")
     p.add_argument("--dry-run", action="store_true", help="List the points still to measure and exit.")
     args = p.parse_args(argv)
 
@@ -756,7 +891,7 @@ def main(argv=None) -> int:
             points = [pt for pt in points if pt.model in keep]
         out = args.out or DEFAULT_OUT
     elif stages:
-        points = stage_grid(stages)
+        points = stage_grid(stages) + (wide_grid() if args.wide else [])  # one sweep can fill both
         if args.models:
             keep = {m.strip() for m in args.models.split(",")}
             points = [pt for pt in points if pt.model in keep]
@@ -779,6 +914,8 @@ def main(argv=None) -> int:
             print("  " + pt.name)
         return 0
     meta = {"card": card, "versions": versions()}
+    if args.lanes > 1 and card != "cpu":
+        return run_lanes(todo, args, work, out, meta, arches, t_start)
     slowest = 0.0
     measured = 0
     for n, pt in enumerate(todo, 1):

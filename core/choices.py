@@ -28,7 +28,7 @@ STRATEGIES = ("single", "ddp", "fsdp")
 REWARDS = ("answer", "format", "length")
 # rl.rollout: how GRPO generates completions. chat: the chat engine's batched decode; trl: TRL's own
 # model.generate; vllm: vLLM colocated (transformers + PEFT backend); auto: vllm where it can run, else chat.
-ROLLOUTS = ("auto", "chat", "trl", "vllm")
+ROLLOUTS = ("auto", "chat", "unsloth", "trl", "vllm")
 # mix.kind: what a mix's rows are for. sft: conversations to imitate; preference: a prompt with a
 # chosen and a rejected reply (dpo, orpo); prompt: a prompt with a reference answer (grpo).
 MIX_KINDS = ("sft", "preference", "prompt")

@@ -242,9 +242,10 @@ class RLConfig:
                                         "the built-in ones (signature in docs/train.md).")
     rollout: str = setting("auto", choices=ROLLOUTS,
                            help="grpo: how completions are generated. chat: the chat engine's fast batched "
-                                "decode. trl: TRL's own generate (the fallback). vllm: vLLM in the same "
-                                "process (needs the vllm package, a CUDA GPU and backend peft). auto: vllm "
-                                "where it can run, else chat.")
+                                "decode. unsloth: Unsloth's CUDA-graph decode (backend unsloth on a CUDA "
+                                "GPU). trl: TRL's own generate. vllm: vLLM in the same process (needs the "
+                                "vllm package, a CUDA GPU and backend peft). auto: vllm where it can run, "
+                                "else unsloth on the unsloth backend, else chat.")
 
 
 @dataclass

@@ -131,7 +131,8 @@ class Status(Mapping):
     adapter: str | None = None
     peak_alloc_gib: float | None = None
     peak_reserved_gib: float | None = None
-    nvml_used_gib: float | None = None
+    nvml_used_gib: float | None = None  # the whole card's used memory (NVML), at its peak
+    nvml_process_gib: float | None = None  # this run's own share of it, where NVML lists the process
     gpu_name: str | None = None
     error: str | None = None
     error_kind: str | None = None

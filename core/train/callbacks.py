@@ -49,6 +49,11 @@ class GpuSampler:
         self.name = ""
         self.device = None
         self.nvml_peak_gib = 0.0
+        # This process's own share of the card (NVML's per-process count): what the run itself uses
+        # when other processes share the card, where the device-wide figure counts them too. None
+        # where NVML does not list this process (a container whose PIDs it cannot see).
+        self.process_peak_gib: float | None = None
+        self.pid = os.getpid()
         if not self.cuda:
             return
         self.device = torch.cuda.current_device()
@@ -79,15 +84,30 @@ class GpuSampler:
                 used = util = None
         if used is None:
             used = self.torch.cuda.memory_reserved(self.device) / GIB
+        else:
+            self._sample_process()
         self.nvml_peak_gib = max(self.nvml_peak_gib, used)
         return {"gpu_mem_gib": round(used, 3), "gpu_util": util}
+
+    def _sample_process(self) -> None:
+        try:
+            procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(self.handle)
+        except self.nvml.NVMLError:
+            return
+        mine = next((p for p in procs if p.pid == self.pid), None)
+        used = getattr(mine, "usedGpuMemory", None)
+        if isinstance(used, int) and used > 0:  # None / NVML's "not available" sentinel otherwise
+            self.process_peak_gib = max(self.process_peak_gib or 0.0, used / GIB)
 
     def peaks(self) -> dict:
         if not self.cuda:
             return {}
-        return {"peak_alloc_gib": round(self.torch.cuda.max_memory_allocated(self.device) / GIB, 3),
-                "peak_reserved_gib": round(self.torch.cuda.max_memory_reserved(self.device) / GIB, 3),
-                "nvml_used_gib": round(self.nvml_peak_gib, 3), "gpu_name": self.name}
+        out = {"peak_alloc_gib": round(self.torch.cuda.max_memory_allocated(self.device) / GIB, 3),
+               "peak_reserved_gib": round(self.torch.cuda.max_memory_reserved(self.device) / GIB, 3),
+               "nvml_used_gib": round(self.nvml_peak_gib, 3), "gpu_name": self.name}
+        if self.process_peak_gib is not None:
+            out["nvml_process_gib"] = round(self.process_peak_gib, 3)
+        return out
 
 
 class LogWriter:

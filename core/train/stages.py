@@ -192,8 +192,13 @@ def batching_notice(stage: str) -> Notice:
 # ----------------------------------------------------------------------------------- rollouts
 def rollout_engine(cfg, backend: str, cuda: bool) -> str:
     """How GRPO generates its completions, for ``rl.rollout`` = requested: ``vllm`` (vLLM, colocated,
-    on the transformers + PEFT backend with CUDA), ``chat`` (the chat engine's batched decode,
-    core.train.rollout) or ``trl`` (TRL's own model.generate)."""
+    on the transformers + PEFT backend with CUDA), ``unsloth`` (Unsloth's CUDA-graph decode, through
+    its patched TRL trainer), ``chat`` (the chat engine's batched decode, core.train.rollout) or
+    ``trl`` (TRL's own model.generate).
+
+    ``auto`` never gives the chat engine an Unsloth model: Unsloth replaces the attention forward with
+    one that keeps its own KV cache and ignores the static cache the engine decodes with, so the
+    engine's check would fail and the rollouts fall back to the slower model.generate."""
     from core.train.backends import has_package
 
     requested = cfg.rl.rollout
@@ -203,13 +208,17 @@ def rollout_engine(cfg, backend: str, cuda: bool) -> str:
                "it needs a CUDA GPU" if not cuda else
                "it runs on model.backend peft (Unsloth's own vLLM path is not used here)")
         raise ConfigError(f"rl.rollout vllm cannot be used: {why}; use rl.rollout auto", "rl.rollout")
+    unsloth_ok = cuda and backend == "unsloth"
+    if requested == "unsloth" and not unsloth_ok:
+        why = "it needs a CUDA GPU" if not cuda else f"this run trains on model.backend {backend}"
+        raise ConfigError(f"rl.rollout unsloth cannot be used: {why}; use rl.rollout auto", "rl.rollout")
     if requested == "auto":
-        return "vllm" if vllm_ok else "chat"
+        return "vllm" if vllm_ok else "unsloth" if unsloth_ok else "chat"
     return requested
 
 
 ROLLOUT_WORDS = {"vllm": "vLLM (colocated)", "chat": "the chat engine's batched decode",
-                 "trl": "TRL's model.generate"}
+                 "unsloth": "Unsloth's CUDA-graph decode", "trl": "TRL's model.generate"}
 
 
 def grpo_micro_batch(micro_batch: int, grad_accum: int, num_generations: int, world: int = 1) -> int:

@@ -292,6 +292,10 @@ def stage_problems(cfg, kind: str | None = None) -> list[Problem]:
         if not has_package("vllm"):
             out.append(Problem("rl.rollout", "rollout_no_vllm",
                                "vllm needs the vllm package (pip install vllm); use rl.rollout auto"))
+    if rl.rollout == "unsloth" and cfg.model.backend == "peft":
+        out.append(Problem("rl.rollout", "rollout_no_unsloth",
+                           "rl.rollout unsloth decodes with Unsloth's graphs, but model.backend is peft; "
+                           "use rl.rollout auto (the chat engine on this backend)"))
     return out
 
 

@@ -23,7 +23,7 @@ def test_rl_speed_records_every_figure(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "rl_speed.jsonl").read_text().splitlines()]
-    assert [r["figure"] for r in rows] == ["grpo-0.6b", "grpo-4b", "dpo-8b"]
+    assert [r["figure"] for r in rows] == ["grpo-0.6b", "grpo-4b", "dpo-8b", "grpo-0.6b-peft"]
     for r in rows:
         assert "error" not in r, r.get("error")
         assert r["shape"] == "tiny" and r["backend"] == "peft" and r["timed_steps"] == 2

@@ -222,3 +222,50 @@ def test_the_step_path_makes_no_gpu_calls(tmp_path, monkeypatch):
     _, rows = read_steps(tmp_path)
     assert all(r["gpu_mem_gib"] == 1.0 for r in rows)
     assert disk.status["peak_alloc_gib"] == 2.0
+
+
+def test_the_gpu_sampler_keeps_this_process_share_of_a_shared_card():
+    """The card's used memory counts every process on it; the run's own share comes from NVML's
+    process list, and is left out where NVML does not list this process."""
+    import os
+    from types import SimpleNamespace
+
+    from core.train.callbacks import GIB, GpuSampler
+
+    class FakeNvml:
+        NVMLError = RuntimeError
+
+        def __init__(self, procs):
+            self.procs = procs
+
+        def nvmlDeviceGetMemoryInfo(self, handle):
+            return SimpleNamespace(used=40 * GIB)
+
+        def nvmlDeviceGetUtilizationRates(self, handle):
+            return SimpleNamespace(gpu=90)
+
+        def nvmlDeviceGetComputeRunningProcesses(self, handle):
+            return self.procs
+
+    class FakeCuda:
+        @staticmethod
+        def max_memory_allocated(device):
+            return 2 * GIB
+
+        max_memory_reserved = max_memory_allocated
+
+    def sampler(procs):
+        gpu = GpuSampler()
+        gpu.cuda, gpu.handle, gpu.device, gpu.name = True, object(), 0, "NVIDIA H200"
+        gpu.nvml, gpu.torch = FakeNvml(procs), SimpleNamespace(cuda=FakeCuda)
+        return gpu
+
+    gpu = sampler([SimpleNamespace(pid=os.getpid() + 1, usedGpuMemory=30 * GIB),
+                   SimpleNamespace(pid=os.getpid(), usedGpuMemory=int(3.5 * GIB))])
+    assert gpu.sample()["gpu_mem_gib"] == 40.0
+    peaks = gpu.peaks()
+    assert peaks["nvml_used_gib"] == 40.0 and peaks["nvml_process_gib"] == 3.5
+
+    gpu = sampler([SimpleNamespace(pid=os.getpid() + 1, usedGpuMemory=30 * GIB)])  # PIDs NVML cannot see
+    gpu.sample()
+    assert "nvml_process_gib" not in gpu.peaks()

@@ -288,6 +288,11 @@ def test_grpo_checks_name_the_settings(demo_model_path, prompt_mix, tmp_path):
     cfg = stage_config(demo_model_path, prompt_mix, tmp_path, "bad", "grpo", rl={"rewards": []})
     assert [p.setting for p in errors(check_run(cfg))] == ["rl.rewards"]
 
+    cfg = stage_config(demo_model_path, prompt_mix, tmp_path, "bad", "grpo", rl={"rollout": "unsloth"})
+    cfg.model.backend = "peft"
+    [problem] = errors(check_run(cfg))
+    assert problem.code == "rollout_no_unsloth" and problem.setting == "rl.rollout"
+
 
 def test_grpo_micro_batch_keeps_whole_groups():
     from core.train.stages import grpo_micro_batch
@@ -348,11 +353,19 @@ def test_rollout_engine_choice_names_the_setting(demo_model_path, prompt_mix, tm
         return stage_config(demo_model_path, prompt_mix, tmp_path, "r", "grpo", rl={"rollout": rollout})
 
     assert rollout_engine(cfg("auto"), "peft", cuda=False) == "chat"
-    assert rollout_engine(cfg("auto"), "unsloth", cuda=True) == "chat"  # vLLM runs on the peft backend only
+    # vLLM runs on the peft backend only; an Unsloth model decodes with Unsloth's own graphs, since
+    # its patched attention ignores the chat engine's static cache
+    assert rollout_engine(cfg("auto"), "unsloth", cuda=True) == "unsloth"
+    assert rollout_engine(cfg("auto"), "peft", cuda=True) == "chat"
     assert rollout_engine(cfg("trl"), "peft", cuda=False) == "trl"
+    assert rollout_engine(cfg("chat"), "unsloth", cuda=True) == "chat"  # asked for: the engine's check decides
     with pytest.raises(ConfigError) as err:
         rollout_engine(cfg("vllm"), "peft", cuda=False)
     assert err.value.where == "rl.rollout"
+    for backend, cuda in (("peft", True), ("unsloth", False)):
+        with pytest.raises(ConfigError) as err:
+            rollout_engine(cfg("unsloth"), backend, cuda=cuda)
+        assert err.value.where == "rl.rollout" and "rl.rollout unsloth" in str(err.value)
 
 
 @pytest.mark.slow
