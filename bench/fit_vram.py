@@ -222,7 +222,7 @@ def markdown_table(points: list[dict], seq_len: int = 2048, micro_batch: int = 2
         hits = [p for p in points if p.get("model") == key and p.get("method") == method
                 and p.get("seq_len") == seq_len and p.get("micro_batch") == micro_batch
                 and p.get("backend") == "unsloth" and p.get("status") in ("ok", "oom")
-                and p.get("stage", "sft") == "sft"]
+                and p.get("stage", "sft") == "sft" and int(p.get("rank", 16)) == 16]
         if not hits:
             return "—"
         p = hits[-1]

@@ -31,12 +31,15 @@ def total(model="qwen3-8b", **kw):
 
 
 def test_known_peaks_of_qwen3_8b_qlora_are_within_10_percent():
-    # Qwen3-8B QLoRA r=16 all-linear, 2048 tokens x batch 2 on an H200 (max_memory_allocated):
-    # Unsloth 7.35 GiB, transformers + PEFT + bitsandbytes 20.13 GiB.
+    # Qwen3-8B QLoRA r=16 all-linear through `python -m core train` on an H200 (max_memory_allocated,
+    # bench/results/vram.jsonl): Unsloth 2048 tokens x batch 2, 7.01 GiB; transformers + PEFT +
+    # bitsandbytes 4096 x 1, 7.97 GiB (a point held out of the fit) and 16384 x 1, 14.16 GiB.
     unsloth = estimate_training("qwen3-8b", **BASE, backend="unsloth", grad_ckpt="unsloth")
-    peft = estimate_training("qwen3-8b", **BASE, backend="peft", grad_ckpt="on")
-    assert unsloth.alloc_gib == pytest.approx(7.35, rel=0.10)
-    assert peft.alloc_gib == pytest.approx(20.13, rel=0.10)
+    assert unsloth.alloc_gib == pytest.approx(7.01, rel=0.10)
+    for seq_len, measured in ((4096, 7.97), (16384, 14.16)):
+        peft = estimate_training("qwen3-8b", method="qlora", seq_len=seq_len, micro_batch=1, rank=16,
+                                 backend="peft", grad_ckpt="on")
+        assert peft.alloc_gib == pytest.approx(measured, rel=0.10)
 
 
 def test_breakdown_adds_up_and_has_the_named_parts():
@@ -72,7 +75,9 @@ def test_qlora_saves_memory_and_checkpointing_modes_order():
         assert total(key, method="qlora") < total(key, method="lora")
     off, on, offload = (total(grad_ckpt=m, seq_len=4096) for m in ("off", "on", "unsloth"))
     assert off > on > offload
-    assert total(backend="peft", grad_ckpt="on") > total(backend="unsloth", grad_ckpt="on")
+    # measured: Qwen3-8B QLoRA through transformers + PEFT needs more than through Unsloth (7.97 GiB at
+    # 4096 x 1 against 7.01 at 2048 x 2, bench/results/vram.jsonl)
+    assert total(backend="peft", grad_ckpt="on") > total(backend="unsloth", grad_ckpt="unsloth")
     # Fewer target modules, fewer adapter parameters.
     assert total(target_modules=["q_proj", "v_proj"]) < total()
     # Unsloth's dynamic 4-bit keeps some layers in 16-bit: a little more than plain bnb 4-bit.

@@ -113,9 +113,10 @@ def test_grpo_counts_completions_generations_and_the_kl_reference():
     base = est(method="qlora", stage="grpo", micro_batch=4, rl=rl)
     assert set(base.phases) == {"step", "generation"}
     assert base.setup["prompt_len"] == 256 and base.setup["completion_len"] == 1024
-    # the training forward covers prompt + completion tokens of micro_batch completions
+    # the training forward covers prompt + completion tokens of micro_batch completions, like SFT of
+    # rows that long; only the completion's logits are scored (Unsloth's fused log-probs chunk them)
     sft = est(method="qlora", micro_batch=4, seq_len=256 + 1024)
-    assert base.phases["step"] >= sft.total_gib
+    assert base.phases["step"] == pytest.approx(sft.total_gib, rel=0.05)
     # more completions decoded at once: a bigger KV cache, and at some point the generation is the peak
     gens = [est(method="qlora", stage="grpo", micro_batch=4, rl=rl, generation_batch=g).phases["generation"]
             for g in (4, 16, 64)]
@@ -166,16 +167,19 @@ def test_stage_points_refit_the_stage_coefficients():
     truth = c.with_values({"backends.unsloth.stage_logits_bytes": 4.0, "stages.kv_bytes": 2.6})
     pts = []
     for model in ("qwen3-0.6b", "qwen3-4b", "qwen3-8b"):
-        for stage, mb, gen in (("orpo", 1, None), ("orpo", 2, None), ("grpo", 2, 64), ("grpo", 4, 128)):
+        # SFT points beside them, as a real sweep has: they pin the terms every stage shares
+        for stage, mb, gen in (("sft", 1, None), ("sft", 4, None), ("orpo", 1, None), ("orpo", 2, None),
+                               ("grpo", 2, 64), ("grpo", 4, 128)):
             rl = {"max_prompt_len": 256, "max_completion_len": 1024}
             e = estimate_training(model, method="qlora", seq_len=2048, micro_batch=mb, stage=stage, rl=rl,
                                   generation_batch=gen, coefficients=truth)
             pts.append({"model": model, "method": "qlora", "seq_len": 2048, "micro_batch": mb, "stage": stage,
                         "rl": rl, "generation_batch": gen, "status": "ok", "peak_alloc_gib": e.alloc_gib})
     fit = calibrate(pts, c)
-    assert fit.coefficients.get("backends.unsloth.stage_logits_bytes") == pytest.approx(4.0, rel=0.05)
+    assert fit.coefficients.get("backends.unsloth.stage_logits_bytes") == pytest.approx(4.0, rel=0.1)
+    assert fit.coefficients.get("stages.kv_bytes") == pytest.approx(2.6, rel=0.02)
     assert fit.max_abs_error < 0.02
-    assert {r["stage"] for r in fit.rows} == {"orpo", "grpo"}
+    assert {r["stage"] for r in fit.rows} == {"sft", "orpo", "grpo"}
 
 
 # ------------------------------------------------------------------------- auto micro-batch, pre-run check
@@ -187,11 +191,11 @@ def test_auto_micro_batch_counts_pairs_completions_and_cards():
     dpo = choose_micro_batch("qwen3-8b", stage="dpo", **kw)
     assert dpo.micro_batch < sft.micro_batch  # two sequences per row, and materialised logits
     assert dpo.effective_batch == sft.effective_batch == 16
-    grpo = choose_micro_batch("qwen3-8b", stage="grpo", rl=RLConfig(max_completion_len=4096), **kw)
+    grpo = choose_micro_batch("qwen3-8b", stage="grpo", rl=RLConfig(max_completion_len=3072), **kw)
     assert "completions" in grpo.reason and grpo.effective_batch == 16
     # the rollouts decode the whole effective batch at once, whatever the micro-batch
     e = estimate_training("qwen3-8b", method="qlora", seq_len=2048, micro_batch=grpo.micro_batch, stage="grpo",
-                          rl=RLConfig(max_completion_len=4096), generation_batch=16)
+                          rl=RLConfig(max_completion_len=3072), generation_batch=16)
     assert grpo.est_gib == pytest.approx(e.total_gib, abs=0.01)
     # fsdp over 4 cards lets 16-bit Qwen3-14B train on 24 GB cards, per card
     one = choose_micro_batch("qwen3-14b", vram_gib=24, grad_accum=4, method="lora", seq_len=1024)
