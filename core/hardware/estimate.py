@@ -44,9 +44,9 @@ Stages beyond SFT (``stage``, ``rl``) run as phases one after another; the peak 
                 tokens), the prompt prefill of one layer and the sampling logits.
     reference   a no-gradient log-prob pass on its own: dpo with precomputed reference log-probs
                 (before training), grpo with rl.kl_beta > 0 (after the rollouts).
-The stage terms are physical counts whose coefficients have not been measured yet (``stages`` and
-each backend's ``stage_logits_bytes`` in the coefficients file); ``bench/vram_sweep.py --stage``
-measures them.
+The stage terms are physical counts whose coefficients (``stages`` and each backend's
+``stage_logits_bytes`` in the coefficients file) are fit to the points ``bench/vram_sweep.py --stage``
+measures; GRPO's rest on few points (docs/hardware.md gives their errors).
 """
 
 from __future__ import annotations

@@ -86,6 +86,11 @@ def test_train_grid_measures_trainer_and_bare_loop_on_one_load(tmp_path):
     summary = by["summary"]
     assert summary["points"] == 1 and summary["worst_point"] == "tiny lora 128x2"
     assert set(summary["targets"]) == {"trainer_vs_bare>=0.95", "auto_vs_2x4>=1.15"}
+    # the trainer ran first (as in the GUI's process); its rows waited in the partial file for the bare loop
+    assert point["order"] == "trainer-first"
+    partial = [json.loads(line) for line in (out / "train_grid.partial.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in partial} == {"trainer", "trainer-padding_free", "mb2x4", "mb-auto"}
+    assert all("ratio" not in r for r in partial)
 
 
 def test_fit_cards_trains_the_recommendation_with_auto_micro_batch(tmp_path):
