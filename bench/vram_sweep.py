@@ -165,6 +165,14 @@ WIDE: list[tuple] = [
     ("qwen3-4b", "qlora", 16384, 1, "auto", "unsloth", 16, True),
     ("qwen3-8b", "qlora", 16384, 1, "peft", "on", 16, False),
     ("qwen3-14b", "qlora", 4096, 1, "peft", "on", 64, True),
+    # transformers + PEFT at ranks 64 / 128 and on 14B: the first wide sweep fitted four rank-16 PEFT
+    # points only, too few to free the backend's coefficients (its held-out error was 7%)
+    ("qwen3-8b", "qlora", 2048, 2, "peft", "on", 64, False),
+    ("qwen3-14b", "qlora", 2048, 1, "peft", "on", 16, False),
+    ("qwen3-4b", "qlora", 4096, 1, "peft", "on", 128, False),
+    ("qwen3-14b", "qlora", 8192, 1, "peft", "on", 16, False),
+    ("qwen3-8b", "lora", 2048, 1, "peft", "on", 16, False),
+    ("qwen3-8b", "qlora", 8192, 1, "peft", "on", 128, True),
 ]
 
 
