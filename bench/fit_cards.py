@@ -35,6 +35,8 @@ from train_grid import build_uniform  # noqa: E402
 from train_speed import log  # noqa: E402
 from vram_sweep import SMOKE_MODEL, build_shape, smoke_point  # noqa: E402
 
+from core.choices import BACKENDS  # noqa: E402
+
 
 def pick_for(cap: float, seq: int) -> tuple[object, str]:
     """The recommendation for a card of ``cap`` GiB that this script can build (dense shapes), and a
@@ -118,7 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--caps", default="12,16,24,48", help="Card sizes to emulate, GiB.")
     p.add_argument("--seq", type=int, default=2048, help="Sequence length the tab recommends for.")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--backend", default="unsloth", choices=("unsloth", "peft", "auto"))
+    p.add_argument("--backend", default="unsloth", choices=BACKENDS)
     p.add_argument("--work", default="/tmp/qwentune-bench")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--call", default="")

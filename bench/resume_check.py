@@ -23,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train_speed  # noqa: E402  (bench/ is not a package)
 
+from core.choices import BACKENDS  # noqa: E402  (train_speed put the repository on the path)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -45,7 +47,7 @@ def main(argv=None) -> int:
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--save-steps", type=int, default=2)
-    p.add_argument("--backend", default="auto", choices=("unsloth", "peft", "auto"))
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--packing", default="auto")
     p.add_argument("--timeout", type=int, default=300, help="Seconds for each of the two runs.")
     args = p.parse_args(argv)

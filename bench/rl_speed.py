@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
 
 from train_speed import LINEARS, SHAPES, _words, build_model, train_cli  # noqa: E402  (Qwen3's shapes, defined once)
 
-from core.choices import ROLLOUTS  # noqa: E402
+from core.choices import BACKENDS, ROLLOUTS  # noqa: E402
 
 # figure -> (stage, shape, method, backend: None = --backend)
 FIGURES = {"grpo-0.6b": ("grpo", "0.6b", "lora", None), "grpo-4b": ("grpo", "4b", "lora", None),
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
                                                               "forward, as most recipes do).")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--rollout", default="auto", choices=ROLLOUTS)
-    p.add_argument("--backend", default="auto", choices=("unsloth", "peft", "auto"))
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--phase-timeout", type=int, default=300, help="Seconds before a figure is given up.")
     args = p.parse_args(argv)
 

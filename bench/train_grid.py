@@ -55,6 +55,8 @@ for p in (ROOT, ROOT / "bench"):
 
 from train_speed import SHAPES, build_model, fit_conv, flops_per_token, log, peak_tflops  # noqa: E402
 
+from core.choices import BACKENDS  # noqa: E402
+
 DEFAULT_SEQS = "1024x8,2048x2,4096x1"
 
 
@@ -251,8 +253,8 @@ def child(args) -> int:
               "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "call": args.call}
     log(f"{shape} {method}: loaded in {load_s:.0f}s on {device}")
 
-    def record(row: dict) -> None:
-        with (out / "train_grid.jsonl").open("a") as f:
+    def record(row: dict, name: str = "train_grid.jsonl") -> None:
+        with (out / name).open("a") as f:
             f.write(json.dumps(row) + "\n")
 
     def mfu(seq: int, tps: float | None) -> dict:
@@ -292,8 +294,7 @@ def child(args) -> int:
                 log(f"{kind} {shape} {method} {seq}x{m} FAILED: {exc}")
             if args.order == "trainer-first":
                 # the rows are complete once the bare loop ran; a call cut short before keeps these
-                with (out / "train_grid.partial.jsonl").open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                record(row, "train_grid.partial.jsonl")
             rows.append(row)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -363,7 +364,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="Steps left out of the timing (compile, autotune).")
     p.add_argument("--accum", type=int, default=2, help="Gradient accumulation of the grid points.")
     p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--backend", default="unsloth", choices=("unsloth", "peft", "auto"))
+    p.add_argument("--backend", default="unsloth", choices=BACKENDS)
     p.add_argument("--packings", default="auto", help="train.packing modes per point (auto always runs).")
     p.add_argument("--auto-compare", action="store_true",
                    help="Also micro_batch 2 x accum 4 vs micro_batch auto x accum 4 at each point's length.")

@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from core.choices import BACKENDS  # noqa: E402
+
 SHAPES = {
     # Qwen3-8B's config.json
     "8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
@@ -388,7 +390,7 @@ def main(argv=None) -> int:
     p.add_argument("--accum", type=int, default=2)
     p.add_argument("--micro-batch", type=int, default=2)
     p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--backend", default="unsloth", choices=("unsloth", "peft", "auto"))
+    p.add_argument("--backend", default="unsloth", choices=BACKENDS)
     p.add_argument("--phases", default="project,bare,plain,mixed",
                    help="Comma list of: project, project-lora (16-bit LoRA), bare, plain, mixed.")
     p.add_argument("--mixed-modes", default="off,packing,bucket,padding_free")

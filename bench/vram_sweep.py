@@ -571,6 +571,19 @@ def _tail(path: Path, chars: int = 3000) -> str:
         return ""
 
 
+def setup_fields(point: Point, arch, backend: str) -> dict:
+    """The fields of a point's line that core.hardware.estimate.point_setup reads (the setup to
+    estimate), for the backend that trains it."""
+    fields = {"model": point.model, "method": point.method, "seq_len": point.seq_len,
+              "micro_batch": point.micro_batch, "rank": point.rank, "targets": "all", "grad_ckpt": point.grad_ckpt,
+              "backend": backend, "quant": "nf4" if point.method == "qlora" else "none", "arch": arch.to_dict()}
+    if point.strategy != "single":
+        fields.update(strategy=point.strategy, gpus=point.gpus)
+    if point.stage != "sft":
+        fields.update(stage=point.stage, rl=point.rl(), generation_batch=point.micro_batch)
+    return fields
+
+
 def prepare_point(point: Point, work: Path, arch=None) -> tuple[Path, Path, list[int]]:
     """The point's shape checkpoint and mix (built once, shared by points that match)."""
     from core.hardware.catalog import get_model
@@ -629,10 +642,8 @@ def run_point(point: Point, work: Path, timeout_s: float, keep_runs: bool, arch=
     else:
         state = "failed"
     line = {
-        "model": point.model, "method": point.method, "seq_len": point.seq_len, "micro_batch": point.micro_batch,
-        "rank": point.rank, "targets": "all", "grad_ckpt": point.grad_ckpt, "held_out": point.held_out,
-        "backend": status.get("backend") or point.backend, "backend_requested": point.backend,
-        "quant": "nf4" if point.method == "qlora" else "none",
+        **setup_fields(point, arch, status.get("backend") or point.backend),
+        "held_out": point.held_out, "backend_requested": point.backend,
         "optimizer": "adamw_8bit" if status.get("device") == "cuda" else "adamw_torch",
         "status": state, "peak_alloc_gib": status.get("peak_alloc_gib"),
         "nvml_used_gib": status.get("nvml_used_gib"), "nvml_process_gib": status.get("nvml_process_gib"),
@@ -642,13 +653,10 @@ def run_point(point: Point, work: Path, timeout_s: float, keep_runs: bool, arch=
         "wall_s": round(wall, 1), "arch": arch.to_dict(), "run": run_name,
     }
     if point.strategy != "single":
-        # What core.hardware.estimate.point_setup reads: the peak is rank 0's card's.
-        line.update(strategy=point.strategy, gpus=point.gpus, world_size=status.get("world_size"))
+        line["world_size"] = status.get("world_size")  # the peak is rank 0's card's
     if point.stage != "sft":
-        # What core.hardware.estimate.point_setup reads to estimate the same phases.
         per_row = point.prompt_len + point.completion_len if point.stage == "grpo" else 2 * max(row_tokens)
-        line.update(stage=point.stage, rl=point.rl(), generation_batch=point.micro_batch,
-                    tokens_per_step=per_row * point.micro_batch)
+        line["tokens_per_step"] = per_row * point.micro_batch
     if state != "ok":
         line["error"] = status.get("error") or f"exit code {rc}"
         line["log_tail"] = _tail(run_dir / "train.log") or output[-3000:]
@@ -737,13 +745,7 @@ def point_need_gib(point: Point, arch) -> float:
     rule of --lanes (a point that ran out of memory beside others is tried again alone)."""
     from core.hardware.estimate import estimate_setup, point_setup
 
-    line = {"model": point.model, "method": point.method, "seq_len": point.seq_len,
-            "micro_batch": point.micro_batch, "rank": point.rank, "grad_ckpt": point.grad_ckpt,
-            "backend": "peft" if point.backend == "peft" else "unsloth",
-            "quant": "nf4" if point.method == "qlora" else "none", "arch": arch.to_dict()}
-    if point.stage != "sft":
-        line.update(stage=point.stage, rl=point.rl(), generation_batch=point.micro_batch)
-    est = estimate_setup(*point_setup(line))
+    est = estimate_setup(*point_setup(setup_fields(point, arch, "peft" if point.backend == "peft" else "unsloth")))
     return est.total_gib * 1.3 + 1.0
 
 
@@ -759,7 +761,6 @@ def concurrent_line(line: dict, idle_gib: float, lanes: int) -> dict:
 def run_lanes(todo: list[Point], args, work: Path, out: Path, meta: dict, arches: dict, t_start: float) -> int:
     """--lanes N: up to N points in flight, each in its own runs folder, admitted while the sum of
     their estimates fits the card. Shapes and mixes are built first, one at a time."""
-    import threading
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     from core.hardware.catalog import get_model
@@ -777,7 +778,6 @@ def run_lanes(todo: list[Point], args, work: Path, out: Path, meta: dict, arches
     alone: list[Point] = []  # ran out of memory beside others: once more, with the card to itself
     lanes_free = list(range(1, args.lanes + 1))
     flight: dict = {}
-    lock = threading.Lock()
     measured = 0
     with ThreadPoolExecutor(max_workers=args.lanes) as pool:
         while pending or alone or flight:
@@ -818,8 +818,7 @@ def run_lanes(todo: list[Point], args, work: Path, out: Path, meta: dict, arches
                     continue
                 line = concurrent_line({**meta, **line, "time": time.strftime("%Y-%m-%dT%H:%M:%S")},
                                        idle, 1 if solo else args.lanes)
-                with lock:
-                    append_line(out, line)
+                append_line(out, line)  # this thread only: the pool's threads run the points
                 measured += 1
                 peak = line["peak_alloc_gib"]
                 print(f"    [lane {lane}] {line['status']}: {pt.name} backend {line['backend']}, peak alloc "

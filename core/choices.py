@@ -26,8 +26,9 @@ STAGES = ("sft", "dpo", "orpo", "grpo")
 STRATEGIES = ("single", "ddp", "fsdp")
 # rl.rewards: the built-in GRPO rewards (core.train.rewards); a user's own comes from rl.reward_file.
 REWARDS = ("answer", "format", "length")
-# rl.rollout: how GRPO generates completions. chat: the chat engine's batched decode; trl: TRL's own
-# model.generate; vllm: vLLM colocated (transformers + PEFT backend); auto: vllm where it can run, else chat.
+# rl.rollout: how GRPO generates completions. chat: the chat engine's batched decode; unsloth: Unsloth's
+# CUDA-graph decode (unsloth backend); trl: TRL's own model.generate; vllm: vLLM colocated (transformers +
+# PEFT backend); auto: vllm where it can run, else unsloth on the unsloth backend, else chat.
 ROLLOUTS = ("auto", "chat", "unsloth", "trl", "vllm")
 # mix.kind: what a mix's rows are for. sft: conversations to imitate; preference: a prompt with a
 # chosen and a rejected reply (dpo, orpo); prompt: a prompt with a reference answer (grpo).
