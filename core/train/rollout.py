@@ -92,16 +92,28 @@ def _engine_generate(model, tokenizer, prompt_ids, sampling, eos_token_ids, batc
     return out
 
 
+def _eos_and_pad(model, tokenizer, eos_token_ids) -> tuple[list[int], int]:
+    """The tokens that end a row (the caller's, else the model's and tokenizer's stop tokens) and the
+    padding id model.generate is given (the tokenizer's, else the first end token)."""
+    from core.chat.engine import _stop_ids
+
+    eos = [int(t) for t in eos_token_ids] if eos_token_ids else sorted(_stop_ids(model, tokenizer))
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return eos, int(pad) if pad is not None else (eos[0] if eos else 0)
+
+
+def _cut_after_eos(row: list[int], eos: list[int]) -> list[int]:
+    """A generated row up to and with its first end token (the rest is padding)."""
+    cut = next((i for i, t in enumerate(row) if t in set(eos)), None)
+    return row[:cut + 1] if cut is not None else row
+
+
 def _hf_generate(model, tokenizer, prompt_ids, *, max_new_tokens, temperature, top_p, top_k, eos_token_ids,
                  seed: int, batch_size: int) -> list[list[int]]:
     """The same rollouts through ``model.generate`` (left padding; each row cut after its first eos)."""
     import torch
 
-    from core.chat.engine import _stop_ids
-
-    eos = [int(t) for t in eos_token_ids] if eos_token_ids else sorted(_stop_ids(model, tokenizer))
-    pad = getattr(tokenizer, "pad_token_id", None)
-    pad = int(pad) if pad is not None else (eos[0] if eos else 0)
+    eos, pad = _eos_and_pad(model, tokenizer, eos_token_ids)
     device = next(model.parameters()).device
     sample = temperature > 0.0
     kwargs = {"max_new_tokens": int(max_new_tokens), "do_sample": sample, "pad_token_id": pad,
@@ -130,12 +142,7 @@ def _hf_chunk(model, chunk, pad: int, eos: list[int], device, kwargs: dict) -> l
         attn[b, width - len(p):] = 1
     with torch.no_grad():
         gen = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **kwargs)
-    stop = set(eos)
-    out: list[list[int]] = []
-    for row in gen[:, width:].tolist():
-        cut = next((i for i, t in enumerate(row) if t in stop), None)
-        out.append(row[:cut + 1] if cut is not None else row)
-    return out
+    return [_cut_after_eos(row, eos) for row in gen[:, width:].tolist()]
 
 
 def _mark(model, attr: str, value) -> None:
@@ -190,20 +197,14 @@ def _hf_greedy_with_scores(model, tokenizer, prompt: list[int], eos_token_ids):
     """model.generate's greedy tokens for one prompt (cut after its first eos) and its per-step scores."""
     import torch
 
-    from core.chat.engine import _stop_ids
-
-    eos = [int(t) for t in eos_token_ids] if eos_token_ids else sorted(_stop_ids(model, tokenizer))
-    pad = getattr(tokenizer, "pad_token_id", None)
-    pad = int(pad) if pad is not None else (eos[0] if eos else 0)
+    eos, pad = _eos_and_pad(model, tokenizer, eos_token_ids)
     device = next(model.parameters()).device
     ids = torch.tensor([prompt], dtype=torch.long, device=device)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=CHECK_TOKENS,
                              do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad,
                              eos_token_id=eos or None, output_scores=True, return_dict_in_generate=True)
-    row = out.sequences[0, len(prompt):].tolist()
-    cut = next((i for i, t in enumerate(row) if t in set(eos)), None)
-    return (row[:cut + 1] if cut is not None else row), out.scores
+    return _cut_after_eos(out.sequences[0, len(prompt):].tolist(), eos), out.scores
 
 
 def generate_completions(model, tokenizer, prompt_ids: list[list[int]], *, max_new_tokens: int,
