@@ -10,6 +10,11 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_OOM, EXIT_STOPPED = 0, 1, 2, 3, 0
 EXIT_BY_KIND = {"config": EXIT_CONFIG, "data": EXIT_CONFIG, "model": EXIT_CONFIG}
 
 
+def failure_exit(oom: bool, kind: str | None) -> int:
+    """The exit code of a failed run: out of memory, else by its error kind."""
+    return EXIT_OOM if oom else EXIT_BY_KIND.get(kind or "", EXIT_FAILED)
+
+
 def log(msg: str) -> None:
     """A line of train.log. Under ddp / fsdp only rank 0 speaks (the others would repeat it)."""
     from core.train.launch import writes_run_folder

@@ -31,7 +31,7 @@ def run_ranks(cfg, run_dir: Path, resume: bool, p: Plan, model_path: Path | None
 
     from core.procs import ROOT
     from core.train import runs
-    from core.train.exits import EXIT_BY_KIND, EXIT_FAILED, EXIT_OK, EXIT_OOM, log
+    from core.train.exits import EXIT_OK, failure_exit, log
 
     if resume:
         check_resume(run_dir, p)
@@ -61,9 +61,7 @@ def run_ranks(cfg, run_dir: Path, resume: bool, p: Plan, model_path: Path | None
         shutil.rmtree(reports, ignore_errors=True)
     if status.state in ("done", "stopped"):
         return EXIT_OK
-    if status.oom:
-        return EXIT_OOM
-    return EXIT_BY_KIND.get(status.error_kind or "", EXIT_FAILED)
+    return failure_exit(bool(status.oom), status.error_kind)
 
 
 def _first_report(reports: Path) -> dict | None:
@@ -85,7 +83,7 @@ def _record_lost_rank(run_dir: Path, p: Plan, rc: int, report: dict | None) -> i
     import signal
 
     from core.train import runs
-    from core.train.exits import EXIT_BY_KIND, EXIT_FAILED, EXIT_OOM, log
+    from core.train.exits import failure_exit, log
 
     ckpt = runs.RunFolder(run_dir).latest_checkpoint()
     resume = ("Resume continues from " + ckpt.name + "." if ckpt else
@@ -102,9 +100,7 @@ def _record_lost_rank(run_dir: Path, p: Plan, rc: int, report: dict | None) -> i
     log(f"error: {error}\n{advice}")
     runs.write_status(run_dir, state="failed", phase="", finished=runs.now_iso(), error=error, error_kind=kind,
                       advice=advice, resumable=resumable, **({"oom": True} if oom else {}))
-    if oom:
-        return EXIT_OOM
-    return EXIT_BY_KIND.get(kind, EXIT_FAILED)
+    return failure_exit(oom, kind)
 
 
 def _kill_ranks(run_dir: Path, proc) -> None:
