@@ -101,16 +101,21 @@ def resolve_gpu_ids(setting, strategy: str, visible: list[int]) -> list[int]:
     fsdp; a count (2) = the first that many; a list (0,1; one id alone "1,") = those, numbered as
     the launcher numbers them: within CUDA_VISIBLE_DEVICES where it is set (core.train.launch).
     A single-process run uses the first of them; ids that are not there are left out."""
-    text = str(setting if setting is not None else "auto").strip().lower().strip("[]")
+    from core.settings import ConfigError
+    from core.train.launch import parse_gpus
+
     if not visible:
         return []
-    if text in ("", "auto"):
+    try:
+        kind, value = parse_gpus(setting)
+    except ConfigError:  # the pre-run check names the setting; here the run holds its first card
+        kind, value = "first", None
+    if kind == "auto":
         ids = list(visible) if strategy != "single" else visible[:1]
-    elif "," in text:
-        positions = [int(p) for p in text.split(",") if p.strip().isdigit()]
-        ids = [visible[i] for i in positions if i < len(visible)]
-    elif text.isdigit():
-        ids = list(visible[:max(int(text), 1)])
+    elif kind == "ids":
+        ids = [visible[i] for i in value if i < len(visible)]
+    elif kind == "count":
+        ids = list(visible[:value])
     else:
         ids = visible[:1]
     return ids[:1] if strategy == "single" else ids

@@ -530,32 +530,28 @@ def estimate_run(cfg, *, model=None, micro_batch: int | None = None, backend: st
 
 def visible_gpu_count() -> int:
     """Cards a run with ``train.gpus: auto`` gets: the launcher's WORLD_SIZE inside a run, else the
-    GPUs this process may use (CUDA_VISIBLE_DEVICES where set, else what NVML reports), at least 1 so
-    that an estimate is per one card or more."""
+    GPUs this process may use (core.train.launch's count), at least 1 so that an estimate is per one
+    card or more."""
     import os
+
+    from core.train.launch import visible_gpu_count as launcher_count
 
     text = os.environ.get("WORLD_SIZE", "").strip()
     if text.isdigit() and int(text) > 0:
         return int(text)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return max(len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"]), 1)
-    from core.hardware.detect import HardwareReport, detect_gpus
-
-    report = HardwareReport()
-    detect_gpus(report)
-    return max(len(report.gpus), 1)
+    return max(launcher_count(ask_torch=False), 1)
 
 
 def gpu_count_of(setting) -> int | None:
     """How many cards a train.gpus value names: "2" -> 2, "0,1" -> 2, "auto" -> None (every visible
-    card, known only on the machine)."""
-    text = str(setting if setting is not None else "auto").strip().lower()
-    if text in ("", "auto"):
+    card, known only on the machine), and None for a value the pre-run check refuses."""
+    from core.train.launch import parse_gpus
+
+    try:
+        kind, value = parse_gpus(setting)
+    except ConfigError:
         return None
-    if "," in text:
-        return len([p for p in text.split(",") if p.strip()])
-    return int(text) if text.isdigit() and int(text) > 0 else None
+    return None if kind == "auto" else value if kind == "count" else len(value)
 
 
 def estimate_inference(arch_or_key: str | Arch | ModelEntry, *, method: str, context_len: int, batch: int = 1,
