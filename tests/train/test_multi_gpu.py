@@ -301,13 +301,24 @@ def live_runs():
                 os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.slow
-def test_ddp_stop_kill9_and_resume(tmp_path, learnable_model, facts_mix, monkeypatch, live_runs):
+def start_slow_ddp(tmp_path, model, mix, monkeypatch, live_runs, name: str, max_steps: int) -> Path:
+    """A two-process CPU ddp run through the launcher, with steps slow enough to act between them."""
     monkeypatch.setenv(launch.CPU_RANKS_ENV, "2")
-    monkeypatch.setenv("QWENTUNE_STEP_DELAY_S", "0.3")  # steps slow enough to act between them
-    cfg = short_config(learnable_model, facts_mix, tmp_path / "runs", "ctl", strategy="ddp", max_steps=24)
+    monkeypatch.setenv("QWENTUNE_STEP_DELAY_S", "0.3")
+    cfg = short_config(model, mix, tmp_path / "runs", name, strategy="ddp", max_steps=max_steps)
     run_dir = runs.start_run(cfg, tmp_path / "runs")
     live_runs.append(run_dir)
+    return run_dir
+
+
+def wait_for_ranks(run_dir: Path):
+    """The status once both ranks run and have trained two steps."""
+    return wait_until(run_dir, lambda s: s.state == "running" and s.rank_pids and (s.step or 0) >= 2)
+
+
+@pytest.mark.slow
+def test_ddp_stop_kill9_and_resume(tmp_path, learnable_model, facts_mix, monkeypatch, live_runs):
+    run_dir = start_slow_ddp(tmp_path, learnable_model, facts_mix, monkeypatch, live_runs, "ctl", 24)
 
     # Stop: rank 0 sees the stop file, every rank stops on the same step, one checkpoint there.
     wait_until(run_dir, lambda s: s.state == "running" and (s.step or 0) >= 4)
@@ -342,12 +353,8 @@ def test_ddp_stop_kill9_and_resume(tmp_path, learnable_model, facts_mix, monkeyp
 @pytest.mark.slow
 def test_kill9_of_the_launcher_ends_every_rank(tmp_path, learnable_model, facts_mix, monkeypatch, live_runs):
     """Stop now (kill_run) reaches the ranks, which lead sessions of their own."""
-    monkeypatch.setenv(launch.CPU_RANKS_ENV, "2")
-    monkeypatch.setenv("QWENTUNE_STEP_DELAY_S", "0.3")
-    cfg = short_config(learnable_model, facts_mix, tmp_path / "runs", "now", strategy="ddp", max_steps=40)
-    run_dir = runs.start_run(cfg, tmp_path / "runs")
-    live_runs.append(run_dir)
-    st = wait_until(run_dir, lambda s: s.state == "running" and s.rank_pids and (s.step or 0) >= 2)
+    run_dir = start_slow_ddp(tmp_path, learnable_model, facts_mix, monkeypatch, live_runs, "now", 40)
+    st = wait_for_ranks(run_dir)
     runs.kill_run(run_dir)
     assert all_dead(st, timeout=15)
     st = runs.read_status(run_dir)
@@ -360,12 +367,8 @@ def test_kill9_of_rank_0_or_the_parent_fails_the_run_resumably(tmp_path, learnab
                                                                live_runs, victim):
     """Rank 0 killed: rank 1 is ended by torchrun and the parent records the failure. The parent
     killed: each rank sees its launcher gone and ends; the run reads as failed from its dead pid."""
-    monkeypatch.setenv(launch.CPU_RANKS_ENV, "2")
-    monkeypatch.setenv("QWENTUNE_STEP_DELAY_S", "0.3")
-    cfg = short_config(learnable_model, facts_mix, tmp_path / "runs", "k9", strategy="ddp", max_steps=40)
-    run_dir = runs.start_run(cfg, tmp_path / "runs")
-    live_runs.append(run_dir)
-    st = wait_until(run_dir, lambda s: s.state == "running" and s.rank_pids and (s.step or 0) >= 2)
+    run_dir = start_slow_ddp(tmp_path, learnable_model, facts_mix, monkeypatch, live_runs, "k9", 40)
+    st = wait_for_ranks(run_dir)
     os.kill(st.rank_pids[0] if victim == "rank 0" else st.pid, signal.SIGKILL)
     assert all_dead(st, timeout=30), f"a process outlived the kill of the {victim}"
     st = wait_until(run_dir, lambda s: s.state not in runs.ACTIVE, timeout=30)
