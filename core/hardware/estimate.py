@@ -277,9 +277,12 @@ def training_terms(arch: Arch, s: TrainSetup, c: Coefficients) -> list[Term]:
         terms.append(Term("weights", f"{f}.root_gather_bytes", counts.embed + counts.other))
         terms.append(Term("weights", f"{f}.gather_layers", counts.linear / arch.layers * linear_bytes))
         terms.append(Term("overhead", f"{f}.comm_gib", GIB))
-    # adapter: fp32 parameters + fp32 gradients + optimizer states (fsdp: sharded like the weights)
+    # adapter: fp32 parameters + fp32 gradients + optimizer states (fsdp: sharded like the weights),
+    # times the share of them alive at the backend's peak: where the peak falls early in a backward,
+    # the gradients of the layers below it do not exist yet (ranks 64 / 128 decide the share)
     n_lora = lora_param_count(arch, s.rank, s.target_modules)
-    terms.append(Term("lora", None, n_lora * c.get(f"lora_state_bytes.{s.optimizer}") / shards))
+    terms.append(Term("lora", f"{b}.adapter_peak_share",
+                      n_lora * c.get(f"lora_state_bytes.{s.optimizer}") / shards))
     # activations of the training step
     tokens = s.tokens
     terms.append(Term("activations", f"{act}.ckpt_bytes", arch.layers * tokens * arch.hidden, "step"))
