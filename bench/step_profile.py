@@ -60,7 +60,9 @@ VARIANTS = {
     # the worker freezes the heap before training (core.train.worker.settle_heap); this one does not
     "worker-no-freeze": ({}, True, {}),
 }
-BARE = ("bare", "bare-autocast")
+# bare-mask: the bare loop with the all-ones attention mask the trainer's collator passes, which
+# tells a cost of the masked attention path apart from the trainer's own
+BARE = ("bare", "bare-autocast", "bare-mask")
 
 
 def log(msg: str) -> None:
@@ -131,7 +133,7 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def run_bare(model, batches, args, autocast: bool = False) -> dict:
+def run_bare(model, batches, args, autocast: bool = False, mask: bool = False) -> dict:
 
     import torch
 
@@ -149,7 +151,7 @@ def run_bare(model, batches, args, autocast: bool = False) -> dict:
 
     def step(k):
         micro = [batches[(k * args.accum + m) % len(batches)] for m in range(args.accum)]
-        return train_speed.bare_step(model, opt, params, micro, device, autocast)[0]
+        return train_speed.bare_step(model, opt, params, micro, device, autocast, mask=mask)[0]
 
     _sync()
     watch = GcWatch().__enter__()
@@ -282,6 +284,7 @@ def main(argv=None) -> int:
     p.add_argument("--accum", type=int, default=2)
     p.add_argument("--micro-batch", type=int, default=2)
     p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--method", default="qlora", choices=("qlora", "lora"), help="QLoRA (nf4) or 16-bit LoRA.")
     p.add_argument("--backend", default="unsloth", choices=("unsloth", "peft"))
     p.add_argument("--variants", default="bare,bare-autocast,worker,worker-no-autocast",
                    help="Comma list of: " + ", ".join(BARE + tuple(VARIANTS)) + ". Each runs in its own process "
@@ -313,7 +316,8 @@ def main(argv=None) -> int:
     work = Path(args.work)
     model_dir = work / f"model-{args.shape}"
     cfg = from_dict(RunConfig, {
-        "model": {"name_or_path": str(model_dir), "method": "qlora", "quant": "nf4", "backend": args.backend},
+        "model": {"name_or_path": str(model_dir), "method": args.method,
+                  "quant": "nf4" if args.method == "qlora" else "auto", "backend": args.backend},
         "lora": {"r": args.rank, "alpha": args.rank, "dropout": 0.0, "target_modules": train_speed.LINEARS},
         "train": {"max_steps": args.steps, "micro_batch": args.micro_batch, "grad_accum": args.accum,
                   "max_seq_len": args.seq, "learning_rate": 2e-4, "warmup_steps": 0, "logging_steps": 1,
@@ -329,13 +333,15 @@ def main(argv=None) -> int:
     train_tok = tokenize(train, loaded.tokenizer, cfg.train)
     batches = train_speed._batches(work, model_dir, args.seq, args.micro_batch)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    common = {"device": device, "shape": args.shape, "seq": args.seq, "micro_batch": args.micro_batch,
-              "accum": args.accum, "steps": args.steps, "warmup": args.warmup, "rank": args.rank,
+    common = {"device": device, "shape": args.shape, "method": args.method, "seq": args.seq,
+              "micro_batch": args.micro_batch, "accum": args.accum, "steps": args.steps, "warmup": args.warmup,
+              "rank": args.rank,
               "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__}
     dtypes = sorted({str(p.dtype) for p in loaded.model.parameters() if p.requires_grad})
     name = args.only
     if name in BARE:
-        res = {"variant": name} | run_bare(loaded.model, batches, args, autocast=name == "bare-autocast")
+        res = {"variant": name} | run_bare(loaded.model, batches, args, autocast=name == "bare-autocast",
+                                           mask=name == "bare-mask")
     else:
         res = run_variant(name, cfg, loaded, train_tok, args)
     print("RESULT " + json.dumps(dict(common, trainable_dtypes=dtypes, **res)), flush=True)

@@ -9,13 +9,17 @@ same loaded model, so one load per (shape, method) serves every point of it:
 
     child process per (shape, method)
       load the model once with the project's loader (core.train.backends.load: Unsloth on a GPU)
+      bare loop at every point            (on the model exactly as loaded)
       the trainer at every point          (worker.run with that model handed in)
-      bare loop at every point            (--order bare-first: this first)
 
-The trainer runs first by default, as in the GUI's process: Unsloth resets its compiled graphs when
-a manual forward / backward ran before trainer.train(), so a bare loop run first made the first
-trainer run of each child recompile inside its timed steps (0.66x-0.88x at the first point, where
-later points of the same child measured 0.95x-1.09x).
+The bare loop runs first because a trainer run leaves the model without Unsloth's gradient
+checkpointing: run after the trainer, the same bare loop peaked at 35.6 GiB against the trainer's
+9.4 GiB (Qwen3-4B, 1024 x 8, H200) and ran up to 1.8x faster, an anchor that measures another memory
+plan. Each row therefore carries ``anchor_check``: a bare peak more than ANCHOR_PEAK_TOLERANCE away
+from the trainer's marks the ratio as not comparable (the summary lists such points and leaves
+them out of the worst ratio). The cost of this order: Unsloth resets its compiled graphs when a
+manual forward / backward ran before trainer.train(), so the first trainer run of a child
+recompiles; in the H200 logs that cost falls in its first step, which is not timed.
 
 Each point is appended to <out>/train_grid.jsonl as soon as it is measured, so a call cut short
 keeps what it measured; a summary line (worst ratio) closes every call. Reported per point:
@@ -58,6 +62,10 @@ from train_speed import SHAPES, build_model, fit_conv, flops_per_token, log, pea
 from core.choices import BACKENDS  # noqa: E402
 
 DEFAULT_SEQS = "1024x8,2048x2,4096x1"
+# Trainer and bare loop share one model and one memory plan: peaks further apart than this mean
+# one of them ran with other gradient checkpointing (or other kernels), so their ratio compares
+# two different programs.
+ANCHOR_PEAK_TOLERANCE = 0.15
 
 
 def parse_seqs(text: str) -> list[tuple[int, int]]:
@@ -107,6 +115,17 @@ def model_dir(args, shape: str) -> Path:
     if args.weights == "sparse":
         return Path(args.work) / "shapes" / SPARSE_KEYS[shape]
     return Path(args.work) / f"model-{shape}"
+
+
+def anchor_check(trainer_peak: float | None, bare_peak: float | None) -> str:
+    """"ok" where the trainer and the bare loop held the same memory (the same program); otherwise
+    why their ratio is not comparable."""
+    if not trainer_peak or not bare_peak:
+        return "ok"  # a CPU run records no peak
+    if abs(bare_peak - trainer_peak) <= ANCHOR_PEAK_TOLERANCE * trainer_peak:
+        return "ok"
+    return (f"bare peak {bare_peak:.2f} GiB against the trainer's {trainer_peak:.2f} GiB: "
+            "they ran different memory plans")
 
 
 # -------------------------------------------------------------------------------- the child
@@ -283,8 +302,7 @@ def child(args) -> int:
         rows = []
         for kind, packing, m, accum in runs:
             name = f"grid-{shape}-{method}-{seq}x{mb}-{kind}"
-            row = dict(common, kind=kind, seq=seq, micro_batch=m, accum=accum, packing_requested=packing,
-                       order=args.order)
+            row = dict(common, kind=kind, seq=seq, micro_batch=m, accum=accum, packing_requested=packing)
             try:
                 res = run_trainer(loaded, args, base_config(args, shape, method, seq, m, accum, packing, name))
                 row.update(res, **mfu(seq, res["tokens_per_s"]))
@@ -292,9 +310,6 @@ def child(args) -> int:
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {exc}"[-2000:]
                 log(f"{kind} {shape} {method} {seq}x{m} FAILED: {exc}")
-            if args.order == "trainer-first":
-                # the rows are complete once the bare loop ran; a call cut short before keeps these
-                record(row, "train_grid.partial.jsonl")
             rows.append(row)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -310,33 +325,29 @@ def child(args) -> int:
             row["bare_autocast"] = b.get("autocast")
             row.update({f"bare_{k}": v for k, v in mfu(row["seq"], b.get("tokens_per_s")).items()})
             row["ratio"] = (row["tokens_per_s"] / b["tokens_per_s"]) if b.get("tokens_per_s") else None
+            row["anchor_check"] = anchor_check(row.get("peak_alloc_gib"), b.get("peak_alloc_gib"))
             if row["ratio"]:
-                log(f"{kind} {shape} {method} {row['seq']}x{row['micro_batch']}: {row['ratio']:.3f}x bare")
+                log(f"{kind} {shape} {method} {row['seq']}x{row['micro_batch']}: {row['ratio']:.3f}x bare"
+                    + ("" if row["anchor_check"] == "ok" else f" ({row['anchor_check']})"))
         return row
 
-    if args.order == "bare-first":
-        # every bare point first, on the model exactly as loaded
-        bare = {(seq, mb): measure_bare(seq, mb) for seq, mb in points}
-        for seq, mb in points:
-            for row in measure_trainer(seq, mb):
-                record(with_bare(row, bare[(seq, mb)]))
-    else:
-        # The trainer first, as in the GUI's process, where nothing trains before it: Unsloth resets
-        # its compiled graphs when a manual forward / backward ran before trainer.train(), so a bare
-        # loop run first makes the first trainer run recompile inside its timed steps.
-        pending = {(seq, mb): measure_trainer(seq, mb) for seq, mb in points}
-        for seq, mb in points:
-            b = measure_bare(seq, mb)
-            for row in pending[(seq, mb)]:
-                record(with_bare(row, b))
+    # every bare point first, on the model exactly as loaded (see the module docstring)
+    bare = {(seq, mb): measure_bare(seq, mb) for seq, mb in points}
+    for seq, mb in points:
+        for row in measure_trainer(seq, mb):
+            record(with_bare(row, bare[(seq, mb)]))
     return 0
 
 
 # ------------------------------------------------------------------------------------ main
 def summarise(rows: list[dict], call: str) -> dict:
     mine = [r for r in rows if r.get("call") == call and "error" not in r]
-    grid = [r for r in mine if r.get("kind") == "trainer" and r.get("ratio")]
+    measured = [r for r in mine if r.get("kind") == "trainer" and r.get("ratio")]
+    grid = [r for r in measured if r.get("anchor_check", "ok") == "ok"]
     summary = {"setup": "summary", "call": call, "points": len(grid), "date": time.strftime("%Y-%m-%d %H:%M")}
+    not_comparable = [f"{r['shape']} {r['method']} {r['seq']}x{r['micro_batch']}" for r in measured if r not in grid]
+    if not_comparable:
+        summary["not_comparable"] = not_comparable
     if grid:
         worst = min(grid, key=lambda r: r["ratio"])
         summary.update(worst_ratio=round(worst["ratio"], 4),
@@ -375,9 +386,6 @@ def main(argv=None) -> int:
                    help="bf16 autocast in the bare loop; auto: off, on where the model's dtypes need it.")
     p.add_argument("--work", default="/tmp/qwentune-bench", help="Scratch folder (models, data, runs).")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="Folder of train_grid.jsonl.")
-    p.add_argument("--order", default="trainer-first", choices=("trainer-first", "bare-first"),
-                   help="Which runs first on the loaded model: the trainer at every point (as in the GUI's "
-                        "process), or the bare loop (earlier calls).")
     p.add_argument("--call", default="", help="A label stored with every row (e.g. the call number).")
     p.add_argument("--child-timeout", type=int, default=560)
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: shape:method in this process

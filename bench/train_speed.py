@@ -226,9 +226,12 @@ def _nvml():
         return None, None
 
 
-def bare_step(model, opt, params, micro_batches, device: str = "cuda", autocast: bool = False) -> tuple[int, float]:
+def bare_step(model, opt, params, micro_batches, device: str = "cuda", autocast: bool = False,
+              mask: bool = False) -> tuple[int, float]:
     """One optimizer step of the bare loop: forward + backward per micro-batch, clipping, the optimizer.
-    Returns (tokens, last loss); reading the loss is the one sync per step a trainer's logging does."""
+    Returns (tokens, last loss); reading the loss is the one sync per step a trainer's logging does.
+    ``mask``: pass an all-ones attention mask, as a trainer's collator does for rows without padding
+    (the model then takes its masked attention path)."""
     import contextlib
 
     import torch
@@ -236,8 +239,9 @@ def bare_step(model, opt, params, micro_batches, device: str = "cuda", autocast:
     tokens = 0
     for ids, labels in micro_batches:
         ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        extra = {"attention_mask": torch.ones_like(ids)} if mask else {}
         with torch.autocast(device, dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
-            out = model(input_ids=ids, labels=labels)
+            out = model(input_ids=ids, labels=labels, **extra)
         (out.loss / len(micro_batches)).backward()
         tokens += ids.numel()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
