@@ -107,12 +107,25 @@ def run_card(args, cap: float) -> dict:
            "peak_alloc_gib": status.get("peak_alloc_gib"), "peak_reserved_gib": reserved,
            "nvml_used_gib": status.get("nvml_used_gib"), "nvml_process_gib": status.get("nvml_process_gib"),
            "tokens_per_s": status.get("tokens_per_s"),
-           "under_cap": (reserved + context <= cap) if reserved is not None else None,
            "wall_s": round(time.time() - t0, 1), "device": status.get("gpu_name") or "cpu",
            "backend": status.get("backend"), "date": time.strftime("%Y-%m-%d %H:%M"), "call": args.call}
+    row["under_cap"], row["under_cap_by"] = under_cap(row, cap, context)
     if proc.returncode != 0:
         row["log_tail"] = (proc.stdout + proc.stderr)[-1500:]
     return row
+
+
+def under_cap(row: dict, cap: float, context: float) -> tuple[bool | None, str | None]:
+    """Whether the run's measured footprint stayed within the emulated card, and by which figure:
+    NVML's count for the process where the driver gives one (the card's real use by it), else the
+    card-wide NVML reading (which adds whatever else the card holds, so it can only over-count), else
+    the reserved peak plus the fitted CUDA context (an estimate where no NVML reading exists)."""
+    for key in ("nvml_process_gib", "nvml_used_gib"):
+        if row.get(key):
+            return row[key] <= cap, key
+    if row.get("peak_reserved_gib") is not None:
+        return row["peak_reserved_gib"] + context <= cap, "peak_reserved_gib + cuda_context_gib"
+    return None, None
 
 
 def main(argv=None) -> int:

@@ -125,6 +125,24 @@ def test_fit_cards_trains_the_recommendation_with_auto_micro_batch(tmp_path):
     assert row["micro_batch"] * row["grad_accum"] == 8
 
 
+def test_fit_cards_judges_the_cap_by_the_measured_footprint():
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
+    import fit_cards
+
+    # the process's own NVML count decides where the driver gives one
+    assert fit_cards.under_cap({"nvml_process_gib": 27.92, "nvml_used_gib": 58.18}, 48.0, 1.87) == (
+        True, "nvml_process_gib")
+    # the card-wide reading can only over-count: 11.88 GiB used on a 12 GiB card is under it
+    assert fit_cards.under_cap({"nvml_used_gib": 11.88, "peak_reserved_gib": 10.49}, 12.0, 1.87) == (
+        True, "nvml_used_gib")
+    assert fit_cards.under_cap({"nvml_used_gib": 12.3}, 12.0, 1.87)[0] is False
+    # without NVML (no reading on this driver) the reserved peak plus the fitted context estimate it
+    assert fit_cards.under_cap({"peak_reserved_gib": 10.49}, 12.0, 1.87) == (
+        False, "peak_reserved_gib + cuda_context_gib")
+    assert fit_cards.under_cap({}, 12.0, 1.87) == (None, None)
+
+
 def test_log_overhead_writes_every_line_and_reports_the_share(tmp_path):
     proc = subprocess.run([sys.executable, "bench/log_overhead.py", "--steps", "30", "--step-ms", "5",
                            "--slow-disk-ms", "20", "--out", str(tmp_path)],
