@@ -10,7 +10,8 @@ measurements (``bench/results/vram.jsonl``, written by ``bench/vram_sweep.py``; 
     weights      linear projections (bf16, or nf4 + quantization state for QLoRA; Unsloth's
                  dynamic 4-bit keeps a few in bf16) + embeddings / LM head / norms
                  (embed_bytes_*: 2 for bf16, 4 where PEFT's k-bit preparation upcasts them)
-    lora         adapter parameters + gradients + optimizer states (fp32 master copies)
+    lora         adapter parameters + gradients + optimizer states (fp32 master copies) x the
+                 share of them alive at the peak (adapter_peak_share per backend)
     activations  per-layer checkpoints kept on the GPU (ckpt_bytes per token per layer per hidden
                  unit; ~0 when Unsloth offloads them to CPU RAM) + the activations of the layer
                  being recomputed (layer_scale x its saved tensors in bf16, LoRA's rank-wide
@@ -278,8 +279,8 @@ def training_terms(arch: Arch, s: TrainSetup, c: Coefficients) -> list[Term]:
         terms.append(Term("weights", f"{f}.gather_layers", counts.linear / arch.layers * linear_bytes))
         terms.append(Term("overhead", f"{f}.comm_gib", GIB))
     # adapter: fp32 parameters + fp32 gradients + optimizer states (fsdp: sharded like the weights),
-    # times the share of them alive at the backend's peak: where the peak falls early in a backward,
-    # the gradients of the layers below it do not exist yet (ranks 64 / 128 decide the share)
+    # times the share of them alive at the backend's peak, which can come before most gradients and
+    # optimizer states exist (fitted: ranks 64 / 128 decide it)
     n_lora = lora_param_count(arch, s.rank, s.target_modules)
     terms.append(Term("lora", f"{b}.adapter_peak_share",
                       n_lora * c.get(f"lora_state_bytes.{s.optimizer}") / shards))
