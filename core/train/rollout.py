@@ -104,7 +104,8 @@ def _eos_and_pad(model, tokenizer, eos_token_ids) -> tuple[list[int], int]:
 
 def _cut_after_eos(row: list[int], eos: list[int]) -> list[int]:
     """A generated row up to and with its first end token (the rest is padding)."""
-    cut = next((i for i, t in enumerate(row) if t in set(eos)), None)
+    stop = set(eos)
+    cut = next((i for i, t in enumerate(row) if t in stop), None)
     return row[:cut + 1] if cut is not None else row
 
 
