@@ -650,7 +650,7 @@ def run_point(point: Point, work: Path, timeout_s: float, keep_runs: bool, arch=
         "gpu_name": status.get("gpu_name"),
         "row_tokens": max(row_tokens), "tokens_per_step": max(row_tokens) * point.micro_batch,
         "steps": status.get("step"), "dtype": status.get("dtype"), "train_runtime_s": status.get("train_runtime_s"),
-        "wall_s": round(wall, 1), "arch": arch.to_dict(), "run": run_name,
+        "wall_s": round(wall, 1), "run": run_name,
     }
     if point.strategy != "single":
         line["world_size"] = status.get("world_size")  # the peak is rank 0's card's
