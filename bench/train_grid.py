@@ -345,7 +345,8 @@ def summarise(rows: list[dict], call: str) -> dict:
     measured = [r for r in mine if r.get("kind") == "trainer" and r.get("ratio")]
     grid = [r for r in measured if r.get("anchor_check", "ok") == "ok"]
     summary = {"setup": "summary", "call": call, "points": len(grid), "date": time.strftime("%Y-%m-%d %H:%M")}
-    not_comparable = [f"{r['shape']} {r['method']} {r['seq']}x{r['micro_batch']}" for r in measured if r not in grid]
+    not_comparable = [f"{r['shape']} {r['method']} {r['seq']}x{r['micro_batch']}" for r in measured
+                      if r.get("anchor_check", "ok") != "ok"]
     if not_comparable:
         summary["not_comparable"] = not_comparable
     if grid:
