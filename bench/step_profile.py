@@ -57,7 +57,7 @@ VARIANTS = {
     # Unsloth's trainer turns on bf16 autocast over the fp32 LoRA weights unless this says bfloat16
     "worker-no-autocast": ({}, True, {"UNSLOTH_MIXED_PRECISION": "bfloat16"}),
     "worker-autocast": ({}, True, {"UNSLOTH_MIXED_PRECISION": "float32"}),
-    # the worker freezes the heap before training (core.train.worker.settle_heap); this one does not
+    # the worker freezes the heap before training (core.train.callbacks.settle_heap); this one does not
     "worker-no-freeze": ({}, True, {}),
 }
 # bare-mask: the bare loop with the all-ones attention mask the trainer's collator passes, which
@@ -190,7 +190,7 @@ def run_variant(name, base_cfg, loaded, train_tok, args) -> dict:
     import torch
     from transformers import TrainerCallback
 
-    from core.train import worker
+    from core.train import callbacks, worker
 
     overrides, keep_callbacks, env = VARIANTS[name]
     os.environ.update(env)
@@ -253,7 +253,7 @@ def run_variant(name, base_cfg, loaded, train_tok, args) -> dict:
     timer = Timer()
     trainer.add_callback(timer)
     if name != "worker-no-freeze":
-        worker.settle_heap()
+        callbacks.settle_heap()
     t0 = time.perf_counter()
     with GcWatch() as watch:
         trainer.train()
@@ -365,8 +365,12 @@ def _parent(args, argv: list[str]) -> int:
         if name not in BARE and name not in VARIANTS:
             raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(BARE + tuple(VARIANTS))}")
         t = time.time()
-        proc = subprocess.run([sys.executable, __file__, *argv, "--only", name], cwd=ROOT, capture_output=True,
-                              text=True, timeout=args.phase_timeout)
+        try:
+            proc = subprocess.run([sys.executable, __file__, *argv, "--only", name], cwd=ROOT, capture_output=True,
+                                  text=True, timeout=args.phase_timeout)
+        except subprocess.TimeoutExpired as exc:  # the next variants are still worth measuring
+            out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            proc = subprocess.CompletedProcess(exc.cmd, -9, out, f"timed out after {args.phase_timeout}s")
         lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             log(f"{name} FAILED (rc {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
