@@ -129,6 +129,18 @@ def anchor_check(trainer_peak: float | None, bare_peak: float | None) -> str:
 
 
 # -------------------------------------------------------------------------------- the child
+def median_ratio(trainer_steps: list | None, bare_steps: list | None, warmup: int) -> float | None:
+    """Bare median step time over the trainer's, over the timed steps: the ratio without the odd slow
+    step (a collector's pause, a recompile) that the tokens/s ratio carries. Both take the same rows
+    per step, so step times compare as tokens/s do."""
+    import statistics
+
+    t, b = (trainer_steps or [])[warmup:], (bare_steps or [])[warmup:]
+    if not t or not b:
+        return None
+    return round(statistics.median(b) / statistics.median(t), 4)
+
+
 def base_config(args, shape: str, method: str, seq: int, mb, accum: int, packing: str, name: str) -> dict:
     work = Path(args.work)
     return {
@@ -182,8 +194,14 @@ def run_bare(loaded, args, seq: int, mb: int) -> dict:
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t_start, tokens = None, 0
+    # the heap as the worker leaves it before training (frozen), so neither side pays the garbage
+    # collector's walks over the libraries and the model that the other is spared
+    from core.train.callbacks import settle_heap
+
+    settle_heap()
+    t_start, tokens, times = None, 0, []
     autocast = args.bare_autocast == "on" and cuda
+    t_prev = time.perf_counter()
     for step in range(args.steps):
         if step == args.warmup:
             if cuda:
@@ -200,12 +218,18 @@ def run_bare(loaded, args, seq: int, mb: int) -> dict:
             opt.zero_grad(set_to_none=True)
             n, _loss = bare_step(loaded.model, opt, params, micro, device=loaded.device, autocast=autocast)
         tokens += n
+        now = time.perf_counter()  # bare_step read the loss: the step's work is done
+        times.append(round(now - t_prev, 4))
+        t_prev = now
     if cuda:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t_start
     del opt
+    import gc
+
+    gc.unfreeze()
     return {"tokens_per_s": tokens / elapsed, "step_s": elapsed / (args.steps - args.warmup), "autocast": autocast,
-            "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+            "step_s_all": times, "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
 
 
 def run_trainer(loaded, args, cfg_dict: dict) -> dict:
@@ -219,10 +243,14 @@ def run_trainer(loaded, args, cfg_dict: dict) -> dict:
     cfg = from_dict(RunConfig, cfg_dict)
     run_dir = Path(cfg.runs_dir) / cfg.name
     shutil.rmtree(run_dir, ignore_errors=True)
+    from step_profile import GcWatch
+
     original = backends.load
     backends.load = lambda *_a, **_k: loaded
+    watch = GcWatch()
     try:
-        rc = worker.run(cfg)
+        with watch:
+            rc = worker.run(cfg)
     finally:
         backends.load = original
         import gc
@@ -240,12 +268,13 @@ def run_trainer(loaded, args, cfg_dict: dict) -> dict:
         raise RuntimeError(f"metrics.jsonl of {cfg.name} misses steps: {[m['step'] for m in rows]}")
     start, end = rows[args.warmup - 1], rows[-1]
     elapsed = end["elapsed_s"] - start["elapsed_s"]
+    times = [round(b["elapsed_s"] - a["elapsed_s"], 4) for a, b in zip([{"elapsed_s": 0.0}] + rows, rows)]
     return {"tokens_per_s": (end["tokens"] - start["tokens"]) / elapsed,
-            "step_s": elapsed / (end["step"] - start["step"]),
+            "step_s": elapsed / (end["step"] - start["step"]), "step_s_all": times,
             "peak_alloc_gib": status.get("peak_alloc_gib"), "nvml_used_gib": status.get("nvml_used_gib"),
             "packing": status.get("packing"), "micro_batch": status.get("micro_batch"),
             "grad_accum": status.get("grad_accum"), "micro_batch_reason": status.get("micro_batch_reason"),
-            "backend": status.get("backend")}
+            "backend": status.get("backend"), **watch.summary()}
 
 
 def child(args) -> int:
@@ -324,7 +353,9 @@ def child(args) -> int:
             row["bare_error"] = b.get("error")
             row["bare_autocast"] = b.get("autocast")
             row.update({f"bare_{k}": v for k, v in mfu(row["seq"], b.get("tokens_per_s")).items()})
+            row["bare_step_s_all"] = b.get("step_s_all")
             row["ratio"] = (row["tokens_per_s"] / b["tokens_per_s"]) if b.get("tokens_per_s") else None
+            row["ratio_median"] = median_ratio(row.get("step_s_all"), b.get("step_s_all"), args.warmup)
             row["anchor_check"] = anchor_check(row.get("peak_alloc_gib"), b.get("peak_alloc_gib"))
             if row["ratio"]:
                 log(f"{kind} {shape} {method} {row['seq']}x{row['micro_batch']}: {row['ratio']:.3f}x bare"
@@ -355,6 +386,11 @@ def summarise(rows: list[dict], call: str) -> dict:
                        worst_point=f"{worst['shape']} {worst['method']} {worst['seq']}x{worst['micro_batch']}",
                        device=worst["device"])
         summary["targets"] = {"trainer_vs_bare>=0.95": worst["ratio"] >= 0.95}
+        medians = [r for r in grid if r.get("ratio_median")]
+        if medians:
+            low = min(medians, key=lambda r: r["ratio_median"])
+            summary.update(worst_ratio_median=low["ratio_median"],
+                           worst_point_median=f"{low['shape']} {low['method']} {low['seq']}x{low['micro_batch']}")
     pairs = {}
     for r in mine:
         if r.get("kind") in ("mb2x4", "mb-auto"):
@@ -448,18 +484,20 @@ def main(argv=None) -> int:
     summary = summarise(rows, args.call)
     with (out / "train_grid.jsonl").open("a") as f:
         f.write(json.dumps(summary) + "\n")
-    print("\n| shape | method | seq x mb | trainer tok/s | bare tok/s | ratio | peak GiB (trainer / bare) | MFU |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| shape | method | seq x mb | trainer tok/s | bare tok/s | ratio | median-step ratio "
+          "| peak GiB (trainer / bare) | MFU |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         if r.get("call") != args.call or r.get("kind") != "trainer":
             continue
         if "error" in r:
-            print(f"| {r['shape']} | {r['method']} | {r['seq']}x{r['micro_batch']} | FAILED | | | | |")
+            print(f"| {r['shape']} | {r['method']} | {r['seq']}x{r['micro_batch']} | FAILED | | | | | |")
             continue
         ratio = f"{r['ratio']:.3f}" if r.get("ratio") else "-"
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "-"
         print(f"| {r['shape']} | {r['method']} | {r['seq']}x{r['micro_batch']} | {r['tokens_per_s']:.0f} | "
-              f"{r.get('bare_tokens_per_s') or 0:.0f} | {ratio} | {r.get('peak_alloc_gib') or 0:.2f} / "
+              f"{r.get('bare_tokens_per_s') or 0:.0f} | {ratio} | {r.get('ratio_median') or '-'} | "
+              f"{r.get('peak_alloc_gib') or 0:.2f} / "
               f"{r.get('bare_peak_alloc_gib') or 0:.2f} | {mfu} |")
     print(json.dumps(summary, indent=1))
     return 0

@@ -7,6 +7,7 @@ bare loop, the per-variant processes and the records they append), only smaller.
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -54,6 +55,13 @@ def test_step_profile_runs_each_variant_in_its_own_process(tmp_path):
     assert worker["gc_tracked_objects"] < unfrozen["gc_tracked_objects"] / 10  # settle_heap froze the heap
 
 
+def test_step_profile_records_a_variant_that_runs_out_of_time_and_goes_on(tmp_path):
+    rows = bench("step_profile", tmp_path, "--steps", "3", "--warmup", "1", "--variants", "bare,worker",
+                 "--phase-timeout", "1")
+    assert [r["variant"] for r in rows] == ["bare", "worker"]
+    assert all("timed out after 1s" in r["error"] for r in rows)
+
+
 def test_resume_check_kills_a_run_and_resumes_it_to_the_planned_step(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "bench/resume_check.py", "--shape", "tiny", "--backend", "peft",
@@ -89,6 +97,24 @@ def test_train_grid_measures_trainer_and_bare_loop_on_one_load(tmp_path):
     assert set(summary["targets"]) == {"trainer_vs_bare>=0.95", "auto_vs_2x4>=1.15"}
     # a CPU run records no peaks, so nothing tells the two programs apart
     assert point["anchor_check"] == "ok"
+    # every step's time on both sides, and the ratio of their medians over the timed steps
+    assert len(point["step_s_all"]) == len(point["bare_step_s_all"]) == 3
+    assert point["ratio_median"] == pytest.approx(
+        statistics.median(point["bare_step_s_all"][1:]) / statistics.median(point["step_s_all"][1:]), abs=1e-3)
+    assert summary["worst_point_median"] == "tiny lora 128x2"
+
+
+def test_train_grid_median_ratio_leaves_out_warmup_and_odd_slow_steps():
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
+    import train_grid
+
+    # a 0.5 s collector pause in one timed trainer step moves the mean, not the median
+    trainer = [9.0, 0.8, 0.8, 1.3, 0.8, 0.8]
+    bare = [5.0, 0.78, 0.78, 0.78, 0.78, 0.78]
+    assert train_grid.median_ratio(trainer, bare, 1) == pytest.approx(0.78 / 0.8)
+    assert train_grid.median_ratio(trainer, None, 1) is None
+    assert train_grid.median_ratio(trainer[:1], bare, 1) is None
 
 
 def test_train_grid_leaves_a_bare_loop_of_another_memory_plan_out_of_the_worst_ratio():
