@@ -21,9 +21,14 @@ them out of the worst ratio). The cost of this order: Unsloth resets its compile
 manual forward / backward ran before trainer.train(), so the first trainer run of a child
 recompiles; in the H200 logs that cost falls in its first step, which is not timed.
 
+The bare loop runs on a frozen heap (core.train.callbacks.settle_heap), as the worker trains:
+otherwise Python's collector walks the libraries and the model in the bare loop only.
+
 Each point is appended to <out>/train_grid.jsonl as soon as it is measured, so a call cut short
 keeps what it measured; a summary line (worst ratio) closes every call. Reported per point:
-non-padding tokens/s of both, their ratio, peak allocated GiB, and model FLOP utilisation:
+non-padding tokens/s of both, their ratio, every step's time of both (``step_s_all``,
+``bare_step_s_all``) and the ratio of their median timed steps (``ratio_median``, blind to a single
+slow step), the trainer's garbage-collector counts, peak allocated GiB, and model FLOP utilisation:
 
     mfu       (6 x N + 12 x layers x heads x head_dim x seq) x tokens/s / peak FLOP/s
               (N: parameters of every matmul, LM head included; the PaLM paper's count)
