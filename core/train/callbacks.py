@@ -31,23 +31,6 @@ TPS_WINDOW = 5  # logging intervals averaged for tokens/s
 # status.json holds the latest values only and the GUI polls it every 1.5 s: writing it more often
 # than this would only spend the writer thread's time (and the GIL the training thread needs).
 STATUS_INTERVAL_S = 0.5
-# Steps of a run (counted from where it started) after which the heap is frozen again: the first
-# steps compile (torch.compile graphs, Unsloth's kernels, and again on the first new sequence
-# length) and leave long-lived objects that every later full collection would walk, a pause of up
-# to half a second in a step of 0.8 s on the H200 benchmark (bench/step_profile.py).
-SETTLE_AFTER_STEPS = (1, 3)
-
-
-def settle_heap() -> None:
-    """Move everything built so far (libraries, model, dataset: about 780,000 tracked Python objects
-    with Unsloth loaded) out of the garbage collector's reach. Without this, each full collection
-    walks them all: up to 860 ms for one on the 8B H200 benchmark, against a step of about 800 ms
-    (bench/step_profile.py; full-collection time over 12 steps fell from 4.9 s to 1.7 s). Objects
-    made during training are still collected."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
 
 
 class GpuSampler:
@@ -407,8 +390,6 @@ class ProgressCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.step_delay:
             time.sleep(self.step_delay)
-        if state.global_step - self.first_step in SETTLE_AFTER_STEPS:
-            settle_heap()
         if not self.stop_requested and self._stop_asked():
             self.stop_requested = True
             self._emit("status", {"state": "stopping"})

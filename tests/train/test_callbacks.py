@@ -80,10 +80,7 @@ def control():
 
 
 def train_steps(cb, counter, steps, first=1):
-    """What the HF Trainer calls per step with logging_steps=1; the longest call is returned, leaving
-    out the steps that settle the heap once after compiling (callbacks.SETTLE_AFTER_STEPS)."""
-    from core.train.callbacks import SETTLE_AFTER_STEPS
-
+    """What the HF Trainer calls per step with logging_steps=1; the longest call is returned."""
     worst = 0.0
     for step in range(first, first + steps):
         counter.tokens += 1000
@@ -91,23 +88,8 @@ def train_steps(cb, counter, steps, first=1):
         cb.on_step_end(None, state(step), control())
         cb.on_log(None, state(step), control(), logs={"loss": 2.0 - step / 100, "learning_rate": 1e-4,
                                                       "grad_norm": 0.5})
-        if step - cb.first_step not in SETTLE_AFTER_STEPS:
-            worst = max(worst, time.perf_counter() - t)
+        worst = max(worst, time.perf_counter() - t)
     return worst
-
-
-def test_the_heap_is_frozen_again_after_the_compiling_steps_of_a_run(tmp_path, monkeypatch):
-    """A resumed run counts its steps from where it started: the settles follow its own first steps."""
-    from core.train import callbacks, runs
-
-    monkeypatch.setattr(runs, "write_status", lambda *a, **kw: None)
-    settled = []
-    monkeypatch.setattr(callbacks, "settle_heap", lambda: settled.append(cb.counter.tokens))
-    cb, counter, _ = make_callback(tmp_path, SlowDisk(tmp_path / "metrics.jsonl", delay=0.0))
-    cb.on_train_begin(None, state(40), control())
-    train_steps(cb, counter, 6, first=41)
-    cb.on_train_end(None, state(46), control())
-    assert settled == [1000, 3000]  # after the run's step 1 (global 41) and step 3 (global 43)
 
 
 def read_steps(tmp_path):
@@ -158,7 +140,7 @@ def test_lines_land_when_training_stops_or_fails(tmp_path, monkeypatch):
 
 def test_worker_flushes_the_queue_when_the_trainer_raises(tmp_path, monkeypatch):
     """The worker's try/finally around trainer.train drains the queue before it writes 'failed'."""
-    from core.train import callbacks, runs, worker
+    from core.train import runs, worker
 
     monkeypatch.setattr(runs, "write_status", lambda *a, **kw: None)
     disk = SlowDisk(tmp_path / "metrics.jsonl", delay=0.03)
@@ -174,7 +156,7 @@ def test_worker_flushes_the_queue_when_the_trainer_raises(tmp_path, monkeypatch)
 
     prepared = worker.Prepared(Trainer(), cb, counter, NoGpu(), "off")
     monkeypatch.setattr(worker, "prepare_trainer", lambda *a, **kw: prepared)
-    monkeypatch.setattr(callbacks, "settle_heap", lambda: None)
+    monkeypatch.setattr(worker, "settle_heap", lambda: None)
     cfg = SimpleNamespace(train=SimpleNamespace())
     with pytest.raises(RuntimeError, match="illegal memory"):
         worker._train(cfg, tmp_path, SimpleNamespace(), None, None, resume=False)

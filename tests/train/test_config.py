@@ -230,7 +230,7 @@ def test_settle_heap_freezes_what_exists_and_still_collects_new_garbage():
     import gc
     import weakref
 
-    from core.train.callbacks import settle_heap
+    from core.train.worker import settle_heap
 
     class Node:
         pass
