@@ -57,7 +57,7 @@ VARIANTS = {
     # Unsloth's trainer turns on bf16 autocast over the fp32 LoRA weights unless this says bfloat16
     "worker-no-autocast": ({}, True, {"UNSLOTH_MIXED_PRECISION": "bfloat16"}),
     "worker-autocast": ({}, True, {"UNSLOTH_MIXED_PRECISION": "float32"}),
-    # the worker freezes the heap before training (core.train.callbacks.settle_heap); this one does not
+    # the worker freezes the heap before training (core.train.worker.settle_heap); this one does not
     "worker-no-freeze": ({}, True, {}),
 }
 # bare-mask: the bare loop with the all-ones attention mask the trainer's collator passes, which
@@ -190,7 +190,7 @@ def run_variant(name, base_cfg, loaded, train_tok, args) -> dict:
     import torch
     from transformers import TrainerCallback
 
-    from core.train import callbacks, worker
+    from core.train import worker
 
     overrides, keep_callbacks, env = VARIANTS[name]
     os.environ.update(env)
@@ -253,7 +253,7 @@ def run_variant(name, base_cfg, loaded, train_tok, args) -> dict:
     timer = Timer()
     trainer.add_callback(timer)
     if name != "worker-no-freeze":
-        callbacks.settle_heap()
+        worker.settle_heap()
     t0 = time.perf_counter()
     with GcWatch() as watch:
         trainer.train()

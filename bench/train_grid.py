@@ -21,7 +21,7 @@ them out of the worst ratio). The cost of this order: Unsloth resets its compile
 manual forward / backward ran before trainer.train(), so the first trainer run of a child
 recompiles; in the H200 logs that cost falls in its first step, which is not timed.
 
-The bare loop runs on a frozen heap (core.train.callbacks.settle_heap), as the worker trains:
+The bare loop runs on a frozen heap (core.train.worker.settle_heap), as the worker trains:
 otherwise Python's collector walks the libraries and the model in the bare loop only.
 
 Each point is appended to <out>/train_grid.jsonl as soon as it is measured, so a call cut short
@@ -201,7 +201,7 @@ def run_bare(loaded, args, seq: int, mb: int) -> dict:
         torch.cuda.reset_peak_memory_stats()
     # the heap as the worker leaves it before training (frozen), so neither side pays the garbage
     # collector's walks over the libraries and the model that the other is spared
-    from core.train.callbacks import settle_heap
+    from core.train.worker import settle_heap
 
     settle_heap()
     t_start, tokens, times = None, 0, []
