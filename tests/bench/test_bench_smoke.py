@@ -137,6 +137,46 @@ def test_train_grid_leaves_a_bare_loop_of_another_memory_plan_out_of_the_worst_r
     assert summary["worst_ratio"] == 0.97 and summary["targets"]["trainer_vs_bare>=0.95"]
 
 
+def test_train_grid_repeats_each_child_and_counts_the_point_once(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "bench/train_grid.py", "--shapes", "tiny", "--methods", "lora",
+                           "--seqs", "128x2", "--backend", "peft", "--steps", "2", "--warmup", "1",
+                           "--repeats", "2", "--work", str(tmp_path / "work"), "--out", str(out), "--call", "rep"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "train_grid.jsonl").read_text().splitlines()]
+    points = [r for r in rows if r.get("kind") == "trainer"]
+    assert [r["repeat"] for r in points] == [0, 1] and all(r["ratio"] > 0 for r in points)
+    summary = rows[-1]
+    assert summary["setup"] == "summary" and summary["points"] == 1
+    assert summary["worst_point_repeats"] == sorted(round(r["ratio"], 4) for r in points)
+
+
+def test_train_grid_judges_a_repeated_point_by_the_median_of_its_ratios():
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
+    import train_grid
+
+    def row(seq, ratio, repeat, median=None):
+        return {"call": "c", "kind": "trainer", "shape": "4b", "method": "qlora", "seq": seq, "micro_batch": 8,
+                "ratio": ratio, "ratio_median": median, "repeat": repeat, "device": "NVIDIA H200"}
+
+    # one slow child out of three does not decide the point; three children of one point count once
+    rows = [row(1024, 0.80, 0, 0.97), row(1024, 0.99, 1, 0.99), row(1024, 0.97, 2, 0.98),
+            row(2048, 0.96, 0, 0.96)]
+    summary = train_grid.summarise(rows, "c")
+    assert summary["points"] == 2
+    assert summary["worst_ratio"] == 0.96 and summary["worst_point"] == "4b qlora 2048x8"
+    assert "worst_point_repeats" not in summary  # measured once
+    assert summary["worst_ratio_median"] == 0.96
+    rows.append(row(2048, 0.99, 1, 0.995))
+    rows.append(row(1024, 0.90, 3, 0.90))
+    summary = train_grid.summarise(rows, "c")
+    assert summary["worst_ratio"] == 0.935 and summary["worst_point"] == "4b qlora 1024x8"
+    assert summary["worst_point_repeats"] == [0.8, 0.9, 0.97, 0.99]
+    assert summary["worst_ratio_median"] == 0.975 and summary["worst_point_median"] == "4b qlora 1024x8"
+
+
 def test_fit_cards_trains_the_recommendation_with_auto_micro_batch(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "bench/fit_cards.py", "--stand-in", "--backend", "peft",
