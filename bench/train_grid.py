@@ -37,7 +37,7 @@ slow step), the trainer's garbage-collector counts, peak allocated GiB, and mode
 
 ``--repeats N`` runs every (shape, method) child N times, round the whole list, each with its own
 load, bare loop and trainer; the summary judges each point by the median of its N ratios. On the
-small shapes a single call's ratio moved by up to 0.45x between calls, so one child cannot settle
+small shapes a single call's ratio moved by up to 0.46x between calls, so one child cannot settle
 0.95x there.
 
 ``--auto-compare`` adds, per point, the trainer at micro_batch 2 x grad_accum 4 and at micro_batch
