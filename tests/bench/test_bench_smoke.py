@@ -18,6 +18,15 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
+def bench_module(name: str):
+    """A bench script imported as a module (its own imports expect bench/ on the path)."""
+    import importlib
+
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
+    return importlib.import_module(name)
+
+
 def bench(script: str, tmp_path, *args: str) -> list[dict]:
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, f"bench/{script}.py", "--shape", "tiny", "--backend", "peft",
@@ -105,9 +114,7 @@ def test_train_grid_measures_trainer_and_bare_loop_on_one_load(tmp_path):
 
 
 def test_train_grid_median_ratio_leaves_out_warmup_and_odd_slow_steps():
-    if str(ROOT / "bench") not in sys.path:
-        sys.path.insert(0, str(ROOT / "bench"))
-    import train_grid
+    train_grid = bench_module("train_grid")
 
     # a 0.5 s collector pause in one timed trainer step moves the mean, not the median
     trainer = [9.0, 0.8, 0.8, 1.3, 0.8, 0.8]
@@ -118,9 +125,7 @@ def test_train_grid_median_ratio_leaves_out_warmup_and_odd_slow_steps():
 
 
 def test_train_grid_leaves_a_bare_loop_of_another_memory_plan_out_of_the_worst_ratio():
-    if str(ROOT / "bench") not in sys.path:
-        sys.path.insert(0, str(ROOT / "bench"))
-    import train_grid
+    train_grid = bench_module("train_grid")
 
     assert train_grid.anchor_check(9.44, 9.42) == "ok"
     assert train_grid.anchor_check(None, 9.42) == "ok"
@@ -153,9 +158,7 @@ def test_train_grid_repeats_each_child_and_counts_the_point_once(tmp_path):
 
 
 def test_train_grid_judges_a_repeated_point_by_the_median_of_its_ratios():
-    if str(ROOT / "bench") not in sys.path:
-        sys.path.insert(0, str(ROOT / "bench"))
-    import train_grid
+    train_grid = bench_module("train_grid")
 
     def row(seq, ratio, repeat, median=None):
         return {"call": "c", "kind": "trainer", "shape": "4b", "method": "qlora", "seq": seq, "micro_batch": 8,
@@ -192,9 +195,7 @@ def test_fit_cards_trains_the_recommendation_with_auto_micro_batch(tmp_path):
 
 
 def test_fit_cards_judges_the_cap_by_the_measured_footprint():
-    if str(ROOT / "bench") not in sys.path:
-        sys.path.insert(0, str(ROOT / "bench"))
-    import fit_cards
+    fit_cards = bench_module("fit_cards")
 
     # the process's own NVML count decides where the driver gives one
     assert fit_cards.under_cap({"nvml_process_gib": 27.92, "nvml_used_gib": 58.18}, 48.0, 1.87) == (
