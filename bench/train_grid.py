@@ -5,21 +5,25 @@
 For every point the project's trainer (`core.train.worker.run`: the code `python -m core train` runs
 for the GUI, with the GUI's defaults: packing auto, logging every step, status.json, the log tee)
 is timed against a bare loop (plain forward / backward / 8-bit AdamW step, nothing else) on the
-same loaded model, so one load per (shape, method) serves every point of it:
+same checkpoint, loaded by the project's loader (core.train.backends.load: Unsloth on a GPU):
 
-    child process per (shape, method)
-      load the model once with the project's loader (core.train.backends.load: Unsloth on a GPU)
-      bare loop at every point            (on the model exactly as loaded)
-      the trainer at every point          (worker.run with that model handed in)
+    --layout split (the default): per (shape, method) two fresh processes, one after the other
+      bare child      load the model, bare loop at every point, leave the results in --work
+      trainer child   load the model, the trainer at every point (worker.run with that model
+                      handed in), record each point beside the bare child's figure
+    --layout shared: one process loads once, runs the bare loop at every point, then the trainer
 
-The bare loop runs first because a trainer run leaves the model without Unsloth's gradient
-checkpointing: run after the trainer, the same bare loop peaked at 35.6 GiB against the trainer's
-9.4 GiB (Qwen3-4B, 1024 x 8, H200) and ran up to 1.8x faster, an anchor that measures another memory
-plan. Each row therefore carries ``anchor_check``: a bare peak more than ANCHOR_PEAK_TOLERANCE away
-from the trainer's marks the ratio as not comparable (the summary lists such points and leaves
-them out of the worst ratio). The cost of this order: Unsloth resets its compiled graphs when a
-manual forward / backward ran before trainer.train(), so the first trainer run of a child
-recompiles; in the H200 logs that cost falls in its first step, which is not timed.
+Split is the user's path: `python -m core train` starts in a fresh process, never after another
+loop on the same model. On one load, Unsloth resets its compiled graphs when a manual forward /
+backward ran before trainer.train(), so the trainer recompiles after the bare loop; on the H200
+the shared layout's 4B LoRA points read 0.84x / 0.89x / 1.14x (1024 x 8 / 2048 x 2 / 4096 x 1),
+split 0.97x / 1.05x / 1.03x. The bare loop
+cannot run after the trainer instead: a trainer run leaves the model without Unsloth's gradient
+checkpointing, and the same bare loop then peaked at 35.6 GiB against the trainer's 9.4 GiB
+(Qwen3-4B, 1024 x 8) and ran up to 1.8x faster, an anchor that measures another memory plan. Each
+row therefore carries ``anchor_check``: a bare peak more than ANCHOR_PEAK_TOLERANCE away from the
+trainer's marks the ratio as not comparable (the summary lists such points and leaves them out of
+the worst ratio).
 
 The bare loop runs on a frozen heap (core.train.worker.settle_heap), as the worker trains:
 otherwise Python's collector walks the libraries and the model in the bare loop only.
@@ -35,18 +39,18 @@ slow step), the trainer's garbage-collector counts, peak allocated GiB, and mode
     mfu_lora  the FLOPs a LoRA step really does: frozen weights get no weight gradient
               (bench/train_speed.py's flops_per_token)
 
-``--repeats N`` runs every (shape, method) child N times, round the whole list, each with its own
-load, bare loop and trainer; the summary judges each point by the median of its N ratios. On the
-small shapes a single call's ratio moved by up to 0.46x between calls, so one child cannot settle
-0.95x there.
+``--repeats N`` runs every (shape, method) child (or pair of children) N times, round the whole
+list, each with its own loads, bare loop and trainer; the summary judges each point by the median
+of its N ratios. On the small shapes a single call's ratio moved by up to 0.46x between calls, so
+one child cannot settle 0.95x there.
 
 ``--auto-compare`` adds, per point, the trainer at micro_batch 2 x grad_accum 4 and at micro_batch
 auto x grad_accum 4 (the same 8 rows per optimizer step). ``--packings`` adds trainer runs at other
 train.packing modes (e.g. padding_free) beside auto's choice on these uniform rows.
 
 Models are random-weight checkpoints with Qwen3's real shapes (bench/train_speed.py builds them;
-no download), or with --weights sparse zero-weight sparse files of the same shapes (no disk). The
-bare loop shares the project's loaded model, so the ratio isolates the trainer (same weights, same
+no download), or with --weights sparse zero-weight sparse files of the same shapes (no disk). Both
+sides load through the project's loader, so the ratio isolates the trainer (same weights, same
 kernels); bench/train_speed.py's bare phase loads its own FastLanguageModel for an independent check.
 The tiny shape with --backend peft runs the whole script on a CPU (tests/bench).
 """
@@ -72,6 +76,7 @@ from train_speed import SHAPES, build_model, fit_conv, flops_per_token, log, pea
 from core.choices import BACKENDS  # noqa: E402
 
 DEFAULT_SEQS = "1024x8,2048x2,4096x1"
+LAYOUTS = ("split", "shared")
 # Trainer and bare loop share one model and one memory plan: peaks further apart than this mean
 # one of them ran with other gradient checkpointing (or other kernels), so their ratio compares
 # two different programs.
@@ -309,7 +314,7 @@ def child(args) -> int:
     common = {"device": device, "shape": shape, "method": method, "backend": loaded.backend, "rank": args.rank,
               "accum": args.accum, "steps": args.steps, "warmup": args.warmup, "load_s": round(load_s, 1),
               "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "call": args.call,
-              "repeat": args.repeat}
+              "repeat": args.repeat, "layout": args.layout}
     log(f"{shape} {method}: loaded in {load_s:.0f}s on {device}")
 
     def record(row: dict, name: str = "train_grid.jsonl") -> None:
@@ -373,12 +378,35 @@ def child(args) -> int:
                     + ("" if row["anchor_check"] == "ok" else f" ({row['anchor_check']})"))
         return row
 
-    # every bare point first, on the model exactly as loaded (see the module docstring)
-    bare = {(seq, mb): measure_bare(seq, mb) for seq, mb in points}
+    part = bare_part(args, shape, method)
+    if args.side == "trainer":  # --layout split: the bare child of this repeat left its points here
+        bare = read_bare_part(part, points)
+    else:  # every bare point first, on the model exactly as loaded (see the module docstring)
+        bare = {}
+        for seq, mb in points:
+            bare[(seq, mb)] = measure_bare(seq, mb)
+            if args.side == "bare":  # point by point: a child cut short still hands over what it measured
+                part.write_text(json.dumps({f"{q}x{m}": res for (q, m), res in bare.items()}))
+    if args.side == "bare":
+        return 0
     for seq, mb in points:
         for row in measure_trainer(seq, mb):
             record(with_bare(row, bare[(seq, mb)]))
     return 0
+
+
+def bare_part(args, shape: str, method: str) -> Path:
+    """Where the bare child of a split layout leaves its points for the trainer child of its repeat."""
+    return Path(args.work) / f"bare-{args.call}-{shape}-{method}-{args.repeat}.json"
+
+
+def read_bare_part(part: Path, points: list[tuple[int, int]]) -> dict:
+    missing = {"error": f"no bare loop result in {part.name}: its child failed or ran out of time"}
+    try:
+        found = json.loads(part.read_text())
+    except (OSError, ValueError):
+        found = {}
+    return {(seq, mb): found.get(f"{seq}x{mb}", missing) for seq, mb in points}
 
 
 # ------------------------------------------------------------------------------------ main
@@ -450,7 +478,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=1,
                    help="Fresh child processes per (shape, method), each loading the model, timing the bare "
                         "loop and the trainer; the summary takes each point's median ratio over them.")
+    p.add_argument("--layout", default="split", choices=LAYOUTS,
+                   help="split: the bare loop and the trainer each in a fresh process (the trainer as "
+                        "`python -m core train` runs); shared: both on one load, the bare loop first.")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: shape:method in this process
+    p.add_argument("--side", default="both", choices=("both", "bare", "trainer"),
+                   help=argparse.SUPPRESS)  # internal: what the child measures
     p.add_argument("--repeat", type=int, default=0, help=argparse.SUPPRESS)  # internal: which repeat
     args = p.parse_args(argv)
     if args.warmup < 1 or args.steps <= args.warmup:
@@ -500,15 +533,17 @@ def main(argv=None) -> int:
             for method in methods:
                 cmd = [sys.executable, __file__, "--child", f"{shape}:{method}", f"--repeat={repeat}"] + [
                     f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                    if k not in ("child", "auto_compare", "repeat") and v is not None]
+                    if k not in ("child", "auto_compare", "repeat", "side") and v is not None]
                 cmd += ["--auto-compare"] if args.auto_compare else []
                 t = time.time()
-                try:
-                    proc = subprocess.run(cmd, cwd=ROOT, timeout=args.child_timeout)
-                    if proc.returncode != 0:
-                        log(f"{shape} {method}: child exited {proc.returncode}")
-                except subprocess.TimeoutExpired:
-                    log(f"{shape} {method}: gave up after {args.child_timeout}s (its measured points are kept)")
+                for side in ("bare", "trainer") if args.layout == "split" else ("both",):
+                    try:
+                        proc = subprocess.run(cmd + [f"--side={side}"], cwd=ROOT, timeout=args.child_timeout)
+                        if proc.returncode != 0:
+                            log(f"{shape} {method} {side}: child exited {proc.returncode}")
+                    except subprocess.TimeoutExpired:
+                        log(f"{shape} {method} {side}: gave up after {args.child_timeout}s "
+                            "(its measured points are kept)")
                 log(f"{shape} {method} (repeat {repeat + 1} of {args.repeats}) took {time.time() - t:.0f}s")
     rows = [json.loads(x) for x in (out / "train_grid.jsonl").read_text().splitlines() if x.strip()] \
         if (out / "train_grid.jsonl").exists() else []

@@ -52,16 +52,20 @@ def test_train_speed_mixed_modes_through_the_trainer(tmp_path):
 
 def test_step_profile_runs_each_variant_in_its_own_process(tmp_path):
     rows = bench("step_profile", tmp_path, "--steps", "5", "--warmup", "1", "--variants",
-                 "bare,bare-mask,worker,worker-no-freeze")
-    assert [r["variant"] for r in rows] == ["bare", "bare-mask", "worker", "worker-no-freeze"]
+                 "bare,bare-mask,worker,worker-no-freeze,stock-trl")
+    assert [r["variant"] for r in rows] == ["bare", "bare-mask", "worker", "worker-no-freeze", "stock-trl"]
     for r in rows:
         assert r["tokens_per_s"] > 0 and r["steps_timed"] >= 2 and "error" not in r
         assert r["profile"]["wall_ms"] > 0 and r["profile"]["top_host_ops"]
         assert r["gc_collections"] >= 0
-    bare, masked, worker, unfrozen = rows
+    bare, masked, worker, unfrozen, stock = rows
     assert bare["method"] == masked["method"] == "qlora"
     assert worker["callbacks"] is True and worker["packing"] == "off"
     assert worker["gc_tracked_objects"] < unfrozen["gc_tracked_objects"] / 10  # settle_heap froze the heap
+    # the PEFT backend's trainer against TRL's as it is: five host syncs fewer per micro-batch
+    assert worker["trainer_class"].endswith("LeanSFTTrainer") and stock["trainer_class"].endswith(".SFTTrainer")
+    syncs = {r["variant"]: r["profile"]["syncs"].get("aten::item", 0) for r in rows}
+    assert syncs["stock-trl"] - syncs["worker"] == 5 * 2  # accum 2
 
 
 def test_step_profile_records_a_variant_that_runs_out_of_time_and_goes_on(tmp_path):
@@ -88,6 +92,7 @@ def test_train_grid_measures_trainer_and_bare_loop_on_one_load(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "bench/train_grid.py", "--shapes", "tiny", "--methods", "lora",
                            "--seqs", "128x2", "--backend", "peft", "--steps", "3", "--warmup", "1",
+                           "--layout", "shared",
                            "--work", str(tmp_path / "work"), "--out", str(out), "--auto-compare",
                            "--packings", "auto,padding_free", "--call", "smoke"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -96,6 +101,7 @@ def test_train_grid_measures_trainer_and_bare_loop_on_one_load(tmp_path):
     by = {r.get("kind", r.get("setup")): r for r in rows}
     assert set(by) == {"trainer", "trainer-padding_free", "mb2x4", "mb-auto", "summary"}
     point = by["trainer"]
+    assert point["layout"] == "shared"
     assert "error" not in point and point["tokens_per_s"] > 0 and point["bare_tokens_per_s"] > 0
     assert point["ratio"] == pytest.approx(point["tokens_per_s"] / point["bare_tokens_per_s"])
     assert point["packing"] == "off" and by["trainer-padding_free"]["packing"] == "padding_free"
@@ -152,9 +158,27 @@ def test_train_grid_repeats_each_child_and_counts_the_point_once(tmp_path):
     rows = [json.loads(line) for line in (out / "train_grid.jsonl").read_text().splitlines()]
     points = [r for r in rows if r.get("kind") == "trainer"]
     assert [r["repeat"] for r in points] == [0, 1] and all(r["ratio"] > 0 for r in points)
+    # split layout (the default): each repeat's bare loop ran in its own process and handed its
+    # figure to the trainer's process
+    assert all(r["layout"] == "split" and r["bare_tokens_per_s"] > 0 and len(r["bare_step_s_all"]) == 2
+               for r in points)
+    assert points[0]["bare_tokens_per_s"] != points[1]["bare_tokens_per_s"]
     summary = rows[-1]
     assert summary["setup"] == "summary" and summary["points"] == 1
     assert summary["worst_point_repeats"] == sorted(round(r["ratio"], 4) for r in points)
+
+
+def test_train_grid_split_layout_without_a_bare_result_records_why_and_no_ratio(tmp_path):
+    train_grid = bench_module("train_grid")
+
+    part = tmp_path / "bare-c-4b-qlora-0.json"
+    part.write_text(json.dumps({"1024x8": {"tokens_per_s": 18000.0, "step_s_all": [1.0, 0.9]}}))
+    bare = train_grid.read_bare_part(part, [(1024, 8), (2048, 2)])
+    assert bare[(1024, 8)]["tokens_per_s"] == 18000.0
+    assert "no bare loop result in bare-c-4b-qlora-0.json" in bare[(2048, 2)]["error"]
+    # a bare child that died before writing anything: every point says so
+    gone = train_grid.read_bare_part(tmp_path / "none.json", [(1024, 8)])
+    assert "failed or ran out of time" in gone[(1024, 8)]["error"]
 
 
 def test_train_grid_judges_a_repeated_point_by_the_median_of_its_ratios():
