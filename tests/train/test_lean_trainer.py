@@ -70,3 +70,30 @@ def test_the_peft_trainer_counts_the_parameters_once(tmp_path, monkeypatch, lear
     monkeypatch.setattr(trainer.model, "num_parameters", lambda **kw: counted.append(1) or original(**kw))
     assert [trainer.floating_point_ops(batch) for _ in range(5)] == [expected] * 5
     assert len(counted) == 1
+
+
+def test_the_peft_trainer_sets_train_mode_once_until_evaluation_leaves_it(tmp_path, monkeypatch, learnable_model,
+                                                                           facts_mix):
+    trainer = _prepared(tmp_path, learnable_model, facts_mix).trainer
+    root = trainer.model
+    walks = []
+    original = torch.nn.Module.train
+
+    def train(self, mode=True):
+        if self is root:
+            walks.append(mode)
+        return original(self, mode)
+
+    monkeypatch.setattr(torch.nn.Module, "train", train)
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.create_optimizer_and_scheduler(num_training_steps=4)
+    trainer.current_gradient_accumulation_steps = 1  # what the training loop sets per step
+    for _ in range(3):
+        trainer.training_step(root, dict(batch))
+    assert walks == [True]  # three micro-batches, one walk
+    assert all(m.training for m in root.modules())
+    assert "train" not in vars(root)  # nothing left shadowing the model's own method
+    root.eval()  # what evaluation does
+    walks.clear()
+    trainer.training_step(root, dict(batch))
+    assert walks == [True] and all(m.training for m in root.modules())
