@@ -59,7 +59,7 @@ VARIANTS = {
     "worker-autocast": ({}, True, {"UNSLOTH_MIXED_PRECISION": "float32"}),
     # the worker freezes the heap before training (core.train.worker.settle_heap); this one does not
     "worker-no-freeze": ({}, True, {}),
-    # the PEFT backend with TRL's SFTTrainer as it is, instead of core.train.worker.lean_sft_trainer
+    # the PEFT backend with TRL's SFTTrainer as it is, instead of core.train.lean's subclass
     "stock-trl": ({}, True, {}),
 }
 # bare-mask: the bare loop with the all-ones attention mask the trainer's collator passes, which
@@ -205,13 +205,15 @@ def run_variant(name, base_cfg, loaded, train_tok, args) -> dict:
 
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    lean = worker.lean_sft_trainer
+    from core.train import lean
+
+    for_backend = lean.for_backend
     if name == "stock-trl":
-        worker.lean_sft_trainer = lambda cls: cls
+        lean.for_backend = lambda base, *_a, **_k: base
     try:
         prepared = worker.prepare_trainer(cfg, run_dir, loaded, train_tok, None, echo=lambda m: None)
     finally:
-        worker.lean_sft_trainer = lean
+        lean.for_backend = for_backend
     trainer = prepared.trainer
     if not keep_callbacks:
         trainer.remove_callback(prepared.progress)

@@ -264,7 +264,9 @@ def build_trainer(cfg, loaded, train_rows: StageRows, eval_rows: StageRows | Non
 def _dpo(cfg, loaded, rows, evals, run_dir, callbacks, shared):
     import trl.trainer as trl_trainer
 
-    base = trl_trainer.DPOTrainer
+    from core.train import lean
+
+    base = lean.for_backend(trl_trainer.DPOTrainer, loaded.backend)
 
     class QwenTuneDPOTrainer(base):
         """DPO on rows tokenized by :func:`preference_rows`. TRL's own preparation would tokenize
@@ -295,7 +297,9 @@ def _orpo(cfg, loaded, rows, evals, run_dir, callbacks, shared):
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    class QwenTuneORPOTrainer(ORPOTrainer):
+    from core.train import lean
+
+    class QwenTuneORPOTrainer(lean.for_backend(ORPOTrainer, loaded.backend)):
         """ORPO on rows tokenized by :func:`preference_rows` (its own tokenization would append the
         tokenizer's eos to a reply that ends otherwise, as DPO's)."""
 
@@ -319,7 +323,7 @@ def _orpo(cfg, loaded, rows, evals, run_dir, callbacks, shared):
 def _grpo(cfg, loaded, rows, evals, run_dir, callbacks, shared):
     import trl.trainer as trl_trainer
 
-    from core.train import runs
+    from core.train import lean, runs
     from core.train.rewards import build_rewards
     rl, t = cfg.rl, cfg.train
     engine = rollout_engine(cfg, loaded.backend, loaded.device == "cuda")
@@ -355,7 +359,7 @@ def _grpo(cfg, loaded, rows, evals, run_dir, callbacks, shared):
         log_completions=False,  # samples.jsonl takes a few per logging step instead of a parquet table
         generation_kwargs={"eos_token_id": eos} if eos else None,
     )
-    trainer_cls = _grpo_class(trl_trainer.GRPOTrainer)
+    trainer_cls = _grpo_class(lean.for_backend(trl_trainer.GRPOTrainer, loaded.backend))
     samples = runs.RunFolder(run_dir).samples
     trainer = trainer_cls(model=loaded.model, reward_funcs=rewards, args=args, train_dataset=rows.dataset(),
                           eval_dataset=evals.dataset() if evals else None, processing_class=tokenizer,

@@ -365,6 +365,7 @@ def build_trainer(cfg, loaded, train_tok, eval_tok, run_dir: Path, callbacks, pa
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from core.train import lean
     from core.train.trainargs import training_args
 
     t = cfg.train
@@ -384,7 +385,7 @@ def build_trainer(cfg, loaded, train_tok, eval_tok, run_dir: Path, callbacks, pa
     )
     train_ds = Dataset.from_dict(train_tok.columns())
     eval_ds = Dataset.from_dict(eval_tok.columns()) if has_eval else None
-    trainer_class = SFTTrainer if loaded.backend == "unsloth" else lean_sft_trainer(SFTTrainer)
+    trainer_class = lean.for_backend(SFTTrainer, loaded.backend, sft=True)
     trainer = trainer_class(model=loaded.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                             processing_class=loaded.tokenizer, callbacks=callbacks)
     if packing == "bucket":
@@ -392,57 +393,6 @@ def build_trainer(cfg, loaded, train_tok, eval_tok, run_dir: Path, callbacks, pa
 
         batching.install(trainer, t.micro_batch, t.max_seq_len, t.seed)
     return trainer
-
-
-def lean_sft_trainer(sft_trainer):
-    """TRL's SFTTrainer without two per-micro-batch costs the bare loop does not pay, for the
-    transformers + PEFT backend (Unsloth's SFTTrainer already avoids both):
-
-    * TRL's compute_loss reads the entropy, the token accuracy and the token count of every
-      micro-batch back to the host (three ``.item()`` calls and two tests of a count on the device:
-      five syncs), for metrics nothing in QwenTune shows (the run's token counter counts tokens on
-      the host). Unsloth's compute_loss calls the
-      transformers Trainer's, as this one does in training; evaluation keeps TRL's.
-    * transformers counts the model's parameters for its FLOP figure on every micro-batch, and puts
-      the model in train mode on every micro-batch: two walks over every module (2,389 of them in a
-      0.6B LoRA model, 11-16 ms each on a 2-core CPU). The count cannot change during a run, so it
-      is counted once per trainer; the mode is set again only when the root model left it (as
-      evaluation's ``eval()`` does)."""
-    from transformers import Trainer
-
-    def already_training(mode: bool = True):
-        return None
-
-    class LeanSFTTrainer(sft_trainer):
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            if not (model.training and getattr(self, "_train_mode_of", None) is model):
-                model.train()
-                self._train_mode_of = model
-            model.train = already_training  # transformers' call in this micro-batch: nothing to walk
-            try:
-                return super().training_step(model, inputs, num_items_in_batch)
-            finally:
-                del model.train
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            # MoE models need TRL's call for their router loss; evaluation for its metrics
-            if not model.training or getattr(self, "aux_loss_enabled", False):
-                return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                            num_items_in_batch=num_items_in_batch)
-            inputs["use_cache"] = False  # as TRL's: no cache under gradient checkpointing
-            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
-
-        def floating_point_ops(self, inputs):
-            main = getattr(self.model, "main_input_name", "input_ids")
-            ids = inputs.get(main) if hasattr(inputs, "get") else None
-            if not hasattr(ids, "numel") or not hasattr(self.model, "num_parameters"):
-                return super().floating_point_ops(inputs)
-            if getattr(self, "_counted_params", None) is None:
-                self._counted_params = self.model.num_parameters(exclude_embeddings=True)
-            return 6 * ids.numel() * self._counted_params
-
-    return LeanSFTTrainer
 
 
 def trainable_summary(model) -> dict:

@@ -1,5 +1,6 @@
-"""The SFT trainer of the transformers + PEFT backend: the same loss as TRL's, without TRL's per
-micro-batch host syncs and transformers' per micro-batch parameter count."""
+"""The trainers of the transformers + PEFT backend (core.train.lean): the same loss as TRL's,
+without TRL's per-micro-batch host syncs, and transformers' per-micro-batch parameter count and
+train-mode walk."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def test_the_peft_trainer_computes_trls_loss_without_its_host_syncs(tmp_path, mo
 
     trainer = _prepared(tmp_path, learnable_model, facts_mix).trainer
     assert type(trainer).__name__ == "LeanSFTTrainer" and isinstance(trainer, SFTTrainer)
+    assert type(trainer).compute_loss.__module__ == "core.train.lean"
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     n = int((batch["labels"][:, 1:] != -100).sum())
     trainer.model.train()
@@ -97,3 +99,29 @@ def test_the_peft_trainer_sets_train_mode_once_until_evaluation_leaves_it(tmp_pa
     walks.clear()
     trainer.training_step(root, dict(batch))
     assert walks == [True] and all(m.training for m in root.modules())
+
+    # A GRPO rollout inside the micro-batch puts the model in eval mode and back: the way back is real.
+    prepare = trainer._prepare_inputs
+
+    def rollout_then_prepare(inputs):
+        was = root.training
+        root.eval()
+        root.train(was)
+        return prepare(inputs)
+
+    monkeypatch.setattr(trainer, "_prepare_inputs", rollout_then_prepare)
+    walks.clear()
+    trainer.training_step(root, dict(batch))
+    assert walks == [False, True] and all(m.training for m in root.modules())
+
+
+def test_every_stage_trains_with_the_lean_trainer_on_peft_and_as_it_is_on_unsloth():
+    from trl import DPOTrainer, GRPOTrainer, SFTTrainer
+
+    from core.train import lean
+
+    for base in (SFTTrainer, DPOTrainer, GRPOTrainer):
+        assert lean.for_backend(base, "unsloth") is base
+        cls = lean.for_backend(base, "peft", sft=base is SFTTrainer)
+        assert issubclass(cls, base) and cls.__name__ == f"Lean{base.__name__}"
+        assert ("compute_loss" in vars(cls)) is (base is SFTTrainer)  # only SFT's metrics are left out
