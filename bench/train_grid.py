@@ -17,13 +17,12 @@ Split is the user's path: `python -m core train` starts in a fresh process, neve
 loop on the same model. On one load, Unsloth resets its compiled graphs when a manual forward /
 backward ran before trainer.train(), so the trainer recompiles after the bare loop; on the H200
 the shared layout's 4B LoRA points read 0.84x / 0.89x / 1.14x (1024 x 8 / 2048 x 2 / 4096 x 1),
-split 0.97x / 1.05x / 1.03x. The bare loop
-cannot run after the trainer instead: a trainer run leaves the model without Unsloth's gradient
-checkpointing, and the same bare loop then peaked at 35.6 GiB against the trainer's 9.4 GiB
-(Qwen3-4B, 1024 x 8) and ran up to 1.8x faster, an anchor that measures another memory plan. Each
-row therefore carries ``anchor_check``: a bare peak more than ANCHOR_PEAK_TOLERANCE away from the
-trainer's marks the ratio as not comparable (the summary lists such points and leaves them out of
-the worst ratio).
+split 0.97x / 1.05x / 1.03x. The bare loop cannot run after the trainer instead: a trainer run
+leaves the model without Unsloth's gradient checkpointing, and the same bare loop then peaked at
+35.6 GiB against the trainer's 9.4 GiB (Qwen3-4B, 1024 x 8) and ran up to 1.8x faster, an anchor
+that measures another memory plan. Each row therefore carries ``anchor_check``: a bare peak more
+than ANCHOR_PEAK_TOLERANCE away from the trainer's marks the ratio as not comparable (the summary
+lists such points and leaves them out of the worst ratio).
 
 The bare loop runs on a frozen heap (core.train.worker.settle_heap), as the worker trains:
 otherwise Python's collector walks the libraries and the model in the bare loop only.
@@ -387,8 +386,8 @@ def child(args) -> int:
             bare[(seq, mb)] = measure_bare(seq, mb)
             if args.side == "bare":  # point by point: a child cut short still hands over what it measured
                 part.write_text(json.dumps({f"{q}x{m}": res for (q, m), res in bare.items()}))
-    if args.side == "bare":
-        return 0
+        if args.side == "bare":
+            return 0
     for seq, mb in points:
         for row in measure_trainer(seq, mb):
             record(with_bare(row, bare[(seq, mb)]))
