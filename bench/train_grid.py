@@ -377,7 +377,7 @@ def child(args) -> int:
                     + ("" if row["anchor_check"] == "ok" else f" ({row['anchor_check']})"))
         return row
 
-    part = bare_part(args, shape, method)
+    part = bare_part(args, shape, method, args.repeat)
     if args.side == "trainer":  # --layout split: the bare child of this repeat left its points here
         bare = read_bare_part(part, points)
     else:  # every bare point first, on the model exactly as loaded (see the module docstring)
@@ -394,9 +394,9 @@ def child(args) -> int:
     return 0
 
 
-def bare_part(args, shape: str, method: str) -> Path:
+def bare_part(args, shape: str, method: str, repeat: int) -> Path:
     """Where the bare child of a split layout leaves its points for the trainer child of its repeat."""
-    return Path(args.work) / f"bare-{args.call}-{shape}-{method}-{args.repeat}.json"
+    return Path(args.work) / f"bare-{args.call}-{shape}-{method}-{repeat}.json"
 
 
 def read_bare_part(part: Path, points: list[tuple[int, int]]) -> dict:
@@ -535,6 +535,9 @@ def main(argv=None) -> int:
                     if k not in ("child", "auto_compare", "repeat", "side") and v is not None]
                 cmd += ["--auto-compare"] if args.auto_compare else []
                 t = time.time()
+                # a call label used again in the same --work: a bare child that dies before its first
+                # point must not leave the trainer child an earlier call's figures
+                bare_part(args, shape, method, repeat).unlink(missing_ok=True)
                 for side in ("bare", "trainer") if args.layout == "split" else ("both",):
                     try:
                         proc = subprocess.run(cmd + [f"--side={side}"], cwd=ROOT, timeout=args.child_timeout)
