@@ -6,7 +6,7 @@ Run on a GPU machine:
 
 bench/train_speed.py compares whole runs in separate processes (the headline figures). This one
 loads the model once (through core.train.backends, as a run does), then times on that same model:
-  * bare      the bare Unsloth loop of train_speed.py (8-bit AdamW, grad clipping, one sync a step)
+  * bare      the bare Unsloth loop of train_speed.py (8-bit AdamW, grad clipping, one sync a step, frozen heap)
   * variants  the worker's trainer (core.train.worker.prepare_trainer: TRL SFTTrainer + our
               callbacks + the token counter), as is and with one thing changed each, e.g.
               no-callbacks, padding_free, no-clip
@@ -57,7 +57,9 @@ VARIANTS = {
     # Unsloth's trainer turns on bf16 autocast over the fp32 LoRA weights unless this says bfloat16
     "worker-no-autocast": ({}, True, {"UNSLOTH_MIXED_PRECISION": "bfloat16"}),
     "worker-autocast": ({}, True, {"UNSLOTH_MIXED_PRECISION": "float32"}),
-    # the worker freezes the heap before training (core.train.worker.settle_heap); this one does not
+    # the worker paces the collector (core.train.heap.CollectorPacing): this one leaves Python's
+    # automatic collection on a heap frozen once before training; the next one does not freeze at all
+    "worker-gc-auto": ({}, True, {}),
     "worker-no-freeze": ({}, True, {}),
     # the PEFT backend with TRL's SFTTrainer as it is, instead of core.train.lean's subclass
     "stock-trl": ({}, True, {}),
@@ -156,6 +158,11 @@ def run_bare(model, batches, args, autocast: bool = False, mask: bool = False) -
         return train_speed.bare_step(model, opt, params, micro, device, autocast, mask=mask)[0]
 
     _sync()
+    # the heap as the worker freezes it before training (bench/train_grid.py's bare loop does the
+    # same), so the collector's walks over the libraries and the model land on neither side
+    from core.train.heap import settle
+
+    settle()
     watch = GcWatch().__enter__()
     t = time.perf_counter()
     for k in range(args.steps):
@@ -217,6 +224,8 @@ def run_variant(name, base_cfg, loaded, train_tok, args) -> dict:
     trainer = prepared.trainer
     if not keep_callbacks:
         trainer.remove_callback(prepared.progress)
+    if name in ("worker-gc-auto", "worker-no-freeze"):
+        trainer.remove_callback(prepared.pacing)
     counter = prepared.counter
 
     class Timer(TrainerCallback):
@@ -262,11 +271,16 @@ def run_variant(name, base_cfg, loaded, train_tok, args) -> dict:
 
     timer = Timer()
     trainer.add_callback(timer)
-    if name != "worker-no-freeze":
-        worker.settle_heap()
+    if name != "worker-no-freeze":  # frozen before GcWatch counts the heap (the pacing freezes it again)
+        from core.train.heap import settle
+
+        settle()
     t0 = time.perf_counter()
-    with GcWatch() as watch:
-        trainer.train()
+    try:
+        with GcWatch() as watch:
+            trainer.train()
+    finally:
+        prepared.pacing.release()
     wall = time.perf_counter() - t0
     info = {"variant": name, "overrides": overrides, "callbacks": keep_callbacks, "packing": prepared.packing,
             "trainer_class": f"{type(trainer).__module__}.{type(trainer).__qualname__}",

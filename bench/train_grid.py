@@ -24,8 +24,10 @@ that measures another memory plan. Each row therefore carries ``anchor_check``: 
 than ANCHOR_PEAK_TOLERANCE away from the trainer's marks the ratio as not comparable (the summary
 lists such points and leaves them out of the worst ratio).
 
-The bare loop runs on a frozen heap (core.train.worker.settle_heap), as the worker trains:
-otherwise Python's collector walks the libraries and the model in the bare loop only.
+The bare loop runs on a frozen heap (core.train.heap.settle), as the worker trains: otherwise
+Python's collector walks the libraries and the model in the bare loop only. It keeps Python's
+automatic collection, as a hand-written loop does; the worker collects between steps
+(core.train.heap.CollectorPacing).
 
 Each point is appended to <out>/train_grid.jsonl as soon as it is measured, so a call cut short
 keeps what it measured; a summary line (worst ratio) closes every call. Reported per point:
@@ -210,9 +212,12 @@ def run_bare(loaded, args, seq: int, mb: int) -> dict:
         torch.cuda.reset_peak_memory_stats()
     # the heap as the worker leaves it before training (frozen), so neither side pays the garbage
     # collector's walks over the libraries and the model that the other is spared
-    from core.train.worker import settle_heap
+    from core.train.heap import settle
 
-    settle_heap()
+    settle()
+    from step_profile import GcWatch
+
+    watch = GcWatch().__enter__()
     t_start, tokens, times = None, 0, []
     autocast = args.bare_autocast == "on" and cuda
     t_prev = time.perf_counter()
@@ -238,12 +243,14 @@ def run_bare(loaded, args, seq: int, mb: int) -> dict:
     if cuda:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t_start
+    watch.__exit__()
     del opt
     import gc
 
     gc.unfreeze()
     return {"tokens_per_s": tokens / elapsed, "step_s": elapsed / (args.steps - args.warmup), "autocast": autocast,
-            "step_s_all": times, "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+            "step_s_all": times, "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+            **watch.summary()}
 
 
 def run_trainer(loaded, args, cfg_dict: dict) -> dict:
@@ -269,7 +276,7 @@ def run_trainer(loaded, args, cfg_dict: dict) -> dict:
         backends.load = original
         import gc
 
-        # The worker froze the heap (settle_heap), its trainer included: let the next run collect it.
+        # The worker froze the heap (core.train.heap.settle), its trainer included: let the next run collect it.
         gc.unfreeze()
         gc.collect()
     status = json.loads((run_dir / "status.json").read_text())
@@ -369,6 +376,8 @@ def child(args) -> int:
             row["bare_autocast"] = b.get("autocast")
             row.update({f"bare_{k}": v for k, v in mfu(row["seq"], b.get("tokens_per_s")).items()})
             row["bare_step_s_all"] = b.get("step_s_all")
+            gc_keys = ("gc_collections", "gc_full", "gc_full_ms", "gc_total_ms")
+            row.update({f"bare_{k}": b[k] for k in gc_keys if k in b})
             row["ratio"] = (row["tokens_per_s"] / b["tokens_per_s"]) if b.get("tokens_per_s") else None
             row["ratio_median"] = median_ratio(row.get("step_s_all"), b.get("step_s_all"), args.warmup)
             row["anchor_check"] = anchor_check(row.get("peak_alloc_gib"), b.get("peak_alloc_gib"))

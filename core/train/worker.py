@@ -686,11 +686,13 @@ class Prepared:
     counter: object
     gpu: object
     packing: str
+    pacing: object  # core.train.heap.CollectorPacing: its thresholds restored on failure
 
 
 def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log, group=None) -> Prepared:
     from core.train.callbacks import GpuSampler, ProgressCallback, TokenCounter
     from core.train.data import choose_packing
+    from core.train.heap import CollectorPacing
 
     counter = TokenCounter(echo=echo)
     gpu = GpuSampler()
@@ -715,7 +717,9 @@ def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log, g
             status = runs.read_status(run_dir)
             runs.write_status(run_dir, notices=list(status.notices or []) + [note],
                               notice_codes=list(status.notice_codes or []) + codes_of([note]))
-    trainer = build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, [progress], packing)
+    pacing = CollectorPacing()
+    # the pacing first: its freeze at train begin lands before the progress clock starts
+    trainer = build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, [pacing, progress], packing)
     if group is not None:
         group.install(trainer)
     from transformers.trainer_callback import PrinterCallback
@@ -739,19 +743,7 @@ def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log, g
             counter.paused = False
 
     trainer.evaluate = evaluate
-    return Prepared(trainer, progress, counter, gpu, packing)
-
-
-def settle_heap() -> None:
-    """Move everything built so far (libraries, model, dataset: about 780,000 tracked Python objects
-    with Unsloth loaded) out of the garbage collector's reach. Without this, each full collection
-    walks them all: up to 860 ms for one on the 8B H200 benchmark, against a step of about 800 ms
-    (bench/step_profile.py; full-collection time over 12 steps fell from 4.9 s to 1.7 s). Objects
-    made during training are still collected."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
+    return Prepared(trainer, progress, counter, gpu, packing, pacing)
 
 
 def _train(cfg, run_dir: Path, loaded, train_tok, eval_tok, resume: bool, group=None) -> int:
@@ -778,12 +770,12 @@ def _train(cfg, run_dir: Path, loaded, train_tok, eval_tok, resume: bool, group=
         log(f"{ckpt.name} is the last step of this run: finishing (evaluation, adapter) without training")
         _restore_finished(trainer, progress, ckpt.path)
     else:
-        settle_heap()
         t0 = time.perf_counter()
         try:
             result = trainer.train(resume_from_checkpoint=str(ckpt.path) if ckpt else None)
         finally:  # the log writer's queue lands before any status below (or the failure's)
             progress.flush()
+            prepared.pacing.release()
         train_s = time.perf_counter() - t0
     stopped = progress.stop_requested
     final_eval = None

@@ -61,7 +61,7 @@ def test_step_profile_runs_each_variant_in_its_own_process(tmp_path):
     bare, masked, worker, unfrozen, stock = rows
     assert bare["method"] == masked["method"] == "qlora"
     assert worker["callbacks"] is True and worker["packing"] == "off"
-    assert worker["gc_tracked_objects"] < unfrozen["gc_tracked_objects"] / 10  # settle_heap froze the heap
+    assert worker["gc_tracked_objects"] < unfrozen["gc_tracked_objects"] / 10  # core.train.heap.settle froze the heap
     # the PEFT backend's trainer against TRL's as it is: five host syncs fewer per micro-batch
     assert worker["trainer_class"].endswith("LeanSFTTrainer") and stock["trainer_class"].endswith(".SFTTrainer")
     syncs = {r["variant"]: r["profile"]["syncs"].get("aten::item", 0) for r in rows}

@@ -154,9 +154,10 @@ def test_worker_flushes_the_queue_when_the_trainer_raises(tmp_path, monkeypatch)
             train_steps(cb, counter, 7)
             raise RuntimeError("CUDA error: an illegal memory access")
 
-    prepared = worker.Prepared(Trainer(), cb, counter, NoGpu(), "off")
+    from core.train.heap import CollectorPacing
+
+    prepared = worker.Prepared(Trainer(), cb, counter, NoGpu(), "off", CollectorPacing())
     monkeypatch.setattr(worker, "prepare_trainer", lambda *a, **kw: prepared)
-    monkeypatch.setattr(worker, "settle_heap", lambda: None)
     cfg = SimpleNamespace(train=SimpleNamespace())
     with pytest.raises(RuntimeError, match="illegal memory"):
         worker._train(cfg, tmp_path, SimpleNamespace(), None, None, resume=False)

@@ -224,25 +224,3 @@ def test_worker_signal_handlers_are_restored(tmp_path, monkeypatch, facts_mix):
 def test_config_error_type_is_config_error():
     with pytest.raises(ConfigError):
         run_config("demo", Path("x"), Path("r"), micro_batch=0)
-
-
-def test_settle_heap_freezes_what_exists_and_still_collects_new_garbage():
-    import gc
-    import weakref
-
-    from core.train.worker import settle_heap
-
-    class Node:
-        pass
-
-    try:
-        settle_heap()
-        assert gc.get_freeze_count() > 1000  # the libraries and everything built before training
-        a, b = Node(), Node()
-        a.other, b.other = b, a  # a cycle: only the collector can free it
-        ref = weakref.ref(a)
-        del a, b
-        gc.collect()
-        assert ref() is None
-    finally:
-        gc.unfreeze()
