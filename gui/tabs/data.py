@@ -644,9 +644,15 @@ def build(ctx) -> None:
     list_outputs = [sources_state, sources_table, pick, form_status]
 
     # ------------------------------------------------------------------------------ wiring
+    # Every re-mix (after an edit, or the Build button) shares one queue slot: run side by side, a
+    # slower mix of older sources (the preset's, still tokenizing) could finish last and leave its
+    # counts on screen. One at a time, in the order asked, the newest sources' mix lands last.
+    remix = {"concurrency_id": "data-remix", "concurrency_limit": 1}
+
     def chain(event):
         """After the sources or settings change: re-mix, then refresh the preview."""
-        return (event.then(bind(rebuild, ctx), inputs=rebuild_inputs, outputs=mix_outputs, trigger_mode="always_last")
+        return (event.then(bind(rebuild, ctx), inputs=rebuild_inputs, outputs=mix_outputs, trigger_mode="always_last",
+                           **remix)
                 .then(bind(show_preview, ctx), inputs=preview_inputs, outputs=[preview, preview_index]))
 
     kind.change(bind(kind_visibility, ctx), inputs=kind, outputs=[sample_box, file_box, hub_box])
@@ -658,7 +664,7 @@ def build(ctx) -> None:
                    outputs=[*form_inputs, sample_box, file_box, hub_box, form_status])
     chain(preset_load.click(bind(load_preset, ctx), inputs=[preset],
                             outputs=[sources_state, sources_table, pick, *settings_inputs, form_status]))
-    (build_btn.click(bind(rebuild, ctx), inputs=rebuild_inputs, outputs=mix_outputs)
+    (build_btn.click(bind(rebuild, ctx), inputs=rebuild_inputs, outputs=mix_outputs, **remix)
      .then(bind(show_preview, ctx), inputs=preview_inputs, outputs=[preview, preview_index]))
     for widget in (overlong, upsample, shuffle, reasoning_turns, dedupe, mix_kind):
         chain(widget.input(bind(no_op, ctx), inputs=None, outputs=None))

@@ -295,3 +295,17 @@ def test_export_is_offered_from_the_start(ctx, tmp_path):
     props = {c["props"].get("elem_id"): c["props"] for c in app.get_config_file()["components"]}
     assert props["export-start"].get("interactive") is not False
     assert props["export-status"]["value"] == ""
+
+
+def test_every_remix_of_the_data_tab_waits_for_the_one_before(tmp_path):
+    """Two re-mixes side by side (the preset's, then Add's or Build's) may finish out of order, and the
+    older sources' counts would stay on screen: every listener that writes the counts shares one
+    queue slot, so they run one at a time in the order they were asked."""
+    from gui.app import build_app
+
+    blocks = build_app(runs_dir=tmp_path / "runs", demo=True, mixes_dir=tmp_path / "mixes")
+    counts = next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "data-counts")
+    writers = [fn for fn in blocks.fns.values() if counts._id in {o._id for o in fn.outputs}]
+    assert len(writers) >= 5  # Build, and the re-mix after add / update / remove / preset / settings
+    assert {fn.concurrency_id for fn in writers} == {"data-remix"}
+    assert {fn.concurrency_limit for fn in writers} == {1}
