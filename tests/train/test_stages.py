@@ -186,16 +186,18 @@ def test_orpo_loss_falls(demo_model_path, preference_mix, tmp_path):
 
 @pytest.mark.slow
 def test_grpo_raises_a_verifiable_reward(demo_model_path, prompt_mix, letters_reward, tmp_path):
-    cfg = stage_config(demo_model_path, prompt_mix, tmp_path / "runs", "grpo", "grpo", max_steps=14,
+    cfg = stage_config(demo_model_path, prompt_mix, tmp_path / "runs", "grpo", "grpo", max_steps=32,
                        learning_rate=1e-1, micro_batch=8,
                        rl={"rewards": [], "reward_file": str(letters_reward), "num_generations": 4,
                            "max_completion_len": 16, "temperature": 1.0})
     assert train(cfg) == 0
     rows = train_rows(cfg)
-    assert len(rows) == 14
-    # Seeded. Measured on three builds of the demo model (its weights change with the shipped sample
-    # data): step 1 (the untrained model's rollouts) 0.60 / 0.61 / 0.65, the last three steps
-    # 0.99 / 1.0 / 0.94 on average.
+    assert len(rows) == 32
+    # Seeded. The reward climbs after a plateau whose length depends on the demo model's build (its
+    # weights change with the shipped sample data) and the seed: one build reached 0.94-1.0 by step
+    # 14, another was still at 0.77 there. Over 32 steps, eight seeds on that second build: step 1
+    # (the untrained model's rollouts) 0.57-0.69, the last three steps 0.80-1.0 on average, each at
+    # least 0.23 above its first step.
     scores = [round(r["rewards/reward_letters/mean"], 3) for r in rows]
     first, last = scores[0], sum(scores[-3:]) / 3
     assert first < 0.7 and last > first + 0.2, scores
