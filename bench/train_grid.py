@@ -47,7 +47,11 @@ one child cannot settle 0.95x there.
 
 ``--auto-compare`` adds, per point, the trainer at micro_batch 2 x grad_accum 4 and at micro_batch
 auto x grad_accum 4 (the same 8 rows per optimizer step). ``--packings`` adds trainer runs at other
-train.packing modes (e.g. padding_free) beside auto's choice on these uniform rows.
+train.packing modes (e.g. padding_free) beside auto's choice on these uniform rows, and
+``--autocasts on`` a trainer run with Unsloth's bf16 autocast beside train.autocast auto's choice.
+Every trainer run in a child starts from the adapter as loaded and records each step's loss
+(``loss_all``), so two runs' losses compare step by step; the second run on a load is not a fresh
+process's, so read its speed as such. ``--cpus 2-9`` pins both sides of every run to the same CPUs.
 
 Models are random-weight checkpoints with Qwen3's real shapes (bench/train_speed.py builds them;
 no download), or with --weights sparse zero-weight sparse files of the same shapes (no disk). Both
@@ -157,7 +161,8 @@ def median_ratio(trainer_steps: list | None, bare_steps: list | None, warmup: in
     return round(statistics.median(b) / statistics.median(t), 4)
 
 
-def base_config(args, shape: str, method: str, seq: int, mb, accum: int, packing: str, name: str) -> dict:
+def base_config(args, shape: str, method: str, seq: int, mb, accum: int, packing: str, name: str,
+                autocast: str = "auto") -> dict:
     work = Path(args.work)
     return {
         "name": name, "runs_dir": str(work / "grid-runs"),
@@ -165,7 +170,8 @@ def base_config(args, shape: str, method: str, seq: int, mb, accum: int, packing
                   "quant": "nf4" if method == "qlora" else "auto", "backend": args.backend},
         "lora": {"r": args.rank, "alpha": args.rank, "dropout": 0.0},
         "train": {"max_steps": args.steps, "micro_batch": mb, "grad_accum": accum, "max_seq_len": seq,
-                  "warmup_steps": 0, "save_steps": 100000, "eval_steps": 0, "packing": packing},
+                  "warmup_steps": 0, "save_steps": 100000, "eval_steps": 0, "packing": packing,
+                  "autocast": autocast},
         "data": {"mix_dir": str(mix_path(work, seq))},
     }
 
@@ -292,14 +298,28 @@ def run_trainer(loaded, args, cfg_dict: dict) -> dict:
     times = [round(b["elapsed_s"] - a["elapsed_s"], 4) for a, b in zip([{"elapsed_s": 0.0}] + rows, rows)]
     return {"tokens_per_s": (end["tokens"] - start["tokens"]) / elapsed,
             "step_s": elapsed / (end["step"] - start["step"]), "step_s_all": times,
+            "loss_all": [round(m["loss"], 5) for m in rows], "autocast": status.get("autocast"),
             "peak_alloc_gib": status.get("peak_alloc_gib"), "nvml_used_gib": status.get("nvml_used_gib"),
             "packing": status.get("packing"), "micro_batch": status.get("micro_batch"),
             "grad_accum": status.get("grad_accum"), "micro_batch_reason": status.get("micro_batch_reason"),
             "backend": status.get("backend"), **watch.summary()}
 
 
+def parse_cpus(text: str) -> list[int]:
+    """"0-3,8" -> [0, 1, 2, 3, 8]."""
+    cpus: list[int] = []
+    for part in (x.strip() for x in text.split(",") if x.strip()):
+        lo, _, hi = part.partition("-")
+        cpus += list(range(int(lo), int(hi or lo) + 1))
+    return sorted(set(cpus))
+
+
 def child(args) -> int:
     shape, method = args.child.split(":")
+    if args.cpus:
+        # both sides on the same cores: at host-bound points a step's time is the Python thread's,
+        # and a process the scheduler spreads over other cores than its partner's measures the core
+        os.sched_setaffinity(0, parse_cpus(args.cpus))
     points = parse_seqs(args.seqs)
     out = Path(args.out)
     from core.config import RunConfig
@@ -320,7 +340,7 @@ def child(args) -> int:
     common = {"device": device, "shape": shape, "method": method, "backend": loaded.backend, "rank": args.rank,
               "accum": args.accum, "steps": args.steps, "warmup": args.warmup, "load_s": round(load_s, 1),
               "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "call": args.call,
-              "repeat": args.repeat, "layout": args.layout}
+              "repeat": args.repeat, "layout": args.layout, "cpus": args.cpus or None}
     log(f"{shape} {method}: loaded in {load_s:.0f}s on {device}")
 
     def record(row: dict, name: str = "train_grid.jsonl") -> None:
@@ -346,16 +366,22 @@ def child(args) -> int:
         return res
 
     def measure_trainer(seq: int, mb: int) -> list[dict]:
-        runs = [("trainer", "auto", mb, args.accum)]
-        runs += [(f"trainer-{p}", p, mb, args.accum) for p in args.packings.split(",") if p and p != "auto"]
+        runs = [("trainer", "auto", mb, args.accum, "auto")]
+        runs += [(f"trainer-{p}", p, mb, args.accum, "auto") for p in args.packings.split(",") if p and p != "auto"]
+        runs += [(f"trainer-autocast-{a}", "auto", mb, args.accum, a) for a in args.autocasts.split(",")
+                 if a and a != "auto"]
         if args.auto_compare:
-            runs += [("mb2x4", "auto", 2, 4), ("mb-auto", "auto", "auto", 4)]
+            runs += [("mb2x4", "auto", 2, 4, "auto"), ("mb-auto", "auto", "auto", 4, "auto")]
         rows = []
-        for kind, packing, m, accum in runs:
+        for kind, packing, m, accum, autocast in runs:
+            # every run from the adapter as loaded, so their losses step by step compare
+            loaded.model.load_state_dict(initial, strict=False)
             name = f"grid-{shape}-{method}-{seq}x{mb}-{kind}"
-            row = dict(common, kind=kind, seq=seq, micro_batch=m, accum=accum, packing_requested=packing)
+            row = dict(common, kind=kind, seq=seq, micro_batch=m, accum=accum, packing_requested=packing,
+                       autocast_requested=autocast)
             try:
-                res = run_trainer(loaded, args, base_config(args, shape, method, seq, m, accum, packing, name))
+                res = run_trainer(loaded, args, base_config(args, shape, method, seq, m, accum, packing, name,
+                                                            autocast))
                 row.update(res, **mfu(seq, res["tokens_per_s"]))
                 log(f"{kind} {shape} {method} {seq}x{m}: {res['tokens_per_s']:.0f} tok/s")
             except Exception as exc:
@@ -386,6 +412,7 @@ def child(args) -> int:
                     + ("" if row["anchor_check"] == "ok" else f" ({row['anchor_check']})"))
         return row
 
+    initial = {k: v.detach().clone() for k, v in loaded.model.state_dict().items() if "lora_" in k}
     part = bare_part(args, shape, method, args.repeat)
     if args.side == "trainer":  # --layout split: the bare child of this repeat left its points here
         bare = read_bare_part(part, points)
@@ -472,6 +499,9 @@ def main(argv=None) -> int:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--backend", default="unsloth", choices=BACKENDS)
     p.add_argument("--packings", default="auto", help="train.packing modes per point (auto always runs).")
+    p.add_argument("--autocasts", default="auto",
+                   help="train.autocast values per point (auto always runs): e.g. on, the trainer with "
+                        "Unsloth's own bf16 autocast beside auto's choice, with every step's loss recorded.")
     p.add_argument("--auto-compare", action="store_true",
                    help="Also micro_batch 2 x accum 4 vs micro_batch auto x accum 4 at each point's length.")
     p.add_argument("--weights", default="random", choices=("random", "sparse"),
@@ -489,6 +519,9 @@ def main(argv=None) -> int:
     p.add_argument("--layout", default="split", choices=LAYOUTS,
                    help="split: the bare loop and the trainer each in a fresh process (the trainer as "
                         "`python -m core train` runs); shared: both on one load, the bare loop first.")
+    p.add_argument("--cpus", default="",
+                   help="Pin every child to these CPUs (e.g. 0-7), the same set for the bare loop and the "
+                        "trainer; empty: the scheduler's choice.")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: shape:method in this process
     p.add_argument("--side", default="both", choices=("both", "bare", "trainer"),
                    help=argparse.SUPPRESS)  # internal: what the child measures
@@ -498,6 +531,13 @@ def main(argv=None) -> int:
         raise SystemExit("--steps must exceed --warmup, and --warmup be at least 1")
     if args.repeats < 1:
         raise SystemExit("--repeats must be at least 1")
+    if args.cpus:
+        try:
+            wanted = set(parse_cpus(args.cpus))
+        except ValueError:
+            raise SystemExit(f"--cpus: expected a list such as 0-7 or 0,2,4, got {args.cpus!r}") from None
+        if not wanted or not wanted <= os.sched_getaffinity(0):
+            raise SystemExit(f"--cpus {args.cpus}: this process may run on {sorted(os.sched_getaffinity(0))}")
     args.call = args.call or time.strftime("%Y%m%d-%H%M%S")
     if args.child:
         return child(args)

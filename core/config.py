@@ -199,6 +199,12 @@ class TrainConfig:
     gradient_checkpointing: str = setting("unsloth", choices=("unsloth", "on", "off"),
                                           help="unsloth: offload activations to CPU RAM (longest "
                                                "context). on: recompute. off: fastest, most memory.")
+    autocast: str = setting("auto", choices=("auto", "on", "off"),
+                            help="Autocast of the forward pass to the model's 16-bit dtype (the LoRA weights "
+                                 "stay fp32). auto: off where Unsloth's LoRA kernels run every adapter (a "
+                                 "bf16 model, lora.dropout 0, sft), which cast the adapter to the activations' "
+                                 "dtype themselves, so autocast only adds host work to every operation; on "
+                                 "elsewhere. on: always (Unsloth's own default). off: never.")
     logging_steps: int = setting(1, minimum=1, help="Write metrics every N steps.")
     save_steps: int = setting(50, minimum=1, help="Save a resumable checkpoint every N steps.")
     save_total_limit: int = setting(2, minimum=1, help="Keep at most this many checkpoints.")

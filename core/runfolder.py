@@ -104,6 +104,7 @@ class Status(Mapping):
     packing: str | None = None
     packing_reason: str | None = None
     packing_code: dict | None = None
+    autocast: bool | None = None  # the forward passes autocast to the model's 16-bit dtype (train.autocast)
     # the micro-batch that ran (train.micro_batch auto: what core.train.autobatch chose, and why)
     micro_batch: int | None = None
     grad_accum: int | None = None

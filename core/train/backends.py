@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +58,57 @@ def choose_backend(requested: str) -> tuple[str, list[str]]:
     if cuda and unsloth:
         return "unsloth", []
     return "peft", [Notice("backend_peft_no_cuda" if not cuda else "backend_peft_no_unsloth")]
+
+
+def autocast_choice(cfg, loaded) -> tuple[bool, str]:
+    """Whether the trainer autocasts its forward passes to the model's 16-bit dtype (train.autocast),
+    and a line for the log saying why."""
+    choice = cfg.train.autocast
+    if loaded.dtype not in ("bfloat16", "float16"):
+        return False, f"autocast: off (the model is in {loaded.dtype})"
+    if loaded.dtype == "float16":  # fp16 trains with a loss scaler, which comes with autocast
+        why = "train.autocast: on" if choice == "on" else "a float16 model trains with autocast and a loss scaler"
+        return True, f"autocast: on ({why})"
+    if choice != "auto":
+        return choice == "on", f"autocast: {choice} (train.autocast: {choice})"
+    if loaded.backend == "unsloth" and cfg.lora.dropout == 0 and cfg.train.stage == "sft":
+        return False, ("autocast: off (Unsloth's LoRA kernels cast the fp32 adapter weights to bf16 "
+                       "themselves; autocast would only add host work to every operation)")
+    why = ("lora.dropout > 0 runs the adapters outside Unsloth's kernels" if loaded.backend == "unsloth"
+           and cfg.lora.dropout else f"{cfg.train.stage} on the {loaded.backend} backend")
+    return True, f"autocast: on ({why})"
+
+
+PRECISION_ENV = ("UNSLOTH_MIXED_PRECISION", "ACCELERATE_MIXED_PRECISION")
+
+
+@contextmanager
+def trainer_precision(cfg, loaded):
+    """Build a trainer inside this block so it autocasts as ``autocast_choice`` says; yields that
+    choice. training_args turns the bf16 / fp16 flags off where autocast is off; Unsloth's trainers
+    read UNSLOTH_MIXED_PRECISION when they are built instead (they turn bf16 autocast on over fp32
+    LoRA weights unless it says bfloat16), so it is set for the build and put back after it."""
+    autocast, why = autocast_choice(cfg, loaded)
+    saved = {k: os.environ.get(k) for k in PRECISION_ENV}
+    if loaded.backend == "unsloth" and loaded.dtype == "bfloat16" and not autocast:
+        os.environ["UNSLOTH_MIXED_PRECISION"] = "bfloat16"
+    try:
+        yield autocast, why
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def settle_precision(trainer, autocast: bool) -> None:
+    """After the build: Unsloth marks a run without autocast for a bf16 evaluation, which casts the
+    whole model (the fp32 LoRA weights too) to bf16 before an evaluation outside training, such as
+    the final one before the adapter is saved. Evaluation runs as training does instead."""
+    if not autocast:
+        trainer.args.bf16_full_eval = False
+        trainer.args.fp16_full_eval = False
 
 
 def varlen_attention_available() -> bool:

@@ -12,8 +12,11 @@ def training_args(cfg, loaded, run_dir: Path, *, has_eval: bool, optim: str, rep
                   eval_batch: int | None = None) -> dict:
     """Keyword arguments of a TRL config: batch, schedule, optimizer, logging, saving, evaluation.
     ``optim`` and ``report_to``: what the worker resolved from train.optimizer and train.report_to."""
+    from core.train.backends import autocast_choice
+
     t = cfg.train
     cuda = loaded.device == "cuda"
+    autocast, _why = autocast_choice(cfg, loaded)
     eval_on = has_eval and t.eval_steps > 0
     return dict(
         output_dir=str(RunFolder(run_dir).checkpoints_dir),
@@ -31,8 +34,8 @@ def training_args(cfg, loaded, run_dir: Path, *, has_eval: bool, optim: str, rep
         optim=optim,
         seed=t.seed,
         data_seed=t.seed,
-        bf16=loaded.dtype == "bfloat16",
-        fp16=loaded.dtype == "float16",
+        bf16=autocast and loaded.dtype == "bfloat16",
+        fp16=autocast and loaded.dtype == "float16",
         logging_strategy="steps",
         logging_steps=t.logging_steps,
         logging_nan_inf_filter=False,  # the filter syncs the GPU every micro-step

@@ -690,6 +690,7 @@ class Prepared:
 
 
 def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log, group=None) -> Prepared:
+    from core.train.backends import settle_precision, trainer_precision
     from core.train.callbacks import GpuSampler, ProgressCallback, TokenCounter
     from core.train.data import choose_packing
     from core.train.heap import CollectorPacing
@@ -718,8 +719,12 @@ def prepare_trainer(cfg, run_dir: Path, loaded, train_tok, eval_tok, echo=log, g
             runs.write_status(run_dir, notices=list(status.notices or []) + [note],
                               notice_codes=list(status.notice_codes or []) + codes_of([note]))
     pacing = CollectorPacing()
-    # the pacing first: its freeze at train begin lands before the progress clock starts
-    trainer = build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, [pacing, progress], packing)
+    with trainer_precision(cfg, loaded) as (autocast, why):
+        # the pacing first: its freeze at train begin lands before the progress clock starts
+        trainer = build_trainer(cfg, loaded, train_tok, eval_tok, run_dir, [pacing, progress], packing)
+    settle_precision(trainer, autocast)
+    echo(why)
+    runs.write_status(run_dir, autocast=autocast)
     if group is not None:
         group.install(trainer)
     from transformers.trainer_callback import PrinterCallback

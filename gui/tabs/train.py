@@ -47,7 +47,7 @@ SECTIONS = {
               "train.max_steps", "train.micro_batch", "train.grad_accum", "train.max_seq_len",
               "train.packing", "train.gradient_checkpointing", "train.assistant_only_loss",
               "train.train_empty_think"],
-    "advanced": ["train.optimizer", "train.weight_decay", "train.max_grad_norm", "train.seed",
+    "advanced": ["train.optimizer", "train.weight_decay", "train.max_grad_norm", "train.autocast", "train.seed",
                  "train.logging_steps", "train.save_steps", "train.save_total_limit", "train.eval_steps",
                  "train.report_to", "model.backend", "model.dtype", "model.trust_remote_code"],
 }

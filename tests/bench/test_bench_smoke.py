@@ -94,12 +94,17 @@ def test_train_grid_measures_trainer_and_bare_loop_on_one_load(tmp_path):
                            "--seqs", "128x2", "--backend", "peft", "--steps", "3", "--warmup", "1",
                            "--layout", "shared",
                            "--work", str(tmp_path / "work"), "--out", str(out), "--auto-compare",
-                           "--packings", "auto,padding_free", "--call", "smoke"],
+                           "--packings", "auto,padding_free", "--autocasts", "on", "--call", "smoke"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "train_grid.jsonl").read_text().splitlines()]
     by = {r.get("kind", r.get("setup")): r for r in rows}
-    assert set(by) == {"trainer", "trainer-padding_free", "mb2x4", "mb-auto", "summary"}
+    assert set(by) == {"trainer", "trainer-padding_free", "trainer-autocast-on", "mb2x4", "mb-auto", "summary"}
+    # every trainer run starts from the adapter as loaded, so their losses compare step by step
+    # (float32 on the CPU: train.autocast on has nothing to cast, so they agree)
+    assert by["trainer-autocast-on"]["autocast"] is False
+    assert by["trainer-autocast-on"]["loss_all"] == by["trainer"]["loss_all"]
+    assert len(by["trainer"]["loss_all"]) == 3
     point = by["trainer"]
     assert point["layout"] == "shared"
     assert "error" not in point and point["tokens_per_s"] > 0 and point["bare_tokens_per_s"] > 0

@@ -67,6 +67,8 @@ def test_run_folder_is_complete(trained):
     assert train_rows[-1]["eta_s"] == 0 and train_rows[5]["tokens_per_s"] > 0
     log = (trained / "train.log").read_text()
     assert "backend: transformers + PEFT" in log and "done: step 30/30" in log
+    # the demo model is float32 on the CPU: nothing to autocast, and the log says so
+    assert st["autocast"] is False and "autocast: off (the model is in float32)" in log
     # Each note keeps its English text (log, CLI) and has its code beside it (the GUI translates it).
     assert st["notices"][0] == "backend: transformers + PEFT (no CUDA GPU)"
     assert st["notice_codes"][0] == {"code": "backend_peft_no_cuda", "params": {}}
