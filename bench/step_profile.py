@@ -45,24 +45,25 @@ ATTENTION_OPS = {"aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot
                  "aten::_scaled_dot_product_flash_attention_for_cpu",
                  "aten::_scaled_dot_product_flash_attention_for_cpu_backward"}
 VARIANTS = {
-    # name: (train overrides, keep our callbacks, environment while the trainer is built)
-    "worker": ({}, True, {}),
-    "no-callbacks": ({}, False, {}),
-    "padding_free": ({"packing": "padding_free"}, True, {}),
-    "packing": ({"packing": "packing"}, True, {}),
-    "bucket": ({"packing": "bucket"}, True, {}),
-    "padded": ({"packing": "off"}, True, {}),
-    "no-clip": ({"max_grad_norm": 0.0}, True, {}),
-    "log-every-5": ({"logging_steps": 5}, True, {}),
-    # Unsloth's trainer turns on bf16 autocast over the fp32 LoRA weights unless this says bfloat16
-    "worker-no-autocast": ({}, True, {"UNSLOTH_MIXED_PRECISION": "bfloat16"}),
-    "worker-autocast": ({}, True, {"UNSLOTH_MIXED_PRECISION": "float32"}),
+    # name: (train overrides, keep our callbacks)
+    "worker": ({}, True),
+    "no-callbacks": ({}, False),
+    "padding_free": ({"packing": "padding_free"}, True),
+    "packing": ({"packing": "packing"}, True),
+    "bucket": ({"packing": "bucket"}, True),
+    "padded": ({"packing": "off"}, True),
+    "no-clip": ({"max_grad_norm": 0.0}, True),
+    "log-every-5": ({"logging_steps": 5}, True),
+    # train.autocast: the worker sets Unsloth's UNSLOTH_MIXED_PRECISION itself while it builds the
+    # trainer, so an environment variable here would be overridden
+    "worker-no-autocast": ({"autocast": "off"}, True),
+    "worker-autocast": ({"autocast": "on"}, True),
     # the worker paces the collector (core.train.heap.CollectorPacing): this one leaves Python's
     # automatic collection on a heap frozen once before training; the next one does not freeze at all
-    "worker-gc-auto": ({}, True, {}),
-    "worker-no-freeze": ({}, True, {}),
+    "worker-gc-auto": ({}, True),
+    "worker-no-freeze": ({}, True),
     # the PEFT backend with TRL's SFTTrainer as it is, instead of core.train.lean's subclass
-    "stock-trl": ({}, True, {}),
+    "stock-trl": ({}, True),
 }
 # bare-mask: the bare loop with the all-ones attention mask the trainer's collator passes, which
 # tells a cost of the masked attention path apart from the trainer's own
@@ -194,15 +195,13 @@ def _timing(times, tokens, warmup) -> dict:
 
 
 def run_variant(name, base_cfg, loaded, train_tok, args) -> dict:
-    import os
 
     import torch
     from transformers import TrainerCallback
 
     from core.train import worker
 
-    overrides, keep_callbacks, env = VARIANTS[name]
-    os.environ.update(env)
+    overrides, keep_callbacks = VARIANTS[name]
     cfg = copy.deepcopy(base_cfg)
     for key, value in overrides.items():
         setattr(cfg.train, key, value)
@@ -285,9 +284,9 @@ def run_variant(name, base_cfg, loaded, train_tok, args) -> dict:
     info = {"variant": name, "overrides": overrides, "callbacks": keep_callbacks, "packing": prepared.packing,
             "trainer_class": f"{type(trainer).__module__}.{type(trainer).__qualname__}",
             "compute_loss": getattr(type(trainer).compute_loss, "__module__", "?"),
-            "log_keys": sorted(timer.log_keys), "train_wall_s": round(wall, 2), "env": env,
+            "log_keys": sorted(timer.log_keys), "train_wall_s": round(wall, 2),
             "bf16_autocast": bool(trainer.args.bf16), "fp16_autocast": bool(trainer.args.fp16),
-            "mixed_precision": os.environ.get("ACCELERATE_MIXED_PRECISION"),
+            "mixed_precision": getattr(trainer.args, "mixed_precision", None),
             "profile": timer.profile}
     info |= _timing(timer.times, timer.tokens, args.warmup) | watch.summary()
     del trainer, prepared
