@@ -22,6 +22,7 @@ import argparse
 import copy
 import gc
 import json
+import os
 import statistics
 import sys
 import time
@@ -86,6 +87,112 @@ def profile_summary(prof, wall_s: float, top: int = 12) -> dict:
             "gpu_busy_frac": round(busy_us / 1e6 / wall_s, 3) if wall_s else None, "syncs": syncs,
             "attention_calls": attention,
             "top_host_ops": [(e.key, round(e.self_cpu_time_total / 1000, 1), e.count) for e in host]}
+
+
+class HostWatch:
+    """Where the host's time goes while training, on Linux (/proc): the training thread's CPU time
+    against the wall clock and its involuntary context switches (another thread or process took
+    its CPU), the CPU seconds of every other thread of this process by name, the CPUs the training
+    thread ran on (sampled once a step), how busy those CPUs and their SMT siblings were, and the
+    whole machine's busy CPUs. A step loop that is bound by the host runs at the speed of the core
+    it lands on, so two processes can differ without any difference in their code."""
+
+    def __init__(self):
+        import threading
+
+        self.tid = threading.get_native_id()
+        self.cpus: list[int] = []
+
+    @staticmethod
+    def _read(path: str) -> str:
+        try:
+            return Path(path).read_text()
+        except OSError:
+            return ""
+
+    def _threads(self) -> dict:
+        out = {}
+        for task in Path("/proc/self/task").glob("*"):
+            stat = self._read(f"{task}/stat")
+            if not stat:
+                continue
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()
+            out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+        return out
+
+    def _switches(self) -> tuple[int, int]:
+        vol = invol = 0
+        for line in self._read(f"/proc/self/task/{self.tid}/status").splitlines():
+            if line.startswith("voluntary_ctxt_switches"):
+                vol = int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches"):
+                invol = int(line.split()[1])
+        return vol, invol
+
+    def _per_cpu(self) -> dict:
+        out = {}
+        for line in self._read("/proc/stat").splitlines():
+            if line.startswith("cpu") and line[3:4].isdigit():
+                f = [int(x) for x in line.split()[1:]]
+                idle = f[3] + f[4]
+                out[int(line.split()[0][3:])] = (sum(f[:8]) - idle, sum(f[:8]))
+        return out
+
+    def step(self) -> None:
+        stat = self._read(f"/proc/self/task/{self.tid}/stat")
+        if stat:
+            self.cpus.append(int(stat[stat.rindex(")") + 2:].split()[36]))
+
+    def __enter__(self):
+        self.t = time.perf_counter()
+        self.threads0, self.sw0, self.cpu0 = self._threads(), self._switches(), self._per_cpu()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.t
+        self.threads1, self.sw1, self.cpu1 = self._threads(), self._switches(), self._per_cpu()
+
+    def summary(self) -> dict:
+        if not self.threads1:
+            return {}
+        from collections import Counter
+
+        def busy(cpu):
+            (b0, t0), (b1, t1) = self.cpu0.get(cpu, (0, 0)), self.cpu1.get(cpu, (0, 0))
+            return round((b1 - b0) / (t1 - t0), 3) if t1 > t0 else None
+
+        main = self.threads1.get(self.tid, ("?", 0))[1] - self.threads0.get(self.tid, ("?", 0))[1]
+        others: dict[str, float] = {}
+        for tid, (name, cpu_s) in self.threads1.items():
+            if tid != self.tid:
+                used = cpu_s - self.threads0.get(tid, (name, 0.0))[1]
+                if used > 0:
+                    others[name] = round(others.get(name, 0.0) + used, 2)
+        visited = Counter(self.cpus)
+        siblings = {}
+        for cpu in visited:
+            sib = self._read(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").strip()
+            siblings[cpu] = {"busy": busy(cpu), "siblings": sib,
+                             "siblings_busy": [busy(int(c)) for c in _cpu_list(sib) if int(c) != cpu]}
+        total = [busy(c) for c in self.cpu1]
+        return {"host": {"wall_s": round(self.wall, 2), "main_cpu_s": round(main, 2),
+                         "main_cpu_frac": round(main / self.wall, 3) if self.wall else None,
+                         "main_switches": [self.sw1[0] - self.sw0[0], self.sw1[1] - self.sw0[1]],
+                         "other_threads_cpu_s": dict(sorted(others.items(), key=lambda kv: -kv[1])[:8]),
+                         "main_cpus": dict(visited.most_common()), "main_cpu_detail": siblings,
+                         "machine_busy_cpus": round(sum(b for b in total if b), 2)}}
+
+
+def _cpu_list(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            out.extend(range(int(a), int(b) + 1))
+        elif part:
+            out.append(int(part))
+    return out
 
 
 class GcWatch:
@@ -165,8 +272,10 @@ def run_bare(model, batches, args, autocast: bool = False, mask: bool = False) -
 
     settle()
     watch = GcWatch().__enter__()
+    host = HostWatch().__enter__()
     t = time.perf_counter()
     for k in range(args.steps):
+        host.step()
         if k == args.profile_step:
             with _profiler() as prof:
                 t0 = time.perf_counter()
@@ -182,8 +291,9 @@ def run_bare(model, batches, args, autocast: bool = False, mask: bool = False) -
         times.append(now - t)
         tokens.append(n)
         t = now
+    host.__exit__()
     watch.__exit__()
-    return _timing(times, tokens, args.warmup) | {"profile": prof_out} | watch.summary()
+    return _timing(times, tokens, args.warmup) | {"profile": prof_out} | watch.summary() | host.summary()
 
 
 def _timing(times, tokens, warmup) -> dict:
@@ -248,6 +358,7 @@ def run_variant(name, base_cfg, loaded, train_tok, args) -> dict:
 
         def on_step_end(self, a, state, control, **kw):
             now = time.perf_counter()
+            host.step()
             if self.prof is not None:
                 _sync()
                 wall = time.perf_counter() - self.prof_t0
@@ -276,7 +387,7 @@ def run_variant(name, base_cfg, loaded, train_tok, args) -> dict:
         settle()
     t0 = time.perf_counter()
     try:
-        with GcWatch() as watch:
+        with GcWatch() as watch, HostWatch() as host:
             trainer.train()
     finally:
         prepared.pacing.release()
@@ -288,7 +399,7 @@ def run_variant(name, base_cfg, loaded, train_tok, args) -> dict:
             "bf16_autocast": bool(trainer.args.bf16), "fp16_autocast": bool(trainer.args.fp16),
             "mixed_precision": getattr(trainer.args, "mixed_precision", None),
             "profile": timer.profile}
-    info |= _timing(timer.times, timer.tokens, args.warmup) | watch.summary()
+    info |= _timing(timer.times, timer.tokens, args.warmup) | watch.summary() | host.summary()
     del trainer, prepared
     gc.collect()
     torch.cuda.empty_cache()
@@ -409,6 +520,8 @@ def _parent(args, argv: list[str]) -> int:
                 f"bf16 autocast {res.get('bf16_autocast', name == 'bare-autocast')}; gc: {res.get('gc_full')} full "
                 f"collections, {res.get('gc_full_ms')} ms (max {res.get('gc_full_max_ms')}), "
                 f"{res.get('gc_tracked_objects')} objects")
+            if res.get("host"):
+                log(f"    host: {json.dumps(res['host'])}")
             for op in prof.get("top_host_ops", [])[:8]:
                 log(f"    host {op[1]:8.1f} ms  x{op[2]:<6} {op[0]}")
         with (out_dir / "step_profile.jsonl").open("a") as f:

@@ -58,6 +58,8 @@ def test_step_profile_runs_each_variant_in_its_own_process(tmp_path):
         assert r["tokens_per_s"] > 0 and r["steps_timed"] >= 2 and "error" not in r
         assert r["profile"]["wall_ms"] > 0 and r["profile"]["top_host_ops"]
         assert r["gc_collections"] >= 0
+        # the training thread's own CPU time and where it ran, from /proc
+        assert 0 < r["host"]["main_cpu_s"] <= r["host"]["wall_s"] * 1.05 and r["host"]["main_cpus"]
     bare, masked, worker, unfrozen, stock = rows
     assert bare["method"] == masked["method"] == "qlora"
     assert worker["callbacks"] is True and worker["packing"] == "off"
