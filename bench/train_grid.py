@@ -12,6 +12,10 @@ same checkpoint, loaded by the project's loader (core.train.backends.load: Unslo
       trainer child   load the model, the trainer at every point (worker.run with that model
                       handed in), record each point beside the bare child's figure
     --layout shared: one process loads once, runs the bare loop at every point, then the trainer
+    --layout paired: one fresh process per (shape, method), the trainer with one bare step right
+      after each of its steps, on the same thread and model (PairedSteps): at host-bound points a
+      process runs at the speed of the virtual CPU it lands on, up to 2x apart between the CPUs of a
+      shared host and drifting within seconds, and a pair of steps back to back meets one speed
 
 Split is the user's path: `python -m core train` starts in a fresh process, never after another
 loop on the same model. On one load, Unsloth resets its compiled graphs when a manual forward /
@@ -51,7 +55,10 @@ train.packing modes (e.g. padding_free) beside auto's choice on these uniform ro
 ``--autocasts on`` a trainer run with Unsloth's bf16 autocast beside train.autocast auto's choice.
 Every trainer run in a child starts from the adapter as loaded and records each step's loss
 (``loss_all``), so two runs' losses compare step by step; the second run on a load is not a fresh
-process's, so read its speed as such. ``--cpus 2-9`` pins both sides of every run to the same CPUs.
+process's, so read its speed as such. ``--cpus 2-9`` pins both sides of every run to the same CPUs;
+``--cpus fastest:3`` probes every CPU before each child and pins it to the three that run Python
+fastest at that moment (bench/cpu_probe.py): at host-bound points a process runs at the speed of the
+virtual CPU it lands on, and that is not the same on every CPU of a shared host.
 
 Models are random-weight checkpoints with Qwen3's real shapes (bench/train_speed.py builds them;
 no download), or with --weights sparse zero-weight sparse files of the same shapes (no disk). Both
@@ -81,7 +88,7 @@ from train_speed import SHAPES, build_model, fit_conv, flops_per_token, log, pea
 from core.choices import BACKENDS  # noqa: E402
 
 DEFAULT_SEQS = "1024x8,2048x2,4096x1"
-LAYOUTS = ("split", "shared")
+LAYOUTS = ("split", "shared", "paired")
 # Trainer and bare loop share one model and one memory plan: peaks further apart than this mean
 # one of them ran with other gradient checkpointing (or other kernels), so their ratio compares
 # two different programs.
@@ -259,8 +266,98 @@ def run_bare(loaded, args, seq: int, mb: int) -> dict:
             **watch.summary()}
 
 
-def run_trainer(loaded, args, cfg_dict: dict) -> dict:
-    """worker.run, in this process, with the loaded model handed to it instead of a second load."""
+class PairedSteps:
+    """--layout paired: one bare step right after every trainer step, in the trainer's own process.
+
+    At host-bound points each process runs at the speed of the virtual CPU it lands on, which on a
+    shared host differs by up to 2x between CPUs and drifts within seconds (bench/cpu_probe.py), so
+    two processes compare their CPUs as much as their code. A pair of steps, run back to back on the
+    same thread, the same core and the same model, meets the same CPU. The trainer's share of a pair
+    runs from the end of the previous bare step to this step's end (its data loading, logging,
+    callbacks and the step itself: everything between two of its steps); the bare step is the
+    bare loop's (bench/train_speed.bare_step: forward / backward per micro-batch, clipping, 8-bit AdamW
+    with its own state) on its own batches. Added after the worker's callbacks, so it times them too.
+    The bare steps move the same adapter, so the trainer's losses are not a plain run's."""
+
+    def __init__(self, loaded, args, seq: int, mb: int):
+        import torch
+
+        self.torch = torch
+        self.loaded, self.accum = loaded, args.accum
+        self.cuda = loaded.device == "cuda"
+        self.params = [p for p in loaded.model.parameters() if p.requires_grad]
+        if self.cuda:
+            import bitsandbytes as bnb
+
+            self.opt = bnb.optim.AdamW8bit(self.params, lr=2e-4, weight_decay=0.01)
+        else:
+            self.opt = torch.optim.AdamW(self.params, lr=2e-4, weight_decay=0.01)
+        self.batches = bare_batches(mix_path(Path(args.work), seq), loaded.tokenizer, seq, mb)
+        if len(self.batches) < args.steps * args.accum:
+            raise RuntimeError(f"need {args.steps * args.accum} micro-batches of {mb} rows, have {len(self.batches)}")
+        self.autocast = args.bare_autocast == "on" and self.cuda
+        self.trainer_s: list[float] = []
+        self.bare_s: list[float] = []
+        self.bare_tokens: list[int] = []
+        self.t_prev = None
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        pair = self
+
+        class _Paired(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                pair.t_prev = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                pair.step()
+
+        return _Paired()
+
+    def step(self) -> None:
+        from train_speed import bare_step
+
+        if self.cuda:
+            self.torch.cuda.synchronize()  # the trainer's step is done on the GPU too
+        t = time.perf_counter()
+        self.trainer_s.append(round(t - self.t_prev, 4))
+        k = len(self.bare_s)
+        micro = self.batches[k * self.accum:(k + 1) * self.accum]
+        # with the all-ones attention mask the trainer's collator passes, so both sides feed the model
+        # the same inputs (the first bare step still compiles once, 8-9 s on an H200: a warmup step)
+        n, _loss = bare_step(self.loaded.model, self.opt, self.params, micro, device=self.loaded.device,
+                             autocast=self.autocast, mask=True)  # reads the loss: its work is done on return
+        self.t_prev = time.perf_counter()
+        self.bare_s.append(round(self.t_prev - t, 4))
+        self.bare_tokens.append(n)
+
+
+def run_paired(loaded, args, cfg_dict: dict, seq: int, mb: int) -> dict:
+    """The trainer with a bare step after each of its steps (PairedSteps); the figures of both."""
+    import statistics
+
+    pair = PairedSteps(loaded, args, seq, mb)
+    res = run_trainer(loaded, args, cfg_dict, extra_callback=pair.callback())
+    w = args.warmup
+    if len(pair.trainer_s) != args.steps:
+        raise RuntimeError(f"paired steps: {len(pair.trainer_s)} trainer steps timed, expected {args.steps}")
+    per_step = res.pop("tokens_all")
+    ratios = sorted(b / t for t, b in zip(pair.trainer_s[w:], pair.bare_s[w:]))
+    trainer = {**res, "tokens_per_s": sum(per_step[w:]) / sum(pair.trainer_s[w:]),
+               "step_s": statistics.median(pair.trainer_s[w:]), "step_s_all": pair.trainer_s,
+               # each pair's bare step time over its trainer step time, at its quartiles
+               "pair_ratio_quartiles": [round(ratios[int(q * (len(ratios) - 1))], 4) for q in (0.25, 0.5, 0.75)]}
+    # one process, one memory plan: the peak is both sides' (anchor_check has nothing to tell apart)
+    bare = {"tokens_per_s": sum(pair.bare_tokens[w:]) / sum(pair.bare_s[w:]),
+            "step_s": statistics.median(pair.bare_s[w:]), "step_s_all": pair.bare_s, "autocast": pair.autocast,
+            "peak_alloc_gib": None}
+    return {"trainer": trainer, "bare": bare}
+
+
+def run_trainer(loaded, args, cfg_dict: dict, extra_callback=None) -> dict:
+    """worker.run, in this process, with the loaded model handed to it instead of a second load;
+    ``extra_callback`` goes after the worker's own callbacks."""
     import shutil
 
     from core.config import RunConfig
@@ -272,14 +369,21 @@ def run_trainer(loaded, args, cfg_dict: dict) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
     from step_profile import GcWatch
 
-    original = backends.load
+    original, original_prepare = backends.load, worker.prepare_trainer
     backends.load = lambda *_a, **_k: loaded
+    if extra_callback is not None:
+        def prepare(*a, **k):
+            prepared = original_prepare(*a, **k)
+            prepared.trainer.add_callback(extra_callback)
+            return prepared
+
+        worker.prepare_trainer = prepare
     watch = GcWatch()
     try:
         with watch:
             rc = worker.run(cfg)
     finally:
-        backends.load = original
+        backends.load, worker.prepare_trainer = original, original_prepare
         import gc
 
         # The worker froze the heap (core.train.heap.settle), its trainer included: let the next run collect it.
@@ -298,6 +402,7 @@ def run_trainer(loaded, args, cfg_dict: dict) -> dict:
     times = [round(b["elapsed_s"] - a["elapsed_s"], 4) for a, b in zip([{"elapsed_s": 0.0}] + rows, rows)]
     return {"tokens_per_s": (end["tokens"] - start["tokens"]) / elapsed,
             "step_s": elapsed / (end["step"] - start["step"]), "step_s_all": times,
+            "tokens_all": [b["tokens"] - a["tokens"] for a, b in zip([{"tokens": 0}] + rows, rows)],
             "loss_all": [round(m["loss"], 5) for m in rows], "autocast": status.get("autocast"),
             "peak_alloc_gib": status.get("peak_alloc_gib"), "nvml_used_gib": status.get("nvml_used_gib"),
             "packing": status.get("packing"), "micro_batch": status.get("micro_batch"),
@@ -312,6 +417,22 @@ def parse_cpus(text: str) -> list[int]:
         lo, _, hi = part.partition("-")
         cpus += list(range(int(lo), int(hi or lo) + 1))
     return sorted(set(cpus))
+
+
+def pin_args(args) -> list[str]:
+    """The --cpus a child gets. fastest:N probes the CPUs now, just before the child starts, since a
+    virtual CPU's speed drifts with what the host's other guests run (bench/cpu_probe.py)."""
+    if not args.cpus.startswith("fastest:"):
+        return [f"--cpus={args.cpus}"] if args.cpus else []
+    import cpu_probe
+
+    result = cpu_probe.probe(rounds=2)
+    chosen = cpu_probe.fastest(int(args.cpus.partition(":")[2]), result)
+    note = {"policy": args.cpus, "chosen": chosen, "chosen_speed": [result[c]["speed"] for c in chosen],
+            **cpu_probe.spread(result),
+            "steal_max": max((v["steal"] or 0) for v in result.values())}
+    log(f"cpu probe: {note}")
+    return [f"--cpus={','.join(map(str, chosen))}", f"--cpu-probe={json.dumps(note)}"]
 
 
 def child(args) -> int:
@@ -341,6 +462,8 @@ def child(args) -> int:
               "accum": args.accum, "steps": args.steps, "warmup": args.warmup, "load_s": round(load_s, 1),
               "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "call": args.call,
               "repeat": args.repeat, "layout": args.layout, "cpus": args.cpus or None}
+    if args.cpu_probe:
+        common["cpu_probe"] = json.loads(args.cpu_probe)
     log(f"{shape} {method}: loaded in {load_s:.0f}s on {device}")
 
     def record(row: dict, name: str = "train_grid.jsonl") -> None:
@@ -358,6 +481,8 @@ def child(args) -> int:
         try:
             res = run_bare(loaded, args, seq, mb)
             log(f"bare {shape} {method} {seq}x{mb}: {res['tokens_per_s']:.0f} tok/s")
+            if "cpu_probe" in common:
+                res["cpu_probe"] = common["cpu_probe"]
         except Exception as exc:  # the other points are still worth measuring
             res = {"error": f"{type(exc).__name__}: {exc}"[-1500:]}
             log(f"bare {shape} {method} {seq}x{mb} FAILED: {exc}")
@@ -402,6 +527,8 @@ def child(args) -> int:
             row["bare_autocast"] = b.get("autocast")
             row.update({f"bare_{k}": v for k, v in mfu(row["seq"], b.get("tokens_per_s")).items()})
             row["bare_step_s_all"] = b.get("step_s_all")
+            if b.get("cpu_probe"):
+                row["bare_cpu_probe"] = b["cpu_probe"]
             gc_keys = ("gc_collections", "gc_full", "gc_full_ms", "gc_total_ms")
             row.update({f"bare_{k}": b[k] for k in gc_keys if k in b})
             row["ratio"] = (row["tokens_per_s"] / b["tokens_per_s"]) if b.get("tokens_per_s") else None
@@ -412,6 +539,23 @@ def child(args) -> int:
                     + ("" if row["anchor_check"] == "ok" else f" ({row['anchor_check']})"))
         return row
 
+    if args.layout == "paired":
+        for seq, mb in points:
+            name = f"grid-{shape}-{method}-{seq}x{mb}-paired"
+            row = dict(common, kind="trainer", seq=seq, micro_batch=mb, accum=args.accum, packing_requested="auto",
+                       autocast_requested="auto")
+            try:
+                res = run_paired(loaded, args, base_config(args, shape, method, seq, mb, args.accum, "auto", name),
+                                 seq, mb)
+                row.update(res["trainer"], **mfu(seq, res["trainer"]["tokens_per_s"]))
+                record(with_bare(row, res["bare"]))
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {exc}"[-2000:]
+                log(f"paired {shape} {method} {seq}x{mb} FAILED: {exc}")
+                record(row)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return 0
     initial = {k: v.detach().clone() for k, v in loaded.model.state_dict().items() if "lora_" in k}
     part = bare_part(args, shape, method, args.repeat)
     if args.side == "trainer":  # --layout split: the bare child of this repeat left its points here
@@ -471,6 +615,14 @@ def summarise(rows: list[dict], call: str) -> dict:
         if len(by_point[worst]) > 1:
             summary["worst_point_repeats"] = sorted(round(r["ratio"], 4) for r in by_point[worst])
         summary["targets"] = {"trainer_vs_bare>=0.95": ratio[worst] >= 0.95}
+        # the median trainer against the median bare loop over the repeats: each side's process speed
+        # varies on its own, so pairing the n-th trainer with the n-th bare loop adds both noises
+        pooled = {k: statistics.median(r["tokens_per_s"] for r in v) / statistics.median(
+            r["bare_tokens_per_s"] for r in v) for k, v in by_point.items()
+            if all(r.get("tokens_per_s") and r.get("bare_tokens_per_s") for r in v)}
+        if pooled:
+            low = min(pooled, key=pooled.get)
+            summary.update(worst_ratio_pooled=round(pooled[low], 4), worst_point_pooled=low)
         medians = {k: statistics.median(r["ratio_median"] for r in v) for k, v in by_point.items()
                    if all(r.get("ratio_median") for r in v)}
         if medians:
@@ -518,10 +670,15 @@ def main(argv=None) -> int:
                         "loop and the trainer; the summary takes each point's median ratio over them.")
     p.add_argument("--layout", default="split", choices=LAYOUTS,
                    help="split: the bare loop and the trainer each in a fresh process (the trainer as "
-                        "`python -m core train` runs); shared: both on one load, the bare loop first.")
+                        "`python -m core train` runs); shared: both on one load, the bare loop first; "
+                        "paired: one fresh process, a bare step right after every trainer step (both "
+                        "meet the same CPU speed; see PairedSteps).")
     p.add_argument("--cpus", default="",
                    help="Pin every child to these CPUs (e.g. 0-7), the same set for the bare loop and the "
-                        "trainer; empty: the scheduler's choice.")
+                        "trainer; fastest:N: before each child, probe every CPU (bench/cpu_probe.py) and pin "
+                        "the child to the N that run Python fastest at that moment; empty: the scheduler's "
+                        "choice.")
+    p.add_argument("--cpu-probe", default="", help=argparse.SUPPRESS)  # internal: the parent's probe, JSON
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: shape:method in this process
     p.add_argument("--side", default="both", choices=("both", "bare", "trainer"),
                    help=argparse.SUPPRESS)  # internal: what the child measures
@@ -531,7 +688,12 @@ def main(argv=None) -> int:
         raise SystemExit("--steps must exceed --warmup, and --warmup be at least 1")
     if args.repeats < 1:
         raise SystemExit("--repeats must be at least 1")
-    if args.cpus:
+    if args.cpus.startswith("fastest:"):
+        n = args.cpus.partition(":")[2]
+        if not n.isdigit() or not 1 <= int(n) <= len(os.sched_getaffinity(0)):
+            raise SystemExit(f"--cpus {args.cpus}: expected fastest:N with N from 1 to "
+                             f"{len(os.sched_getaffinity(0))} (the CPUs this process may run on)")
+    elif args.cpus:
         try:
             wanted = set(parse_cpus(args.cpus))
         except ValueError:
@@ -581,7 +743,7 @@ def main(argv=None) -> int:
             for method in methods:
                 cmd = [sys.executable, __file__, "--child", f"{shape}:{method}", f"--repeat={repeat}"] + [
                     f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                    if k not in ("child", "auto_compare", "repeat", "side") and v is not None]
+                    if k not in ("child", "auto_compare", "repeat", "side", "cpus", "cpu_probe") and v is not None]
                 cmd += ["--auto-compare"] if args.auto_compare else []
                 t = time.time()
                 # a call label used again in the same --work: a bare child that dies before its first
@@ -589,7 +751,8 @@ def main(argv=None) -> int:
                 bare_part(args, shape, method, repeat).unlink(missing_ok=True)
                 for side in ("bare", "trainer") if args.layout == "split" else ("both",):
                     try:
-                        proc = subprocess.run(cmd + [f"--side={side}"], cwd=ROOT, timeout=args.child_timeout)
+                        proc = subprocess.run(cmd + [f"--side={side}"] + pin_args(args), cwd=ROOT,
+                                              timeout=args.child_timeout)
                         if proc.returncode != 0:
                             log(f"{shape} {method} {side}: child exited {proc.returncode}")
                     except subprocess.TimeoutExpired:

@@ -7,6 +7,7 @@ bare loop, the per-variant processes and the records they append), only smaller.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -159,7 +160,8 @@ def test_train_grid_repeats_each_child_and_counts_the_point_once(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "bench/train_grid.py", "--shapes", "tiny", "--methods", "lora",
                            "--seqs", "128x2", "--backend", "peft", "--steps", "2", "--warmup", "1",
-                           "--repeats", "2", "--work", str(tmp_path / "work"), "--out", str(out), "--call", "rep"],
+                           "--repeats", "2", "--cpus", "fastest:1",
+                           "--work", str(tmp_path / "work"), "--out", str(out), "--call", "rep"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "train_grid.jsonl").read_text().splitlines()]
@@ -173,6 +175,13 @@ def test_train_grid_repeats_each_child_and_counts_the_point_once(tmp_path):
     summary = rows[-1]
     assert summary["setup"] == "summary" and summary["points"] == 1
     assert summary["worst_point_repeats"] == sorted(round(r["ratio"], 4) for r in points)
+    assert summary["worst_ratio_pooled"] == pytest.approx(
+        statistics.median(r["tokens_per_s"] for r in points)
+        / statistics.median(r["bare_tokens_per_s"] for r in points), abs=1e-4)
+    # --cpus fastest:1: each child was probed for and pinned to one CPU, and both sides say which
+    for r in points:
+        assert r["cpus"] == ",".join(map(str, r["cpu_probe"]["chosen"])) and len(r["cpu_probe"]["chosen"]) == 1
+        assert r["bare_cpu_probe"]["policy"] == "fastest:1" and r["cpu_probe"]["cpu_speed_max"] > 0
 
 
 def test_train_grid_split_layout_without_a_bare_result_records_why_and_no_ratio(tmp_path):
@@ -250,3 +259,39 @@ def test_log_overhead_writes_every_line_and_reports_the_share(tmp_path):
     assert row["lines_written"] == 30 and row["targets"]["every_line_written"]
     assert row["status_writes"] < 30  # merged: status.json keeps the latest values only
     assert {"overhead", "call_p99_us", "writer_status_ms"} <= set(row)
+
+
+def test_cpu_probe_times_every_allowed_cpu_and_restores_the_affinity():
+    cpu_probe = bench_module("cpu_probe")
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    before = os.sched_getaffinity(0)
+    result = cpu_probe.probe(rounds=1, work=2_000)
+    assert os.sched_getaffinity(0) == before
+    assert set(result) == before and all(v["speed"] > 0 for v in result.values())
+    fake = {0: {"speed": 1.0, "steal": 0.0}, 1: {"speed": 3.0, "steal": 0.0}, 2: {"speed": 2.0, "steal": 0.2}}
+    assert cpu_probe.fastest(2, fake) == [1, 2]
+    assert cpu_probe.spread(fake) == {"cpu_speed_min": 1.0, "cpu_speed_max": 3.0, "cpu_speed_ratio": 0.333}
+
+
+def test_train_grid_paired_layout_times_a_bare_step_after_every_trainer_step(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "bench/train_grid.py", "--shapes", "tiny", "--methods", "lora",
+                           "--seqs", "128x2", "--backend", "peft", "--steps", "4", "--warmup", "1",
+                           "--layout", "paired", "--work", str(tmp_path / "work"), "--out", str(out),
+                           "--call", "pair"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "train_grid.jsonl").read_text().splitlines()]
+    point = next(r for r in rows if r.get("kind") == "trainer")
+    assert "error" not in point and point["layout"] == "paired"
+    # one bare step per trainer step, both timed in the trainer's own process
+    assert len(point["step_s_all"]) == len(point["bare_step_s_all"]) == 4
+    assert all(t > 0 for t in point["step_s_all"] + point["bare_step_s_all"])
+    assert point["ratio"] == pytest.approx(point["tokens_per_s"] / point["bare_tokens_per_s"])
+    q1, q2, q3 = point["pair_ratio_quartiles"]
+    assert 0 < q1 <= q2 <= q3
+    # the trainer trained every step and logged it (worker.run finished the run as `done`)
+    assert len(point["loss_all"]) == 4 and point["anchor_check"] == "ok"
+    summary = rows[-1]
+    assert summary["setup"] == "summary" and summary["worst_point"] == "tiny lora 128x2"
