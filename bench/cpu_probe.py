@@ -45,27 +45,29 @@ def _work(n: int) -> int:
     return acc
 
 
-def _steal() -> dict[int, tuple[int, int]]:
-    """Per CPU (steal ticks, all ticks) from /proc/stat; {} where there is none (not Linux)."""
-    out = {}
+def cpu_ticks() -> dict[int, list[int]]:
+    """Per CPU the tick counters of /proc/stat (user, nice, system, idle, iowait, irq, softirq,
+    steal, ...); {} where there is none (not Linux)."""
     try:
         lines = Path("/proc/stat").read_text().splitlines()
     except OSError:
-        return out
-    for line in lines:
-        if line.startswith("cpu") and line[3:4].isdigit():
-            f = [int(x) for x in line.split()[1:]]
-            out[int(line.split()[0][3:])] = (f[7] if len(f) > 7 else 0, sum(f[:8]))
-    return out
+        return {}
+    return {int(line.split()[0][3:]): [int(x) for x in line.split()[1:]]
+            for line in lines if line.startswith("cpu") and line[3:4].isdigit()}
+
+
+def _steal() -> dict[int, tuple[int, int]]:
+    """Per CPU (steal ticks, all ticks)."""
+    return {cpu: (f[7] if len(f) > 7 else 0, sum(f[:8])) for cpu, f in cpu_ticks().items()}
 
 
 def probe(cpus: list[int] | None = None, rounds: int = 2, work: int = 20_000) -> dict:
     """Time `work` iterations of interpreter work on each CPU, `rounds` times round the list (so a
     drift of the machine over the probe spreads over every CPU). Returns per CPU the median
     iterations per microsecond and the share of the probe the hypervisor stole from it. The calling
-    thread's CPU affinity is restored afterwards."""
+    thread's CPU affinity is restored afterwards. RuntimeError where threads cannot be pinned."""
     if not hasattr(os, "sched_setaffinity"):
-        return {"error": "no CPU affinity on this platform"}
+        raise RuntimeError("no CPU affinity on this platform")
     allowed = sorted(os.sched_getaffinity(0))
     cpus = [c for c in (cpus or allowed) if c in allowed]
     speed: dict[int, list[float]] = {c: [] for c in cpus}
@@ -91,13 +93,12 @@ def probe(cpus: list[int] | None = None, rounds: int = 2, work: int = 20_000) ->
 
 def fastest(n: int, result: dict) -> list[int]:
     """The n CPUs with the highest probed speed, in CPU order."""
-    ranked = sorted((c for c in result if isinstance(c, int)), key=lambda c: -result[c]["speed"])
-    return sorted(ranked[:n])
+    return sorted(sorted(result, key=lambda c: -result[c]["speed"])[:n])
 
 
 def spread(result: dict) -> dict:
     """Slowest and fastest CPU speed and their ratio: how much landing on another core can cost."""
-    speeds = [v["speed"] for c, v in result.items() if isinstance(c, int)]
+    speeds = [v["speed"] for v in result.values()]
     if not speeds:
         return {}
     return {"cpu_speed_min": min(speeds), "cpu_speed_max": max(speeds),
@@ -110,9 +111,10 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=int, default=20_000, help="Iterations per timing (about 10 ms).")
     p.add_argument("--out", default="", help="Append the result as one JSON line to this file.")
     args = p.parse_args(argv)
-    result = probe(rounds=args.rounds, work=args.work)
-    if "error" in result:
-        raise SystemExit(result["error"])
+    try:
+        result = probe(rounds=args.rounds, work=args.work)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
     for cpu, v in result.items():
         print(f"cpu {cpu:3d}: {v['speed']:.3f} it/us, steal {v['steal']}")
     summary = spread(result)

@@ -130,14 +130,12 @@ class HostWatch:
                 invol = int(line.split()[1])
         return vol, invol
 
-    def _per_cpu(self) -> dict:
-        out = {}
-        for line in self._read("/proc/stat").splitlines():
-            if line.startswith("cpu") and line[3:4].isdigit():
-                f = [int(x) for x in line.split()[1:]]
-                idle = f[3] + f[4]
-                out[int(line.split()[0][3:])] = (sum(f[:8]) - idle, sum(f[:8]))
-        return out
+    @staticmethod
+    def _per_cpu() -> dict:
+        """Per CPU (busy ticks, all ticks); steal counts as busy (the CPU was not ours to use)."""
+        from bench.cpu_probe import cpu_ticks
+
+        return {cpu: (sum(f[:8]) - f[3] - f[4], sum(f[:8])) for cpu, f in cpu_ticks().items()}
 
     def step(self) -> None:
         stat = self._read(f"/proc/self/task/{self.tid}/stat")

@@ -201,15 +201,13 @@ def bare_batches(mix_dir: Path, tok, seq: int, micro_batch: int):
     return out
 
 
-def run_bare(loaded, args, seq: int, mb: int) -> dict:
-    """The bare loop: forward, backward per micro-batch, clip, optimizer step; reading the loss once a
-    step is the only sync (what a trainer's per-step logging needs too)."""
+def bare_setup(loaded, args, seq: int, mb: int):
+    """What the bare loop trains with: the adapter's parameters, its own optimizer (8-bit AdamW on a
+    GPU, as the trainer's default) and enough micro-batches for every step."""
     import torch
-    from train_speed import bare_step
 
-    cuda = loaded.device == "cuda"
     params = [p for p in loaded.model.parameters() if p.requires_grad]
-    if cuda:
+    if loaded.device == "cuda":
         import bitsandbytes as bnb
 
         opt = bnb.optim.AdamW8bit(params, lr=2e-4, weight_decay=0.01)
@@ -219,6 +217,17 @@ def run_bare(loaded, args, seq: int, mb: int) -> dict:
     need = args.steps * args.accum
     if len(batches) < need:
         raise RuntimeError(f"need {need} micro-batches of {mb} rows, have {len(batches)}")
+    return params, opt, batches
+
+
+def run_bare(loaded, args, seq: int, mb: int) -> dict:
+    """The bare loop: forward, backward per micro-batch, clip, optimizer step; reading the loss once a
+    step is the only sync (what a trainer's per-step logging needs too)."""
+    import torch
+    from train_speed import bare_step
+
+    cuda = loaded.device == "cuda"
+    params, opt, batches = bare_setup(loaded, args, seq, mb)
     loaded.model.train()
     if cuda:
         torch.cuda.synchronize()
@@ -285,16 +294,7 @@ class PairedSteps:
         self.torch = torch
         self.loaded, self.accum = loaded, args.accum
         self.cuda = loaded.device == "cuda"
-        self.params = [p for p in loaded.model.parameters() if p.requires_grad]
-        if self.cuda:
-            import bitsandbytes as bnb
-
-            self.opt = bnb.optim.AdamW8bit(self.params, lr=2e-4, weight_decay=0.01)
-        else:
-            self.opt = torch.optim.AdamW(self.params, lr=2e-4, weight_decay=0.01)
-        self.batches = bare_batches(mix_path(Path(args.work), seq), loaded.tokenizer, seq, mb)
-        if len(self.batches) < args.steps * args.accum:
-            raise RuntimeError(f"need {args.steps * args.accum} micro-batches of {mb} rows, have {len(self.batches)}")
+        self.params, self.opt, self.batches = bare_setup(loaded, args, seq, mb)
         self.autocast = args.bare_autocast == "on" and self.cuda
         self.trainer_s: list[float] = []
         self.bare_s: list[float] = []
