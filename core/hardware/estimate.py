@@ -17,10 +17,13 @@ measurements (``bench/results/vram.jsonl``, written by ``bench/vram_sweep.py``; 
                  being recomputed (layer_scale x its saved tensors in bf16, LoRA's rank-wide
                  intermediates included; every layer with checkpointing off) + attention tensors
                  that grow with the square of the row length (attn_pair_bytes per query x key pair)
-    logits       tokens x vocabulary x logits_bytes (Unsloth's chunked fused loss ~0.25; plain
-                 transformers keeps fp32 logits, log-softmax and their gradient, ~15)
+    logits       tokens x vocabulary x logits_bytes, fitted per backend: on the measured points it
+                 comes out far below the 2-4 bytes of a whole logits tensor (Unsloth chunks its loss;
+                 both backends' peaks fall where the full logits are not alive)
     overhead     dequantized-weight buffers (QLoRA), allocator/workspace constant, the caching
-                 allocator's slack (reserve_frac) and the CUDA context (cuda_context_gib)
+                 allocator's slack (reserve_frac of the whole, plus transient_reserve_frac per
+                 backend of what each step allocates and frees: activations and logits) and the
+                 CUDA context (cuda_context_gib)
 
 ``Estimate.alloc_gib`` is comparable with ``torch.cuda.max_memory_allocated``; ``total_gib`` adds the
 allocator slack and the CUDA context, which is what nvidia-smi shows and what must fit on the card.
@@ -453,10 +456,21 @@ def peak_terms(arch: Arch, s: TrainSetup, c: Coefficients) -> tuple[str, list[Te
     return best[1], best[2]
 
 
-def _finish(parts: dict[str, float], c: Coefficients) -> tuple[float, float, dict[str, float]]:
+# Parts allocated and freed every step: the caching allocator keeps a share of them as slack (the
+# weights are allocated once and pack tightly). Measured on SFT rows; the stages' rollouts and
+# reference passes are left to reserve_frac (their few points cannot tell a share of their own).
+TRANSIENT = ("activations", "logits")
+
+
+def transient_gib(parts: dict[str, float]) -> float:
+    return sum(parts.get(k, 0.0) for k in TRANSIENT)
+
+
+def _finish(parts: dict[str, float], c: Coefficients, backend: str) -> tuple[float, float, dict[str, float]]:
     parts = dict(parts)
     alloc = sum(parts.values())
-    parts["overhead"] += alloc * c.get("reserve_frac") + c.get("cuda_context_gib")
+    parts["overhead"] += (alloc * c.get("reserve_frac") + c.get("cuda_context_gib")
+                          + transient_gib(parts) * c.get(f"backends.{backend}.transient_reserve_frac"))
     return alloc, sum(parts.values()), parts
 
 
@@ -483,9 +497,9 @@ def estimate_training(arch_or_key: str | Arch | ModelEntry, *, method: str, seq_
     c = coefficients or load_coefficients()
     phases = {}
     for phase in phases_of(s):
-        phases[phase] = round(_finish(_sum_terms(phase_terms(arch, s, c, phase), c), c)[1], 3)
+        phases[phase] = round(_finish(_sum_terms(phase_terms(arch, s, c, phase), c), c, s.train_backend)[1], 3)
     peak, terms = peak_terms(arch, s, c)
-    alloc, total, parts = _finish(_sum_terms(terms, c), c)
+    alloc, total, parts = _finish(_sum_terms(terms, c), c, s.train_backend)
     if s.stage == "sft":
         parts = {k: v for k, v in parts.items() if k in CATEGORIES}
     setup = {"method": s.method, "seq_len": s.seq_len, "micro_batch": s.micro_batch, "rank": s.rank,
@@ -682,15 +696,45 @@ def calibrate(points: list[dict], base: Coefficients | None = None, *, prior: fl
     fitted = {n: float(v) for n, v in zip(names, theta * scale)}
     meta = {"n_points": len(pts), "source": f"fit to {len(pts)} GPU measurements "
             f"({', '.join(sorted({str(p.get('card', '?')) for p in pts}))})"}
+    coeffs = base.with_values(fitted, **meta)
     with_nvml = [p for p in pts if (p.get("nvml_used_gib") or 0) > 0]
     if len(with_nvml) >= 2:
-        alloc = np.array([float(p["peak_alloc_gib"]) for p in with_nvml])
-        extra = np.array([float(p["nvml_used_gib"]) for p in with_nvml]) - alloc
-        (ctx, frac), *_ = np.linalg.lstsq(np.vstack([np.ones_like(alloc), alloc]).T, extra, rcond=None)
-        fitted["cuda_context_gib"] = max(float(ctx), 0.0)
-        fitted["reserve_frac"] = max(float(frac), 0.0)
-    coeffs = base.with_values(fitted, **meta)
+        coeffs = coeffs.with_values(_fit_slack(with_nvml, coeffs))
     return FitResult(coeffs, compare(points, coeffs))
+
+
+def _fit_slack(points: list[dict], c: Coefficients) -> dict[str, float]:
+    """NVML used minus the allocated peak = CUDA context + reserve_frac x allocated + each backend's
+    transient_reserve_frac x its activations and logits (from the estimate with the allocation
+    coefficients just fit). Least squares on the error relative to NVML's figure,
+    coefficients kept >= 0; a backend without points keeps its value."""
+    import numpy as np
+
+    alloc = np.array([float(p["peak_alloc_gib"]) for p in points])
+    extra = np.array([float(p["nvml_used_gib"]) for p in points]) - alloc
+    names = ["cuda_context_gib", "reserve_frac"]
+    cols = [np.ones_like(alloc), alloc]
+    transient = np.zeros((len(points), len(BACKENDS)))
+    for r, p in enumerate(points):
+        est = estimate_setup(*point_setup(p), c)
+        transient[r, BACKENDS.index(est.setup["backend"])] = transient_gib(est.breakdown)
+    for j, backend in enumerate(BACKENDS):
+        if transient[:, j].any():
+            names.append(f"backends.{backend}.transient_reserve_frac")
+            cols.append(transient[:, j])
+    nvml = alloc + extra
+    design = np.vstack(cols).T / nvml[:, None]  # relative error, as the allocation fit
+    extra = extra / nvml
+    active = np.ones(len(names), dtype=bool)
+    values = np.zeros(len(names))
+    for _ in range(len(names)):
+        sol, *_ = np.linalg.lstsq(design[:, active], extra, rcond=None)
+        values[:] = 0.0
+        values[active] = sol
+        if not (values < 0).any():
+            break
+        active &= values > 0  # a negative slack is unphysical: drop the term and refit the others
+    return {n: max(float(v), 0.0) for n, v in zip(names, values)}
 
 
 def estimate_setup(arch: Arch, s: TrainSetup, c: Coefficients | None = None) -> Estimate:

@@ -91,3 +91,30 @@ def test_fit_script_reports_the_held_out_figure(tmp_path, capsys):
     assert fit_vram.main(["--points", str(path), "--base", str(SEED)]) == 1  # a held-out point 17% off
     summary = fit_vram.held_out_summary(calibrate(rows, base).rows)
     assert summary["worst_error"] == pytest.approx(1 / 6, rel=0.05) and summary["per_backend"]
+
+
+def test_allocator_slack_of_each_backends_transient_parts_is_recovered():
+    """NVML's figure minus the allocated peak: the CUDA context, a share of the whole, and a share of
+    what each step allocates and frees (activations, logits) that differs by backend."""
+    base = load_coefficients(SEED)
+    truth = base.with_values({"cuda_context_gib": 1.4, "reserve_frac": 0.03,
+                              "backends.peft.transient_reserve_frac": 0.15,
+                              "backends.unsloth.transient_reserve_frac": 0.0})
+    pts = _wide_points(truth)
+    for p in pts:
+        p["nvml_used_gib"] = estimate_training(p["model"], method="qlora", seq_len=p["seq_len"], micro_batch=1,
+                                               rank=p["rank"], backend=p["backend"], grad_ckpt=p["grad_ckpt"],
+                                               quant="nf4", coefficients=truth).total_gib
+    fit = calibrate(pts, base)
+    got = fit.coefficients
+    assert got.get("cuda_context_gib") == pytest.approx(1.4, abs=0.02)
+    assert got.get("reserve_frac") == pytest.approx(0.03, abs=0.003)
+    assert got.get("backends.peft.transient_reserve_frac") == pytest.approx(0.15, abs=0.005)
+    assert got.get("backends.unsloth.transient_reserve_frac") == pytest.approx(0.0, abs=0.005)
+    held = [r for r in fit.rows if r["held_out"]]
+    assert held and max(abs(r["nvml_error"]) for r in held) < 0.005
+    long = estimate_training("qwen3-8b", method="qlora", seq_len=32768, micro_batch=1, backend="peft",
+                             grad_ckpt="on", quant="nf4", coefficients=truth)
+    parts = long.breakdown
+    slack = long.total_gib - long.alloc_gib - 1.4 - 0.03 * long.alloc_gib
+    assert slack == pytest.approx(0.15 * (parts["activations"] + parts["logits"]), abs=0.01)

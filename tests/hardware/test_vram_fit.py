@@ -63,3 +63,16 @@ def test_fit_script_on_synthetic_measurements(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "after the refit" in out and "backends.unsloth.logits_bytes" in out and "oom:" in out
     assert fit_vram.main(["--points", str(tmp_path / "missing.jsonl")]) == 2
+
+
+@pytest.mark.skipif(not VRAM_JSONL.exists(), reason=NOT_MEASURED)
+def test_held_out_points_of_both_backends_are_within_5_percent_up_to_32k_tokens():
+    """The points kept out of the fit judge it: allocated and NVML, for Unsloth and transformers + PEFT."""
+    held = [r for r in compare(read_points(VRAM_JSONL)) if r["held_out"]]
+    for backend in ("unsloth", "peft"):
+        rows = [r for r in held if r["backend"] == backend]
+        assert rows and max(r["seq_len"] for r in rows) >= 32768, backend
+        bad = [f"{r['model']} {r['method']} {r['seq_len']}x{r['micro_batch']} r{r['rank']}: "
+               f"allocated {r['error']:+.1%}, NVML {r['nvml_error']:+.1%}"
+               for r in rows if abs(r["error"]) > 0.05 or abs(r["nvml_error"]) > 0.05]
+        assert not bad, f"{backend}: " + "; ".join(bad)
