@@ -711,7 +711,7 @@ def _fit_slack(points: list[dict], c: Coefficients) -> dict[str, float]:
     import numpy as np
 
     alloc = np.array([float(p["peak_alloc_gib"]) for p in points])
-    extra = np.array([float(p["nvml_used_gib"]) for p in points]) - alloc
+    nvml = np.array([float(p["nvml_used_gib"]) for p in points])
     names = ["cuda_context_gib", "reserve_frac"]
     cols = [np.ones_like(alloc), alloc]
     transient = np.zeros((len(points), len(BACKENDS)))
@@ -722,9 +722,8 @@ def _fit_slack(points: list[dict], c: Coefficients) -> dict[str, float]:
         if transient[:, j].any():
             names.append(f"backends.{backend}.transient_reserve_frac")
             cols.append(transient[:, j])
-    nvml = alloc + extra
     design = np.vstack(cols).T / nvml[:, None]  # relative error, as the allocation fit
-    extra = extra / nvml
+    extra = (nvml - alloc) / nvml
     active = np.ones(len(names), dtype=bool)
     values = np.zeros(len(names))
     for _ in range(len(names)):
